@@ -1,0 +1,55 @@
+// CUDA glue: checks, allocation and stream for the kernels in lif_kernels.cu, registered as
+// the CUDA implementation of spikeclip::lif_fwd / lif_bwd. Built only when torch has CUDA.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../lif_common.h"
+
+namespace spikeclip {
+namespace {
+
+void check_cuda_dtype(const at::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() != at::kDouble,
+              "spikeclip lif: the cuda backend takes float32, float16 and bfloat16, not float64");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+    c10::string_view surrogate, double alpha, bool save_h, bool return_v) {
+  check_cuda_dtype(x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  LifForward f = prepare_forward(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset,
+                                 surrogate, alpha, save_h, return_v, /*tau_on_host=*/false);
+  lif_cuda_forward(f.view, at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {f.spikes, f.h, f.v_last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_bwd_cuda(
+    const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
+    const at::Tensor& h, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
+    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
+    c10::string_view surrogate, double alpha, bool need_tau_grad) {
+  check_cuda_dtype(h);
+  const c10::cuda::CUDAGuard guard(h.device());
+  const int64_t n = c10::multiply_integers(h.sizes().slice(1));
+  LifBackward b = prepare_backward(grad_spikes, grad_v_last, h, v0, tau, v_th, v_reset,
+                                   soft_reset, decay_input, detach_reset, surrogate, alpha,
+                                   need_tau_grad, /*tau_on_host=*/false,
+                                   std::max<int64_t>(1, lif_cuda_tau_partials(n)));
+  lif_cuda_backward(b.view, at::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  // Per-block partial sums of dL/dtau -> one scalar (zero when not asked for).
+  return {b.grad_x, b.grad_v0, b.grad_tau.sum()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spikeclip, CUDA, m) {
+  m.impl("lif_fwd", &lif_fwd_cuda);
+  m.impl("lif_bwd", &lif_bwd_cuda);
+}
+
+}  // namespace spikeclip

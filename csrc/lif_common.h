@@ -1,0 +1,39 @@
+// Torch-side preparation of a LIF call shared by the CPU and CUDA implementations: argument
+// checks (the Python wrapper checks first, with friendlier messages; these guard direct calls
+// of torch.ops.spikeclip.*), output allocation and the plain views the kernels take.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+
+#include "lif_launch.h"
+
+namespace spikeclip {
+
+struct LifForward {
+  at::Tensor spikes, h, v_last;
+  LifForwardView view;
+};
+
+struct LifBackward {
+  at::Tensor grad_x, grad_v0, grad_tau;
+  LifBackwardView view;
+};
+
+// tau_on_host: read tau's value now (CPU); otherwise the kernel reads it from the device.
+// grad_tau_partials: size of grad_tau when the device writes per-block partials (0: a scalar).
+LifForward prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& v0,
+                           const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,
+                           bool decay_input, bool detach_reset, c10::string_view surrogate,
+                           double alpha, bool save_h, bool return_v, bool tau_on_host);
+
+LifBackward prepare_backward(const at::Tensor& grad_spikes,
+                             const std::optional<at::Tensor>& grad_v_last, const at::Tensor& h,
+                             const std::optional<at::Tensor>& v0, const at::Tensor& tau,
+                             double v_th, double v_reset, bool soft_reset, bool decay_input,
+                             bool detach_reset, c10::string_view surrogate, double alpha,
+                             bool need_tau_grad, bool tau_on_host, int64_t grad_tau_partials = 0);
+
+}  // namespace spikeclip

@@ -1,0 +1,123 @@
+// Scalar math of the multi-step LIF neuron, shared by the C++ (CPU) and CUDA kernels.
+//
+// The spec is spikeclip/kernels/reference.py; every formula here mirrors it, in the same
+// order of operations where the forward is concerned, so that fused forwards produce the
+// same spikes as the reference bit for bit (charge uses a true division, not a reciprocal).
+// Free of torch headers: the CUDA kernels that include it are compile-checked without torch.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define SC_INLINE __host__ __device__ __forceinline__
+#else
+#define SC_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace spikeclip {
+
+// Order fixed: the Python side passes these codes (spikeclip/kernels/options.py).
+enum Surrogate : int { kSigmoid = 0, kAtan = 1, kTriangle = 2, kErf = 3 };
+
+// Options of one LIF call, in the compute type F (float, or double for float64 tensors).
+template <typename F>
+struct LifOptions {
+  F tau;
+  F v_th;
+  F v_reset;          // reset value (hard reset); ignored by soft reset
+  bool soft_reset;    // v = h - v_th * s instead of v = s ? v_reset : h
+  bool decay_input;   // input divided by tau in the charge
+  bool detach_reset;  // no gradient through the reset's dependence on the spike
+  F alpha;            // surrogate sharpness
+};
+
+// Charge: h[t] = v[t-1] + (x[t] - (v[t-1] - v_reset)) / tau   (decay_input)
+//         h[t] = v[t-1] - (v[t-1] - v_reset) / tau + x[t]     (otherwise)
+// Soft reset charges towards 0 (callers pass v_reset = 0 then: see charge_rest()).
+template <typename F>
+SC_INLINE F lif_charge(F v, F x, F tau, F rest, bool decay_input) {
+  return decay_input ? v + (x - (v - rest)) / tau : v - (v - rest) / tau + x;
+}
+
+// The potential the charge leaks towards.
+template <typename F>
+SC_INLINE F charge_rest(const LifOptions<F>& o) {
+  return o.soft_reset ? F(0) : o.v_reset;
+}
+
+// Reset after firing, given the spike as 0/1 in F.
+template <typename F>
+SC_INLINE F lif_reset(F h, F s, const LifOptions<F>& o) {
+  return o.soft_reset ? h - o.v_th * s : (s != F(0) ? o.v_reset : h);
+}
+
+// exp for the CPU vectorizer: GCC does not vectorise calls to expf without -ffast-math, so the
+// surrogates use this branch-free Cody-Waite reduction + degree-6 polynomial (rel. error < 2e-7
+// over the range used; clamps far outside it). On the device the hardware expf is used.
+SC_INLINE float sc_expf(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float t = x * 1.44269504088896341f;  // x / ln 2
+  // round to nearest via truncation (cvttps2dq is baseline SSE2; floorf needs SSE4.1)
+  float n = static_cast<float>(static_cast<int32_t>(t + 0.5f));
+  n = n > t + 0.5f ? n - 1.0f : n;
+  float r = x - n * 0.693359375f;            // ln 2 split in two for exactness
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+#endif
+}
+
+SC_INLINE double sc_exp(double x) { return exp(x); }
+SC_INLINE float sc_exp(float x) { return sc_expf(x); }
+
+// Surrogate derivative g(u) of the Heaviside step at u = h - v_th (reference.py: SURROGATES).
+//   sigmoid:  alpha * sig(alpha u) * (1 - sig(alpha u))
+//   atan:     (alpha / 2) / (1 + (pi/2 * alpha * u)^2)
+//   triangle: alpha * max(0, 1 - alpha |u|)
+//   erf:      alpha / sqrt(pi) * exp(-(alpha u)^2)
+template <int S, typename F>
+SC_INLINE F surrogate_grad(F u, F alpha) {
+  if constexpr (S == kSigmoid) {
+    const F sig = F(1) / (F(1) + sc_exp(-alpha * u));
+    return alpha * sig * (F(1) - sig);
+  } else if constexpr (S == kAtan) {
+    const F w = F(1.57079632679489661923) * alpha * u;
+    return alpha / F(2) / (F(1) + w * w);
+  } else if constexpr (S == kTriangle) {
+    const F au = alpha * u;
+    const F tri = F(1) - (au < F(0) ? -au : au);
+    return alpha * (tri > F(0) ? tri : F(0));
+  } else {
+    const F au = alpha * u;
+    return alpha * F(0.56418958354775628695) * sc_exp(-au * au);
+  }
+}
+
+// d v[t] / d h[t] through the reset, given the spike s and its surrogate derivative g.
+template <typename F>
+SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
+  if (o.soft_reset) return o.detach_reset ? F(1) : F(1) - o.v_th * g;
+  return o.detach_reset ? F(1) - s : (F(1) - s) + (o.v_reset - h) * g;
+}
+
+// d h[t] / d tau, with v_prev = v[t-1].
+template <typename F>
+SC_INLINE F charge_grad_tau(F h, F v_prev, const LifOptions<F>& o) {
+  return o.decay_input ? -(h - v_prev) / o.tau : (v_prev - charge_rest(o)) / (o.tau * o.tau);
+}
+
+}  // namespace spikeclip

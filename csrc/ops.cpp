@@ -1,0 +1,30 @@
+// The spikeclip operator library: schemas of every custom op, and the Python module `_C`
+// whose import loads them. CPU kernels: csrc/cpu/, CUDA kernels: csrc/cuda/. Fake (meta)
+// implementations and autograd are registered from Python (spikeclip/kernels/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// Importing spikeclip._C only has to load this library: the ops register statically.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(spikeclip, m) {
+  // Multi-step LIF over x [T, *]. Returns (spikes [T, *], h [T, *] or empty unless save_h,
+  // v_last [*] or empty unless return_v). v0, v_last, tau: float32 (float64 for float64 x).
+  // detach_reset, surrogate and alpha are unused by the forward but kept for the backward.
+  m.def(
+      "lif_fwd(Tensor x, Tensor? v0, Tensor tau, float v_th, float v_reset, bool soft_reset, "
+      "bool decay_input, bool detach_reset, str surrogate, float alpha, bool save_h, "
+      "bool return_v) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  // Backward sweep. Returns (grad_x [T, *], grad_v0 [*], grad_tau 0-d, zero unless need_tau_grad).
+  m.def(
+      "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, Tensor? v0, Tensor tau, "
+      "float v_th, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
+      "str surrogate, float alpha, bool need_tau_grad) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}

@@ -1,0 +1,85 @@
+"""Which fused backends exist on this machine, and how `backend=` resolves for a tensor.
+
+| backend | runs on | what |
+| torch   | anywhere | the reference (kernels/reference.py), autograd backward |
+| triton  | CUDA; CPU only under TRITON_INTERPRET=1 (tests) | Triton kernels |
+| cuda    | CUDA, when spikeclip._C was built with CUDA | csrc/cuda |
+| cpp     | CPU, when spikeclip._C was built | csrc/cpu |
+| auto    | cuda, else triton on CUDA tensors; cpp on CPU tensors; torch when nothing is built |
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+from spikeclip._ext import EXTENSION_ERROR, extension_has_cuda, extension_loaded
+
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested kernel backend cannot run here (not built, not installed, wrong device)."""
+
+
+@functools.cache
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def why_unavailable(backend: str, device: torch.device) -> str | None:
+    """None if `backend` can run on tensors of `device`, else the reason."""
+    if backend == "torch":
+        return None
+    if backend == "cpp":
+        if not extension_loaded():
+            return f"spikeclip._C is not built or failed to load ({EXTENSION_ERROR})"
+        if device.type != "cpu":
+            return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
+        return None
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+        if not extension_loaded():
+            return f"spikeclip._C is not built or failed to load ({EXTENSION_ERROR})"
+        if not extension_has_cuda():
+            return "spikeclip._C was built without CUDA (rebuild on a machine with nvcc and CUDA torch)"
+        return None
+    if backend == "triton":
+        if not triton_installed():
+            return "triton is not installed (pip install triton)"
+        if device.type == "cpu" and not triton_interpreting():
+            return "triton runs on CPU tensors only under TRITON_INTERPRET=1 (for tests)"
+        if device.type not in ("cpu", "cuda"):
+            return f"triton does not run on {device.type} tensors"
+        return None
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend `backend` means for tensors on `device`, or a clear error."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        order = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
+        for candidate in order:
+            if why_unavailable(candidate, device) is None:
+                return candidate
+        return "torch"
+    reason = why_unavailable(backend, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend={backend!r} is not available: {reason}")
+    return backend
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Concrete backends that can run on `device` here."""
+    device = torch.device(device)
+    return [b for b in BACKENDS[1:] if why_unavailable(b, device) is None]

@@ -1,0 +1,87 @@
+"""`lif`: the multi-step LIF neuron, one public function over every backend."""
+
+from __future__ import annotations
+
+import torch
+
+from spikeclip.kernels import options as opt
+from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.reference import compute_dtype, lif_reference
+
+
+def _fused_ops(backend: str):
+    """The (forward op) of a fused backend, importing its registration on first use."""
+    if backend == "triton":
+        from spikeclip.kernels import lif_triton  # noqa: F401  (registers the ops)
+
+        return torch.ops.spikeclip.lif_fwd_triton
+    from spikeclip.kernels import lif_cpp  # noqa: F401  (fake + autograd of the _C ops)
+
+    return torch.ops.spikeclip.lif_fwd
+
+
+def lif(
+    x: torch.Tensor,
+    *,
+    tau: float | torch.Tensor = 2.0,
+    v_th: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    surrogate: str = "sigmoid",
+    alpha: float | None = None,
+    v0: torch.Tensor | None = None,
+    return_v: bool = False,
+    backend: str = "auto",
+):
+    """Multi-step leaky integrate-and-fire neuron (the spec: `reference.lif_reference`).
+
+    Args:
+        x: input current `[T, *]` (time first, any trailing shape), float32/float16/bfloat16
+            (float64 on the torch and cpp backends).
+        tau: membrane time constant, a number > 1 or a learnable one-element tensor (PLIF;
+            its gradient comes from the same backward sweep).
+        v_th: firing threshold. v_reset: hard-reset value, or None for soft reset
+            (v -= v_th on a spike; the charge then leaks towards 0).
+        decay_input: divide the input by tau in the charge.
+        detach_reset: no gradient through the spike's effect on the reset.
+        surrogate, alpha: surrogate gradient ("sigmoid" 4, "atan" 2, "triangle" 1, "erf" 2).
+        v0: initial membrane `[*]`, default the rest potential (v_reset, or 0 for soft reset).
+        return_v: also return the final membrane `[*]`; passing it as v0 of the next call
+            continues the sequence exactly as one long call would.
+        backend: "auto", "torch", "triton", "cuda" or "cpp" (spikeclip.kernels.backends).
+
+    Returns:
+        spikes `[T, *]` in x's dtype (0/1), and with return_v the final membrane `[*]` in the
+        compute dtype (float32, or float64 for float64 x).
+    """
+    opt.check_sequence(x)
+    opt.check_tau(tau, x)
+    v_th = opt.check_number(v_th, "v_th")
+    if v_reset is not None:
+        v_reset = opt.check_number(v_reset, "v_reset")
+    alpha = opt.check_surrogate(surrogate, alpha)
+    opt.check_state(v0, x)
+    backend = resolve_backend(backend, x.device)
+    opt.check_dtype_for_backend(x, backend)
+
+    if backend == "torch" or x.numel() == 0:
+        spikes, v = lif_reference(x, tau=tau, v_th=v_th, v_reset=v_reset,
+                                  decay_input=decay_input, detach_reset=detach_reset,
+                                  surrogate=surrogate, alpha=alpha, v0=v0)
+        return (spikes, v) if return_v else spikes
+
+    cdt = compute_dtype(x.dtype)
+    if isinstance(tau, torch.Tensor):
+        tau_t = tau.to(cdt).reshape(())
+    else:
+        tau_t = torch.full((), tau, dtype=cdt, device=x.device)
+    v0c = v0.to(cdt).contiguous() if v0 is not None else None
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or tau_t.requires_grad or (v0c is not None and v0c.requires_grad)
+    )
+    soft = v_reset is None
+    spikes, _, v_last = _fused_ops(backend)(
+        x.contiguous(), v0c, tau_t, v_th, 0.0 if soft else v_reset, soft, bool(decay_input),
+        bool(detach_reset), surrogate, alpha, needs_grad, bool(return_v))
+    return (spikes, v_last) if return_v else spikes

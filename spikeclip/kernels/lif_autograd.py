@@ -1,0 +1,70 @@
+"""Fake (meta) implementations and autograd for the fused LIF ops.
+
+Every fused backend exposes the same pair of ops with the same schema (csrc/ops.cpp):
+`lif_fwd(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha,
+save_h, return_v) -> (spikes, h, v_last)` and `lif_bwd(...) -> (grad_x, grad_v0, grad_tau)`.
+The C++/CUDA pair lives in spikeclip._C, the Triton pair in lif_triton.py; both register here.
+The forward saves h (and v0, tau) only: spikes are recomputed from h in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeclip.kernels.reference import compute_dtype
+
+
+def lif_fwd_fake(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate,
+                 alpha, save_h, return_v):
+    sdt = compute_dtype(x.dtype)
+    h = torch.empty_like(x) if save_h else x.new_empty(0)
+    v_last = x.new_empty(x.shape[1:], dtype=sdt) if return_v else x.new_empty(0, dtype=sdt)
+    return torch.empty_like(x), h, v_last
+
+
+def lif_bwd_fake(grad_spikes, grad_v_last, h, v0, tau, v_th, v_reset, soft_reset, decay_input,
+                 detach_reset, surrogate, alpha, need_tau_grad):
+    sdt = compute_dtype(h.dtype)
+    return torch.empty_like(h), h.new_empty(h.shape[1:], dtype=sdt), h.new_empty((), dtype=sdt)
+
+
+def _setup_context(ctx, inputs, output):
+    x, v0, tau, *options, save_h, return_v = inputs
+    _, h, _ = output
+    ctx.save_for_backward(h, v0, tau)
+    ctx.options = tuple(options)  # v_th, v_reset, soft_reset, decay_input, detach_reset, ...
+    ctx.saved_h, ctx.return_v = save_h, return_v
+
+
+def _backward_with(bwd_op):
+    def backward(ctx, grad_spikes, grad_h, grad_v_last):
+        if not ctx.saved_h:
+            raise RuntimeError(
+                "spikeclip lif: this forward ran with save_h=False (no input needed a gradient), "
+                "so it kept nothing for a backward"
+            )
+        h, v0, tau = ctx.saved_tensors
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(h)
+        if not ctx.return_v or grad_v_last is None:
+            grad_v_last = None
+        else:
+            grad_v_last = grad_v_last.contiguous()
+        need_tau = ctx.needs_input_grad[2]
+        grad_x, grad_v0, grad_tau = bwd_op(grad_spikes.contiguous(), grad_v_last, h, v0, tau,
+                                           *ctx.options, need_tau)
+        return (
+            grad_x,
+            grad_v0 if ctx.needs_input_grad[1] else None,
+            grad_tau if need_tau else None,
+            *([None] * 9),
+        )
+
+    return backward
+
+
+def register_lif_pair(fwd_name: str, bwd_name: str, bwd_op) -> None:
+    """Register fakes for both ops and autograd for the forward (bwd_op runs the backward)."""
+    torch.library.register_fake(fwd_name)(lif_fwd_fake)
+    torch.library.register_fake(bwd_name)(lif_bwd_fake)
+    torch.library.register_autograd(fwd_name, _backward_with(bwd_op), setup_context=_setup_context)

@@ -1,0 +1,93 @@
+"""Argument checks shared by the public ops: clear errors naming the argument, the expected and
+the given value, raised before any kernel runs."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from spikeclip.kernels.reference import SURROGATES, compute_dtype
+
+# Codes of the surrogates in the fused kernels (csrc/lif_math.h: enum Surrogate).
+SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "triangle": 2, "erf": 3}
+assert set(SURROGATE_CODES) == set(SURROGATES)
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Backends whose kernels store float64 (the others compute in float32 only).
+FLOAT64_BACKENDS = ("torch", "cpp")
+
+
+def check_sequence(x, name: str = "x") -> None:
+    """x must be a floating tensor `[T, *]` (at least 1-d)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float32, float16, bfloat16 or float64), "
+            f"got dtype {x.dtype}"
+        )
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have a leading time dimension [T, *], got a 0-d tensor")
+
+
+def check_dtype_for_backend(x: torch.Tensor, backend: str, name: str = "x") -> None:
+    if x.dtype == torch.float64 and backend not in FLOAT64_BACKENDS:
+        raise TypeError(
+            f"{name} is float64, which the {backend} backend does not take "
+            f"(float64 runs on {', '.join(FLOAT64_BACKENDS)})"
+        )
+
+
+def check_number(value, name: str, *, minimum: float | None = None, strict: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def check_tau(tau, x: torch.Tensor) -> None:
+    """tau: a number > 1, or a (learnable) one-element floating tensor on x's device."""
+    if isinstance(tau, torch.Tensor):
+        if tau.numel() != 1 or not tau.is_floating_point():
+            raise ValueError(
+                f"tau must be a number > 1 or a one-element floating tensor, got a tensor of "
+                f"shape {tuple(tau.shape)} and dtype {tau.dtype}"
+            )
+        if tau.device != x.device:
+            raise ValueError(f"tau is on {tau.device}, but x is on {x.device}")
+        if tau.device.type == "cpu" and not torch.compiler.is_compiling():
+            if not float(tau.detach()) > 1.0:
+                raise ValueError(f"tau must be > 1, got {float(tau.detach())}")
+    else:
+        check_number(tau, "tau", minimum=1.0)
+
+
+def check_surrogate(surrogate, alpha) -> float:
+    """Returns alpha, defaulted per surrogate."""
+    if surrogate not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+    if alpha is None:
+        return SURROGATES[surrogate][1]
+    return check_number(alpha, "alpha", minimum=0.0)
+
+
+def check_state(v0, x: torch.Tensor, name: str = "v0") -> None:
+    """v0 `[*]` (x without its time dim) on x's device, in x's dtype or the compute dtype."""
+    if v0 is None:
+        return
+    if not isinstance(v0, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(v0).__name__}")
+    if tuple(v0.shape) != tuple(x.shape[1:]):
+        raise ValueError(f"{name} must have shape {tuple(x.shape[1:])} (x without its time "
+                         f"dimension), got {tuple(v0.shape)}")
+    if v0.device != x.device:
+        raise ValueError(f"{name} is on {v0.device}, but x is on {x.device}")
+    allowed = {x.dtype, compute_dtype(x.dtype)}
+    if v0.dtype not in allowed:
+        raise TypeError(f"{name} must have dtype {' or '.join(sorted(map(str, allowed)))}, "
+                        f"got {v0.dtype}")

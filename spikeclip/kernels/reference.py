@@ -1,0 +1,112 @@
+"""Pure-PyTorch reference of every op: the spec the fused backends are tested against.
+
+Autograd does the backward here. Fused kernels mirror these formulas (csrc/lif_math.h for
+C++/CUDA, spikeclip/kernels/lif_triton.py for Triton) in the same order of operations, so that
+forward spikes agree bit for bit wherever h is not within rounding of the threshold.
+Half-precision inputs are computed in float32 (as the kernels do) and returned in their dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["SURROGATES", "compute_dtype", "lif_reference", "spike_fn"]
+
+
+def _sigmoid_grad(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    sig = torch.sigmoid(alpha * u)
+    return alpha * sig * (1 - sig)
+
+
+def _atan_grad(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    return (alpha / 2) / (1 + (math.pi / 2 * alpha * u) ** 2)
+
+
+def _triangle_grad(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    return alpha * torch.clamp(1 - (alpha * u).abs(), min=0)
+
+
+def _erf_grad(u: torch.Tensor, alpha: float) -> torch.Tensor:
+    return alpha / math.sqrt(math.pi) * torch.exp(-((alpha * u) ** 2))
+
+
+# Surrogate derivative g(u) of the Heaviside step at u = h - v_th, and its default alpha.
+# Each has unit area (it is the derivative of a smooth step from 0 to 1).
+SURROGATES = {
+    "sigmoid": (_sigmoid_grad, 4.0),
+    "atan": (_atan_grad, 2.0),
+    "triangle": (_triangle_grad, 1.0),
+    "erf": (_erf_grad, 2.0),
+}
+
+
+class _SpikeFn(torch.autograd.Function):
+    """Heaviside step forward (u >= 0), surrogate derivative backward."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+        ctx.save_for_backward(u)
+        ctx.surrogate, ctx.alpha = surrogate, alpha
+        return (u >= 0).to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (u,) = ctx.saved_tensors
+        return grad * SURROGATES[ctx.surrogate][0](u, ctx.alpha), None, None
+
+
+def spike_fn(u: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None):
+    """Spikes (u >= 0) as u's dtype, with the surrogate gradient of `surrogate`."""
+    return _SpikeFn.apply(u, surrogate, SURROGATES[surrogate][1] if alpha is None else alpha)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype LIF math and membrane state use: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lif_reference(
+    x: torch.Tensor,
+    *,
+    tau: float | torch.Tensor = 2.0,
+    v_th: float = 1.0,
+    v_reset: float | None = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    surrogate: str = "sigmoid",
+    alpha: float | None = None,
+    v0: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-step LIF over x `[T, *]`. Returns (spikes `[T, *]` in x's dtype, final v `[*]`).
+
+    For t = 0..T-1 (v[-1] = v0, default: the rest potential, v_reset or 0 for soft reset):
+        charge  h = v + (x[t] - (v - rest)) / tau      (decay_input)
+                h = v - (v - rest) / tau + x[t]        (otherwise)
+                rest = v_reset, or 0 for soft reset (v_reset=None)
+        fire    s = (h >= v_th)
+        reset   v = h * (1 - s) + v_reset * s         (hard)
+                v = h - v_th * s                       (soft)
+    detach_reset stops the gradient through s in the reset. The final v is in the compute
+    dtype (float32 for half inputs) so that chunked calls continue exactly.
+    """
+    cdt = compute_dtype(x.dtype)
+    soft = v_reset is None
+    rest = 0.0 if soft else float(v_reset)
+    if isinstance(tau, torch.Tensor):
+        tau = tau.to(cdt)
+    xc = x.to(cdt)
+    v = v0.to(cdt) if v0 is not None else torch.full(x.shape[1:], rest, dtype=cdt, device=x.device)
+    spikes = []
+    for t in range(x.shape[0]):
+        if decay_input:
+            h = v + (xc[t] - (v - rest)) / tau
+        else:
+            h = v - (v - rest) / tau + xc[t]
+        s = spike_fn(h - v_th, surrogate, alpha)
+        s_r = s.detach() if detach_reset else s
+        v = h - v_th * s_r if soft else h * (1 - s_r) + rest * s_r
+        spikes.append(s)
+    out = torch.stack(spikes) if spikes else xc.new_empty(x.shape)
+    return out.to(x.dtype), v
