@@ -53,19 +53,19 @@ SC_INLINE F lif_reset(F h, F s, const LifOptions<F>& o) {
   return o.soft_reset ? h - o.v_th * s : (s != F(0) ? o.v_reset : h);
 }
 
-// exp for the CPU vectorizer: GCC does not vectorise calls to expf without -ffast-math, so the
-// surrogates use this branch-free Cody-Waite reduction + degree-6 polynomial (rel. error < 2e-7
-// over the range used; clamps far outside it). On the device the hardware expf is used.
+// exp(x) for x <= 0, written for the CPU vectoriser: GCC does not vectorise calls to expf
+// without -ffast-math, so the surrogates use a branch-free Cody-Waite reduction + degree-6
+// polynomial (rel. error < 2e-7; flushes below e^-87). Rounding to nearest uses the 1.5*2^23
+// trick, not floorf (SSE4.1) or a select (which stops GCC's AVX2 if-conversion). Every caller
+// passes a non-positive argument. On the device the hardware expf is used.
 SC_INLINE float sc_expf(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float t = x * 1.44269504088896341f;  // x / ln 2
-  // round to nearest via truncation (cvttps2dq is baseline SSE2; floorf needs SSE4.1)
-  float n = static_cast<float>(static_cast<int32_t>(t + 0.5f));
-  n = n > t + 0.5f ? n - 1.0f : n;
-  float r = x - n * 0.693359375f;            // ln 2 split in two for exactness
+  x = x > -87.0f ? x : -87.0f;
+  const float t = x * 1.44269504088896341f;    // x / ln 2
+  const float n = (t + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;              // ln 2 split in two for exactness
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -85,15 +85,17 @@ SC_INLINE double sc_exp(double x) { return exp(x); }
 SC_INLINE float sc_exp(float x) { return sc_expf(x); }
 
 // Surrogate derivative g(u) of the Heaviside step at u = h - v_th (reference.py: SURROGATES).
-//   sigmoid:  alpha * sig(alpha u) * (1 - sig(alpha u))
+//   sigmoid:  alpha * sig(alpha u) * (1 - sig(alpha u))  = alpha e / (1 + e)^2, e = exp(-|alpha u|)
 //   atan:     (alpha / 2) / (1 + (pi/2 * alpha * u)^2)
 //   triangle: alpha * max(0, 1 - alpha |u|)
 //   erf:      alpha / sqrt(pi) * exp(-(alpha u)^2)
 template <int S, typename F>
 SC_INLINE F surrogate_grad(F u, F alpha) {
   if constexpr (S == kSigmoid) {
-    const F sig = F(1) / (F(1) + sc_exp(-alpha * u));
-    return alpha * sig * (F(1) - sig);
+    const F au = alpha * u;
+    const F e = sc_exp(au < F(0) ? au : -au);  // symmetric form: exp of a non-positive value
+    const F d = F(1) + e;
+    return alpha * e / (d * d);
   } else if constexpr (S == kAtan) {
     const F w = F(1.57079632679489661923) * alpha * u;
     return alpha / F(2) / (F(1) + w * w);
@@ -108,10 +110,12 @@ SC_INLINE F surrogate_grad(F u, F alpha) {
 }
 
 // d v[t] / d h[t] through the reset, given the spike s and its surrogate derivative g.
+// Written without branches on detach_reset so that CPU loops over it vectorise.
 template <typename F>
 SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
-  if (o.soft_reset) return o.detach_reset ? F(1) : F(1) - o.v_th * g;
-  return o.detach_reset ? F(1) - s : (F(1) - s) + (o.v_reset - h) * g;
+  const F through_spike = o.detach_reset ? F(0) : F(1);
+  if (o.soft_reset) return F(1) - through_spike * (o.v_th * g);
+  return (F(1) - s) + through_spike * ((o.v_reset - h) * g);
 }
 
 // d h[t] / d tau, with v_prev = v[t-1].

@@ -6,7 +6,7 @@ raises a clear error instead (see spikeclip.kernels.backends).
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (must be imported before _C: it resolves torch's symbols)
+import torch
 
 try:
     from spikeclip import _C  # noqa: F401

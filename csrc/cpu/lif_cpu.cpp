@@ -55,6 +55,33 @@ SC_CPU_CLONES void forward_chunk(const S* __restrict x, S* __restrict spikes, S*
     for (int64_t i = 0; i < len; ++i) v_last[i] = v[i];
 }
 
+// One time step of the backward sweep over a chunk. v_prev (only read with kTauGrad) is
+// v[t-1]: recomputed from h[t-1] when kFromH, else the initial membrane.
+template <int kSurr, typename S, typename F, bool kDecay, bool kSoft, bool kTauGrad, bool kFromH>
+SC_INLINE void backward_step(const S* __restrict ht, const S* __restrict gst, S* __restrict gxt,
+                             const S* __restrict hp, const F* __restrict v_init,
+                             F* __restrict carry, F* __restrict tau_acc, int64_t len, F leak,
+                             const LifOptions<F>& o) {
+  for (int64_t i = 0; i < len; ++i) {
+    const F h = static_cast<F>(ht[i]);
+    const F s = h >= o.v_th ? F(1) : F(0);
+    const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
+    const F dh = static_cast<F>(gst[i]) * g + carry[i] * reset_grad(h, s, g, o);
+    gxt[i] = static_cast<S>(kDecay ? dh / o.tau : dh);
+    carry[i] = dh * leak;
+    if constexpr (kTauGrad) {
+      F v_prev;
+      if constexpr (kFromH) {
+        const F hprev = static_cast<F>(hp[i]);
+        v_prev = lif_reset(hprev, hprev >= o.v_th ? F(1) : F(0), o);
+      } else {
+        v_prev = v_init[i];
+      }
+      tau_acc[i] += dh * charge_grad_tau(h, v_prev, o);
+    }
+  }
+}
+
 template <int kSurr, typename S, typename F, bool kDecay, bool kSoft, bool kTauGrad>
 SC_CPU_CLONES void backward_chunk(const S* __restrict grad_spikes, const F* __restrict grad_v_last,
                                   const S* __restrict h_in, const F* __restrict v0,
@@ -63,36 +90,21 @@ SC_CPU_CLONES void backward_chunk(const S* __restrict grad_spikes, const F* __re
                                   LifOptions<F> o) {
   o.decay_input = kDecay;
   o.soft_reset = kSoft;
-  const F rest = charge_rest(o);
   const F leak = F(1) - F(1) / o.tau;  // d h[t+1] / d v[t]
   F carry[kChunk];                     // gradient reaching v[t] from the future
+  F v_init[kChunk];
   for (int64_t i = 0; i < len; ++i) carry[i] = grad_v_last ? grad_v_last[i] : F(0);
-  if constexpr (kTauGrad)
+  if constexpr (kTauGrad) {
     for (int64_t i = 0; i < len; ++i) tau_acc[i] = F(0);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    const S* __restrict ht = h_in + t * N;
-    const S* __restrict hp = t > 0 ? h_in + (t - 1) * N : nullptr;
-    const S* __restrict gst = grad_spikes + t * N;
-    S* __restrict gxt = grad_x + t * N;
-    for (int64_t i = 0; i < len; ++i) {
-      const F h = static_cast<F>(ht[i]);
-      const F s = h >= o.v_th ? F(1) : F(0);
-      const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-      const F dh = static_cast<F>(gst[i]) * g + carry[i] * reset_grad(h, s, g, o);
-      gxt[i] = static_cast<S>(kDecay ? dh / o.tau : dh);
-      carry[i] = dh * leak;
-      if constexpr (kTauGrad) {
-        F v_prev;
-        if (hp) {
-          const F hprev = static_cast<F>(hp[i]);
-          v_prev = lif_reset(hprev, hprev >= o.v_th ? F(1) : F(0), o);
-        } else {
-          v_prev = v0 ? v0[i] : rest;
-        }
-        tau_acc[i] += dh * charge_grad_tau(h, v_prev, o);
-      }
-    }
+    for (int64_t i = 0; i < len; ++i) v_init[i] = v0 ? v0[i] : charge_rest(o);
   }
+  for (int64_t t = T - 1; t >= 1; --t)
+    backward_step<kSurr, S, F, kDecay, kSoft, kTauGrad, true>(
+        h_in + t * N, grad_spikes + t * N, grad_x + t * N, h_in + (t - 1) * N, v_init, carry,
+        tau_acc, len, leak, o);
+  if (T > 0)
+    backward_step<kSurr, S, F, kDecay, kSoft, kTauGrad, false>(
+        h_in, grad_spikes, grad_x, nullptr, v_init, carry, tau_acc, len, leak, o);
   for (int64_t i = 0; i < len; ++i) grad_v0[i] = carry[i];
 }
 

@@ -11,7 +11,7 @@ from spikeclip.kernels.backends import (
     available_backends,
     resolve_backend,
 )
-from spikeclip.kernels.lif import lif
+from spikeclip.kernels.lif_op import lif
 from spikeclip.kernels.reference import SURROGATES, lif_reference
 
 __all__ = [

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -25,9 +24,11 @@ class BackendUnavailableError(RuntimeError):
     """The requested kernel backend cannot run here (not built, not installed, wrong device)."""
 
 
-@functools.cache
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpreting() -> bool:
@@ -50,7 +51,10 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
         if not extension_loaded():
             return f"spikeclip._C is not built or failed to load ({EXTENSION_ERROR})"
         if not extension_has_cuda():
-            return "spikeclip._C was built without CUDA (rebuild on a machine with nvcc and CUDA torch)"
+            return (
+                "spikeclip._C was built without CUDA (rebuild where nvcc and a CUDA build "
+                "of torch are present)"
+            )
         return None
     if backend == "triton":
         if not triton_installed():

@@ -14,23 +14,50 @@ import torch
 from spikeclip.kernels.reference import compute_dtype
 
 
-def lif_fwd_fake(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate,
-                 alpha, save_h, return_v):
+def lif_fwd_fake(
+    x,
+    v0,
+    tau,
+    v_th,
+    v_reset,
+    soft_reset,
+    decay_input,
+    detach_reset,
+    surrogate,
+    alpha,
+    save_h,
+    return_v,
+):
     sdt = compute_dtype(x.dtype)
     h = torch.empty_like(x) if save_h else x.new_empty(0)
     v_last = x.new_empty(x.shape[1:], dtype=sdt) if return_v else x.new_empty(0, dtype=sdt)
     return torch.empty_like(x), h, v_last
 
 
-def lif_bwd_fake(grad_spikes, grad_v_last, h, v0, tau, v_th, v_reset, soft_reset, decay_input,
-                 detach_reset, surrogate, alpha, need_tau_grad):
+def lif_bwd_fake(
+    grad_spikes,
+    grad_v_last,
+    h,
+    v0,
+    tau,
+    v_th,
+    v_reset,
+    soft_reset,
+    decay_input,
+    detach_reset,
+    surrogate,
+    alpha,
+    need_tau_grad,
+):
     sdt = compute_dtype(h.dtype)
     return torch.empty_like(h), h.new_empty(h.shape[1:], dtype=sdt), h.new_empty((), dtype=sdt)
 
 
 def _setup_context(ctx, inputs, output):
-    x, v0, tau, *options, save_h, return_v = inputs
+    _, v0, tau, *options, save_h, return_v = inputs
     _, h, _ = output
+    # h is an internal output: without this, autograd would fill a [T, *] zero gradient for it.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(h, v0, tau)
     ctx.options = tuple(options)  # v_th, v_reset, soft_reset, decay_input, detach_reset, ...
     ctx.saved_h, ctx.return_v = save_h, return_v
@@ -51,8 +78,9 @@ def _backward_with(bwd_op):
         else:
             grad_v_last = grad_v_last.contiguous()
         need_tau = ctx.needs_input_grad[2]
-        grad_x, grad_v0, grad_tau = bwd_op(grad_spikes.contiguous(), grad_v_last, h, v0, tau,
-                                           *ctx.options, need_tau)
+        grad_x, grad_v0, grad_tau = bwd_op(
+            grad_spikes.contiguous(), grad_v_last, h, v0, tau, *ctx.options, need_tau
+        )
         return (
             grad_x,
             grad_v0 if ctx.needs_input_grad[1] else None,

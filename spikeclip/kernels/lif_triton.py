@@ -47,10 +47,25 @@ def _reset(h, v_th, v_reset, SOFT: tl.constexpr):
 
 
 @triton.jit
-def _lif_fwd_kernel(x_ptr, v0_ptr, tau_ptr, s_ptr, h_ptr, v_last_ptr, T, N,
-                    v_th, v_reset, rest,
-                    HAS_V0: tl.constexpr, DECAY: tl.constexpr, SOFT: tl.constexpr,
-                    SAVE_H: tl.constexpr, RETURN_V: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_fwd_kernel(
+    x_ptr,
+    v0_ptr,
+    tau_ptr,
+    s_ptr,
+    h_ptr,
+    v_last_ptr,
+    T,
+    N,
+    v_th,
+    v_reset,
+    rest,
+    HAS_V0: tl.constexpr,
+    DECAY: tl.constexpr,
+    SOFT: tl.constexpr,
+    SAVE_H: tl.constexpr,
+    RETURN_V: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     tau = tl.load(tau_ptr)
@@ -80,11 +95,31 @@ def _lif_fwd_kernel(x_ptr, v0_ptr, tau_ptr, s_ptr, h_ptr, v_last_ptr, T, N,
 
 
 @triton.jit
-def _lif_bwd_kernel(gs_ptr, gvl_ptr, h_ptr, v0_ptr, tau_ptr, gx_ptr, gv0_ptr, tau_part_ptr,
-                    T, N, last_off, v_th, v_reset, rest, alpha,
-                    HAS_GVL: tl.constexpr, HAS_V0: tl.constexpr, DECAY: tl.constexpr,
-                    SOFT: tl.constexpr, DETACH: tl.constexpr, SURR: tl.constexpr,
-                    TAU_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_bwd_kernel(
+    gs_ptr,
+    gvl_ptr,
+    h_ptr,
+    v0_ptr,
+    tau_ptr,
+    gx_ptr,
+    gv0_ptr,
+    tau_part_ptr,
+    T,
+    N,
+    last_off,
+    v_th,
+    v_reset,
+    rest,
+    alpha,
+    HAS_GVL: tl.constexpr,
+    HAS_V0: tl.constexpr,
+    DECAY: tl.constexpr,
+    SOFT: tl.constexpr,
+    DETACH: tl.constexpr,
+    SURR: tl.constexpr,
+    TAU_GRAD: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
@@ -149,31 +184,69 @@ def _flat(t: torch.Tensor) -> tuple[int, int]:
 
 
 @torch.library.custom_op("spikeclip::lif_fwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def lif_fwd_triton(x: torch.Tensor, v0: torch.Tensor | None, tau: torch.Tensor, v_th: float,
-                   v_reset: float, soft_reset: bool, decay_input: bool, detach_reset: bool,
-                   surrogate: str, alpha: float, save_h: bool,
-                   return_v: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lif_fwd_triton(
+    x: torch.Tensor,
+    v0: torch.Tensor | None,
+    tau: torch.Tensor,
+    v_th: float,
+    v_reset: float,
+    soft_reset: bool,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: str,
+    alpha: float,
+    save_h: bool,
+    return_v: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, N = _flat(x)
     spikes = torch.empty_like(x)
     h = torch.empty_like(x) if save_h else x.new_empty(0)
-    v_last = x.new_empty(x.shape[1:], dtype=torch.float32) if return_v else x.new_empty(
-        0, dtype=torch.float32)
+    v_last = (
+        x.new_empty(x.shape[1:], dtype=torch.float32)
+        if return_v
+        else x.new_empty(0, dtype=torch.float32)
+    )
     if N > 0:
         rest = 0.0 if soft_reset else v_reset
         _lif_fwd_kernel[(triton.cdiv(N, _BLOCK),)](
-            x, v0 if v0 is not None else x, tau, spikes, h if save_h else spikes,
-            v_last if return_v else spikes, T, N, v_th, v_reset, rest,
-            HAS_V0=v0 is not None, DECAY=decay_input, SOFT=soft_reset, SAVE_H=save_h,
-            RETURN_V=return_v, BLOCK=_BLOCK, num_warps=4)
+            x,
+            v0 if v0 is not None else x,
+            tau,
+            spikes,
+            h if save_h else spikes,
+            v_last if return_v else spikes,
+            T,
+            N,
+            v_th,
+            v_reset,
+            rest,
+            HAS_V0=v0 is not None,
+            DECAY=decay_input,
+            SOFT=soft_reset,
+            SAVE_H=save_h,
+            RETURN_V=return_v,
+            BLOCK=_BLOCK,
+            num_warps=4,
+        )
     return spikes, h, v_last
 
 
 @torch.library.custom_op("spikeclip::lif_bwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def lif_bwd_triton(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, h: torch.Tensor,
-                   v0: torch.Tensor | None, tau: torch.Tensor, v_th: float, v_reset: float,
-                   soft_reset: bool, decay_input: bool, detach_reset: bool, surrogate: str,
-                   alpha: float,
-                   need_tau_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lif_bwd_triton(
+    grad_spikes: torch.Tensor,
+    grad_v_last: torch.Tensor | None,
+    h: torch.Tensor,
+    v0: torch.Tensor | None,
+    tau: torch.Tensor,
+    v_th: float,
+    v_reset: float,
+    soft_reset: bool,
+    decay_input: bool,
+    detach_reset: bool,
+    surrogate: str,
+    alpha: float,
+    need_tau_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     T, N = _flat(h)
     grad_x = torch.empty_like(h)
     grad_v0 = h.new_empty(h.shape[1:], dtype=torch.float32)
@@ -184,14 +257,34 @@ def lif_bwd_triton(grad_spikes: torch.Tensor, grad_v_last: torch.Tensor | None, 
     elif N > 0:
         rest = 0.0 if soft_reset else v_reset
         _lif_bwd_kernel[(grid,)](
-            grad_spikes, grad_v_last if grad_v_last is not None else grad_v0, h,
-            v0 if v0 is not None else grad_v0, tau, grad_x, grad_v0, partials, T, N,
-            (T - 1) * N, v_th,
-            v_reset, rest, alpha, HAS_GVL=grad_v_last is not None, HAS_V0=v0 is not None,
-            DECAY=decay_input, SOFT=soft_reset, DETACH=detach_reset,
-            SURR=SURROGATE_CODES[surrogate], TAU_GRAD=need_tau_grad, BLOCK=_BLOCK, num_warps=4)
+            grad_spikes,
+            grad_v_last if grad_v_last is not None else grad_v0,
+            h,
+            v0 if v0 is not None else grad_v0,
+            tau,
+            grad_x,
+            grad_v0,
+            partials,
+            T,
+            N,
+            (T - 1) * N,
+            v_th,
+            v_reset,
+            rest,
+            alpha,
+            HAS_GVL=grad_v_last is not None,
+            HAS_V0=v0 is not None,
+            DECAY=decay_input,
+            SOFT=soft_reset,
+            DETACH=detach_reset,
+            SURR=SURROGATE_CODES[surrogate],
+            TAU_GRAD=need_tau_grad,
+            BLOCK=_BLOCK,
+            num_warps=4,
+        )
     return grad_x, grad_v0, partials.sum()
 
 
-register_lif_pair("spikeclip::lif_fwd_triton", "spikeclip::lif_bwd_triton",
-                  torch.ops.spikeclip.lif_bwd_triton)
+register_lif_pair(
+    "spikeclip::lif_fwd_triton", "spikeclip::lif_bwd_triton", torch.ops.spikeclip.lif_bwd_triton
+)

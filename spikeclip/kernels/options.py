@@ -60,9 +60,10 @@ def check_tau(tau, x: torch.Tensor) -> None:
             )
         if tau.device != x.device:
             raise ValueError(f"tau is on {tau.device}, but x is on {x.device}")
-        if tau.device.type == "cpu" and not torch.compiler.is_compiling():
-            if not float(tau.detach()) > 1.0:
-                raise ValueError(f"tau must be > 1, got {float(tau.detach())}")
+        # A learnable tau's value is checked only where reading it costs no device sync.
+        on_cpu = tau.device.type == "cpu" and not torch.compiler.is_compiling()
+        if on_cpu and not float(tau.detach()) > 1.0:
+            raise ValueError(f"tau must be > 1, got {float(tau.detach())}")
     else:
         check_number(tau, "tau", minimum=1.0)
 
@@ -83,11 +84,14 @@ def check_state(v0, x: torch.Tensor, name: str = "v0") -> None:
     if not isinstance(v0, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or None, got {type(v0).__name__}")
     if tuple(v0.shape) != tuple(x.shape[1:]):
-        raise ValueError(f"{name} must have shape {tuple(x.shape[1:])} (x without its time "
-                         f"dimension), got {tuple(v0.shape)}")
+        raise ValueError(
+            f"{name} must have shape {tuple(x.shape[1:])} (x without its time "
+            f"dimension), got {tuple(v0.shape)}"
+        )
     if v0.device != x.device:
         raise ValueError(f"{name} is on {v0.device}, but x is on {x.device}")
     allowed = {x.dtype, compute_dtype(x.dtype)}
     if v0.dtype not in allowed:
-        raise TypeError(f"{name} must have dtype {' or '.join(sorted(map(str, allowed)))}, "
-                        f"got {v0.dtype}")
+        raise TypeError(
+            f"{name} must have dtype {' or '.join(sorted(map(str, allowed)))}, got {v0.dtype}"
+        )

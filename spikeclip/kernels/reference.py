@@ -78,8 +78,10 @@ def lif_reference(
     surrogate: str = "sigmoid",
     alpha: float | None = None,
     v0: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-step LIF over x `[T, *]`. Returns (spikes `[T, *]` in x's dtype, final v `[*]`).
+    return_h: bool = False,
+):
+    """Multi-step LIF over x `[T, *]`. Returns (spikes `[T, *]` in x's dtype, final v `[*]`),
+    and with return_h the membrane before reset h `[T, *]` (compute dtype) as a third item.
 
     For t = 0..T-1 (v[-1] = v0, default: the rest potential, v_reset or 0 for soft reset):
         charge  h = v + (x[t] - (v - rest)) / tau      (decay_input)
@@ -98,7 +100,7 @@ def lif_reference(
         tau = tau.to(cdt)
     xc = x.to(cdt)
     v = v0.to(cdt) if v0 is not None else torch.full(x.shape[1:], rest, dtype=cdt, device=x.device)
-    spikes = []
+    spikes, hs = [], []
     for t in range(x.shape[0]):
         if decay_input:
             h = v + (xc[t] - (v - rest)) / tau
@@ -108,5 +110,8 @@ def lif_reference(
         s_r = s.detach() if detach_reset else s
         v = h - v_th * s_r if soft else h * (1 - s_r) + rest * s_r
         spikes.append(s)
+        hs.append(h)
     out = torch.stack(spikes) if spikes else xc.new_empty(x.shape)
+    if return_h:
+        return out.to(x.dtype), v, torch.stack(hs) if hs else xc.new_empty(x.shape)
     return out.to(x.dtype), v

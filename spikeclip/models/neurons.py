@@ -18,10 +18,18 @@ class LIF(nn.Module):
     the rest potential (use spikeclip.kernels.lif with v0/return_v to carry state).
     """
 
-    def __init__(self, tau: float = 2.0, v_th: float = 1.0, v_reset: float | None = 0.0,
-                 decay_input: bool = True, detach_reset: bool = False,
-                 surrogate: str = "sigmoid", alpha: float | None = None,
-                 learnable_tau: bool = False, backend: str = "auto"):
+    def __init__(
+        self,
+        tau: float = 2.0,
+        v_th: float = 1.0,
+        v_reset: float | None = 0.0,
+        decay_input: bool = True,
+        detach_reset: bool = False,
+        surrogate: str = "sigmoid",
+        alpha: float | None = None,
+        learnable_tau: bool = False,
+        backend: str = "auto",
+    ):
         super().__init__()
         if not tau > 1:
             raise ValueError(f"tau must be > 1, got {tau}")
@@ -40,12 +48,22 @@ class LIF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: `[T, B, ...]` input current -> spikes of the same shape and dtype."""
-        return lif(x, tau=self.current_tau(), v_th=self.v_th, v_reset=self.v_reset,
-                   decay_input=self.decay_input, detach_reset=self.detach_reset,
-                   surrogate=self.surrogate, alpha=self.alpha, backend=self.backend)
+        return lif(
+            x,
+            tau=self.current_tau(),
+            v_th=self.v_th,
+            v_reset=self.v_reset,
+            decay_input=self.decay_input,
+            detach_reset=self.detach_reset,
+            surrogate=self.surrogate,
+            alpha=self.alpha,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         tau = "learnable" if self.w is not None else self.tau
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
-        return (f"tau={tau}, v_th={self.v_th}, {reset}, surrogate={self.surrogate}, "
-                f"backend={self.backend}")
+        return (
+            f"tau={tau}, v_th={self.v_th}, {reset}, surrogate={self.surrogate}, "
+            f"backend={self.backend}"
+        )

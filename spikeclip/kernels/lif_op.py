@@ -66,11 +66,29 @@ def lif(
     opt.check_dtype_for_backend(x, backend)
 
     if backend == "torch" or x.numel() == 0:
-        spikes, v = lif_reference(x, tau=tau, v_th=v_th, v_reset=v_reset,
-                                  decay_input=decay_input, detach_reset=detach_reset,
-                                  surrogate=surrogate, alpha=alpha, v0=v0)
+        spikes, v = lif_reference(
+            x,
+            tau=tau,
+            v_th=v_th,
+            v_reset=v_reset,
+            decay_input=decay_input,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+            v0=v0,
+        )
         return (spikes, v) if return_v else spikes
 
+    out_dtype = x.dtype
+    if (
+        isinstance(tau, torch.Tensor)
+        and tau.requires_grad
+        and torch.is_grad_enabled()
+        and x.dtype in (torch.float16, torch.bfloat16)
+    ):
+        # dL/dtau sums terms in (h[t] - v[t-1]), a small difference of large values that h
+        # stored in half precision cannot resolve: keep h in float32 for a learnable tau.
+        x = x.float()
     cdt = compute_dtype(x.dtype)
     if isinstance(tau, torch.Tensor):
         tau_t = tau.to(cdt).reshape(())
@@ -82,6 +100,18 @@ def lif(
     )
     soft = v_reset is None
     spikes, _, v_last = _fused_ops(backend)(
-        x.contiguous(), v0c, tau_t, v_th, 0.0 if soft else v_reset, soft, bool(decay_input),
-        bool(detach_reset), surrogate, alpha, needs_grad, bool(return_v))
+        x.contiguous(),
+        v0c,
+        tau_t,
+        v_th,
+        0.0 if soft else v_reset,
+        soft,
+        bool(decay_input),
+        bool(detach_reset),
+        surrogate,
+        alpha,
+        needs_grad,
+        bool(return_v),
+    )
+    spikes = spikes.to(out_dtype)
     return (spikes, v_last) if return_v else spikes

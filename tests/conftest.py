@@ -1,0 +1,31 @@
+"""Test set-up. Triton runs on CPU tensors only as its interpreter, which must be switched on
+before the first @triton.jit function is executed: set here, never in library code."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from spikeclip.kernels.backends import why_unavailable
+
+
+def fused_cases():
+    """(backend, device) pairs of every fused backend that can run here."""
+    cases = []
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for backend in ("cpp", "cuda", "triton"):
+            if why_unavailable(backend, torch.device(device)) is None:
+                cases.append(pytest.param(backend, device, id=f"{backend}-{device}"))
+    return cases
+
+
+FUSED = fused_cases()
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # Fresh random inputs per test, but reproducible from the test's name.
+    torch.manual_seed(abs(hash(request.node.nodeid)) % (2**31))
