@@ -23,8 +23,9 @@ struct LifOptionsView {
 
   template <typename F>
   LifOptions<F> as() const {
-    return LifOptions<F>{F(tau), F(v_th), F(v_reset), soft_reset, decay_input, detach_reset,
-                         F(alpha)};
+    const F t = F(tau);
+    return LifOptions<F>{t,          F(1) / t,     F(v_th), F(v_reset), soft_reset,
+                         decay_input, detach_reset, F(alpha)};
   }
 };
 

@@ -2,7 +2,7 @@
 //
 // The spec is spikeclip/kernels/reference.py; every formula here mirrors it, in the same
 // order of operations where the forward is concerned, so that fused forwards produce the
-// same spikes as the reference bit for bit (charge uses a true division, not a reciprocal).
+// same spikes as the reference bit for bit (no fused multiply-adds: see setup.py).
 // Free of torch headers: the CUDA kernels that include it are compile-checked without torch.
 #pragma once
 
@@ -25,6 +25,7 @@ enum Surrogate : int { kSigmoid = 0, kAtan = 1, kTriangle = 2, kErf = 3 };
 template <typename F>
 struct LifOptions {
   F tau;
+  F inv_tau;          // 1 / tau, rounded once: the charge multiplies by it (as the reference)
   F v_th;
   F v_reset;          // reset value (hard reset); ignored by soft reset
   bool soft_reset;    // v = h - v_th * s instead of v = s ? v_reset : h
@@ -33,12 +34,12 @@ struct LifOptions {
   F alpha;            // surrogate sharpness
 };
 
-// Charge: h[t] = v[t-1] + (x[t] - (v[t-1] - v_reset)) / tau   (decay_input)
-//         h[t] = v[t-1] - (v[t-1] - v_reset) / tau + x[t]     (otherwise)
-// Soft reset charges towards 0 (callers pass v_reset = 0 then: see charge_rest()).
+// Charge: h[t] = v[t-1] + (x[t] - (v[t-1] - rest)) * (1 / tau)   (decay_input)
+//         h[t] = v[t-1] - (v[t-1] - rest) * (1 / tau) + x[t]     (otherwise)
+// rest = v_reset, or 0 for soft reset (see charge_rest()).
 template <typename F>
-SC_INLINE F lif_charge(F v, F x, F tau, F rest, bool decay_input) {
-  return decay_input ? v + (x - (v - rest)) / tau : v - (v - rest) / tau + x;
+SC_INLINE F lif_charge(F v, F x, F inv_tau, F rest, bool decay_input) {
+  return decay_input ? v + (x - (v - rest)) * inv_tau : v - (v - rest) * inv_tau + x;
 }
 
 // The potential the charge leaks towards.
@@ -121,7 +122,8 @@ SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
 // d h[t] / d tau, with v_prev = v[t-1].
 template <typename F>
 SC_INLINE F charge_grad_tau(F h, F v_prev, const LifOptions<F>& o) {
-  return o.decay_input ? -(h - v_prev) / o.tau : (v_prev - charge_rest(o)) / (o.tau * o.tau);
+  return o.decay_input ? -(h - v_prev) * o.inv_tau
+                       : (v_prev - charge_rest(o)) * (o.inv_tau * o.inv_tau);
 }
 
 }  // namespace spikeclip

@@ -1,11 +1,20 @@
 """spikeclip: fused spiking-neural-network kernels for PyTorch, and a spiking CLIP built on them.
 
-import spikeclip
-spikes = spikeclip.kernels.lif(x)             # x: [T, *]
-layer = spikeclip.models.LIF(tau=2.0)          # nn.Module on [T, B, ...]
+    import spikeclip
+    spikes = spikeclip.kernels.lif(x)             # x: [T, *]
+    layer = spikeclip.models.LIF(tau=2.0)          # nn.Module on [T, B, ...]
+
+Submodules load on first use, so that the command line can set up the environment (for
+example PyTorch's allocator switches) before torch is imported.
 """
 
-from spikeclip import kernels, models
+import importlib
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "kernels", "models"]
+
+
+def __getattr__(name):
+    if name in ("kernels", "models"):
+        return importlib.import_module(f"spikeclip.{name}")
+    raise AttributeError(f"module 'spikeclip' has no attribute {name!r}")

@@ -44,7 +44,7 @@ SC_CPU_CLONES void forward_chunk(const S* __restrict x, S* __restrict spikes, S*
     S* __restrict st = spikes + t * N;
     S* __restrict ht = kSaveH ? h_out + t * N : nullptr;
     for (int64_t i = 0; i < len; ++i) {
-      const F h = lif_charge(v[i], static_cast<F>(xt[i]), o.tau, rest, kDecay);
+      const F h = lif_charge(v[i], static_cast<F>(xt[i]), o.inv_tau, rest, kDecay);
       const F s = h >= o.v_th ? F(1) : F(0);
       st[i] = static_cast<S>(s);
       if constexpr (kSaveH) ht[i] = static_cast<S>(h);
@@ -67,7 +67,7 @@ SC_INLINE void backward_step(const S* __restrict ht, const S* __restrict gst, S*
     const F s = h >= o.v_th ? F(1) : F(0);
     const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
     const F dh = static_cast<F>(gst[i]) * g + carry[i] * reset_grad(h, s, g, o);
-    gxt[i] = static_cast<S>(kDecay ? dh / o.tau : dh);
+    gxt[i] = static_cast<S>(kDecay ? dh * o.inv_tau : dh);
     carry[i] = dh * leak;
     if constexpr (kTauGrad) {
       F v_prev;
@@ -90,7 +90,7 @@ SC_CPU_CLONES void backward_chunk(const S* __restrict grad_spikes, const F* __re
                                   LifOptions<F> o) {
   o.decay_input = kDecay;
   o.soft_reset = kSoft;
-  const F leak = F(1) - F(1) / o.tau;  // d h[t+1] / d v[t]
+  const F leak = F(1) - o.inv_tau;  // d h[t+1] / d v[t]
   F carry[kChunk];                     // gradient reaching v[t] from the future
   F v_init[kChunk];
   for (int64_t i = 0; i < len; ++i) carry[i] = grad_v_last ? grad_v_last[i] : F(0);

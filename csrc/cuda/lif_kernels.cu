@@ -37,14 +37,41 @@ struct alignas(sizeof(S) * VEC) Pack {
   S v[VEC];
 };
 
+// 16-byte packs move as one 128-bit access (ld.global.nc.v4 / st.global.v4).
 template <typename S, int VEC>
 __device__ __forceinline__ Pack<S, VEC> load_pack(const S* p) {
-  return *reinterpret_cast<const Pack<S, VEC>*>(p);
+  Pack<S, VEC> out;
+  if constexpr (sizeof(out) == 16) {
+    const uint4 bits = __ldg(reinterpret_cast<const uint4*>(p));
+    memcpy(&out, &bits, 16);
+  } else {
+    out = *reinterpret_cast<const Pack<S, VEC>*>(p);
+  }
+  return out;
+}
+
+__device__ __forceinline__ uint32_t bits_of(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t bits_of(__half v) { return __half_as_ushort(v); }
+__device__ __forceinline__ uint32_t bits_of(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+
+// The 32-bit word k of a 16-byte pack.
+template <typename S, int VEC>
+__device__ __forceinline__ uint32_t pack_word(const Pack<S, VEC>& v, int k) {
+  if constexpr (sizeof(S) == 4) return bits_of(v.v[k]);
+  else return bits_of(v.v[2 * k]) | (bits_of(v.v[2 * k + 1]) << 16);
 }
 
 template <typename S, int VEC>
 __device__ __forceinline__ void store_pack(S* p, const Pack<S, VEC>& v) {
-  *reinterpret_cast<Pack<S, VEC>*>(p) = v;
+  if constexpr (sizeof(v) == 16) {
+    // Inline PTX: LLVM otherwise splits the store when it cannot prove 16-byte alignment
+    // through the pointer arithmetic (pick_vec() guarantees it).
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(pack_word(v, 0)),
+                 "r"(pack_word(v, 1)), "r"(pack_word(v, 2)), "r"(pack_word(v, 3))
+                 : "memory");
+  } else {
+    *reinterpret_cast<Pack<S, VEC>*>(p) = v;
+  }
 }
 
 template <typename S, int VEC, bool kDecay, bool kSoft, bool kSaveH>
@@ -56,20 +83,20 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
   if (n >= N) return;
   o.tau = *tau_ptr;
+  o.inv_tau = 1.0f / o.tau;
   o.decay_input = kDecay;
   o.soft_reset = kSoft;
   const float rest = charge_rest(o);
   float v[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) v[j] = v0 ? v0[n + j] : rest;
-#pragma unroll 4
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = t * N + n;
     const Pack<S, VEC> xin = load_pack<S, VEC>(x + off);
     Pack<S, VEC> s_out, h_pack;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
-      const float h = lif_charge(v[j], load_f(xin.v[j]), o.tau, rest, kDecay);
+      const float h = lif_charge(v[j], load_f(xin.v[j]), o.inv_tau, rest, kDecay);
       const float s = h >= o.v_th ? 1.0f : 0.0f;
       s_out.v[j] = store_f<S>(s);
       h_pack.v[j] = store_f<S>(h);
@@ -95,10 +122,11 @@ __global__ void __launch_bounds__(kThreads)
   float tau_acc = 0.0f;
   if (n < N && T > 0) {
     o.tau = *tau_ptr;
+    o.inv_tau = 1.0f / o.tau;
     o.decay_input = kDecay;
     o.soft_reset = kSoft;
     const float rest = charge_rest(o);
-    const float leak = 1.0f - 1.0f / o.tau;
+    const float leak = 1.0f - o.inv_tau;
     float carry[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) carry[j] = grad_v_last ? grad_v_last[n + j] : 0.0f;
@@ -117,7 +145,7 @@ __global__ void __launch_bounds__(kThreads)
         const float s = h >= o.v_th ? 1.0f : 0.0f;
         const float g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
         const float dh = load_f(gs.v[j]) * g + carry[j] * reset_grad(h, s, g, o);
-        gx.v[j] = store_f<S>(kDecay ? dh / o.tau : dh);
+        gx.v[j] = store_f<S>(kDecay ? dh * o.inv_tau : dh);
         carry[j] = dh * leak;
         if (kTauGrad) {
           float v_prev;

@@ -68,7 +68,7 @@ def _lif_fwd_kernel(
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
-    tau = tl.load(tau_ptr)
+    inv_tau = tl.math.div_rn(1.0, tl.load(tau_ptr))
     if HAS_V0:
         v = tl.load(v0_ptr + offs, mask=mask, other=0.0)
     else:
@@ -79,9 +79,9 @@ def _lif_fwd_kernel(
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
         if DECAY:
-            h = v + tl.math.div_rn(x - (v - rest), tau)
+            h = v + (x - (v - rest)) * inv_tau
         else:
-            h = v - tl.math.div_rn(v - rest, tau) + x
+            h = v - (v - rest) * inv_tau + x
         s = (h >= v_th).to(tl.float32)
         tl.store(s_ptrs, s.to(s_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
@@ -124,7 +124,8 @@ def _lif_bwd_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     tau = tl.load(tau_ptr)
-    leak = 1.0 - 1.0 / tau
+    inv_tau = tl.math.div_rn(1.0, tau)
+    leak = 1.0 - inv_tau
     if HAS_GVL:
         carry = tl.load(gvl_ptr + offs, mask=mask, other=0.0)
     else:
@@ -157,7 +158,7 @@ def _lif_bwd_kernel(
                 dvdh = (1.0 - s) + (v_reset - h) * g
         dh = gs * g + carry * dvdh
         if DECAY:
-            gx = tl.math.div_rn(dh, tau)
+            gx = dh * inv_tau
         else:
             gx = dh
         tl.store(gx_ptrs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
@@ -165,9 +166,9 @@ def _lif_bwd_kernel(
         if TAU_GRAD:
             v_prev = tl.where(has_prev, _reset(h_prev, v_th, v_reset, SOFT), v_init)
             if DECAY:
-                dtau = -tl.math.div_rn(h - v_prev, tau)
+                dtau = -(h - v_prev) * inv_tau
             else:
-                dtau = tl.math.div_rn(v_prev - rest, tau * tau)
+                dtau = (v_prev - rest) * (inv_tau * inv_tau)
             tau_acc += tl.where(mask, dh * dtau, 0.0)
         h = h_prev
         h_ptrs -= N
@@ -227,6 +228,7 @@ def lif_fwd_triton(
             RETURN_V=return_v,
             BLOCK=_BLOCK,
             num_warps=4,
+            enable_fp_fusion=False,  # no FMA: spikes bit-equal to the reference
         )
     return spikes, h, v_last
 

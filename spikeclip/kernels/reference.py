@@ -84,8 +84,8 @@ def lif_reference(
     and with return_h the membrane before reset h `[T, *]` (compute dtype) as a third item.
 
     For t = 0..T-1 (v[-1] = v0, default: the rest potential, v_reset or 0 for soft reset):
-        charge  h = v + (x[t] - (v - rest)) / tau      (decay_input)
-                h = v - (v - rest) / tau + x[t]        (otherwise)
+        charge  h = v + (x[t] - (v - rest)) * (1 / tau)      (decay_input)
+                h = v - (v - rest) * (1 / tau) + x[t]        (otherwise)
                 rest = v_reset, or 0 for soft reset (v_reset=None)
         fire    s = (h >= v_th)
         reset   v = h * (1 - s) + v_reset * s         (hard)
@@ -96,16 +96,17 @@ def lif_reference(
     cdt = compute_dtype(x.dtype)
     soft = v_reset is None
     rest = 0.0 if soft else float(v_reset)
-    if isinstance(tau, torch.Tensor):
-        tau = tau.to(cdt)
+    # 1/tau is rounded once, in the compute dtype; the fused kernels do the same.
+    tau = tau.to(cdt) if isinstance(tau, torch.Tensor) else torch.tensor(tau, dtype=cdt)
+    inv_tau = 1 / tau.to(x.device)
     xc = x.to(cdt)
     v = v0.to(cdt) if v0 is not None else torch.full(x.shape[1:], rest, dtype=cdt, device=x.device)
     spikes, hs = [], []
     for t in range(x.shape[0]):
         if decay_input:
-            h = v + (xc[t] - (v - rest)) / tau
+            h = v + (xc[t] - (v - rest)) * inv_tau
         else:
-            h = v - (v - rest) / tau + xc[t]
+            h = v - (v - rest) * inv_tau + xc[t]
         s = spike_fn(h - v_th, surrogate, alpha)
         s_r = s.detach() if detach_reset else s
         v = h - v_th * s_r if soft else h * (1 - s_r) + rest * s_r

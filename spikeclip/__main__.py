@@ -1,0 +1,5 @@
+import sys
+
+from spikeclip.cli import main
+
+sys.exit(main())

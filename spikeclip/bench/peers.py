@@ -1,0 +1,66 @@
+"""Other SNN libraries' LIF neurons with the same settings as ours, when they are installed:
+tau 2, decay_input, threshold 1, hard reset to 0, no detach, sigmoid surrogate alpha 4."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+
+import torch
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
+    """(label, fn(x) -> spikes) for SpikingJelly's multi-step LIFNode, or None."""
+    try:
+        from spikingjelly.activation_based import neuron, surrogate
+    except ImportError:
+        return None
+    node = neuron.LIFNode(
+        tau=2.0,
+        decay_input=True,
+        v_threshold=1.0,
+        v_reset=0.0,
+        detach_reset=False,
+        surrogate_function=surrogate.Sigmoid(alpha=4.0),
+        step_mode="m",
+    ).to(device)
+    backend = getattr(node, "backend", "torch")
+    if device.type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
+        node.backend = backend = "cupy"
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        node.reset()
+        return node(x)
+
+    return f"spikingjelly {_version('spikingjelly')} ({backend})", run
+
+
+def snntorch_leaky(device: torch.device) -> tuple[str, Callable] | None:
+    """(label, fn(x) -> spikes) for snnTorch's Leaky stepped over T (beta = 1 - 1/tau)."""
+    try:
+        import snntorch
+    except ImportError:
+        return None
+    leaky = snntorch.Leaky(
+        beta=0.5,
+        threshold=1.0,
+        reset_mechanism="zero",
+        spike_grad=snntorch.surrogate.fast_sigmoid(),
+    ).to(device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        mem = leaky.init_leaky()
+        out = []
+        for t in range(x.shape[0]):
+            spk, mem = leaky(x[t], mem)
+            out.append(spk)
+        return torch.stack(out)
+
+    return f"snntorch {_version('snntorch')}", run

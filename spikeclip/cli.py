@@ -1,0 +1,95 @@
+"""The `spikeclip` command (also `python -m spikeclip`).
+
+    spikeclip bench [lif] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype float32 ...]
+    spikeclip info
+
+torch is imported after the arguments are read, so that environment switches such as
+PyTorch's THP_MEM_ALLOC_ENABLE take effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spikeclip", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("bench", help="kernel benchmarks: fused vs reference, peers, copy")
+    b.add_argument("op", nargs="?", default="lif", choices=["lif"])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
+    b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
+    b.add_argument(
+        "--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"]
+    )
+    b.add_argument("--mode", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    b.add_argument("--rounds", type=int, default=15, help="timed rounds per contender")
+    b.add_argument("--no-peers", action="store_true", help="skip SpikingJelly / snnTorch")
+    b.add_argument(
+        "--no-thp",
+        action="store_true",
+        help="leave PyTorch's huge-page allocation off (large CPU tensors then pay "
+        "a page fault per 4 KiB on every allocation, in every contender)",
+    )
+    b.add_argument("--json", help="also write the rows to this JSON file")
+
+    sub.add_parser("info", help="version, torch, and the kernel backends available here")
+    return p
+
+
+def _bench(args) -> int:
+    import torch
+
+    from spikeclip.bench.lif_bench import bench_lif
+
+    dtypes = [getattr(torch, d) for d in args.dtype]
+    print(
+        f"# spikeclip bench {args.op}: device={args.device} threads={torch.get_num_threads()} "
+        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
+    )
+    rows = bench_lif(
+        Ts=args.T,
+        Ns=args.N,
+        dtypes=dtypes,
+        modes=args.mode,
+        device=args.device,
+        peers=not args.no_peers,
+        rounds=args.rounds,
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def _info() -> int:
+    import torch
+
+    import spikeclip
+    from spikeclip._ext import EXTENSION_ERROR
+    from spikeclip.kernels import available_backends
+
+    print(f"spikeclip {spikeclip.__version__}, torch {torch.__version__}")
+    print(f"extension: {'loaded' if EXTENSION_ERROR is None else EXTENSION_ERROR}")
+    print(f"backends on cpu: {available_backends('cpu')}")
+    if torch.cuda.is_available():
+        print(f"backends on cuda: {available_backends('cuda')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        if not args.no_thp:
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+        return _bench(args)
+    return _info()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
