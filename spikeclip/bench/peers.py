@@ -31,7 +31,8 @@ def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
         surrogate_function=surrogate.Sigmoid(alpha=4.0),
         step_mode="m",
     ).to(device)
-    backend = getattr(node, "backend", "torch")
+    # 0.0.0.0.14 has backend= ('torch' | 'cupy'); 2.0.0 picks its own kernels.
+    backend = getattr(node, "backend", None)
     if device.type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
         node.backend = backend = "cupy"
 
@@ -39,7 +40,8 @@ def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
         node.reset()
         return node(x)
 
-    return f"spikingjelly {_version('spikingjelly')} ({backend})", run
+    suffix = f" ({backend})" if backend else ""
+    return f"spikingjelly {_version('spikingjelly')}{suffix}", run
 
 
 def snntorch_leaky(device: torch.device) -> tuple[str, Callable] | None:
