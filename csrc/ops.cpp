@@ -27,4 +27,35 @@ TORCH_LIBRARY(spikeclip, m) {
       "float v_th, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
       "str surrogate, float alpha, bool need_tau_grad) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
+
+  // Spikes packed 8 per byte along the last dimension (bit j of byte b = x[..., 8 b + j]).
+  // pack_spikes raises if x holds anything but 0 and 1.
+  m.def("pack_spikes(Tensor x) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("unpack_spikes(Tensor bits, int n, ScalarType dtype) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+
+  // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
+  // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v
+  // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the
+  // compute dtype; SSA's h is [T, B, H, N, D] in q's dtype.
+  m.def(
+      "sdsa_fwd(Tensor q, Tensor k, Tensor v, float tau, float v_th, float v_reset, "
+      "bool soft_reset, bool detach_reset, str surrogate, float alpha, bool save) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "sdsa_bwd(Tensor grad_out, Tensor h, Tensor q_bits, Tensor k_bits, Tensor v_bits, int D, "
+      "float tau, float v_th, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
+      "float alpha) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "ssa_fwd(Tensor q, Tensor k, Tensor v, float scale, float tau, float v_th, float v_reset, "
+      "bool soft_reset, bool detach_reset, str surrogate, float alpha, bool save) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "ssa_bwd(Tensor grad_out, Tensor h, Tensor q_bits, Tensor k_bits, Tensor v_bits, int D, "
+      "float scale, float tau, float v_th, float v_reset, bool soft_reset, bool detach_reset, "
+      "str surrogate, float alpha) -> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
 }

@@ -1,6 +1,6 @@
 """The `spikeclip` command (also `python -m spikeclip`).
 
-    spikeclip bench [lif] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype float32 ...]
+    spikeclip bench [lif|attention] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype ...]
     spikeclip info
 
 torch is imported after the arguments are read, so that environment switches such as
@@ -20,7 +20,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bench", help="kernel benchmarks: fused vs reference, peers, copy")
-    b.add_argument("op", nargs="?", default="lif", choices=["lif"])
+    b.add_argument(
+        "op",
+        nargs="?",
+        default="lif",
+        choices=["lif", "attention"],
+        help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up",
+    )
     b.add_argument("--device", default="cpu")
     b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
     b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
@@ -45,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 def _bench(args) -> int:
     import torch
 
+    from spikeclip.bench.attention_bench import bench_attention
     from spikeclip.bench.lif_bench import bench_lif
 
     dtypes = [getattr(torch, d) for d in args.dtype]
@@ -52,15 +59,18 @@ def _bench(args) -> int:
         f"# spikeclip bench {args.op}: device={args.device} threads={torch.get_num_threads()} "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
-    rows = bench_lif(
-        Ts=args.T,
-        Ns=args.N,
-        dtypes=dtypes,
-        modes=args.mode,
-        device=args.device,
-        peers=not args.no_peers,
-        rounds=args.rounds,
-    )
+    if args.op == "attention":
+        rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
+    else:
+        rows = bench_lif(
+            Ts=args.T,
+            Ns=args.N,
+            dtypes=dtypes,
+            modes=args.mode,
+            device=args.device,
+            peers=not args.no_peers,
+            rounds=args.rounds,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

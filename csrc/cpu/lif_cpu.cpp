@@ -12,14 +12,7 @@
 
 #include "../lif_common.h"
 #include "../lif_math.h"
-
-// Portable by default, yet AVX2 where the machine has it: GCC emits a baseline and an AVX2
-// clone of each kernel and picks one at load time (no -march=native in the wheel).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SC_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define SC_CPU_CLONES
-#endif
+#include "cpu_simd.h"
 
 namespace spikeclip {
 namespace {

@@ -1,10 +1,14 @@
 """Functional spiking ops: one public function per op, `backend=` chooses the implementation.
 
     lif(x, tau=2.0, ...)   multi-step LIF over x [T, *]
+    sdsa(q, k, v, ...)     spike-driven self-attention, fused with its LIF
+    ssa(q, k, v, ...)      Spikformer / SpikeCLIP spiking self-attention, fused with its LIF
+    pack_spikes(x), unpack_spikes(bits, n)   0/1 tensors 8 per byte
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
 from spikeclip.kernels import lif_cpp  # noqa: F401  (registers fake + autograd of the _C ops)
+from spikeclip.kernels.attention_op import sdsa, ssa
 from spikeclip.kernels.backends import (
     BACKENDS,
     BackendUnavailableError,
@@ -12,7 +16,13 @@ from spikeclip.kernels.backends import (
     resolve_backend,
 )
 from spikeclip.kernels.lif_op import lif
-from spikeclip.kernels.reference import SURROGATES, lif_reference
+from spikeclip.kernels.reference import (
+    SURROGATES,
+    lif_reference,
+    sdsa_reference,
+    ssa_reference,
+)
+from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
 
 __all__ = [
     "BACKENDS",
@@ -21,5 +31,11 @@ __all__ = [
     "available_backends",
     "lif",
     "lif_reference",
+    "pack_spikes",
     "resolve_backend",
+    "sdsa",
+    "sdsa_reference",
+    "ssa",
+    "ssa_reference",
+    "unpack_spikes",
 ]

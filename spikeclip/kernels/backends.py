@@ -67,16 +67,25 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend `backend` means for tensors on `device`, or a clear error."""
+def resolve_backend(
+    backend: str, device: torch.device, *, supported=BACKENDS[1:], op: str = "lif"
+) -> str:
+    """The concrete backend `backend` means for tensors on `device`, or a clear error.
+
+    `supported`: the backends that have kernels for `op` (all of them for lif)."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         order = ("cuda", "triton") if device.type == "cuda" else ("cpp",)
         for candidate in order:
-            if why_unavailable(candidate, device) is None:
+            if candidate in supported and why_unavailable(candidate, device) is None:
                 return candidate
         return "torch"
+    if backend not in supported:
+        raise BackendUnavailableError(
+            f"backend={backend!r} has no {op} kernel yet (available for {op}: "
+            f"{', '.join(supported)})"
+        )
     reason = why_unavailable(backend, device)
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} is not available: {reason}")

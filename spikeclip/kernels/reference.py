@@ -12,7 +12,16 @@ import math
 
 import torch
 
-__all__ = ["SURROGATES", "compute_dtype", "lif_reference", "spike_fn"]
+__all__ = [
+    "SURROGATES",
+    "compute_dtype",
+    "lif_reference",
+    "pack_spikes_reference",
+    "sdsa_reference",
+    "spike_fn",
+    "ssa_reference",
+    "unpack_spikes_reference",
+]
 
 
 def _sigmoid_grad(u: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -116,3 +125,71 @@ def lif_reference(
     if return_h:
         return out.to(x.dtype), v, torch.stack(hs) if hs else xc.new_empty(x.shape)
     return out.to(x.dtype), v
+
+
+def pack_spikes_reference(x: torch.Tensor) -> torch.Tensor:
+    """0/1 values `[..., n]` -> uint8 `[..., ceil(n / 8)]`, bit j of byte b = x[..., 8 b + j]."""
+    n = x.shape[-1]
+    nb = (n + 7) // 8
+    xb = torch.nn.functional.pad(x.detach(), (0, nb * 8 - n)).reshape(*x.shape[:-1], nb, 8)
+    weights = (1 << torch.arange(8, device=x.device)).to(torch.uint8)
+    return (xb.to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def unpack_spikes_reference(bits: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of pack_spikes_reference: uint8 `[..., ceil(n / 8)]` -> `[..., n]` of dtype."""
+    shifts = torch.arange(8, device=bits.device, dtype=torch.uint8)
+    x = (bits.unsqueeze(-1) >> shifts) & 1
+    return x.reshape(*bits.shape[:-1], bits.shape[-1] * 8)[..., :n].to(dtype)
+
+
+def sdsa_reference(
+    q, k, v, *, v_th=0.5, tau=2.0, v_reset=0.0, detach_reset=True, surrogate="sigmoid", alpha=None
+):
+    """Spike-driven self-attention (Spike-driven Transformer) on q, k, v `[T, B, H, N, D]`:
+    kv[t] = sum over tokens of k[t] * v[t] `[T, B, H, 1, D]`; multi-step LIF over t on kv
+    (starting at rest, decay_input); out[t] = q[t] * spikes(kv)[t]. Returns q's dtype."""
+    cdt = compute_dtype(q.dtype)
+    kv = (k.to(cdt) * v.to(cdt)).sum(dim=-2, keepdim=True)
+    s, _ = lif_reference(
+        kv,
+        tau=tau,
+        v_th=v_th,
+        v_reset=v_reset,
+        detach_reset=detach_reset,
+        surrogate=surrogate,
+        alpha=alpha,
+    )
+    return (q.to(cdt) * s).to(q.dtype)
+
+
+def ssa_reference(
+    q,
+    k,
+    v,
+    *,
+    scale=0.125,
+    v_th=0.5,
+    tau=2.0,
+    v_reset=0.0,
+    detach_reset=True,
+    surrogate="sigmoid",
+    alpha=None,
+):
+    """Spiking self-attention (Spikformer, as SpikeCLIP uses it) on q, k, v `[T, B, H, N, D]`:
+    y[t] = (q[t] @ k[t]^T @ v[t]) * scale, no softmax, in the cheaper association
+    (q @ (k^T @ v) when N > D); multi-step LIF over t on y. Returns spikes in q's dtype."""
+    cdt = compute_dtype(q.dtype)
+    qc, kc, vc = q.to(cdt), k.to(cdt), v.to(cdt)
+    n, d = q.shape[-2:]
+    y = qc @ (kc.transpose(-2, -1) @ vc) if n > d else (qc @ kc.transpose(-2, -1)) @ vc
+    s, _ = lif_reference(
+        y * scale,
+        tau=tau,
+        v_th=v_th,
+        v_reset=v_reset,
+        detach_reset=detach_reset,
+        surrogate=surrogate,
+        alpha=alpha,
+    )
+    return s.to(q.dtype)

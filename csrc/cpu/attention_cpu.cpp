@@ -1,0 +1,440 @@
+// Spiking attention on the CPU, fused with its LIF: SDSA and SSA forward and backward.
+//
+// q, k, v: [T, B, H, N, D], contiguous. Work is split over the B*H heads; each thread sweeps t
+// for its head with the LIF state in a local buffer, so the membrane input (kv for SDSA, y for
+// SSA) is computed, charged and dropped without a round trip through memory.
+// Spikes are 0/1: products with spikes are accumulated as row additions that skip zeros (exact
+// integer counts; a few times fewer operations at typical firing rates). Non-spike values still
+// compute the right forward (they multiply), but the backward reads q, k, v from the packed
+// copies the forward saves, so grad-requiring inputs must be spikes (checked while packing).
+// Spec: spikeclip/kernels/reference.py (sdsa_reference, ssa_reference); LIF math: lif_math.h.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <vector>
+
+#include "../lif_launch.h"
+#include "../spike_pack.h"
+#include "cpu_simd.h"
+
+namespace spikeclip {
+namespace {
+
+struct Heads {
+  int64_t T, BH, N, D;
+  int64_t block(int64_t t, int64_t bh) const { return (t * BH + bh) * N * D; }
+};
+
+Heads check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(q.dim() == 5, op, ": q, k, v must be [T, B, H, N, D], got q of shape ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+              ": q, k, v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must have one dtype");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), op,
+              ": q, k, v must be contiguous");
+  return Heads{q.size(0), q.size(1) * q.size(2), q.size(3), q.size(4)};
+}
+
+LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
+                            bool detach_reset, c10::string_view surrogate, double alpha) {
+  LifOptionsView o;
+  o.tau = tau;
+  o.v_th = v_th;
+  o.v_reset = v_reset;
+  o.soft_reset = soft_reset;
+  o.decay_input = true;
+  o.detach_reset = detach_reset;
+  o.surrogate = surrogate == "sigmoid" ? kSigmoid
+                : surrogate == "atan"  ? kAtan
+                : surrogate == "triangle" ? kTriangle
+                : surrogate == "erf" ? kErf : -1;
+  TORCH_CHECK(o.surrogate >= 0, "unknown surrogate '", std::string(surrogate), "'");
+  o.alpha = alpha;
+  return o;
+}
+
+// Packed copies [T, B, H, N, ceil(D/8)] of q, k, v for the backward (empty when not saving).
+struct Saved {
+  at::Tensor bits[3];
+  Saved(const at::Tensor& q, bool save) {
+    auto sizes = q.sizes().vec();
+    sizes.back() = save ? packed_row_bytes(q.size(-1)) : 0;
+    for (auto& b : bits) b = at::empty(save ? sizes : std::vector<int64_t>{0},
+                                       q.options().dtype(at::kByte));
+  }
+};
+
+template <typename S>
+bool pack_rows(const S* src, uint8_t* dst, int64_t rows, int64_t D) {
+  const int64_t nb = packed_row_bytes(D);
+  bool ok = true;
+  for (int64_t r = 0; r < rows; ++r) ok &= pack_row(src + r * D, dst + r * nb, D);
+  return ok;
+}
+
+template <typename F>
+void unpack_rows(const uint8_t* src, F* dst, int64_t rows, int64_t D) {
+  const int64_t nb = packed_row_bytes(D);
+  for (int64_t r = 0; r < rows; ++r) unpack_row(src + r * nb, dst + r * D, D);
+}
+
+// Small loops over one row, written with restrict pointers so that GCC vectorises them.
+template <typename F, typename R>
+SC_INLINE void axpy(F* __restrict dst, F a, const R* __restrict row, int64_t D) {  // dst += a row
+  for (int64_t j = 0; j < D; ++j) dst[j] += a * static_cast<F>(row[j]);
+}
+
+template <typename F, typename A, typename B>
+SC_INLINE void add_product(F* __restrict acc, const A* __restrict a, const B* __restrict b,
+                           int64_t D) {  // acc += a * b
+  for (int64_t j = 0; j < D; ++j) acc[j] += static_cast<F>(a[j]) * static_cast<F>(b[j]);
+}
+
+template <typename S, typename F, typename A>
+SC_INLINE void store_product(S* __restrict out, const A* __restrict a, const F* __restrict b,
+                             int64_t D) {  // out = a * b
+  for (int64_t j = 0; j < D; ++j) out[j] = static_cast<S>(static_cast<F>(a[j]) * b[j]);
+}
+
+template <typename S, typename F>
+SC_INLINE void store_scaled(S* __restrict out, F a, const F* __restrict b, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] = static_cast<S>(a * b[j]);
+}
+
+template <typename S, typename F>
+SC_INLINE void store_row(S* __restrict out, const F* __restrict b, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] = static_cast<S>(b[j]);
+}
+
+// One LIF step over n neurons whose input is y * scale; writes spikes (and h when asked).
+template <bool kSaveH, typename S, typename H, typename F>
+SC_INLINE void lif_step(F* __restrict state, const F* __restrict y, F scale, S* __restrict spikes,
+                        H* __restrict h_out, int64_t n, const LifOptions<F> o) {
+  const F rest = charge_rest(o);
+  for (int64_t i = 0; i < n; ++i) {
+    const F h = lif_charge(state[i], y[i] * scale, o.inv_tau, rest, true);
+    const F s = h >= o.v_th ? F(1) : F(0);
+    spikes[i] = static_cast<S>(s);
+    if constexpr (kSaveH) h_out[i] = static_cast<H>(h);
+    state[i] = lif_reset(h, s, o);
+  }
+}
+
+// One backward LIF step over n neurons: from dL/dspikes and h to dL/d(input) * out_scale.
+template <int kSurr, typename G, typename H, typename F>
+SC_INLINE void lif_step_backward(const G* __restrict grad_spikes, const H* __restrict h_in,
+                                 F* __restrict carry, F* __restrict grad_in, F out_scale,
+                                 int64_t n, const LifOptions<F> o) {
+  const F leak = F(1) - o.inv_tau;
+  for (int64_t i = 0; i < n; ++i) {
+    const F h = static_cast<F>(h_in[i]);
+    const F s = h >= o.v_th ? F(1) : F(0);
+    const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
+    const F dh = static_cast<F>(grad_spikes[i]) * g + carry[i] * reset_grad(h, s, g, o);
+    carry[i] = dh * leak;
+    grad_in[i] = dh * out_scale;
+  }
+}
+
+// A[D, D] = k^T v for one head and step (k, v: [N, D]); zeros of k are skipped.
+template <typename F, typename R>
+SC_INLINE void kt_v(const R* k, const R* v, int64_t N, int64_t D, F* A) {
+  std::fill(A, A + D * D, F(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d1 = 0; d1 < D; ++d1) {
+      const F kk = static_cast<F>(k[n * D + d1]);
+      if (kk != F(0)) axpy(A + d1 * D, kk, v + n * D, D);
+    }
+}
+
+// out[n, :] = sum over d1 of a[n, d1] * B[d1, :] for n < N (zeros of a skipped).
+template <typename F, typename R>
+SC_INLINE void sparse_row_times(const R* a, const F* B, int64_t D, F* __restrict out) {
+  std::fill(out, out + D, F(0));
+  for (int64_t d1 = 0; d1 < D; ++d1) {
+    const F aa = static_cast<F>(a[d1]);
+    if (aa != F(0)) axpy(out, aa, B + d1 * D, D);
+  }
+}
+
+template <typename F>
+SC_INLINE void transpose(const F* A, F* At, int64_t D) {
+  for (int64_t a = 0; a < D; ++a)
+    for (int64_t b = 0; b < D; ++b) At[b * D + a] = A[a * D + b];
+}
+
+// Per-thread scratch of one head.
+template <typename F>
+struct Scratch {
+  std::vector<F> buf;
+  F* take(int64_t n) {  // call in a fixed order after reserve()
+    F* p = buf.data() + used;
+    used += n;
+    return p;
+  }
+  void reserve(int64_t n) { buf.assign(n, F(0)); used = 0; }
+  int64_t used = 0;
+};
+
+// ---- SDSA ---------------------------------------------------------------------------------
+
+template <typename S, typename F>
+SC_CPU_CLONES void sdsa_forward_head(const S* q, const S* k, const S* v, S* out, F* h_out,
+                                     uint8_t* const* bits, int64_t bh, const Heads s,
+                                     const LifOptions<F> o, bool save, F* state, F* kv, F* spk,
+                                     bool* ok) {
+  std::fill(state, state + s.D, charge_rest(o));
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t base = s.block(t, bh), D = s.D;
+    std::fill(kv, kv + D, F(0));
+    for (int64_t n = 0; n < s.N; ++n) add_product(kv, k + base + n * D, v + base + n * D, D);
+    lif_step<true>(state, kv, F(1), spk, h_out + (t * s.BH + bh) * D, D, o);
+    for (int64_t n = 0; n < s.N; ++n) store_product(out + base + n * D, q + base + n * D, spk, D);
+    if (save) {
+      const int64_t off = base / D * packed_row_bytes(D);
+      *ok &= pack_rows(q + base, bits[0] + off, s.N, D) & pack_rows(k + base, bits[1] + off, s.N, D) &
+             pack_rows(v + base, bits[2] + off, s.N, D);
+    }
+  }
+}
+
+template <int kSurr, typename S, typename F>
+SC_CPU_CLONES void sdsa_backward_head(const S* go, const F* h, const uint8_t* const* bits,
+                                      S* gq, S* gk, S* gv, int64_t bh, const Heads s,
+                                      const LifOptions<F> o, Scratch<F>& scratch) {
+  const int64_t N = s.N, D = s.D, ND = N * D;
+  scratch.reserve(3 * ND + 4 * D);
+  F *qf = scratch.take(ND), *kf = scratch.take(ND), *vf = scratch.take(ND);
+  F *carry = scratch.take(D), *gs = scratch.take(D), *gkv = scratch.take(D), *spk = scratch.take(D);
+  for (int64_t t = s.T - 1; t >= 0; --t) {
+    const int64_t base = s.block(t, bh), off = base / D * packed_row_bytes(D);
+    unpack_rows(bits[0] + off, qf, N, D);
+    unpack_rows(bits[1] + off, kf, N, D);
+    unpack_rows(bits[2] + off, vf, N, D);
+    std::fill(gs, gs + D, F(0));
+    for (int64_t n = 0; n < N; ++n) add_product(gs, go + base + n * D, qf + n * D, D);
+    const F* h_row = h + (t * s.BH + bh) * D;
+    lif_step_backward<kSurr>(gs, h_row, carry, gkv, o.inv_tau, D, o);
+    for (int64_t d = 0; d < D; ++d) spk[d] = h_row[d] >= o.v_th ? F(1) : F(0);
+    for (int64_t n = 0; n < N; ++n) {
+      store_product(gq + base + n * D, go + base + n * D, spk, D);
+      store_product(gk + base + n * D, vf + n * D, gkv, D);
+      store_product(gv + base + n * D, kf + n * D, gkv, D);
+    }
+  }
+}
+
+// ---- SSA ----------------------------------------------------------------------------------
+
+template <bool kSaveH, typename S, typename F>
+SC_CPU_CLONES void ssa_forward_head(const S* q, const S* k, const S* v, S* out, S* h_out,
+                                    uint8_t* const* bits, int64_t bh, const Heads s,
+                                    const LifOptions<F> o, F scale, Scratch<F>& scratch,
+                                    bool* ok) {
+  const int64_t N = s.N, D = s.D;
+  scratch.reserve(N * D + D * D + D);
+  F *state = scratch.take(N * D), *A = scratch.take(D * D), *y = scratch.take(D);
+  std::fill(state, state + N * D, charge_rest(o));
+  for (int64_t t = 0; t < s.T; ++t) {
+    const int64_t base = s.block(t, bh);
+    kt_v(k + base, v + base, N, D, A);
+    for (int64_t n = 0; n < N; ++n) {
+      sparse_row_times(q + base + n * D, A, D, y);
+      lif_step<kSaveH>(state + n * D, y, scale, out + base + n * D,
+                       kSaveH ? h_out + base + n * D : nullptr, D, o);
+    }
+    if (kSaveH) {
+      const int64_t off = base / D * packed_row_bytes(D);
+      *ok &= pack_rows(q + base, bits[0] + off, N, D) & pack_rows(k + base, bits[1] + off, N, D) &
+             pack_rows(v + base, bits[2] + off, N, D);
+    }
+  }
+}
+
+template <int kSurr, typename S, typename F>
+SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* const* bits, S* gq,
+                                     S* gk, S* gv, int64_t bh, const Heads s,
+                                     const LifOptions<F> o, F scale, Scratch<F>& scratch) {
+  const int64_t N = s.N, D = s.D, ND = N * D;
+  scratch.reserve(5 * ND + 4 * D * D + D);
+  F *qf = scratch.take(ND), *kf = scratch.take(ND), *vf = scratch.take(ND);
+  F *carry = scratch.take(ND), *gy = scratch.take(ND);
+  F *A = scratch.take(D * D), *At = scratch.take(D * D), *gA = scratch.take(D * D),
+    *gAt = scratch.take(D * D), *row = scratch.take(D);
+  for (int64_t t = s.T - 1; t >= 0; --t) {
+    const int64_t base = s.block(t, bh), off = base / D * packed_row_bytes(D);
+    unpack_rows(bits[0] + off, qf, N, D);
+    unpack_rows(bits[1] + off, kf, N, D);
+    unpack_rows(bits[2] + off, vf, N, D);
+    // dL/d(q k^T v): the LIF's input gradient times scale
+    lif_step_backward<kSurr>(go + base, h + base, carry, gy, o.inv_tau * scale, ND, o);
+    kt_v(kf, vf, N, D, A);
+    transpose(A, At, D);
+    std::fill(gA, gA + D * D, F(0));
+    for (int64_t n = 0; n < N; ++n) {
+      // gq = gy A^T (dense in gy); gA = q^T gy (zeros of q skipped)
+      std::fill(row, row + D, F(0));
+      for (int64_t d2 = 0; d2 < D; ++d2) axpy(row, gy[n * D + d2], At + d2 * D, D);
+      store_row(gq + base + n * D, row, D);
+      for (int64_t d1 = 0; d1 < D; ++d1)
+        if (qf[n * D + d1] != F(0)) axpy(gA + d1 * D, qf[n * D + d1], gy + n * D, D);
+    }
+    transpose(gA, gAt, D);
+    for (int64_t n = 0; n < N; ++n) {  // gk = v gA^T, gv = k gA (zeros skipped)
+      sparse_row_times(vf + n * D, gAt, D, row);
+      store_row(gk + base + n * D, row, D);
+      sparse_row_times(kf + n * D, gA, D, row);
+      store_row(gv + base + n * D, row, D);
+    }
+  }
+}
+
+// ---- ops ----------------------------------------------------------------------------------
+
+using Outputs5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Grads3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+uint8_t* const* bit_ptrs(Saved& saved, uint8_t** out) {
+  for (int i = 0; i < 3; ++i) out[i] = saved.bits[i].numel() ? saved.bits[i].data_ptr<uint8_t>() : nullptr;
+  return out;
+}
+
+void raise_if_not_spikes(bool ok, const char* op) {
+  TORCH_CHECK(ok, op, ": inputs that need a gradient must be spikes (only 0 and 1): the "
+                  "backward keeps them packed 1 bit each");
+}
+
+Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double tau,
+                      double v_th, double v_reset, bool soft_reset, bool detach_reset,
+                      c10::string_view surrogate, double alpha, bool save) {
+  const Heads s = check_qkv(q, k, v, "sdsa");
+  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  at::Tensor out = at::empty_like(q);
+  const auto hdt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor h = at::empty({s.T, q.size(1), q.size(2), s.D}, q.options().dtype(hdt));
+  Saved saved(q, save);
+  uint8_t* bits[3];
+  bit_ptrs(saved, bits);
+  std::atomic<bool> all_ok{true};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdsa_fwd", [&] {
+    using F = at::opmath_type<scalar_t>;
+    const LifOptions<F> o = ov.as<F>();
+    at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<F> buf(3 * s.D);
+      bool ok = true;
+      for (int64_t bh = b0; bh < b1; ++bh)
+        sdsa_forward_head<scalar_t, F>(q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(),
+                                       v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                       h.data_ptr<F>(), bits, bh, s, o, save, buf.data(),
+                                       buf.data() + s.D, buf.data() + 2 * s.D, &ok);
+      if (!ok) all_ok = false;
+    });
+  });
+  raise_if_not_spikes(all_ok, "sdsa");
+  if (!save) h = at::empty({0}, h.options());
+  return {out, h, saved.bits[0], saved.bits[1], saved.bits[2]};
+}
+
+Grads3 sdsa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
+                    const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double tau,
+                    double v_th, double v_reset, bool soft_reset, bool detach_reset,
+                    c10::string_view surrogate, double alpha) {
+  const at::Tensor go = grad_out.contiguous();
+  TORCH_CHECK(go.dim() == 5 && go.size(4) == D, "sdsa_bwd: grad_out must be [T, B, H, N, D]");
+  const Heads s{go.size(0), go.size(1) * go.size(2), go.size(3), D};
+  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
+  const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),
+                            v_bits.data_ptr<uint8_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "sdsa_bwd", [&] {
+    using F = at::opmath_type<scalar_t>;
+    const LifOptions<F> o = ov.as<F>();
+    dispatch_surrogate(ov.surrogate, [&](auto G) {
+      at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
+        Scratch<F> scratch;
+        for (int64_t bh = b0; bh < b1; ++bh)
+          sdsa_backward_head<decltype(G)::value, scalar_t, F>(
+              go.data_ptr<scalar_t>(), h.data_ptr<F>(), bits, gq.data_ptr<scalar_t>(),
+              gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), bh, s, o, scratch);
+      });
+    });
+  });
+  return {gq, gk, gv};
+}
+
+Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                     double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
+                     c10::string_view surrogate, double alpha, bool save) {
+  const Heads s = check_qkv(q, k, v, "ssa");
+  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  at::Tensor out = at::empty_like(q);
+  at::Tensor h = save ? at::empty_like(q) : at::empty({0}, q.options());
+  Saved saved(q, save);
+  uint8_t* bits[3];
+  bit_ptrs(saved, bits);
+  std::atomic<bool> all_ok{true};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ssa_fwd", [&] {
+    using F = at::opmath_type<scalar_t>;
+    const LifOptions<F> o = ov.as<F>();
+    at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
+      Scratch<F> scratch;
+      bool ok = true;
+      dispatch_bool(save, [&](auto SAVE) {
+        for (int64_t bh = b0; bh < b1; ++bh)
+          ssa_forward_head<decltype(SAVE)::value, scalar_t, F>(
+              q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+              out.data_ptr<scalar_t>(), save ? h.data_ptr<scalar_t>() : nullptr, bits, bh, s, o,
+              static_cast<F>(scale), scratch, &ok);
+      });
+      if (!ok) all_ok = false;
+    });
+  });
+  raise_if_not_spikes(all_ok, "ssa");
+  return {out, h, saved.bits[0], saved.bits[1], saved.bits[2]};
+}
+
+Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
+                   const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double scale,
+                   double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
+                   c10::string_view surrogate, double alpha) {
+  const at::Tensor go = grad_out.contiguous();
+  TORCH_CHECK(go.dim() == 5 && go.size(4) == D && h.sizes() == go.sizes(),
+              "ssa_bwd: grad_out and h must be [T, B, H, N, D]");
+  const Heads s{go.size(0), go.size(1) * go.size(2), go.size(3), D};
+  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
+  const at::Tensor hc = h.contiguous();
+  const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),
+                            v_bits.data_ptr<uint8_t>()};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, go.scalar_type(), "ssa_bwd", [&] {
+    using F = at::opmath_type<scalar_t>;
+    const LifOptions<F> o = ov.as<F>();
+    dispatch_surrogate(ov.surrogate, [&](auto G) {
+      at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
+        Scratch<F> scratch;
+        for (int64_t bh = b0; bh < b1; ++bh)
+          ssa_backward_head<decltype(G)::value, scalar_t, F>(
+              go.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), bits, gq.data_ptr<scalar_t>(),
+              gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), bh, s, o, static_cast<F>(scale),
+              scratch);
+      });
+    });
+  });
+  return {gq, gk, gv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spikeclip, CPU, m) {
+  m.impl("sdsa_fwd", &sdsa_fwd_cpu);
+  m.impl("sdsa_bwd", &sdsa_bwd_cpu);
+  m.impl("ssa_fwd", &ssa_fwd_cpu);
+  m.impl("ssa_bwd", &ssa_bwd_cpu);
+}
+
+}  // namespace spikeclip

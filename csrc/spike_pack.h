@@ -1,0 +1,80 @@
+// Row packing of 0/1 spikes, 8 per byte (bit j of byte b = x[8 b + j]), shared by the packing
+// ops and the attention kernels that save or read packed spikes. Free of torch headers.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#if defined(__SSE2__) && !defined(__CUDACC__)
+#include <emmintrin.h>
+#endif
+
+#include "lif_math.h"
+
+namespace spikeclip {
+
+SC_INLINE int64_t packed_row_bytes(int64_t n) { return (n + 7) / 8; }
+
+// Eight 0/1 values as the bits of one byte; *bad is set if one is neither 0 nor 1.
+template <typename S>
+SC_INLINE uint8_t pack8(const S* x, int64_t len, bool* bad) {
+#if defined(__SSE2__) && !defined(__CUDACC__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (len == 8) {  // two compares and movemasks give the byte directly
+      const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
+      const __m128 a = _mm_loadu_ps(x), b = _mm_loadu_ps(x + 4);
+      const int nz = _mm_movemask_ps(_mm_cmpneq_ps(a, zero)) |
+                     (_mm_movemask_ps(_mm_cmpneq_ps(b, zero)) << 4);
+      const int ok = _mm_movemask_ps(_mm_or_ps(_mm_cmpeq_ps(a, zero), _mm_cmpeq_ps(a, one))) &
+                     _mm_movemask_ps(_mm_or_ps(_mm_cmpeq_ps(b, zero), _mm_cmpeq_ps(b, one)));
+      *bad |= ok != 0xF;
+      return static_cast<uint8_t>(nz);
+    }
+  }
+#endif
+  uint8_t byte = 0;
+  for (int64_t j = 0; j < len; ++j) {
+    const float v = static_cast<float>(x[j]);
+    *bad |= (v != 0.0f) & (v != 1.0f);
+    byte |= static_cast<uint8_t>(v != 0.0f) << j;
+  }
+  return byte;
+}
+
+// Packs one row of n values; returns false if a value is neither 0 nor 1.
+template <typename S>
+SC_INLINE bool pack_row(const S* x, uint8_t* bits, int64_t n) {
+  bool bad = false;
+  for (int64_t b = 0; b * 8 < n; ++b) bits[b] = pack8(x + b * 8, n - b * 8 < 8 ? n - b * 8 : 8, &bad);
+  return !bad;
+}
+
+// Byte -> eight bytes holding its bits as 0/1, little-endian (a 2 KiB table).
+struct BitSpread {
+  uint64_t word[256];
+  constexpr BitSpread() : word() {
+    for (int v = 0; v < 256; ++v) {
+      uint64_t w = 0;
+      for (int j = 0; j < 8; ++j) w |= static_cast<uint64_t>((v >> j) & 1) << (8 * j);
+      word[v] = w;
+    }
+  }
+};
+inline constexpr BitSpread kBitSpread{};
+
+template <typename S>
+SC_INLINE void unpack_row(const uint8_t* bits, S* x, int64_t n) {
+  uint8_t tmp[8];
+  for (int64_t b = 0; b * 8 < n; ++b) {
+    std::memcpy(tmp, &kBitSpread.word[bits[b]], 8);
+    const int64_t len = n - b * 8 < 8 ? n - b * 8 : 8;
+    if (len == 8) {
+      for (int j = 0; j < 8; ++j) x[b * 8 + j] = static_cast<S>(static_cast<float>(tmp[j]));
+    } else {
+      for (int64_t j = 0; j < len; ++j) x[b * 8 + j] = static_cast<S>(static_cast<float>(tmp[j]));
+    }
+  }
+}
+
+}  // namespace spikeclip

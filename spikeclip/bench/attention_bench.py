@@ -1,0 +1,78 @@
+"""SDSA and SSA: fused vs reference, forward and forward+backward, and the bytes each saves for
+its backward, at SpikeCLIP's shape and larger ones, in one interleaved run per shape."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from spikeclip.bench.timing import format_table, median_times
+from spikeclip.kernels import sdsa, ssa
+from spikeclip.kernels.attention_op import ATTENTION_BACKENDS
+from spikeclip.kernels.backends import why_unavailable
+from spikeclip.memory import saved_tensor_bytes
+
+COLUMNS = ["op", "T,B,H,N,D", "mode", "contender", "ms", "vs ref", "saved MB", "saved/ref"]
+# (T, B, H, N, D): SpikeCLIP's image encoder, then larger token counts.
+SHAPES = ((4, 64, 8, 64, 48), (4, 16, 8, 196, 64), (4, 4, 8, 1024, 64))
+RATES = (0.15, 0.15, 0.15)
+
+
+def _step(fn, mode, qkv, leaves, grad, backend):
+    """One timed call: forward without grad, or forward + backward into fresh grads."""
+    if mode == "fwd":
+        return lambda: fn(*qkv, backend=backend)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        fn(*leaves, backend=backend).backward(grad)
+
+    return step
+
+
+def bench_attention(
+    shapes=SHAPES,
+    ops=("sdsa", "ssa"),
+    modes=("fwd", "fwd+bwd"),
+    device="cpu",
+    rounds: int = 10,
+    budget_s: float = 20.0,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    device = torch.device(device)
+    backends = [b for b in ATTENTION_BACKENDS if why_unavailable(b, device) is None]
+    rows: list[dict] = []
+    for shape in shapes:
+        q, k, v = ((torch.rand(shape, device=device) < r).float() for r in RATES)
+        leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        grad = torch.randn(shape, device=device)
+        for name in ops:
+            fn = {"sdsa": sdsa, "ssa": ssa}[name]
+            saved = {}
+            for b in backends:
+                out, nbytes = saved_tensor_bytes(fn, *leaves, backend=b)
+                saved[b] = nbytes
+                del out
+            for mode in modes:
+                contenders = {b: _step(fn, mode, (q, k, v), leaves, grad, b) for b in backends}
+                times = median_times(contenders, device, rounds=rounds, budget_s=budget_s)
+                block = [
+                    dict(
+                        op=name,
+                        mode=mode,
+                        contender=b,
+                        ms=sec * 1e3,
+                        **{
+                            "T,B,H,N,D": ",".join(map(str, shape)),
+                            "vs ref": times["torch"] / sec,
+                            "saved MB": saved[b] / 2**20 if mode != "fwd" else None,
+                            "saved/ref": saved[b] / saved["torch"] if mode != "fwd" else None,
+                        },
+                    )
+                    for b, sec in times.items()
+                ]
+                rows += block
+                log(format_table(block, COLUMNS) + "\n")
+    return rows

@@ -1,0 +1,227 @@
+"""Spiking attention fused with its LIF: `sdsa` (Spike-driven Transformer) and `ssa`
+(Spikformer / SpikeCLIP). Spec: reference.sdsa_reference / reference.ssa_reference.
+
+Fused kernels (spikeclip._C on CPU so far) keep the LIF over t inside the kernel that computes
+its input, and save for the backward only h and q, k, v packed 1 bit per element.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels import options as opt
+from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.reference import compute_dtype, sdsa_reference, ssa_reference
+
+# Backends with attention kernels so far; others answer BackendUnavailableError.
+ATTENTION_BACKENDS = ("torch", "cpp")
+
+
+def _check_qkv(q, k, v, op: str) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        opt.check_sequence(t, name)
+        if t.dim() != 5:
+            raise ValueError(f"{op}: {name} must be [T, B, H, N, D], got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, q has {tuple(q.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}, q has {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: {name} is on {t.device}, q is on {q.device}")
+
+
+def _lif_options(tau, v_th, v_reset, surrogate, alpha):
+    tau = opt.check_number(tau, "tau", minimum=1.0)
+    v_th = opt.check_number(v_th, "v_th")
+    if v_reset is not None:
+        v_reset = opt.check_number(v_reset, "v_reset")
+    alpha = opt.check_surrogate(surrogate, alpha)
+    return tau, v_th, v_reset, alpha
+
+
+def _run_fused(name, fwd, q, k, v, *args):
+    save = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    try:
+        out = fwd(q.contiguous(), k.contiguous(), v.contiguous(), *args, save)[0]
+    except RuntimeError as exc:
+        if "must be spikes" in str(exc):
+            raise ValueError(
+                f"{name}: q, k and v must hold spikes (only 0 and 1) when a gradient is needed: "
+                "the backward keeps them packed 1 bit each"
+            ) from None
+        raise
+    return out
+
+
+def sdsa(
+    q,
+    k,
+    v,
+    *,
+    v_th=0.5,
+    tau=2.0,
+    v_reset=0.0,
+    detach_reset=True,
+    surrogate="sigmoid",
+    alpha=None,
+    backend="auto",
+):
+    """Spike-driven self-attention on spikes q, k, v `[T, B, H, N, D]`.
+
+    kv[t] = sum over the N tokens of k[t] * v[t]; a multi-step LIF over t on kv (threshold v_th,
+    from rest, decay_input); out[t] = q[t] * spikes(kv)[t]. Linear in N. Returns `[T, B, H, N, D]`
+    in q's dtype. Other values than 0/1 are allowed in the forward; the fused backward needs
+    spikes (it keeps them packed) and raises ValueError otherwise.
+    """
+    _check_qkv(q, k, v, "sdsa")
+    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
+    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op="sdsa")
+    opt.check_dtype_for_backend(q, backend, "q")
+    if backend == "torch" or q.numel() == 0:
+        return sdsa_reference(
+            q,
+            k,
+            v,
+            v_th=v_th,
+            tau=tau,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+        )
+    soft = v_reset is None
+    return _run_fused(
+        "sdsa",
+        torch.ops.spikeclip.sdsa_fwd,
+        q,
+        k,
+        v,
+        tau,
+        v_th,
+        0.0 if soft else v_reset,
+        soft,
+        bool(detach_reset),
+        surrogate,
+        alpha,
+    )
+
+
+def ssa(
+    q,
+    k,
+    v,
+    *,
+    scale=0.125,
+    v_th=0.5,
+    tau=2.0,
+    v_reset=0.0,
+    detach_reset=True,
+    surrogate="sigmoid",
+    alpha=None,
+    backend="auto",
+):
+    """Spiking self-attention (Spikformer, SpikeCLIP) on spikes q, k, v `[T, B, H, N, D]`.
+
+    y[t] = (q[t] @ k[t]^T @ v[t]) * scale (no softmax); a multi-step LIF over t on y. Returns
+    spikes `[T, B, H, N, D]` in q's dtype. The fused kernels compute q @ (k^T @ v) with exact
+    integer counts (zeros skipped); the backward needs spikes, as for sdsa.
+    """
+    _check_qkv(q, k, v, "ssa")
+    scale = opt.check_number(scale, "scale")
+    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
+    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op="ssa")
+    opt.check_dtype_for_backend(q, backend, "q")
+    if backend == "torch" or q.numel() == 0:
+        return ssa_reference(
+            q,
+            k,
+            v,
+            scale=scale,
+            v_th=v_th,
+            tau=tau,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+        )
+    soft = v_reset is None
+    return _run_fused(
+        "ssa",
+        torch.ops.spikeclip.ssa_fwd,
+        q,
+        k,
+        v,
+        scale,
+        tau,
+        v_th,
+        0.0 if soft else v_reset,
+        soft,
+        bool(detach_reset),
+        surrogate,
+        alpha,
+    )
+
+
+# ---- fake implementations and autograd of the _C attention ops ---------------------------
+
+
+def _saved_fakes(q, h_shape, h_dtype, save):
+    bits_shape = (*q.shape[:-1], (q.shape[-1] + 7) // 8)
+    h = q.new_empty(h_shape, dtype=h_dtype) if save else q.new_empty(0, dtype=h_dtype)
+    bits = [q.new_empty(bits_shape if save else (0,), dtype=torch.uint8) for _ in range(3)]
+    return (torch.empty_like(q), h, *bits)
+
+
+def _sdsa_fwd_fake(q, k, v, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save):
+    T, B, H, _, D = q.shape
+    return _saved_fakes(q, (T, B, H, D), compute_dtype(q.dtype), save)
+
+
+def _ssa_fwd_fake(
+    q, k, v, scale, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save
+):
+    return _saved_fakes(q, q.shape, q.dtype, save)
+
+
+def _bwd_fake(grad_out, *args):
+    return tuple(torch.empty_like(grad_out) for _ in range(3))
+
+
+def _setup_context(ctx, inputs, output):
+    q, _, _, *options, save = inputs
+    _, h, qb, kb, vb = output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(h, qb, kb, vb)
+    ctx.options, ctx.D, ctx.saved = tuple(options), q.shape[-1], save
+
+
+def _backward_with(bwd_op, n_options):
+    def backward(ctx, grad_out, *internal_grads):
+        if not ctx.saved:
+            raise RuntimeError("spiking attention: this forward saved nothing for a backward")
+        if grad_out is None:
+            return (None,) * (3 + n_options + 1)
+        h, qb, kb, vb = ctx.saved_tensors
+        gq, gk, gv = bwd_op(grad_out.contiguous(), h, qb, kb, vb, ctx.D, *ctx.options)
+        needs = ctx.needs_input_grad
+        return (
+            gq if needs[0] else None,
+            gk if needs[1] else None,
+            gv if needs[2] else None,
+            *([None] * (n_options + 1)),
+        )
+
+    return backward
+
+
+if extension_loaded():
+    for _name, _fake, _n in (("sdsa", _sdsa_fwd_fake, 7), ("ssa", _ssa_fwd_fake, 8)):
+        torch.library.register_fake(f"spikeclip::{_name}_fwd")(_fake)
+        torch.library.register_fake(f"spikeclip::{_name}_bwd")(_bwd_fake)
+        torch.library.register_autograd(
+            f"spikeclip::{_name}_fwd",
+            _backward_with(getattr(torch.ops.spikeclip, f"{_name}_bwd"), _n),
+            setup_context=_setup_context,
+        )

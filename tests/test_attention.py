@@ -1,0 +1,203 @@
+"""SDSA and SSA: every fused backend against the float64 reference (outputs and the gradients
+of q, k, v) on random spikes at several firing rates, dtypes and odd shapes; the reference's
+own gradcheck; bit packing; registration; errors."""
+
+import pytest
+import torch
+from conftest import FUSED
+from lif_cases import TOL, rel_err
+
+from spikeclip.kernels import (
+    BackendUnavailableError,
+    pack_spikes,
+    sdsa,
+    sdsa_reference,
+    ssa,
+    ssa_reference,
+    unpack_spikes,
+)
+from spikeclip.kernels.attention_op import ATTENTION_BACKENDS
+from spikeclip.kernels.reference import lif_reference
+
+OPS = {"sdsa": (sdsa, sdsa_reference), "ssa": (ssa, ssa_reference)}
+ATTN = [p for p in FUSED if p.values[0] in ATTENTION_BACKENDS]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def random_spikes(shape, rates, dtype, device):
+    return [(torch.rand(shape, device=device) < r).to(dtype) for r in rates]
+
+
+def membrane_input(name, q, k, v, scale=0.125):
+    """The LIF input of each op, float64: to find outputs within rounding of the threshold."""
+    q, k, v = q.double(), k.double(), v.double()
+    if name == "sdsa":
+        return (k * v).sum(-2, keepdim=True)
+    return q @ (k.transpose(-2, -1) @ v) * scale
+
+
+def check(name, backend, device, shape, dtype, rates, **opts):
+    fused, reference = OPS[name]
+    q, k, v = random_spikes(shape, rates, dtype, device)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out = fused(*leaves, backend=backend, **opts)
+    g = torch.randn(shape, dtype=torch.float64, device=device)
+    grads = torch.autograd.grad(out, leaves, g.to(dtype))
+
+    leaves64 = [t.detach().double().cpu().requires_grad_(True) for t in (q, k, v)]
+    out64 = reference(*leaves64, **opts)
+    grads64 = torch.autograd.grad(out64, leaves64, g.cpu())
+
+    assert out.shape == q.shape and out.dtype == dtype
+    # With spike inputs the membrane inputs are exact integer counts (times a power of two) in
+    # every dtype, so outputs match exactly and gradients to storage precision.
+    assert torch.equal(out.double().cpu(), out64.detach())
+    if out.numel() >= 500:
+        assert 0 < out64.mean() < 1, "degenerate test: no spikes or all spikes"
+    for a, b, nm in zip(grads, grads64, "qkv", strict=True):
+        assert a.dtype == dtype
+        assert rel_err(a.cpu(), b) < TOL[dtype] * 5, f"grad {nm}"
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize(
+    "rates",
+    [(0.5, 0.5, 0.5), (0.2, 0.15, 0.3), (0.05, 0.6, 0.1)],
+    ids=["dense", "typical", "skewed"],
+)
+def test_matches_reference(backend, device, name, dtype, rates):
+    check(name, backend, device, (4, 2, 3, 19, 13), dtype, rates)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 1, 1, 5, 3), (3, 1, 2, 1, 9), (2, 2, 1, 33, 1), (4, 1, 1, 7, 48), (2, 1, 2, 70, 24)],
+    ids=str,
+)
+def test_odd_shapes(backend, device, name, shape):
+    check(name, backend, device, shape, torch.float32, (0.3, 0.3, 0.3))
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(v_reset=None),
+        dict(detach_reset=False, surrogate="atan"),
+        dict(tau=3.0, v_th=0.75, surrogate="erf", alpha=1.5),
+        dict(v_reset=-0.25, surrogate="triangle"),
+    ],
+    ids=str,
+)
+def test_options(backend, device, name, opts):
+    check(name, backend, device, (5, 2, 2, 16, 8), torch.float32, (0.4, 0.3, 0.35), **opts)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+def test_ssa_scale_and_association(backend, device):
+    # N < D takes the other association in the reference; results agree all the same.
+    check("ssa", backend, device, (3, 1, 2, 6, 20), torch.float32, (0.5, 0.5, 0.5), scale=0.25)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+def test_non_spike_values(backend, device, name):
+    fused, reference = OPS[name]
+    q, k, v = (torch.rand(3, 1, 2, 8, 5, device=device) for _ in range(3))
+    with torch.no_grad():  # forward-only: any values, same function
+        out = fused(q, k, v, backend=backend)
+        ref = reference(q.cpu(), k.cpu(), v.cpu())
+        assert (out.cpu() != ref).float().mean() < 0.05  # rounding may flip a few spikes
+    with pytest.raises(ValueError, match="must hold spikes"):
+        fused(q.requires_grad_(True), k, v, backend=backend)
+
+
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+def test_reference_gradcheck_float64(name):
+    """Reference attention with its LIF in a smooth region (narrow triangle surrogate, inputs
+    whose membrane stays away from threshold): autograd == finite differences."""
+    reference = OPS[name][1]
+    opts = dict(surrogate="triangle", alpha=50.0, v_th=0.5)
+    for _ in range(200):  # draw until every membrane value stays 0.03 from the threshold
+        q, k, v = (torch.rand(2, 1, 1, 4, 3, dtype=torch.float64) for _ in range(3))
+        _, _, h = lif_reference(membrane_input(name, q, k, v), v_th=0.5, return_h=True)
+        if (h - 0.5).abs().min() > 0.03:
+            break
+    else:
+        pytest.fail("no smooth-region input found")
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda q, k, v: reference(q, k, v, **opts), leaves)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+def test_opcheck_and_compile(backend, device, name):
+    fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
+    bwd = getattr(torch.ops.spikeclip, f"{name}_bwd")
+    q, k, v = random_spikes((2, 1, 2, 9, 10), (0.3, 0.3, 0.3), torch.float32, device)
+    opts = (2.0, 0.5, 0.0, False, True, "sigmoid", 4.0)
+    pre = (0.125,) if name == "ssa" else ()
+    args = (q.requires_grad_(True), k.requires_grad_(True), v.requires_grad_(True), *pre, *opts)
+    torch.library.opcheck(fwd, (*args, True))
+    torch.library.opcheck(fwd, (q.detach(), k.detach(), v.detach(), *pre, *opts, False))
+    _, h, qb, kb, vb = fwd(q.detach(), k.detach(), v.detach(), *pre, *opts, True)
+    torch.library.opcheck(bwd, (torch.randn_like(q), h, qb, kb, vb, 10, *pre, *opts))
+
+    fn = OPS[name][0]
+    compiled = torch.compile(
+        lambda q, k, v: fn(q, k, v, backend=backend).sum(), fullgraph=True, backend="aot_eager"
+    )
+    out_c = compiled(q, k, v)
+    grads_c = torch.autograd.grad(out_c, (q, k, v))
+    out = fn(q, k, v, backend=backend).sum()
+    grads = torch.autograd.grad(out, (q, k, v))
+    assert torch.equal(out_c, out)
+    for a, b in zip(grads_c, grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend,device", [*ATTN, pytest.param("torch", "cpu", id="torch")])
+@pytest.mark.parametrize("shape", [(3, 5, 13), (8,), (2, 0, 9), (4, 16), (1, 1, 1)], ids=str)
+def test_pack_round_trip(backend, device, shape):
+    x = (torch.rand(shape, device=device) < 0.4).float()
+    bits = pack_spikes(x, backend=backend)
+    assert bits.dtype == torch.uint8 and bits.shape == (*shape[:-1], (shape[-1] + 7) // 8)
+    assert torch.equal(bits, pack_spikes(x, backend="torch"))
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(unpack_spikes(bits, shape[-1], dtype, backend=backend), x.to(dtype))
+
+
+def test_pack_errors():
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        pack_spikes(torch.tensor([0.0, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        pack_spikes(torch.tensor([0.0, 2.0]), backend="torch")
+    with pytest.raises(TypeError, match="uint8"):
+        unpack_spikes(torch.zeros(3), 8)
+    with pytest.raises(ValueError, match="ceil"):
+        unpack_spikes(torch.zeros(3, dtype=torch.uint8), 8)
+
+
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+def test_bad_inputs(name):
+    fn = OPS[name][0]
+    q = torch.zeros(2, 1, 1, 4, 3)
+    with pytest.raises(ValueError, match="k has shape"):
+        fn(q, torch.zeros(2, 1, 1, 5, 3), q)
+    with pytest.raises(ValueError, match=r"\[T, B, H, N, D\]"):
+        fn(q[0], q[0], q[0])
+    with pytest.raises(TypeError, match="dtype"):
+        fn(q, q.double(), q)
+    with pytest.raises(ValueError, match="is on meta"):
+        fn(q, q, q.to("meta"))
+    with pytest.raises(TypeError, match="floating"):
+        fn(q.long(), q.long(), q.long())
+    with pytest.raises(BackendUnavailableError, match=r"no .* kernel yet|not available"):
+        fn(q, q, q, backend="cuda")
+    with pytest.raises(ValueError, match="tau"):
+        fn(q, q, q, tau=0.5)
