@@ -49,9 +49,15 @@ SC_INLINE F charge_rest(const LifOptions<F>& o) {
 }
 
 // Reset after firing, given the spike as 0/1 in F.
+// Both forms are computed and blended by a 0/1 weight (exact: the other term is multiplied by
+// 0), so that loops with a runtime soft_reset vectorise; GCC's AVX2 if-conversion gives up on
+// the equivalent select.
 template <typename F>
 SC_INLINE F lif_reset(F h, F s, const LifOptions<F>& o) {
-  return o.soft_reset ? h - o.v_th * s : (s != F(0) ? o.v_reset : h);
+  const F w = o.soft_reset ? F(1) : F(0);
+  const F soft = h - o.v_th * s;
+  const F hard = s != F(0) ? o.v_reset : h;
+  return w * soft + (F(1) - w) * hard;
 }
 
 // exp(x) for x <= 0, written for the CPU vectoriser: GCC does not vectorise calls to expf
@@ -93,17 +99,15 @@ SC_INLINE float sc_exp(float x) { return sc_expf(x); }
 template <int S, typename F>
 SC_INLINE F surrogate_grad(F u, F alpha) {
   if constexpr (S == kSigmoid) {
-    const F au = alpha * u;
-    const F e = sc_exp(au < F(0) ? au : -au);  // symmetric form: exp of a non-positive value
+    const F e = sc_exp(-std::fabs(alpha * u));  // symmetric form: exp of a non-positive value
     const F d = F(1) + e;
     return alpha * e / (d * d);
   } else if constexpr (S == kAtan) {
     const F w = F(1.57079632679489661923) * alpha * u;
     return alpha / F(2) / (F(1) + w * w);
   } else if constexpr (S == kTriangle) {
-    const F au = alpha * u;
-    const F tri = F(1) - (au < F(0) ? -au : au);
-    return alpha * (tri > F(0) ? tri : F(0));
+    const F tri = F(1) - std::fabs(alpha * u);
+    return alpha * ((tri + std::fabs(tri)) * F(0.5));  // max(tri, 0), exactly, without a select
   } else {
     const F au = alpha * u;
     return alpha * F(0.56418958354775628695) * sc_exp(-au * au);
@@ -111,12 +115,14 @@ SC_INLINE F surrogate_grad(F u, F alpha) {
 }
 
 // d v[t] / d h[t] through the reset, given the spike s and its surrogate derivative g.
-// Written without branches on detach_reset so that CPU loops over it vectorise.
+// Branch-free like lif_reset, so that CPU loops vectorise.
 template <typename F>
 SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
   const F through_spike = o.detach_reset ? F(0) : F(1);
-  if (o.soft_reset) return F(1) - through_spike * (o.v_th * g);
-  return (F(1) - s) + through_spike * ((o.v_reset - h) * g);
+  const F w = o.soft_reset ? F(1) : F(0);
+  const F soft = F(1) - through_spike * (o.v_th * g);
+  const F hard = (F(1) - s) + through_spike * ((o.v_reset - h) * g);
+  return w * soft + (F(1) - w) * hard;
 }
 
 // d h[t] / d tau, with v_prev = v[t-1].

@@ -163,9 +163,9 @@ SC_INLINE void sparse_row_times(const R* a, const F* B, int64_t D, F* __restrict
 }
 
 template <typename F>
-SC_INLINE void transpose(const F* A, F* At, int64_t D) {
-  for (int64_t a = 0; a < D; ++a)
-    for (int64_t b = 0; b < D; ++b) At[b * D + a] = A[a * D + b];
+SC_INLINE void transpose(const F* A, F* At, int64_t rows, int64_t cols) {  // At = A^T
+  for (int64_t a = 0; a < rows; ++a)
+    for (int64_t b = 0; b < cols; ++b) At[b * rows + a] = A[a * cols + b];
 }
 
 // Per-thread scratch of one head.
@@ -203,95 +203,165 @@ SC_CPU_CLONES void sdsa_forward_head(const S* q, const S* k, const S* v, S* out,
   }
 }
 
+// ---- SSA ----------------------------------------------------------------------------------
+
+// Calls fn(j) for every set bit j of a packed row of n spikes: the spikes' indices, with no
+// branch per zero (cheaper than testing each of n values at typical firing rates).
+template <typename Fn>
+SC_INLINE void for_each_spike(const uint8_t* bits, int64_t n, Fn&& fn) {
+  const int64_t nb = packed_row_bytes(n);
+  for (int64_t b = 0; b < nb; ++b)
+    for (unsigned byte = bits[b]; byte; byte &= byte - 1) fn(b * 8 + __builtin_ctz(byte));
+}
+
+SC_INLINE int64_t count_spikes(const uint8_t* bits, int64_t nbytes) {
+  int64_t c = 0;
+  for (int64_t b = 0; b < nbytes; ++b) c += __builtin_popcount(bits[b]);
+  return c;
+}
+
+// dst[0:D] += row[0:D]
+template <typename F>
+SC_INLINE void add_row(F* __restrict dst, const F* __restrict row, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) dst[j] += row[j];
+}
+
 template <int kSurr, typename S, typename F>
 SC_CPU_CLONES void sdsa_backward_head(const S* go, const F* h, const uint8_t* const* bits,
                                       S* gq, S* gk, S* gv, int64_t bh, const Heads s,
                                       const LifOptions<F> o, Scratch<F>& scratch) {
-  const int64_t N = s.N, D = s.D, ND = N * D;
-  scratch.reserve(3 * ND + 4 * D);
-  F *qf = scratch.take(ND), *kf = scratch.take(ND), *vf = scratch.take(ND);
-  F *carry = scratch.take(D), *gs = scratch.take(D), *gkv = scratch.take(D), *spk = scratch.take(D);
+  const int64_t N = s.N, D = s.D, nb = packed_row_bytes(D);
+  scratch.reserve(6 * D);
+  F *carry = scratch.take(D), *gs = scratch.take(D), *gkv = scratch.take(D),
+    *spk = scratch.take(D), *krow = scratch.take(D), *vrow = scratch.take(D);
   for (int64_t t = s.T - 1; t >= 0; --t) {
-    const int64_t base = s.block(t, bh), off = base / D * packed_row_bytes(D);
-    unpack_rows(bits[0] + off, qf, N, D);
-    unpack_rows(bits[1] + off, kf, N, D);
-    unpack_rows(bits[2] + off, vf, N, D);
+    const int64_t base = s.block(t, bh), off = base / D * nb;
+    const uint8_t *qb = bits[0] + off, *kb = bits[1] + off, *vb = bits[2] + off;
     std::fill(gs, gs + D, F(0));
-    for (int64_t n = 0; n < N; ++n) add_product(gs, go + base + n * D, qf + n * D, D);
+    for (int64_t n = 0; n < N; ++n) {  // dL/dspikes(kv) = sum over tokens of grad_out * q
+      const S* go_row = go + base + n * D;
+      for_each_spike(qb + n * nb, D, [&](int64_t d) { gs[d] += static_cast<F>(go_row[d]); });
+    }
     const F* h_row = h + (t * s.BH + bh) * D;
     lif_step_backward<kSurr>(gs, h_row, carry, gkv, o.inv_tau, D, o);
     for (int64_t d = 0; d < D; ++d) spk[d] = h_row[d] >= o.v_th ? F(1) : F(0);
     for (int64_t n = 0; n < N; ++n) {
-      store_product(gq + base + n * D, go + base + n * D, spk, D);
-      store_product(gk + base + n * D, vf + n * D, gkv, D);
-      store_product(gv + base + n * D, kf + n * D, gkv, D);
+      const int64_t i = base + n * D;
+      store_product(gq + i, go + i, spk, D);
+      unpack_row(vb + n * nb, vrow, D);
+      store_product(gk + i, vrow, gkv, D);
+      unpack_row(kb + n * nb, krow, D);
+      store_product(gv + i, krow, gkv, D);
     }
   }
 }
 
-// ---- SSA ----------------------------------------------------------------------------------
-
-template <bool kSaveH, typename S, typename F>
+// SSA forward of one head. kD as for the backward below. Spike inputs are packed first (into
+// the saved copies, or scratch) and the products sum over their set bits; other values (a
+// forward without grad may take any) use the float path, which multiplies.
+template <bool kSaveH, int kD, typename S, typename F>
 SC_CPU_CLONES void ssa_forward_head(const S* q, const S* k, const S* v, S* out, S* h_out,
                                     uint8_t* const* bits, int64_t bh, const Heads s,
                                     const LifOptions<F> o, F scale, Scratch<F>& scratch,
-                                    bool* ok) {
-  const int64_t N = s.N, D = s.D;
+                                    std::vector<uint8_t>& bit_scratch, bool* ok) {
+  const int64_t N = s.N, D = kD ? kD : s.D, nb = packed_row_bytes(D);
   scratch.reserve(N * D + D * D + D);
   F *state = scratch.take(N * D), *A = scratch.take(D * D), *y = scratch.take(D);
+  bit_scratch.resize(2 * N * nb);
   std::fill(state, state + N * D, charge_rest(o));
   for (int64_t t = 0; t < s.T; ++t) {
-    const int64_t base = s.block(t, bh);
-    kt_v(k + base, v + base, N, D, A);
+    const int64_t base = s.block(t, bh), off = base / D * nb;
+    uint8_t* qb = kSaveH ? bits[0] + off : bit_scratch.data();
+    uint8_t* kb = kSaveH ? bits[1] + off : bit_scratch.data() + N * nb;
+    const bool binary = pack_rows(q + base, qb, N, D) & pack_rows(k + base, kb, N, D);
+    if (kSaveH) *ok &= binary & pack_rows(v + base, bits[2] + off, N, D);
+    std::fill(A, A + D * D, F(0));
+    if (binary) {  // A = k^T v: for each spike (n, d1) of k, A[d1] += v[n]
+      for (int64_t n = 0; n < N; ++n)
+        for_each_spike(kb + n * nb, D, [&](int64_t d1) { axpy(A + d1 * D, F(1), v + base + n * D, D); });
+    } else {
+      kt_v(k + base, v + base, N, D, A);
+    }
     for (int64_t n = 0; n < N; ++n) {
-      sparse_row_times(q + base + n * D, A, D, y);
+      if (binary) {  // y = q[n] A: the rows of A at q's spikes
+        std::fill(y, y + D, F(0));
+        for_each_spike(qb + n * nb, D, [&](int64_t d1) { add_row(y, A + d1 * D, D); });
+      } else {
+        sparse_row_times(q + base + n * D, A, D, y);
+      }
       lif_step<kSaveH>(state + n * D, y, scale, out + base + n * D,
                        kSaveH ? h_out + base + n * D : nullptr, D, o);
-    }
-    if (kSaveH) {
-      const int64_t off = base / D * packed_row_bytes(D);
-      *ok &= pack_rows(q + base, bits[0] + off, N, D) & pack_rows(k + base, bits[1] + off, N, D) &
-             pack_rows(v + base, bits[2] + off, N, D);
     }
   }
 }
 
-template <int kSurr, typename S, typename F>
+// kD: the head width as a compile-time constant (0: read from s.D), so that the row loops of
+// SpikeCLIP's D = 48 and the common D = 64 unroll without loop set-up on every row.
+// q, k, v are read from their packed bits: products with them are sums over their spikes.
+template <int kSurr, int kD, typename S, typename F>
 SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* const* bits, S* gq,
                                      S* gk, S* gv, int64_t bh, const Heads s,
                                      const LifOptions<F> o, F scale, Scratch<F>& scratch) {
-  const int64_t N = s.N, D = s.D, ND = N * D;
-  scratch.reserve(5 * ND + 4 * D * D + D);
-  F *qf = scratch.take(ND), *kf = scratch.take(ND), *vf = scratch.take(ND);
-  F *carry = scratch.take(ND), *gy = scratch.take(ND);
-  F *A = scratch.take(D * D), *At = scratch.take(D * D), *gA = scratch.take(D * D),
-    *gAt = scratch.take(D * D), *row = scratch.take(D);
+  const int64_t N = s.N, D = kD ? kD : s.D, ND = N * D, nb = packed_row_bytes(D);
+  scratch.reserve(5 * ND + N * N + 3 * D * D + D);
+  F *vf = scratch.take(ND), *carry = scratch.take(ND), *gy = scratch.take(ND),
+    *gyt = scratch.take(ND), *gqt = scratch.take(ND), *Gt = scratch.take(N * N);
+  F *A = scratch.take(D * D), *gA = scratch.take(D * D), *gAt = scratch.take(D * D),
+    *row = scratch.take(D);
   for (int64_t t = s.T - 1; t >= 0; --t) {
-    const int64_t base = s.block(t, bh), off = base / D * packed_row_bytes(D);
-    unpack_rows(bits[0] + off, qf, N, D);
-    unpack_rows(bits[1] + off, kf, N, D);
-    unpack_rows(bits[2] + off, vf, N, D);
+    const int64_t base = s.block(t, bh), off = base / D * nb;
+    const uint8_t *qb = bits[0] + off, *kb = bits[1] + off, *vb = bits[2] + off;
     // dL/d(q k^T v): the LIF's input gradient times scale
     lif_step_backward<kSurr>(go + base, h + base, carry, gy, o.inv_tau * scale, ND, o);
-    kt_v(kf, vf, N, D, A);
-    transpose(A, At, D);
-    std::fill(gA, gA + D * D, F(0));
-    for (int64_t n = 0; n < N; ++n) {
-      // gq = gy A^T (dense in gy); gA = q^T gy (zeros of q skipped)
-      std::fill(row, row + D, F(0));
-      for (int64_t d2 = 0; d2 < D; ++d2) axpy(row, gy[n * D + d2], At + d2 * D, D);
-      store_row(gq + base + n * D, row, D);
-      for (int64_t d1 = 0; d1 < D; ++d1)
-        if (qf[n * D + d1] != F(0)) axpy(gA + d1 * D, qf[n * D + d1], gy + n * D, D);
+    // gq = gy (k^T v)^T, by whichever route costs fewer row additions:
+    //   sparse: gq = (gy v^T) k, both products summing over spikes   ((nnz v + nnz k) N)
+    //   dense:  gq[n] = sum_d2 gy[n, d2] A[:, d2], A = k^T v           (N D D + nnz k D)
+    const int64_t nnz_k = count_spikes(kb, N * nb), nnz_v = count_spikes(vb, N * nb);
+    if ((nnz_k + nnz_v) * N < N * D * D + nnz_k * D) {
+      transpose(gy, gyt, N, D);
+      std::fill(Gt, Gt + N * N, F(0));
+      std::fill(gqt, gqt + ND, F(0));
+      for (int64_t m = 0; m < N; ++m) {
+        F* Gm = Gt + m * N;  // Gt[m, :] = sum over spikes d2 of v[m]: gy[:, d2]
+        for_each_spike(vb + m * nb, D, [&](int64_t d2) { add_row(Gm, gyt + d2 * N, N); });
+        // gq^T[d1, :] += Gt[m, :] for spikes d1 of k[m]
+        for_each_spike(kb + m * nb, D, [&](int64_t d1) { add_row(gqt + d1 * N, Gm, N); });
+      }
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t d = 0; d < D; ++d) gq[base + n * D + d] = static_cast<S>(gqt[d * N + n]);
+    } else {
+      unpack_rows(vb, vf, N, D);
+      std::fill(A, A + D * D, F(0));
+      for (int64_t n = 0; n < N; ++n)
+        for_each_spike(kb + n * nb, D, [&](int64_t d1) { add_row(A + d1 * D, vf + n * D, D); });
+      transpose(A, gAt, D, D);  // gAt holds A^T here, reused below
+      for (int64_t n = 0; n < N; ++n) {
+        std::fill(row, row + D, F(0));
+        for (int64_t d2 = 0; d2 < D; ++d2) axpy(row, gy[n * D + d2], gAt + d2 * D, D);
+        store_row(gq + base + n * D, row, D);
+      }
     }
-    transpose(gA, gAt, D);
-    for (int64_t n = 0; n < N; ++n) {  // gk = v gA^T, gv = k gA (zeros skipped)
-      sparse_row_times(vf + n * D, gAt, D, row);
+    std::fill(gA, gA + D * D, F(0));
+    for (int64_t n = 0; n < N; ++n)  // gA = q^T gy
+      for_each_spike(qb + n * nb, D, [&](int64_t d1) { add_row(gA + d1 * D, gy + n * D, D); });
+    transpose(gA, gAt, D, D);
+    for (int64_t n = 0; n < N; ++n) {  // gk = v gA^T, gv = k gA
+      std::fill(row, row + D, F(0));
+      for_each_spike(vb + n * nb, D, [&](int64_t d2) { add_row(row, gAt + d2 * D, D); });
       store_row(gk + base + n * D, row, D);
-      sparse_row_times(kf + n * D, gA, D, row);
+      std::fill(row, row + D, F(0));
+      for_each_spike(kb + n * nb, D, [&](int64_t d1) { add_row(row, gA + d1 * D, D); });
       store_row(gv + base + n * D, row, D);
     }
   }
+}
+
+// Calls fn(std::integral_constant<int, D>) for the head widths compiled in, else with 0.
+template <typename Fn>
+void dispatch_head_dim(int64_t D, Fn&& fn) {
+  if (D == 48) fn(std::integral_constant<int, 48>{});
+  else if (D == 64) fn(std::integral_constant<int, 64>{});
+  else fn(std::integral_constant<int, 0>{});
 }
 
 // ---- ops ----------------------------------------------------------------------------------
@@ -383,13 +453,16 @@ Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     const LifOptions<F> o = ov.as<F>();
     at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
       Scratch<F> scratch;
+      std::vector<uint8_t> bit_scratch;
       bool ok = true;
       dispatch_bool(save, [&](auto SAVE) {
+        dispatch_head_dim(s.D, [&](auto DIM) {
         for (int64_t bh = b0; bh < b1; ++bh)
-          ssa_forward_head<decltype(SAVE)::value, scalar_t, F>(
+          ssa_forward_head<decltype(SAVE)::value, decltype(DIM)::value, scalar_t, F>(
               q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
               out.data_ptr<scalar_t>(), save ? h.data_ptr<scalar_t>() : nullptr, bits, bh, s, o,
-              static_cast<F>(scale), scratch, &ok);
+              static_cast<F>(scale), scratch, bit_scratch, &ok);
+        });
       });
       if (!ok) all_ok = false;
     });
@@ -417,11 +490,13 @@ Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Te
     dispatch_surrogate(ov.surrogate, [&](auto G) {
       at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
         Scratch<F> scratch;
+        dispatch_head_dim(s.D, [&](auto DIM) {
         for (int64_t bh = b0; bh < b1; ++bh)
-          ssa_backward_head<decltype(G)::value, scalar_t, F>(
+          ssa_backward_head<decltype(G)::value, decltype(DIM)::value, scalar_t, F>(
               go.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), bits, gq.data_ptr<scalar_t>(),
               gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), bh, s, o, static_cast<F>(scale),
               scratch);
+        });
       });
     });
   });
