@@ -55,6 +55,47 @@ def _run_fused(name, fwd, q, k, v, *args):
     return out
 
 
+_REFERENCES = {"sdsa": sdsa_reference, "ssa": ssa_reference}
+
+
+def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend):
+    """Checks, then the reference or the fused op `name`; `extra`: the op's own arguments."""
+    _check_qkv(q, k, v, name)
+    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
+    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op=name)
+    opt.check_dtype_for_backend(q, backend, "q")
+    if backend == "torch" or q.numel() == 0:
+        return _REFERENCES[name](
+            q,
+            k,
+            v,
+            **extra,
+            v_th=v_th,
+            tau=tau,
+            v_reset=v_reset,
+            detach_reset=detach_reset,
+            surrogate=surrogate,
+            alpha=alpha,
+        )
+    soft = v_reset is None
+    fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
+    return _run_fused(
+        name,
+        fwd,
+        q,
+        k,
+        v,
+        *extra.values(),
+        tau,
+        v_th,
+        0.0 if soft else v_reset,
+        soft,
+        bool(detach_reset),
+        surrogate,
+        alpha,
+    )
+
+
 def sdsa(
     q,
     k,
@@ -75,36 +116,8 @@ def sdsa(
     in q's dtype. Other values than 0/1 are allowed in the forward; the fused backward needs
     spikes (it keeps them packed) and raises ValueError otherwise.
     """
-    _check_qkv(q, k, v, "sdsa")
-    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
-    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op="sdsa")
-    opt.check_dtype_for_backend(q, backend, "q")
-    if backend == "torch" or q.numel() == 0:
-        return sdsa_reference(
-            q,
-            k,
-            v,
-            v_th=v_th,
-            tau=tau,
-            v_reset=v_reset,
-            detach_reset=detach_reset,
-            surrogate=surrogate,
-            alpha=alpha,
-        )
-    soft = v_reset is None
-    return _run_fused(
-        "sdsa",
-        torch.ops.spikeclip.sdsa_fwd,
-        q,
-        k,
-        v,
-        tau,
-        v_th,
-        0.0 if soft else v_reset,
-        soft,
-        bool(detach_reset),
-        surrogate,
-        alpha,
+    return _attention(
+        "sdsa", q, k, v, {}, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend
     )
 
 
@@ -125,42 +138,12 @@ def ssa(
     """Spiking self-attention (Spikformer, SpikeCLIP) on spikes q, k, v `[T, B, H, N, D]`.
 
     y[t] = (q[t] @ k[t]^T @ v[t]) * scale (no softmax); a multi-step LIF over t on y. Returns
-    spikes `[T, B, H, N, D]` in q's dtype. The fused kernels compute q @ (k^T @ v) with exact
-    integer counts (zeros skipped); the backward needs spikes, as for sdsa.
+    spikes `[T, B, H, N, D]` in q's dtype. The fused kernels compute q @ (k^T @ v) as sums over
+    the spikes of k and q (exact integer counts); the backward needs spikes, as for sdsa.
     """
-    _check_qkv(q, k, v, "ssa")
-    scale = opt.check_number(scale, "scale")
-    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
-    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op="ssa")
-    opt.check_dtype_for_backend(q, backend, "q")
-    if backend == "torch" or q.numel() == 0:
-        return ssa_reference(
-            q,
-            k,
-            v,
-            scale=scale,
-            v_th=v_th,
-            tau=tau,
-            v_reset=v_reset,
-            detach_reset=detach_reset,
-            surrogate=surrogate,
-            alpha=alpha,
-        )
-    soft = v_reset is None
-    return _run_fused(
-        "ssa",
-        torch.ops.spikeclip.ssa_fwd,
-        q,
-        k,
-        v,
-        scale,
-        tau,
-        v_th,
-        0.0 if soft else v_reset,
-        soft,
-        bool(detach_reset),
-        surrogate,
-        alpha,
+    extra = {"scale": opt.check_number(scale, "scale")}
+    return _attention(
+        "ssa", q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend
     )
 
 
