@@ -137,8 +137,11 @@ def test_reference_gradcheck_float64(name):
 @pytest.mark.parametrize("backend,device", ATTN)
 @pytest.mark.parametrize("name", ["sdsa", "ssa"])
 def test_opcheck_and_compile(backend, device, name):
-    fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
-    bwd = getattr(torch.ops.spikeclip, f"{name}_bwd")
+    suffix = "_triton" if backend == "triton" else ""
+    if backend == "triton":
+        import spikeclip.kernels.attention_triton  # noqa: F401
+    fwd = getattr(torch.ops.spikeclip, f"{name}_fwd{suffix}")
+    bwd = getattr(torch.ops.spikeclip, f"{name}_bwd{suffix}")
     q, k, v = random_spikes((2, 1, 2, 9, 10), (0.3, 0.3, 0.3), torch.float32, device)
     opts = (2.0, 0.5, 0.0, False, True, "sigmoid", 4.0)
     pre = (0.125,) if name == "ssa" else ()

@@ -15,7 +15,7 @@ from spikeclip.kernels.backends import resolve_backend
 from spikeclip.kernels.reference import compute_dtype, sdsa_reference, ssa_reference
 
 # Backends with attention kernels so far; others answer BackendUnavailableError.
-ATTENTION_BACKENDS = ("torch", "cpp")
+ATTENTION_BACKENDS = ("torch", "cpp", "triton")
 
 
 def _check_qkv(q, k, v, op: str) -> None:
@@ -78,7 +78,12 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
             alpha=alpha,
         )
     soft = v_reset is None
-    fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
+    if backend == "triton":
+        from spikeclip.kernels import attention_triton  # noqa: F401  (registers the ops)
+
+        fwd = getattr(torch.ops.spikeclip, f"{name}_fwd_triton")
+    else:
+        fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
     return _run_fused(
         name,
         fwd,
@@ -199,12 +204,19 @@ def _backward_with(bwd_op, n_options):
     return backward
 
 
-if extension_loaded():
-    for _name, _fake, _n in (("sdsa", _sdsa_fwd_fake, 7), ("ssa", _ssa_fwd_fake, 8)):
-        torch.library.register_fake(f"spikeclip::{_name}_fwd")(_fake)
-        torch.library.register_fake(f"spikeclip::{_name}_bwd")(_bwd_fake)
+def register_attention_ops(suffix: str = "") -> None:
+    """Fakes and autograd for spikeclip::{sdsa,ssa}_{fwd,bwd}{suffix} (one schema per op on
+    every backend: csrc/ops.cpp)."""
+    for name, fake, n_options in (("sdsa", _sdsa_fwd_fake, 7), ("ssa", _ssa_fwd_fake, 8)):
+        fwd, bwd = f"spikeclip::{name}_fwd{suffix}", f"{name}_bwd{suffix}"
+        torch.library.register_fake(fwd)(fake)
+        torch.library.register_fake(f"spikeclip::{bwd}")(_bwd_fake)
         torch.library.register_autograd(
-            f"spikeclip::{_name}_fwd",
-            _backward_with(getattr(torch.ops.spikeclip, f"{_name}_bwd"), _n),
+            fwd,
+            _backward_with(getattr(torch.ops.spikeclip, bwd), n_options),
             setup_context=_setup_context,
         )
+
+
+if extension_loaded():
+    register_attention_ops()

@@ -47,6 +47,22 @@ def _reset(h, v_th, v_reset, SOFT: tl.constexpr):
 
 
 @triton.jit
+def _reset_grad(h, s, g, v_th, v_reset, SOFT: tl.constexpr, DETACH: tl.constexpr):
+    # d v[t] / d h[t] through the reset (csrc/lif_math.h: reset_grad)
+    if SOFT:
+        if DETACH:
+            r = tl.zeros_like(h) + 1.0
+        else:
+            r = 1.0 - v_th * g
+    else:
+        if DETACH:
+            r = 1.0 - s
+        else:
+            r = (1.0 - s) + (v_reset - h) * g
+    return r
+
+
+@triton.jit
 def _lif_fwd_kernel(
     x_ptr,
     v0_ptr,
@@ -146,16 +162,7 @@ def _lif_bwd_kernel(
         gs = tl.load(gs_ptrs, mask=mask, other=0.0).to(tl.float32)
         g = _surrogate_grad(h - v_th, alpha, SURR)
         s = (h >= v_th).to(tl.float32)
-        if SOFT:
-            if DETACH:
-                dvdh = tl.zeros([BLOCK], dtype=tl.float32) + 1.0
-            else:
-                dvdh = 1.0 - v_th * g
-        else:
-            if DETACH:
-                dvdh = 1.0 - s
-            else:
-                dvdh = (1.0 - s) + (v_reset - h) * g
+        dvdh = _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
         dh = gs * g + carry * dvdh
         if DECAY:
             gx = dh * inv_tau

@@ -13,7 +13,7 @@ from spikeclip.kernels.options import check_sequence
 from spikeclip.kernels.reference import pack_spikes_reference, unpack_spikes_reference
 
 # Which backends have these ops (the rest say so when asked).
-PACK_BACKENDS = ("torch", "cpp")
+PACK_BACKENDS = ("torch", "cpp", "triton")
 
 
 def pack_spikes(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -26,6 +26,13 @@ def pack_spikes(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
         if not ((x == 0) | (x == 1)).all():
             raise ValueError("pack_spikes: x must hold spikes (only 0 and 1)")
         return pack_spikes_reference(x)
+    if backend == "triton":
+        from spikeclip.kernels.spike_pack_triton import pack_triton
+
+        bits, bad = pack_triton(x)
+        if int(bad):
+            raise ValueError("pack_spikes: x must hold spikes (only 0 and 1)")
+        return bits
     try:
         return torch.ops.spikeclip.pack_spikes(x)
     except RuntimeError as exc:
@@ -48,6 +55,10 @@ def unpack_spikes(
     backend = resolve_backend(backend, bits.device, supported=PACK_BACKENDS, op="unpack_spikes")
     if backend == "torch":
         return unpack_spikes_reference(bits, n, dtype)
+    if backend == "triton":
+        from spikeclip.kernels.spike_pack_triton import unpack_triton
+
+        return unpack_triton(bits, n, dtype)
     return torch.ops.spikeclip.unpack_spikes(bits, n, dtype)
 
 
