@@ -1,6 +1,7 @@
 // CUDA glue: checks, allocation and stream for the kernels in lif_kernels.cu, registered as
 // the CUDA implementation of spikeclip::lif_fwd / lif_bwd. Built only when torch has CUDA.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -22,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   LifForward f = prepare_forward(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset,
                                  surrogate, alpha, save_h, return_v, /*tau_on_host=*/false);
-  lif_cuda_forward(f.view, at::cuda::getCurrentCUDAStream().stream());
+  lif_cuda_forward(f.view, c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {f.spikes, f.h, f.v_last};
 }
@@ -39,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_bwd_cuda(
                                    soft_reset, decay_input, detach_reset, surrogate, alpha,
                                    need_tau_grad, /*tau_on_host=*/false,
                                    std::max<int64_t>(1, lif_cuda_tau_partials(n)));
-  lif_cuda_backward(b.view, at::cuda::getCurrentCUDAStream().stream());
+  lif_cuda_backward(b.view, c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   // Per-block partial sums of dL/dtau -> one scalar (zero when not asked for).
   return {b.grad_x, b.grad_v0, b.grad_tau.sum()};
