@@ -334,12 +334,12 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
       std::fill(A, A + D * D, F(0));
       for (int64_t n = 0; n < N; ++n)
         for_each_spike(kb + n * nb, D, [&](int64_t d1) { add_row(A + d1 * D, vf + n * D, D); });
-      transpose(A, gAt, D, D);  // gAt holds A^T here, reused below
-      for (int64_t n = 0; n < N; ++n) {
-        std::fill(row, row + D, F(0));
-        for (int64_t d2 = 0; d2 < D; ++d2) axpy(row, gy[n * D + d2], gAt + d2 * D, D);
-        store_row(gq + base + n * D, row, D);
-      }
+      // A dense [N, D] x [D, D] product: BLAS does it best (single-threaded here, inside
+      // the parallel region); gqt serves as its [N, D] output.
+      const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<F>::value);
+      at::Tensor out = at::from_blob(gqt, {N, D}, opts);
+      at::mm_out(out, at::from_blob(gy, {N, D}, opts), at::from_blob(A, {D, D}, opts).t());
+      for (int64_t n = 0; n < N; ++n) store_row(gq + base + n * D, gqt + n * D, D);
     }
     std::fill(gA, gA + D * D, F(0));
     for (int64_t n = 0; n < N; ++n)  // gA = q^T gy
