@@ -217,12 +217,16 @@ def test_float64_rejected_where_unsupported(backend):
         lif(torch.randn(3, 4, dtype=torch.float64), backend=backend)
 
 
-def test_backward_after_no_grad_forward_is_impossible_but_clear():
-    # A forward without grad keeps nothing; autograd never asks, and the op says so if called.
-    x = torch.randn(3, 4)
-    with torch.no_grad():
-        s = lif(x, backend="cpp")
-    assert not s.requires_grad
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_forward_without_grad_saves_nothing(backend, device):
+    """No input needs a gradient: the op runs with save_h=False and autograd keeps nothing."""
+    from spikeclip.memory import saved_tensor_bytes
+
+    x = torch.randn(3, 4, 50, device=device)
+    s, saved = saved_tensor_bytes(lif, x, backend=backend)
+    assert saved == 0 and not s.requires_grad
+    s, saved = saved_tensor_bytes(lif, x.requires_grad_(True), backend=backend)
+    assert saved == x.numel() * x.element_size() + 4  # h in x's dtype, and the 0-d tau
 
 
 # ---- module -------------------------------------------------------------------------------

@@ -26,23 +26,24 @@ using compute_t = at::opmath_type<S>;
 template <typename S, typename F, bool kDecay, bool kSoft, bool kSaveH>
 SC_CPU_CLONES void forward_chunk(const S* __restrict x, S* __restrict spikes, S* __restrict h_out,
                                  const F* __restrict v0, F* __restrict v_last, int64_t T,
-                                 int64_t N, int64_t len, LifOptions<F> o) {
+                                 int64_t N, int64_t len, LifOptions<F> o, bool stream) {
   o.decay_input = kDecay;
   o.soft_reset = kSoft;
   const F rest = charge_rest(o);
   F v[kChunk];
+  S s_buf[kChunk], h_buf[kChunk];  // a step's outputs, streamed out from L1
   for (int64_t i = 0; i < len; ++i) v[i] = v0 ? v0[i] : rest;
   for (int64_t t = 0; t < T; ++t) {
     const S* __restrict xt = x + t * N;
-    S* __restrict st = spikes + t * N;
-    S* __restrict ht = kSaveH ? h_out + t * N : nullptr;
     for (int64_t i = 0; i < len; ++i) {
       const F h = lif_charge(v[i], static_cast<F>(xt[i]), o.inv_tau, rest, kDecay);
       const F s = h >= o.v_th ? F(1) : F(0);
-      st[i] = static_cast<S>(s);
-      if constexpr (kSaveH) ht[i] = static_cast<S>(h);
+      s_buf[i] = static_cast<S>(s);
+      if constexpr (kSaveH) h_buf[i] = static_cast<S>(h);
       v[i] = lif_reset(h, s, o);
     }
+    stream_out(spikes + t * N, s_buf, len, stream);
+    if constexpr (kSaveH) stream_out(h_out + t * N, h_buf, len, stream);
   }
   if (v_last)
     for (int64_t i = 0; i < len; ++i) v_last[i] = v[i];
@@ -80,24 +81,29 @@ SC_CPU_CLONES void backward_chunk(const S* __restrict grad_spikes, const F* __re
                                   const S* __restrict h_in, const F* __restrict v0,
                                   S* __restrict grad_x, F* __restrict grad_v0,
                                   F* __restrict tau_acc, int64_t T, int64_t N, int64_t len,
-                                  LifOptions<F> o) {
+                                  LifOptions<F> o, bool stream) {
   o.decay_input = kDecay;
   o.soft_reset = kSoft;
   const F leak = F(1) - o.inv_tau;  // d h[t+1] / d v[t]
   F carry[kChunk];                     // gradient reaching v[t] from the future
   F v_init[kChunk];
+  S gx_buf[kChunk];                    // a step's grad_x, streamed out from L1
   for (int64_t i = 0; i < len; ++i) carry[i] = grad_v_last ? grad_v_last[i] : F(0);
   if constexpr (kTauGrad) {
     for (int64_t i = 0; i < len; ++i) tau_acc[i] = F(0);
     for (int64_t i = 0; i < len; ++i) v_init[i] = v0 ? v0[i] : charge_rest(o);
   }
-  for (int64_t t = T - 1; t >= 1; --t)
+  for (int64_t t = T - 1; t >= 1; --t) {
     backward_step<kSurr, S, F, kDecay, kSoft, kTauGrad, true>(
-        h_in + t * N, grad_spikes + t * N, grad_x + t * N, h_in + (t - 1) * N, v_init, carry,
-        tau_acc, len, leak, o);
-  if (T > 0)
+        h_in + t * N, grad_spikes + t * N, gx_buf, h_in + (t - 1) * N, v_init, carry, tau_acc,
+        len, leak, o);
+    stream_out(grad_x + t * N, gx_buf, len, stream);
+  }
+  if (T > 0) {
     backward_step<kSurr, S, F, kDecay, kSoft, kTauGrad, false>(
-        h_in, grad_spikes, grad_x, nullptr, v_init, carry, tau_acc, len, leak, o);
+        h_in, grad_spikes, gx_buf, nullptr, v_init, carry, tau_acc, len, leak, o);
+    stream_out(grad_x, gx_buf, len, stream);
+  }
   for (int64_t i = 0; i < len; ++i) grad_v0[i] = carry[i];
 }
 
@@ -106,6 +112,7 @@ void forward_cpu(const LifForwardView& a) {
   using F = compute_t<S>;
   const LifOptions<F> o = a.opts.template as<F>();
   const int64_t chunks = (a.N + kChunk - 1) / kChunk;
+  const bool stream = a.T * a.N * int64_t(sizeof(S)) >= stream_threshold_bytes();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t n0 = c * kChunk, len = std::min(kChunk, a.N - n0);
@@ -116,9 +123,10 @@ void forward_cpu(const LifForwardView& a) {
       auto* vl = a.v_last ? static_cast<F*>(a.v_last) + n0 : nullptr;
       dispatch_bools(o.decay_input, o.soft_reset, h != nullptr, [&](auto d, auto r, auto sh) {
         forward_chunk<S, F, decltype(d)::value, decltype(r)::value, decltype(sh)::value>(
-            x, s, h, v0, vl, a.T, a.N, len, o);
+            x, s, h, v0, vl, a.T, a.N, len, o, stream);
       });
     }
+    stream_fence();
   });
 }
 
@@ -127,6 +135,7 @@ void backward_cpu(const LifBackwardView& a) {
   using F = compute_t<S>;
   const LifOptions<F> o = a.opts.template as<F>();
   const int64_t chunks = (a.N + kChunk - 1) / kChunk;
+  const bool stream = a.T * a.N * int64_t(sizeof(S)) >= stream_threshold_bytes();
   // Per-chunk partial sums of dL/dtau, added in double at the end: deterministic.
   std::vector<double> tau_part(a.grad_tau ? chunks : 0, 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
@@ -143,7 +152,7 @@ void backward_cpu(const LifBackwardView& a) {
         dispatch_bools(o.decay_input, o.soft_reset, a.grad_tau != nullptr, [&](auto d, auto r, auto tg) {
           backward_chunk<decltype(surr)::value, S, F, decltype(d)::value, decltype(r)::value,
                          decltype(tg)::value>(
-              gs, gvl, h, v0, gx, gv0, tau_acc, a.T, a.N, len, o);
+              gs, gvl, h, v0, gx, gv0, tau_acc, a.T, a.N, len, o, stream);
         });
       });
       if (a.grad_tau) {
@@ -152,6 +161,7 @@ void backward_cpu(const LifBackwardView& a) {
         tau_part[c] = sum;
       }
     }
+    stream_fence();
   });
   if (a.grad_tau) {
     double total = 0.0;

@@ -187,8 +187,8 @@ def _lif_bwd_kernel(
 
 
 def _flat(t: torch.Tensor) -> tuple[int, int]:
-    T = t.shape[0]
-    return T, t[0].numel() if T > 0 else int(torch.Size(t.shape[1:]).numel())
+    """(T, N) of a [T, *] tensor seen as [T, N]."""
+    return t.shape[0], torch.Size(t.shape[1:]).numel()
 
 
 @torch.library.custom_op("spikeclip::lif_fwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
