@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from spikeclip.kernels.attention_op import register_attention_ops
-from spikeclip.kernels.lif_triton import _reset, _reset_grad, _surrogate_grad
+from spikeclip.kernels.lif_triton import _lif_dh, _reset
 from spikeclip.kernels.options import SURROGATE_CODES
 from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton
 
@@ -117,10 +117,8 @@ def _sdsa_bwd_kernel(
             q = _spike_tile(qb_ptr, row0 + n, d, nb, m)
             gs += tl.sum(go.to(tl.float32) * q, axis=0)
         h = tl.load(h_ptr + (t * BH + bh).to(tl.int64) * D + d, mask=dmask, other=0.0)
-        g = _surrogate_grad(h - v_th, alpha, SURR)
         s = (h >= v_th).to(tl.float32)
-        dvdh = _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
-        dh = gs * g + carry * dvdh
+        dh = _lif_dh(h, gs, carry, v_th, v_reset, alpha, SOFT, DETACH, SURR)
         carry = dh * (1.0 - inv_tau)
         gkv = dh * inv_tau
         for n0 in range(0, N, BLOCK_N):
@@ -247,9 +245,7 @@ def _ssa_bwd_gy_kernel(
         off = tb * N * D + n[:, None] * D + d[None, :]
         h = tl.load(h_ptr + off, mask=m, other=0.0).to(tl.float32)
         go = tl.load(go_ptr + off, mask=m, other=0.0).to(tl.float32)
-        g = _surrogate_grad(h - v_th, alpha, SURR)
-        s = (h >= v_th).to(tl.float32)
-        dh = go * g + carry * _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
+        dh = _lif_dh(h, go, carry, v_th, v_reset, alpha, SOFT, DETACH, SURR)
         carry = dh * (1.0 - inv_tau)
         gy = dh * (inv_tau * scale)
         tl.store(gy_ptr + off, gy, mask=m)

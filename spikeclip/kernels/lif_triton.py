@@ -63,6 +63,24 @@ def _reset_grad(h, s, g, v_th, v_reset, SOFT: tl.constexpr, DETACH: tl.constexpr
 
 
 @triton.jit
+def _lif_dh(
+    h,
+    grad_s,
+    carry,
+    v_th,
+    v_reset,
+    alpha,
+    SOFT: tl.constexpr,
+    DETACH: tl.constexpr,
+    SURR: tl.constexpr,
+):
+    """dL/dh[t] from dL/dspikes[t] and the gradient `carry` reaching v[t] from the future."""
+    g = _surrogate_grad(h - v_th, alpha, SURR)
+    s = (h >= v_th).to(tl.float32)
+    return grad_s * g + carry * _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
+
+
+@triton.jit
 def _lif_fwd_kernel(
     x_ptr,
     v0_ptr,
@@ -160,10 +178,7 @@ def _lif_bwd_kernel(
         has_prev = i < T - 1
         h_prev = tl.load(h_ptrs - N, mask=mask & has_prev, other=0.0).to(tl.float32)
         gs = tl.load(gs_ptrs, mask=mask, other=0.0).to(tl.float32)
-        g = _surrogate_grad(h - v_th, alpha, SURR)
-        s = (h >= v_th).to(tl.float32)
-        dvdh = _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
-        dh = gs * g + carry * dvdh
+        dh = _lif_dh(h, gs, carry, v_th, v_reset, alpha, SOFT, DETACH, SURR)
         if DECAY:
             gx = dh * inv_tau
         else:
