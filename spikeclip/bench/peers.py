@@ -4,9 +4,20 @@ tau 2, decay_input, threshold 1, hard reset to 0, no detach, sigmoid surrogate a
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 from collections.abc import Callable
 
 import torch
+
+
+def _skipped(name: str, exc: ImportError) -> None:
+    """Say why a peer is left out of a table (once per peer), unless it is simply absent."""
+    if name not in _SAID and importlib.util.find_spec(name) is not None:
+        _SAID.add(name)
+        print(f"# {name} is installed but does not import ({exc}): left out")
+
+
+_SAID: set[str] = set()
 
 
 def _version(dist: str) -> str:
@@ -20,7 +31,8 @@ def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
     """(label, fn(x) -> spikes) for SpikingJelly's multi-step LIFNode, or None."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
-    except ImportError:
+    except ImportError as exc:
+        _skipped("spikingjelly", exc)
         return None
     node = neuron.LIFNode(
         tau=2.0,
@@ -48,7 +60,8 @@ def snntorch_leaky(device: torch.device) -> tuple[str, Callable] | None:
     """(label, fn(x) -> spikes) for snnTorch's Leaky stepped over T (beta = 1 - 1/tau)."""
     try:
         import snntorch
-    except ImportError:
+    except ImportError as exc:
+        _skipped("snntorch", exc)
         return None
     leaky = snntorch.Leaky(
         beta=0.5,
