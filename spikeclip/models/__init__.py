@@ -1,5 +1,28 @@
-"""nn.Modules built on spikeclip.kernels."""
+"""nn.Modules built on spikeclip.kernels: neurons, blocks on `[T, B, ...]`, SpikeCLIP's image
+and text encoders, and SpikeCLIP itself."""
 
+from spikeclip.models.blocks import MLP, AttentionCore, Block, SelfAttention
+from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.image_encoder import ConvTokenizer, ImageEncoder
+from spikeclip.models.layers import SeqConvBN, SeqLinearBN, TemporalReadout, make_neuron
 from spikeclip.models.neurons import LIF
+from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend
+from spikeclip.models.text_encoder import TextEncoder
 
-__all__ = ["LIF"]
+__all__ = [
+    "LIF",
+    "MLP",
+    "AttentionCore",
+    "Block",
+    "ConvTokenizer",
+    "ImageEncoder",
+    "SelfAttention",
+    "SeqConvBN",
+    "SeqLinearBN",
+    "SpikeCLIP",
+    "SpikeCLIPConfig",
+    "TemporalReadout",
+    "TextEncoder",
+    "make_neuron",
+    "set_backend",
+]

@@ -1,0 +1,217 @@
+"""Energy estimate of a network from what it does on real inputs (SpikeCLIP's line of work):
+
+- a layer fed by spikes (its input holds only 0 and 1) costs synaptic operations: SOPs =
+  input spikes x the MACs each one fans out to (Linear: out_features; Conv2d: counted exactly
+  per spike, borders included; spiking attention: see `_attention_ops`);
+- a layer fed by real values (the first conv, the readout projection, every layer of an ANN)
+  costs its dense multiply-accumulates (MACs);
+- energy = 0.9 pJ per SOP + 4.6 pJ per MAC (45 nm); membrane updates, normalisation and
+  pooling are not counted, as in that line of work.
+
+`estimate(module, inputs)` runs one forward pass with hooks and returns an EnergyReport:
+per-layer rows, firing rates of every LIF (and every spiking attention's LIF), totals per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SOP_PJ = 0.9
+MAC_PJ = 4.6
+
+
+@dataclass
+class LayerEnergy:
+    """One layer's work over the whole forward pass (all images, all time steps)."""
+
+    name: str
+    kind: str  # linear | conv | attention | neuron
+    sops: int = 0
+    macs: int = 0
+    firing_rate: float | None = None  # neurons: output spikes per neuron per step
+    calls: int = 0
+
+    def energy_pJ(self) -> float:
+        return self.sops * SOP_PJ + self.macs * MAC_PJ
+
+
+@dataclass
+class EnergyReport:
+    rows: list[LayerEnergy]
+    images: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sops_per_image(self) -> float:
+        return sum(r.sops for r in self.rows) / self.images
+
+    @property
+    def macs_per_image(self) -> float:
+        return sum(r.macs for r in self.rows) / self.images
+
+    @property
+    def total_mJ(self) -> float:
+        """Energy per image, in millijoules."""
+        return sum(r.energy_pJ() for r in self.rows) / self.images * 1e-9
+
+    @property
+    def firing_rates(self) -> dict[str, float]:
+        return {r.name: r.firing_rate for r in self.rows if r.firing_rate is not None}
+
+    @property
+    def mean_firing_rate(self) -> float | None:
+        rates = list(self.firing_rates.values())
+        return sum(rates) / len(rates) if rates else None
+
+    def to_dict(self) -> dict:
+        return {
+            "images": self.images,
+            "total_mJ": self.total_mJ,
+            "sops_per_image": self.sops_per_image,
+            "macs_per_image": self.macs_per_image,
+            "rows": [
+                {**r.__dict__, "mJ_per_image": r.energy_pJ() / self.images * 1e-9}
+                for r in self.rows
+            ],
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"{'layer':44s} {'kind':9s} {'rate':>6s} {'SOPs/img':>12s} {'MACs/img':>12s} "
+            f"{'uJ/img':>9s}"
+        ]
+        for r in self.rows:
+            rate = f"{r.firing_rate:.3f}" if r.firing_rate is not None else ""
+            lines.append(
+                f"{r.name:44s} {r.kind:9s} {rate:>6s} {r.sops / self.images:12.4g} "
+                f"{r.macs / self.images:12.4g} {r.energy_pJ() / self.images * 1e-6:9.3f}"
+            )
+        lines.append(
+            f"{'total':44s} {'':9s} {'':6s} {self.sops_per_image:12.4g} "
+            f"{self.macs_per_image:12.4g} {self.total_mJ * 1e3:9.3f}"
+        )
+        return "\n".join(lines)
+
+    def plot_firing_rates(self, path) -> None:
+        """Bar chart of every neuron's firing rate, written as PNG to `path`."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rates = self.firing_rates
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(rates)), 4.0))
+        ax.bar(range(len(rates)), list(rates.values()), color="#3b6ea8")
+        ax.set_xticks(range(len(rates)), list(rates), rotation=90, fontsize=7)
+        ax.set_ylabel("firing rate (spikes / neuron / step)")
+        ax.set_title(f"firing rates (mean {self.mean_firing_rate or 0:.3f})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def is_spikes(x: torch.Tensor) -> bool:
+    """True when x holds only 0 and 1 (a spike tensor)."""
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def _linear_ops(m: nn.Linear, x: torch.Tensor) -> tuple[int, int]:
+    if is_spikes(x):
+        return int(torch.count_nonzero(x)) * m.out_features, 0
+    return 0, x.numel() // m.in_features * m.in_features * m.out_features
+
+
+def _conv_ops(m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    cin_g, g = m.in_channels // m.groups, m.groups
+    kh, kw = m.kernel_size
+    if is_spikes(x) and m.padding_mode == "zeros":
+        # Each output position sums over its receptive field: count the spikes inside it,
+        # per group, and multiply by the group's output channels.
+        ones = torch.ones(g, cin_g, kh, kw, dtype=torch.float64, device=x.device)
+        fed = F.conv2d((x != 0).double(), ones, None, m.stride, m.padding, m.dilation, g)
+        return int(fed.sum().item()) * (m.out_channels // g), 0
+    return 0, y.numel() * cin_g * kh * kw
+
+
+def _attention_ops(m, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
+    """SSA q @ k^T @ v in the cheaper association; each spike fans out to a row: k^T @ v costs
+    nnz(k) x d, q @ (k^T v) nnz(q) x d (N > d), else q @ k^T nnz(q) x N and (q k^T) @ v
+    nnz(v) x N. SDSA: k * v gates and accumulates nnz(k), q * s gates nnz(q). Dense MACs for
+    the ANN counterpart."""
+    N, d = q.shape[-2:]
+    heads = q.numel() // (N * d)
+    if m.kind == "ssa":
+        if m.spiking:
+            if d < N:
+                return (int(torch.count_nonzero(k)) + int(torch.count_nonzero(q))) * d, 0
+            return (int(torch.count_nonzero(q)) + int(torch.count_nonzero(v))) * N, 0
+        return 0, heads * 2 * N * d * min(N, d)
+    if m.spiking:
+        return int(torch.count_nonzero(k)) + int(torch.count_nonzero(q)), 0
+    return 0, 2 * q.numel()
+
+
+@torch.no_grad()
+def estimate(module: nn.Module, inputs, *, images: int | None = None) -> EnergyReport:
+    """Run module(*inputs) once and count its SOPs and MACs (see the module docstring).
+
+    inputs: a tensor or a tuple of positional arguments; `images` (default: the first input's
+    leading dimension) divides the totals into per-image figures."""
+    from spikeclip.models.blocks import AttentionCore
+    from spikeclip.models.neurons import LIF
+
+    args = inputs if isinstance(inputs, tuple | list) else (inputs,)
+    if images is None:
+        first = args[0]
+        images = len(first) if not isinstance(first, torch.Tensor) else int(first.shape[0])
+    if images < 1:
+        raise ValueError(f"energy.estimate needs at least one input, got {images}")
+
+    rows: dict[str, LayerEnergy] = {}
+    counts: dict[str, list[float]] = {}
+
+    def row(name, kind):
+        return rows.setdefault(name, LayerEnergy(name, kind))
+
+    def hook_for(name, m):
+        def hook(mod, inp, out):
+            if isinstance(mod, LIF) or (isinstance(mod, AttentionCore) and mod.spiking):
+                kind = "neuron" if isinstance(mod, LIF) else "attention"
+                r = row(name, kind)
+                c = counts.setdefault(name, [0.0, 0.0])
+                c[0] += float(torch.count_nonzero(out))
+                c[1] += out.numel()
+                r.firing_rate = c[0] / c[1]
+            if isinstance(mod, nn.Linear):
+                s, a = _linear_ops(mod, inp[0])
+                kind = "linear"
+            elif isinstance(mod, nn.Conv2d):
+                s, a = _conv_ops(mod, inp[0], out)
+                kind = "conv"
+            elif isinstance(mod, AttentionCore):
+                s, a = _attention_ops(mod, *inp)
+                kind = "attention"
+            else:
+                rows[name].calls += 1
+                return
+            r = row(name, kind)
+            r.sops += s
+            r.macs += a
+            r.calls += 1
+
+        return hook
+
+    handles = []
+    for name, m in module.named_modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | LIF | AttentionCore):
+            handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, m)))
+    try:
+        module(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return EnergyReport(list(rows.values()), images)

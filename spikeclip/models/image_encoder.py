@@ -1,0 +1,91 @@
+"""SpikeCLIP's image encoder (Spikingformer-style) and its ANN counterpart."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeclip.models.blocks import Block
+from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.layers import SeqConvBN, TemporalReadout, make_neuron
+
+
+class ConvTokenizer(nn.Module):
+    """Convolutional tokenizer: `[T, B, 3, S, S]` -> tokens `[T, B, (S/4)^2, C]`.
+
+    Five 3x3 conv + BN stages with C/8, C/4, C/2, C, C channels and a neuron before each stage
+    after the first; 2x2 max-pools after the third and fourth stages (S -> S/4); the fifth
+    stage is a relative position embedding added to its own input (membrane shortcut).
+    The first stage sees the same image at every step, so it runs once and is repeated.
+    """
+
+    def __init__(self, config: SpikeCLIPConfig, *, spiking: bool = True, backend: str = "auto"):
+        super().__init__()
+        C = config.width
+        channels = [config.in_channels, C // 8, C // 4, C // 2, C, C]
+        self.stages = nn.ModuleList(SeqConvBN(channels[i], channels[i + 1]) for i in range(5))
+        self.neurons = nn.ModuleList(
+            make_neuron(config, spiking=spiking, backend=backend) for _ in range(4)
+        )
+        self.pool = nn.MaxPool2d(2)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+    def forward(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
+        x = self.stages[0](images.unsqueeze(0))  # [1, B, C/8, S, S]
+        x = x.expand(time_steps, *x.shape[1:])
+        x = self.stages[1](self.neurons[0](x))
+        x = self._pool(self.stages[2](self.neurons[1](x)))
+        x = self._pool(self.stages[3](self.neurons[2](x)))  # [T, B, C, S/4, S/4]
+        x = x + self.stages[4](self.neurons[3](x))
+        return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]
+
+
+class ImageEncoder(nn.Module):
+    """`[B, in_channels, H, W]` float images -> features `[B, embed_dim]` (not normalised).
+
+    images -> resized to image_size (bilinear) -> repeated over T steps (direct encoding)
+    -> ConvTokenizer `[T, B, N, C]` -> depth x Block `[T, B, N, C]` -> mean over tokens `[T, B, C]`
+    -> TemporalReadout `[B, C]` -> Linear `[B, embed_dim]`.
+    spiking=False (config.image_neuron == "relu") is the ANN counterpart: ReLU for every LIF,
+    one time step, the same layout and parameters.
+    """
+
+    def __init__(self, config: SpikeCLIPConfig, backend: str = "auto"):
+        super().__init__()
+        self.config = config
+        spiking = config.image_neuron == "lif"
+        self.time_steps = config.image_time_steps
+        self.tokenizer = ConvTokenizer(config, spiking=spiking, backend=backend)
+        self.blocks = nn.ModuleList(
+            Block(config, spiking=spiking, backend=backend) for _ in range(config.depth)
+        )
+        self.readout = TemporalReadout(self.time_steps)
+        self.proj = nn.Linear(config.width, config.embed_dim)
+
+    def check_images(self, images) -> None:
+        c = self.config
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be a floating tensor, got dtype {images.dtype}")
+        if images.dim() != 4 or images.shape[1] != c.in_channels:
+            raise ValueError(
+                f"images must be [B, {c.in_channels}, H, W], got shape {tuple(images.shape)}"
+            )
+        if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
+            raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.check_images(images)
+        size = self.config.image_size
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(
+                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        x = self.tokenizer(images, self.time_steps)
+        for block in self.blocks:
+            x = block(x)
+        return self.proj(self.readout(x.mean(2)))

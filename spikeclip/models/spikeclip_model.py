@@ -1,0 +1,165 @@
+"""SpikeCLIP: the spiking image and text encoders in one joint embedding space, zero-shot
+classification by class names, save/load."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spikeclip.checkpoint import (
+    CONFIG,
+    WEIGHTS,
+    CheckpointError,
+    atomic_write_json,
+    load_json,
+    load_state_into,
+    load_tensors,
+    save_tensors,
+)
+from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.image_encoder import ImageEncoder
+from spikeclip.models.text_encoder import TextEncoder
+
+CHECKPOINT_FORMAT = "spikeclip.SpikeCLIP/1"
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+# A tokenizer maps strings to token ids `[B, context_length]` (int64).
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+
+def set_backend(module: nn.Module, backend: str) -> None:
+    """Point every neuron and attention of `module` at the kernel backend `backend`."""
+    from spikeclip.kernels.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    for m in module.modules():
+        if hasattr(m, "backend"):
+            m.backend = backend
+
+
+class SpikeCLIP(nn.Module):
+    """Image encoder + text encoder (`config`), every neuron and attention on `backend`.
+
+    encode_image `[B, C, H, W]` -> `[B, E]`, encode_text (ids `[B, L]` or strings with a
+    tokenizer attached) -> `[B, E]`, both L2-normalised; classifier(class names, templates)
+    -> `[K, E]`; logits(images, class_embeddings) -> cosine similarities `[B, K]` (times
+    `temperature` when given).
+    """
+
+    def __init__(
+        self,
+        config: SpikeCLIPConfig | None = None,
+        backend: str = "auto",
+        tokenizer: Tokenizer | None = None,
+    ):
+        super().__init__()
+        self.config = config or SpikeCLIPConfig()
+        if not isinstance(self.config, SpikeCLIPConfig):
+            raise TypeError(f"config must be a SpikeCLIPConfig, got {type(config).__name__}")
+        self.image_encoder = ImageEncoder(self.config, backend=backend)
+        self.text_encoder = TextEncoder(self.config, backend=backend)
+        self.tokenizer = tokenizer
+        set_backend(self, backend)
+
+    # ---- encoders ---------------------------------------------------------------------------
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_encoder(images), dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ValueError(
+                "encode_text got strings but this SpikeCLIP has no tokenizer: attach one "
+                "(model.tokenizer = teacher.tokenize) or pass token ids [B, context_length]"
+            )
+        ids = self.tokenizer(list(texts))
+        return ids.to(self.text_encoder.token_embedding.weight.device)
+
+    def encode_text(self, text: torch.Tensor | Sequence[str]) -> torch.Tensor:
+        if isinstance(text, str):
+            text = [text]
+        if not isinstance(text, torch.Tensor):
+            if len(text) == 0:
+                raise ValueError("encode_text: got no texts")
+            text = self.tokenize(text)
+        return F.normalize(self.text_encoder(text), dim=-1)
+
+    # ---- zero-shot classification -------------------------------------------------------------
+
+    @torch.no_grad()
+    def classifier(
+        self, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+    ) -> torch.Tensor:
+        """Class embeddings `[K, E]`: per class the normalised mean over templates of the
+        normalised text features of template.format(name)."""
+        if isinstance(class_names, str) or len(class_names) == 0:
+            raise ValueError("class_names must be a non-empty list of strings")
+        if isinstance(templates, str) or len(templates) == 0:
+            raise ValueError("templates must be a non-empty list of strings with '{}'")
+        for t in templates:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} has no '{{}}' for the class name")
+        prompts = [t.format(name) for name in class_names for t in templates]
+        features = self.encode_text(prompts).view(len(class_names), len(templates), -1)
+        return F.normalize(features.mean(1), dim=-1)
+
+    def logits(
+        self,
+        images: torch.Tensor,
+        class_embeddings: torch.Tensor,
+        temperature: float | None = None,
+    ) -> torch.Tensor:
+        """Cosine similarity of each image to each class `[B, K]`, times temperature if given."""
+        E = self.config.embed_dim
+        if class_embeddings.dim() != 2 or class_embeddings.shape[0] == 0:
+            raise ValueError(
+                f"class_embeddings must be [K, {E}] with K >= 1, "
+                f"got shape {tuple(class_embeddings.shape)}"
+            )
+        if class_embeddings.shape[1] != E:
+            raise ValueError(
+                f"class_embeddings have width {class_embeddings.shape[1]}, the model embeds "
+                f"into {E}"
+            )
+        sims = self.encode_image(images) @ F.normalize(class_embeddings, dim=-1).t()
+        return sims if temperature is None else sims * temperature
+
+    # ---- save / load --------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Directory `path`: model.safetensors (every parameter and buffer) + config.json."""
+        path = Path(path)
+        save_tensors(path / WEIGHTS, self.state_dict())
+        atomic_write_json(
+            path / CONFIG, {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict()}
+        )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        tokenizer: Tokenizer | None = None,
+        map_location: str | torch.device = "cpu",
+    ) -> SpikeCLIP:
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such checkpoint directory")
+        meta = load_json(path / CONFIG)
+        if meta.get("format") != CHECKPOINT_FORMAT or not isinstance(meta.get("config"), dict):
+            raise CheckpointError(
+                f"{path / CONFIG}: not a SpikeCLIP checkpoint (format {meta.get('format')!r}, "
+                f"expected {CHECKPOINT_FORMAT!r})"
+            )
+        try:
+            config = SpikeCLIPConfig.from_dict(meta["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path / CONFIG}: bad config ({exc})") from None
+        model = cls(config, backend=backend, tokenizer=tokenizer)
+        load_state_into(model, load_tensors(path / WEIGHTS), path / WEIGHTS)
+        return model.to(map_location)

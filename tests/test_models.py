@@ -1,0 +1,216 @@
+"""The model layer: SpikeCLIP's encoders on every backend against backend="torch" (outputs and
+every parameter gradient, train and eval), the paper config's size, torch.compile, save/load,
+zero-shot head, the ANN counterpart, and errors."""
+
+import math
+
+import pytest
+import torch
+from conftest import FUSED
+from lif_cases import rel_err
+from torch import nn
+
+from spikeclip.checkpoint import CheckpointError
+from spikeclip.models import (
+    LIF,
+    ImageEncoder,
+    SpikeCLIP,
+    SpikeCLIPConfig,
+    TemporalReadout,
+    set_backend,
+)
+
+# Small enough for the Triton interpreter; N = 16 tokens, head width 8 and 16 (both SSA
+# associations), odd batch.
+SMALL = SpikeCLIPConfig.named(
+    "tiny",
+    width=32,
+    heads=4,
+    image_size=16,
+    vocab_size=50,
+    context_length=5,
+    text_width=8,
+    text_hidden=24,
+    embed_dim=12,
+    time_steps=3,
+)
+
+
+def warm_bn(model: nn.Module, *inputs) -> None:
+    """Running statistics = one batch's statistics, so that eval mode fires like train mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(*inputs)
+    for m in bns:
+        m.momentum = 0.1
+
+
+def firing_rates(model, *inputs):
+    rates = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: rates.append(float(o.mean())))
+        for m in model.modules()
+        if isinstance(m, LIF)
+    ]
+    with torch.no_grad():
+        model(*inputs)
+    for h in hooks:
+        h.remove()
+    return rates
+
+
+def run(model, backend, x, mode):
+    set_backend(model, backend)
+    model.train(mode == "train")
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("attention", ["ssa", "sdsa"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize(("backend", "device"), FUSED)
+def test_encoders_match_reference(backend, device, mode, attention):
+    config = SMALL.replace(attention=attention, heads=2 if attention == "sdsa" else 4)
+    images = torch.rand(3, 3, 20, 20, device=device)  # resized to 16
+    ids = torch.randint(0, config.vocab_size, (3, config.context_length), device=device)
+    for encoder, x in ((ImageEncoder(config), images), (SpikeCLIP(config).text_encoder, ids)):
+        encoder = encoder.to(device)
+        warm_bn(encoder, x)
+        rates = firing_rates(encoder.train(mode == "train"), x)
+        assert max(rates) > 0.02, "degenerate test: the neurons do not fire"
+        out_ref, grads_ref = run(encoder, "torch", x, mode)
+        out, grads = run(encoder, backend, x, mode)
+        assert rel_err(out, out_ref) < 1e-4
+        assert grads.keys() == grads_ref.keys()
+        assert len(grads) > 5
+        for name in grads:
+            assert rel_err(grads[name], grads_ref[name]) < 1e-4, name
+
+
+def test_paper_config_size_and_shapes():
+    config = SpikeCLIPConfig.named("paper")
+    encoder = ImageEncoder(config)
+    n = sum(p.numel() for p in encoder.parameters())
+    assert 9.0e6 <= n <= 10.0e6
+    assert config.tokens == 64 and config.head_dim == 48
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = encoder.tokenizer(x, 4)
+    assert tokens.shape == (4, 2, 64, 384)
+    ann = ImageEncoder(config.replace(image_neuron="relu"))
+    assert ann.time_steps == 1
+    # Same layout: the parameters differ only in the readout's one weight per time step.
+    assert sum(p.numel() for p in ann.parameters()) == n - 3
+
+
+def test_temporal_readout_init_and_sum():
+    readout = TemporalReadout(4)
+    expected = [math.log(0.1), math.log(0.2), math.log(0.4), math.log(0.8)]
+    assert torch.allclose(readout.weight, torch.tensor(expected))
+    x = torch.randn(4, 2, 3)
+    assert torch.allclose(readout(x), sum(w * x[t] for t, w in enumerate(expected)))
+    assert TemporalReadout(1).weight.tolist() == pytest.approx([math.log(0.8)])
+    with pytest.raises(ValueError, match="time steps"):
+        readout(torch.randn(3, 2, 3))
+
+
+def test_torch_compile_image_encoder_matches_eager():
+    encoder = ImageEncoder(SMALL)
+    x = torch.rand(2, 3, 16, 16)
+    warm_bn(encoder, x)
+    encoder.eval()
+    with torch.no_grad():
+        eager = encoder(x)
+        compiled = torch.compile(encoder)(x)
+    assert rel_err(compiled, eager) < 1e-5
+
+
+def _toy_tokenizer(config):
+    def tokenize(texts):
+        ids = torch.zeros(len(texts), config.context_length, dtype=torch.long)
+        for i, text in enumerate(texts):
+            codes = [ord(c) % config.vocab_size for c in text][: config.context_length]
+            ids[i, : len(codes)] = torch.tensor(codes)
+        return ids
+
+    return tokenize
+
+
+def test_save_load_round_trip(tmp_path):
+    model = SpikeCLIP(SMALL, tokenizer=_toy_tokenizer(SMALL))
+    images = torch.rand(2, 3, 16, 16)
+    warm_bn(model.image_encoder, images)
+    model.eval()
+    model.save(tmp_path / "ckpt")
+    loaded = SpikeCLIP.load(tmp_path / "ckpt", tokenizer=_toy_tokenizer(SMALL)).eval()
+    assert loaded.config == model.config
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    classes = model.classifier(["cat", "dog", "bird"], ["a {}", "the {}."])
+    assert classes.shape == (3, SMALL.embed_dim)
+    assert torch.allclose(classes.norm(dim=-1), torch.ones(3))
+    assert torch.equal(loaded.classifier(["cat", "dog", "bird"], ["a {}", "the {}."]), classes)
+    with torch.no_grad():
+        assert torch.equal(model.logits(images, classes), loaded.logits(images, classes))
+        assert model.logits(images, classes, temperature=100.0).shape == (2, 3)
+
+
+def test_checkpoint_errors(tmp_path):
+    model = SpikeCLIP(SMALL)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        SpikeCLIP.load(tmp_path / "missing")
+    model.save(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        SpikeCLIP.load(tmp_path / "a")
+    # Weights of another shape under a config that does not fit them.
+    SpikeCLIP(SMALL.replace(width=64)).save(tmp_path / "b")
+    model.save(tmp_path / "c")
+    (tmp_path / "c" / "model.safetensors").write_bytes(
+        (tmp_path / "b" / "model.safetensors").read_bytes()
+    )
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        SpikeCLIP.load(tmp_path / "c")
+    (tmp_path / "c" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        SpikeCLIP.load(tmp_path / "c")
+
+
+def test_bad_inputs():
+    model = SpikeCLIP(SMALL)
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.encode_image(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        model.encode_image(torch.rand(3, 16, 16))
+    with pytest.raises(TypeError, match="floating"):
+        model.encode_image(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="no tokenizer"):
+        model.encode_text(["a cat"])
+    model.tokenizer = _toy_tokenizer(SMALL)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.classifier([])
+    with pytest.raises(ValueError, match="has no"):
+        model.classifier(["cat"], ["a photo"])
+    with pytest.raises(ValueError, match="width"):
+        model.logits(torch.rand(2, 3, 16, 16), torch.randn(4, SMALL.embed_dim + 1))
+    with pytest.raises(ValueError, match=r"token ids must lie"):
+        model.encode_text(torch.full((1, SMALL.context_length), SMALL.vocab_size))
+    with pytest.raises(ValueError, match=r"token ids must be"):
+        model.encode_text(torch.zeros(1, SMALL.context_length + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        SpikeCLIPConfig.named("tiny", image_size=30)
+    with pytest.raises(ValueError, match="divisible"):
+        SpikeCLIPConfig.named("tiny", heads=3)
+    with pytest.raises(ValueError, match="config must be"):
+        SpikeCLIPConfig.named("huge")
+    with pytest.raises(ValueError, match="backend"):
+        set_backend(model, "gpu")
+    with pytest.raises(ValueError, match="token embeddings"):
+        model.text_encoder.load_embeddings(torch.randn(3, 8), torch.randn(5, 8))
