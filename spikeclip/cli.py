@@ -1,6 +1,6 @@
 """The `spikeclip` command (also `python -m spikeclip`).
 
-    spikeclip bench [lif|attention] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype ...]
+    spikeclip bench [lif|attention|model] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype ...]
     spikeclip info
 
 torch is imported after the arguments are read, so that environment switches such as
@@ -24,9 +24,12 @@ def _parser() -> argparse.ArgumentParser:
         "op",
         nargs="?",
         default="lif",
-        choices=["lif", "attention"],
-        help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up",
+        choices=["lif", "attention", "model"],
+        help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
+        "model: a training step of SpikeCLIP's image encoder (--config, --batch)",
     )
+    b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
+    b.add_argument("--batch", type=int, default=16, help="model: images per step")
     b.add_argument("--device", default="cpu")
     b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
     b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
@@ -40,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-thp",
         action="store_true",
         help="leave PyTorch's huge-page allocation off (large CPU tensors then pay "
-        "a page fault per 4 KiB on every allocation, in every contender)",
+        "a page fault per 4 KiB on every allocation, in every contender); always off "
+        "for `model`",
     )
     b.add_argument("--json", help="also write the rows to this JSON file")
 
@@ -53,6 +57,7 @@ def _bench(args) -> int:
 
     from spikeclip.bench.attention_bench import bench_attention
     from spikeclip.bench.lif_bench import bench_lif
+    from spikeclip.bench.model_bench import bench_train_step
 
     dtypes = [getattr(torch, d) for d in args.dtype]
     print(
@@ -61,6 +66,15 @@ def _bench(args) -> int:
     )
     if args.op == "attention":
         rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
+    elif args.op == "model":
+        fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
+        rows = bench_train_step(
+            config=args.config,
+            batch=args.batch,
+            backends=fused,
+            device=args.device,
+            rounds=min(args.rounds, 7),
+        )
     else:
         rows = bench_lif(
             Ts=args.T,
@@ -95,7 +109,9 @@ def _info() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench":
-        if not args.no_thp:
+        # Huge pages pay off for the kernel sweeps' large tensors; in a training step (many
+        # mid-sized tensors) this machine's page compaction made every contender slower.
+        if not args.no_thp and args.op != "model":
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         return _bench(args)
     return _info()
