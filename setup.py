@@ -41,7 +41,8 @@ def extensions():
     cxx = [*opt, "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     if _flag("SPIKECLIP_NATIVE"):
         cxx.append("-march=native")
-    sources = ["csrc/ops.cpp", "csrc/lif_common.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    common = ["csrc/ops.cpp", "csrc/lif_common.cpp", "csrc/attention_common.cpp"]
+    sources = [*common, *sorted(glob.glob("csrc/cpu/*.cpp"))]
     kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))

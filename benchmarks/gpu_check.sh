@@ -7,8 +7,10 @@
 # 3. measures the copy bandwidth and the LIF kernels' achieved bandwidth (T=8, N=16M and
 #    T=4, N=4M; fp32 and bf16), against the reference and SpikingJelly when its wheel is
 #    carried in .whl/ (2.0.0; 0.0.0.0.14 adds its cupy backend);
-# 4. times SDSA / SSA (triton) against the reference at SpikeCLIP's shape and N = 196, 1024.
-# Budget: under 8 minutes. Everything it prints also lands in $OUT/*.log.
+# 4. times SDSA / SSA (cuda, triton) against the reference at SpikeCLIP's shape and N = 196, 1024;
+# 5. times a training step of SpikeCLIP's paper image encoder (batch 16): reference vs cuda vs
+#    triton vs a no-cost stand-in for neurons and attention.
+# Budget: under 9 minutes. Everything it prints also lands in $OUT/*.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -55,9 +57,13 @@ else
   for p in "${SJ_PATHS[@]}"; do bench "$(basename "$p")" "$p" || status=1; done
 fi
 
-step "attention (triton on CUDA vs reference)"
+step "attention (cuda and triton vs reference)"
 timeout 120 $PY -m spikeclip bench attention --device cuda --rounds 10 \
   --json "$OUT/bench_attention.json" 2>&1 | tee "$OUT/bench_attention.log" || status=1
+
+step "training step of the paper image encoder"
+timeout 120 $PY -m spikeclip bench model --device cuda --batch 16 \
+  --json "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" || status=1
 
 step "summary"
 $PY - "$OUT" <<'PYEOF'

@@ -1,7 +1,6 @@
 #include "lif_common.h"
 
 namespace spikeclip {
-namespace {
 
 DType to_dtype(at::ScalarType t) {
   switch (t) {
@@ -9,9 +8,11 @@ DType to_dtype(at::ScalarType t) {
     case at::kHalf: return DType::kFloat16;
     case at::kBFloat16: return DType::kBFloat16;
     case at::kDouble: return DType::kFloat64;
-    default: TORCH_CHECK(false, "spikeclip lif: unsupported dtype ", t);
+    default: TORCH_CHECK(false, "spikeclip: unsupported dtype ", t);
   }
 }
+
+namespace {
 
 // Membrane state and all compute happen in this dtype: float64 for float64, else float32.
 at::ScalarType state_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }

@@ -12,6 +12,9 @@
 
 namespace spikeclip {
 
+// The kernels' storage dtype of a floating tensor.
+DType to_dtype(at::ScalarType t);
+
 struct LifForward {
   at::Tensor spikes, h, v_last;
   LifForwardView view;

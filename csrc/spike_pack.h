@@ -77,4 +77,14 @@ SC_INLINE void unpack_row(const uint8_t* bits, S* x, int64_t n) {
   }
 }
 
+#if defined(SPIKECLIP_WITH_CUDA) || defined(__CUDACC__)
+// csrc/cuda/spike_pack_kernels.cu: rows of n values <-> rows of ceil(n / 8) bytes. `dtype` is a
+// DType (lif_launch.h) code; *not_spikes (device) is set when a value is neither 0 nor 1.
+enum class DType : int;
+void pack_spikes_cuda(DType dtype, const void* x, uint8_t* bits, int64_t rows, int64_t n,
+                      int* not_spikes, void* stream);
+void unpack_spikes_cuda(DType dtype, const uint8_t* bits, void* x, int64_t rows, int64_t n,
+                        void* stream);
+#endif
+
 }  // namespace spikeclip

@@ -200,7 +200,7 @@ def test_bad_inputs(name):
         fn(q, q, q.to("meta"))
     with pytest.raises(TypeError, match="floating"):
         fn(q.long(), q.long(), q.long())
-    with pytest.raises(BackendUnavailableError, match=r"no .* kernel yet|not available"):
+    with pytest.raises(BackendUnavailableError, match="cuda backend runs on CUDA tensors"):
         fn(q, q, q, backend="cuda")
     with pytest.raises(ValueError, match="tau"):
         fn(q, q, q, tau=0.5)

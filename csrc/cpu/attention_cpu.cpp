@@ -17,57 +17,12 @@
 #include <atomic>
 #include <vector>
 
-#include "../lif_launch.h"
+#include "../attention_common.h"
 #include "../spike_pack.h"
 #include "cpu_simd.h"
 
 namespace spikeclip {
 namespace {
-
-struct Heads {
-  int64_t T, BH, N, D;
-  int64_t block(int64_t t, int64_t bh) const { return (t * BH + bh) * N * D; }
-};
-
-Heads check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op) {
-  TORCH_CHECK(q.dim() == 5, op, ": q, k, v must be [T, B, H, N, D], got q of shape ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
-              ": q, k, v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
-  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
-              ": q, k, v must have one dtype");
-  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), op,
-              ": q, k, v must be contiguous");
-  return Heads{q.size(0), q.size(1) * q.size(2), q.size(3), q.size(4)};
-}
-
-LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
-                            bool detach_reset, c10::string_view surrogate, double alpha) {
-  LifOptionsView o;
-  o.tau = tau;
-  o.v_th = v_th;
-  o.v_reset = v_reset;
-  o.soft_reset = soft_reset;
-  o.decay_input = true;
-  o.detach_reset = detach_reset;
-  o.surrogate = surrogate == "sigmoid" ? kSigmoid
-                : surrogate == "atan"  ? kAtan
-                : surrogate == "triangle" ? kTriangle
-                : surrogate == "erf" ? kErf : -1;
-  TORCH_CHECK(o.surrogate >= 0, "unknown surrogate '", std::string(surrogate), "'");
-  o.alpha = alpha;
-  return o;
-}
-
-// Packed copies [T, B, H, N, ceil(D/8)] of q, k, v for the backward (empty when not saving).
-struct Saved {
-  at::Tensor bits[3];
-  Saved(const at::Tensor& q, bool save) {
-    auto sizes = q.sizes().vec();
-    sizes.back() = save ? packed_row_bytes(q.size(-1)) : 0;
-    for (auto& b : bits) b = at::empty(save ? sizes : std::vector<int64_t>{0},
-                                       q.options().dtype(at::kByte));
-  }
-};
 
 template <typename S>
 bool pack_rows(const S* src, uint8_t* dst, int64_t rows, int64_t D) {
@@ -369,16 +324,6 @@ void dispatch_head_dim(int64_t D, Fn&& fn) {
 using Outputs5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Grads3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-uint8_t* const* bit_ptrs(Saved& saved, uint8_t** out) {
-  for (int i = 0; i < 3; ++i) out[i] = saved.bits[i].numel() ? saved.bits[i].data_ptr<uint8_t>() : nullptr;
-  return out;
-}
-
-void raise_if_not_spikes(bool ok, const char* op) {
-  TORCH_CHECK(ok, op, ": inputs that need a gradient must be spikes (only 0 and 1): the "
-                  "backward keeps them packed 1 bit each");
-}
-
 Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double tau,
                       double v_th, double v_reset, bool soft_reset, bool detach_reset,
                       c10::string_view surrogate, double alpha, bool save) {
@@ -389,7 +334,7 @@ Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   at::Tensor h = at::empty({s.T, q.size(1), q.size(2), s.D}, q.options().dtype(hdt));
   Saved saved(q, save);
   uint8_t* bits[3];
-  bit_ptrs(saved, bits);
+  saved.pointers(bits);
   std::atomic<bool> all_ok{true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "sdsa_fwd", [&] {
     using F = at::opmath_type<scalar_t>;
@@ -415,8 +360,7 @@ Grads3 sdsa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::T
                     double v_th, double v_reset, bool soft_reset, bool detach_reset,
                     c10::string_view surrogate, double alpha) {
   const at::Tensor go = grad_out.contiguous();
-  TORCH_CHECK(go.dim() == 5 && go.size(4) == D, "sdsa_bwd: grad_out must be [T, B, H, N, D]");
-  const Heads s{go.size(0), go.size(1) * go.size(2), go.size(3), D};
+  const Heads s = check_grad_out(go, D, "sdsa_bwd");
   const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),
@@ -446,7 +390,7 @@ Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   at::Tensor h = save ? at::empty_like(q) : at::empty({0}, q.options());
   Saved saved(q, save);
   uint8_t* bits[3];
-  bit_ptrs(saved, bits);
+  saved.pointers(bits);
   std::atomic<bool> all_ok{true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ssa_fwd", [&] {
     using F = at::opmath_type<scalar_t>;
@@ -476,9 +420,8 @@ Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Te
                    double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
                    c10::string_view surrogate, double alpha) {
   const at::Tensor go = grad_out.contiguous();
-  TORCH_CHECK(go.dim() == 5 && go.size(4) == D && h.sizes() == go.sizes(),
-              "ssa_bwd: grad_out and h must be [T, B, H, N, D]");
-  const Heads s{go.size(0), go.size(1) * go.size(2), go.size(3), D};
+  const Heads s = check_grad_out(go, D, "ssa_bwd");
+  TORCH_CHECK(h.sizes() == go.sizes(), "ssa_bwd: h must have grad_out's shape");
   const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const at::Tensor hc = h.contiguous();

@@ -5,31 +5,15 @@
 // The membrane stays in registers for the whole sweep; float32 math, storage in its own dtype.
 // Formulas: csrc/lif_math.h (spec: spikeclip/kernels/reference.py). No torch headers here:
 // CI compile-checks this file with `nvcc -ptx -arch=sm_90`; csrc/cuda/lif_cuda.cpp is the glue.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "../lif_launch.h"
+#include "device_types.cuh"
 
 namespace spikeclip {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float load_f(float v) { return v; }
-__device__ __forceinline__ float load_f(__half v) { return __half2float(v); }
-__device__ __forceinline__ float load_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename S>
-__device__ __forceinline__ S store_f(float v);
-template <>
-__device__ __forceinline__ float store_f<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half store_f<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 store_f<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 // VEC elements moved as one aligned access.
 template <typename S, int VEC>
@@ -189,16 +173,6 @@ int pick_vec(int64_t N, std::initializer_list<const void*> ptrs) {
   for (const void* p : ptrs)
     if (p && reinterpret_cast<uintptr_t>(p) % 16 != 0) return 1;
   return kVec;
-}
-
-template <typename Fn>
-void dispatch_storage(DType dtype, Fn&& fn) {
-  switch (dtype) {
-    case DType::kFloat32: fn(float{}); break;
-    case DType::kFloat16: fn(__half{}); break;
-    case DType::kBFloat16: fn(__nv_bfloat16{}); break;
-    default: break;  // float64 is rejected by the glue before launch
-  }
 }
 
 template <typename S, typename Fn>

@@ -1,8 +1,9 @@
 """Spiking attention fused with its LIF: `sdsa` (Spike-driven Transformer) and `ssa`
 (Spikformer / SpikeCLIP). Spec: reference.sdsa_reference / reference.ssa_reference.
 
-Fused kernels (spikeclip._C on CPU so far) keep the LIF over t inside the kernel that computes
-its input, and save for the backward only h and q, k, v packed 1 bit per element.
+Fused kernels (spikeclip._C: csrc/cpu, csrc/cuda; Triton: attention_triton.py) keep the LIF over
+t inside the kernel that computes its input, and save for the backward only h and q, k, v packed
+1 bit per element.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from spikeclip.kernels import options as opt
 from spikeclip.kernels.backends import resolve_backend
 from spikeclip.kernels.reference import compute_dtype, sdsa_reference, ssa_reference
 
-# Backends with attention kernels so far; others answer BackendUnavailableError.
-ATTENTION_BACKENDS = ("torch", "cpp", "triton")
+# Backends with attention kernels (all of them).
+ATTENTION_BACKENDS = ("torch", "cpp", "cuda", "triton")
 
 
 def _check_qkv(q, k, v, op: str) -> None:

@@ -13,7 +13,7 @@ from spikeclip.kernels.options import check_sequence
 from spikeclip.kernels.reference import pack_spikes_reference, unpack_spikes_reference
 
 # Which backends have these ops (the rest say so when asked).
-PACK_BACKENDS = ("torch", "cpp", "triton")
+PACK_BACKENDS = ("torch", "cpp", "cuda", "triton")
 
 
 def pack_spikes(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

@@ -1,0 +1,65 @@
+#include "attention_common.h"
+
+#include <string>
+#include <vector>
+
+#include "spike_pack.h"
+
+namespace spikeclip {
+
+Heads check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const char* op) {
+  TORCH_CHECK(q.dim() == 5, op, ": q, k, v must be [T, B, H, N, D], got q of shape ", q.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), op,
+              ": q, k, v must have one shape, got ", q.sizes(), ", ", k.sizes(), ", ", v.sizes());
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), op,
+              ": q, k, v must have one dtype");
+  TORCH_CHECK(k.device() == q.device() && v.device() == q.device(), op,
+              ": q, k, v must be on one device");
+  TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), op,
+              ": q, k, v must be contiguous");
+  return Heads{q.size(0), q.size(1) * q.size(2), q.size(3), q.size(4)};
+}
+
+Heads check_grad_out(const at::Tensor& go, int64_t D, const char* op) {
+  TORCH_CHECK(go.dim() == 5 && go.size(4) == D, op, ": grad_out must be [T, B, H, N, ", D,
+              "], got ", go.sizes());
+  return Heads{go.size(0), go.size(1) * go.size(2), go.size(3), D};
+}
+
+LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
+                            bool detach_reset, c10::string_view surrogate, double alpha) {
+  LifOptionsView o;
+  o.tau = tau;
+  o.v_th = v_th;
+  o.v_reset = v_reset;
+  o.soft_reset = soft_reset;
+  o.decay_input = true;
+  o.detach_reset = detach_reset;
+  o.surrogate = surrogate == "sigmoid"    ? kSigmoid
+                : surrogate == "atan"     ? kAtan
+                : surrogate == "triangle" ? kTriangle
+                : surrogate == "erf"      ? kErf
+                                          : -1;
+  TORCH_CHECK(o.surrogate >= 0, "unknown surrogate '", std::string(surrogate), "'");
+  o.alpha = alpha;
+  return o;
+}
+
+void raise_if_not_spikes(bool ok, const char* op) {
+  TORCH_CHECK(ok, op, ": inputs that need a gradient must be spikes (only 0 and 1): the "
+                  "backward keeps them packed 1 bit each");
+}
+
+Saved::Saved(const at::Tensor& q, bool save) {
+  auto sizes = q.sizes().vec();
+  sizes.back() = save ? packed_row_bytes(q.size(-1)) : 0;
+  for (auto& b : bits)
+    b = at::empty(save ? sizes : std::vector<int64_t>{0}, q.options().dtype(at::kByte));
+}
+
+void Saved::pointers(uint8_t** out) {
+  for (int i = 0; i < 3; ++i)
+    out[i] = bits[i].numel() ? bits[i].data_ptr<uint8_t>() : nullptr;
+}
+
+}  // namespace spikeclip
