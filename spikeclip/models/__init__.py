@@ -6,7 +6,7 @@ from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ConvTokenizer, ImageEncoder
 from spikeclip.models.layers import SeqConvBN, SeqLinearBN, TemporalReadout, make_neuron
 from spikeclip.models.neurons import LIF
-from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend
+from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend, set_memory
 from spikeclip.models.text_encoder import TextEncoder
 
 __all__ = [
@@ -25,4 +25,5 @@ __all__ = [
     "TextEncoder",
     "make_neuron",
     "set_backend",
+    "set_memory",
 ]

@@ -24,7 +24,11 @@ class ConvTokenizer(nn.Module):
         super().__init__()
         C = config.width
         channels = [config.in_channels, C // 8, C // 4, C // 2, C, C]
-        self.stages = nn.ModuleList(SeqConvBN(channels[i], channels[i + 1]) for i in range(5))
+        # Stages after the first take spikes: they keep them packed for the backward.
+        self.stages = nn.ModuleList(
+            SeqConvBN(channels[i], channels[i + 1], packed_input=spiking and i > 0)
+            for i in range(5)
+        )
         self.neurons = nn.ModuleList(
             make_neuron(config, spiking=spiking, backend=backend) for _ in range(4)
         )

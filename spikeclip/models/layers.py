@@ -11,6 +11,7 @@ from torch import nn
 
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.neurons import LIF
+from spikeclip.models.recompute import packed_recompute
 
 
 def make_neuron(
@@ -31,35 +32,113 @@ def make_neuron(
     )
 
 
-class SeqConvBN(nn.Module):
-    """Conv2d (no bias) + BatchNorm2d on `[T, B, C_in, H, W]` -> `[T, B, C_out, H', W']`,
-    time folded into the batch (batch statistics over T x B x H x W)."""
+class _SpikingUnit(nn.Module):
+    """op (linear or conv, no bias) + BatchNorm (+ an optional neuron) on `[T, B, ...]`.
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+    packed_input=True (the input holds spikes): with a gradient to compute, the unit keeps only
+    its input packed 1 bit per element and recomputes itself in the backward
+    (spikeclip.models.recompute), instead of keeping the op's float input, the BN input and the
+    neuron's membrane. Same outputs and gradients; a ValueError if the input is not spikes.
+    """
+
+    def __init__(self, op: nn.Module, bn: nn.Module, neuron: nn.Module | None, packed_input):
         super().__init__()
-        self.conv = nn.Conv2d(
+        self.op, self.bn, self.neuron, self.spike_input = op, bn, neuron, packed_input
+        self.memory = "lossless"  # "plain": keep float copies like plain layers (no packing)
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
+
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self._params())
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self.spike_input and self.memory != "plain"
+        if packed and self._needs_grad(x) and not torch.compiler.is_compiling():
+            return packed_recompute(self, x, self._params())
+        return self.unit(x)
+
+    def recompute_state(self):
+        """What the recomputation needs of BN: its mode, and in eval mode the statistics."""
+        bn = self.bn
+        if bn.training or bn.running_mean is None:
+            return (True, None, None)
+        return (False, bn.running_mean.clone(), bn.running_var.clone())
+
+    def unit(self, x, state=None, params=None) -> torch.Tensor:
+        T, B = x.shape[:2]
+        if params is None:
+            y = self.op_on(x.flatten(0, 1), None)
+            y = self.normalise(y, self.bn)
+        else:
+            weight, *affine = params
+            y = self.op_on(x.flatten(0, 1), weight)
+            gamma, beta = affine if affine else (None, None)
+            training, mean, var = state
+            # Batch statistics again (not updated twice), or the forward's running statistics.
+            y = self.normalise(
+                y,
+                lambda z: torch.nn.functional.batch_norm(
+                    z, mean, var, gamma, beta, training, 0.0, self.bn.eps
+                ),
+            )
+        y = y.unflatten(0, (T, B))
+        return self.neuron(y) if self.neuron is not None else y
+
+
+class SeqConvBN(_SpikingUnit):
+    """Conv2d (no bias) + BatchNorm2d (+ neuron) on `[T, B, C_in, H, W]` -> `[T, B, C_out, H,
+    W]`, time folded into the batch (batch statistics over T x B x H x W)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        neuron: nn.Module | None = None,
+        packed_input: bool = False,
+    ):
+        conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
         )
-        self.bn = nn.BatchNorm2d(out_channels)
+        super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[:2]
-        y = self.bn(self.conv(x.flatten(0, 1)))
-        return y.unflatten(0, (T, B))
+    def op_on(self, x, weight):
+        return self.op(x) if weight is None else self.op._conv_forward(x, weight, None)
+
+    @staticmethod
+    def normalise(y, bn):
+        return bn(y)
 
 
-class SeqLinearBN(nn.Module):
-    """Linear (no bias) + BatchNorm over the last dimension of `[T, B, ..., C_in]` ->
-    `[..., C_out]`: a 1x1 convolution + BN on tokens (statistics over every other dimension)."""
+class SeqLinearBN(_SpikingUnit):
+    """Linear (no bias) + BatchNorm (+ neuron) over the last dimension of `[T, B, ..., C_in]`
+    -> `[..., C_out]`: a 1x1 convolution + BN on tokens (statistics over all other dims)."""
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=False)
-        self.bn = nn.BatchNorm1d(out_features)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        neuron: nn.Module | None = None,
+        packed_input: bool = False,
+    ):
+        super().__init__(
+            nn.Linear(in_features, out_features, bias=False),
+            nn.BatchNorm1d(out_features),
+            neuron,
+            packed_input,
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
-        return self.bn(y.reshape(-1, y.shape[-1])).view(y.shape)
+    def op_on(self, x, weight):
+        return self.op(x) if weight is None else torch.nn.functional.linear(x, weight)
+
+    @staticmethod
+    def normalise(y, bn):
+        return bn(y.reshape(-1, y.shape[-1])).view(y.shape)
 
 
 class TemporalReadout(nn.Module):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import lif
+from spikeclip.memory import check_memory_mode, low_memory_saves
 
 
 class LIF(nn.Module):
@@ -29,8 +30,10 @@ class LIF(nn.Module):
         alpha: float | None = None,
         learnable_tau: bool = False,
         backend: str = "auto",
+        memory: str = "lossless",
     ):
         super().__init__()
+        self.memory = check_memory_mode(memory)
         if not tau > 1:
             raise ValueError(f"tau must be > 1, got {tau}")
         self.v_th, self.v_reset = v_th, v_reset
@@ -48,6 +51,10 @@ class LIF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: `[T, B, ...]` input current -> spikes of the same shape and dtype."""
+        with low_memory_saves(self.memory, x.shape, self.v_th):
+            return self._lif(x)
+
+    def _lif(self, x: torch.Tensor) -> torch.Tensor:
         return lif(
             x,
             tau=self.current_tau(),

@@ -42,6 +42,21 @@ def set_backend(module: nn.Module, backend: str) -> None:
             m.backend = backend
 
 
+def set_memory(module: nn.Module, memory: str, *, checkpoint_blocks: bool | None = None) -> None:
+    """What `module` keeps for its backward: "plain", "lossless" (default) or "low"
+    (spikeclip.memory.MEMORY_MODES); checkpoint_blocks: activation checkpointing per
+    transformer block (None leaves it as it is)."""
+    from spikeclip.memory import check_memory_mode
+    from spikeclip.models.blocks import Block
+
+    check_memory_mode(memory)
+    for m in module.modules():
+        if hasattr(m, "memory"):
+            m.memory = memory
+        if checkpoint_blocks is not None and isinstance(m, Block):
+            m.checkpoint = bool(checkpoint_blocks)
+
+
 class SpikeCLIP(nn.Module):
     """Image encoder + text encoder (`config`), every neuron and attention on `backend`.
 

@@ -1,0 +1,46 @@
+"""Recompute from packed spikes: a unit `fn(x)` whose input x holds spikes keeps only x packed
+1 bit per element for its backward, and runs its forward again there (with autograd) to get
+the gradients. For a spiking linear/conv + BN (+ LIF) unit this replaces the float copy of the
+input (the weight gradient's), the BN input and the LIF membrane with 1/32 of the input's bytes.
+
+Deterministic: the recomputed forward is the same function on the same bits, so outputs and
+gradients equal those of the plain unit (up to float rounding of the gradient sums, which is
+the same too: same ops, same order). BatchNorm's running statistics are updated once, by the
+first forward: the recomputation gets `params` (and `state`) and must not update them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeclip.kernels import pack_spikes, unpack_spikes
+
+
+class _PackedRecompute(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, unit, x, *params):
+        ctx.unit, ctx.shape, ctx.dtype = unit, x.shape, x.dtype
+        bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # raises ValueError if not spikes
+        ctx.save_for_backward(bits, *params)
+        ctx.state = unit.recompute_state()
+        return unit.unit(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        bits, *params = ctx.saved_tensors
+        x = unpack_spikes(bits, ctx.shape[-1], ctx.dtype).view(ctx.shape)
+        x.requires_grad_(ctx.needs_input_grad[1])
+        leaves = [x] + [p.detach().requires_grad_(p.requires_grad) for p in params]
+        with torch.enable_grad():
+            out = ctx.unit.unit(x, state=ctx.state, params=leaves[1:])
+        wanted = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+        return (None, *(next(grads) if t.requires_grad else None for t in leaves))
+
+
+def packed_recompute(unit, x: torch.Tensor, params: list[torch.Tensor]):
+    """unit.unit(x) keeping only x (spikes) packed for the backward. `unit` has
+    `unit(x, state=None, params=None)` (params: the tensors its output depends on besides x,
+    given to the recomputation as fresh leaves) and `recompute_state()` (what the
+    recomputation needs to repeat the forward exactly, e.g. BN's statistics in eval mode)."""
+    return _PackedRecompute.apply(unit, x, *params)

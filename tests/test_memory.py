@@ -1,0 +1,129 @@
+"""Reduced-memory training: packed spiking units, the low mode, checkpointed blocks; what each
+saves for the backward."""
+
+import pytest
+import torch
+from conftest import FUSED
+from lif_cases import rel_err
+from torch import nn
+
+from spikeclip.kernels import pack_spikes, unpack_spikes
+from spikeclip.memory import bf16_saves, saved_tensor_bytes
+from spikeclip.models import (
+    LIF,
+    Block,
+    ImageEncoder,
+    SeqConvBN,
+    SeqLinearBN,
+    SpikeCLIPConfig,
+    set_backend,
+    set_memory,
+)
+
+CONFIG = SpikeCLIPConfig.named("tiny", width=32, heads=4, image_size=16)
+CPU_FUSED = [p for p in FUSED if p.values[1] == "cpu"]
+
+
+def spikes(*shape, rate=0.3):
+    return (torch.rand(*shape) < rate).float()
+
+
+def step(model, x, memory, checkpoint=False):
+    set_memory(model, memory, checkpoint_blocks=checkpoint)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = x.clone().requires_grad_(True)
+    out, saved = saved_tensor_bytes(model, x)
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["input"] = x.grad.clone()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)  # every mode starts from the same running statistics
+    return out.detach(), grads, saved, buffers
+
+
+@pytest.mark.parametrize("shape", [(3, 17), (2, 5, 8), (4, 3, 2, 9), (1, 1)])
+def test_pack_round_trip(shape):
+    x = spikes(*shape)
+    bits = pack_spikes(x)
+    assert bits.shape == (*shape[:-1], (shape[-1] + 7) // 8) and bits.dtype == torch.uint8
+    assert torch.equal(unpack_spikes(bits, shape[-1]), x)
+
+
+@pytest.mark.parametrize("unit", ["linear", "conv3", "conv1", "linear+lif"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_packed_units_equal_plain_layers(unit, mode):
+    if unit.startswith("linear"):
+        layer = SeqLinearBN(
+            12, 20, neuron=LIF() if unit == "linear+lif" else None, packed_input=True
+        )
+        x = spikes(3, 4, 5, 12)
+    else:
+        layer = SeqConvBN(6, 10, 3 if unit == "conv3" else 1, packed_input=True)
+        x = spikes(3, 2, 6, 7, 9)
+    layer.train(mode == "train")
+    if mode == "eval":
+        layer.bn.running_mean.normal_()
+        layer.bn.running_var.uniform_(0.5, 2)
+    out_p, grads_p, saved_p, buf_p = step(layer, x, "plain")
+    out_l, grads_l, saved_l, buf_l = step(layer, x, "lossless")
+    assert torch.equal(out_l, out_p)
+    for name in grads_p:
+        assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
+    for name in buf_p:  # running statistics updated once, alike
+        assert torch.equal(buf_l[name], buf_p[name]), name
+    assert saved_l * 8 <= saved_p  # 1 bit per input element instead of floats
+
+
+def test_packed_unit_rejects_non_spikes():
+    layer = SeqLinearBN(8, 4, packed_input=True)
+    with pytest.raises(ValueError, match="spikes"):
+        layer(torch.randn(2, 3, 8, requires_grad=True))
+
+
+@pytest.mark.parametrize(("backend", "device"), CPU_FUSED)
+def test_low_mode_and_checkpointing(backend, device):
+    torch.manual_seed(0)
+    blocks = nn.Sequential(Block(CONFIG), Block(CONFIG))
+    set_backend(blocks, backend)
+    x = torch.randn(4, 3, 16, CONFIG.width)
+    out_p, grads_p, saved_p, buf_p = step(blocks, x, "plain")
+    out_l, grads_l, saved_l, _ = step(blocks, x, "lossless")
+    out_low, grads_low, saved_low, _ = step(blocks, x, "low")
+    out_c, grads_c, saved_c, buf_c = step(blocks, x, "lossless", checkpoint=True)
+    for out in (out_l, out_low, out_c):
+        assert torch.equal(out, out_p)
+    for name in grads_p:
+        assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
+        assert rel_err(grads_c[name], grads_p[name]) < 1e-5, name
+        assert rel_err(grads_low[name], grads_l[name]) < 1e-2, name
+    for name in buf_p:
+        assert torch.equal(buf_c[name], buf_p[name]), name  # checkpointing counts a batch once
+    assert saved_l * 4 <= saved_p and saved_low < saved_l and saved_c < saved_l
+
+
+def test_bf16_saves_only_touch_the_given_shape():
+    x = torch.randn(4, 10, requires_grad=True)
+    w = torch.randn(10, requires_grad=True)
+
+    def product():
+        with bf16_saves(x.shape):
+            return (x * w).sum()
+
+    out, n = saved_tensor_bytes(product)
+    assert n == x.numel() * 2 + w.numel() * 4  # x kept in bf16, w as it is
+    out.backward()
+    assert rel_err(w.grad, x.detach().sum(0)) < 1e-2
+
+
+def test_image_encoder_memory_modes_same_outputs():
+    encoder = ImageEncoder(CONFIG)
+    images = torch.rand(2, 3, 16, 16)
+    out_p, grads_p, saved_p, _ = step(encoder, images, "plain")
+    out_l, grads_l, saved_l, _ = step(encoder, images, "lossless")
+    assert torch.equal(out_l, out_p)
+    for name in grads_p:
+        if name != "input":
+            assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
+    assert saved_l < saved_p / 2
