@@ -24,12 +24,13 @@ def _parser() -> argparse.ArgumentParser:
         "op",
         nargs="?",
         default="lif",
-        choices=["lif", "attention", "model"],
+        choices=["lif", "attention", "model", "memory"],
         help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
-        "model: a training step of SpikeCLIP's image encoder (--config, --batch)",
+        "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
+        "memory: bytes saved for backward and step time of the block stack, every way",
     )
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
-    b.add_argument("--batch", type=int, default=16, help="model: images per step")
+    b.add_argument("--batch", type=int, help="model / memory: samples per step (16 / 32)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
     b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
@@ -57,6 +58,7 @@ def _bench(args) -> int:
 
     from spikeclip.bench.attention_bench import bench_attention
     from spikeclip.bench.lif_bench import bench_lif
+    from spikeclip.bench.memory_bench import bench_memory
     from spikeclip.bench.model_bench import bench_train_step
 
     dtypes = [getattr(torch, d) for d in args.dtype]
@@ -66,11 +68,16 @@ def _bench(args) -> int:
     )
     if args.op == "attention":
         rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
+    elif args.op == "memory":
+        fused = "cpp" if args.device == "cpu" else "cuda"
+        rows = bench_memory(
+            batch=args.batch or 32, device=args.device, rounds=min(args.rounds, 5), fused=fused
+        )
     elif args.op == "model":
         fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
         rows = bench_train_step(
             config=args.config,
-            batch=args.batch,
+            batch=args.batch or 16,
             backends=fused,
             device=args.device,
             rounds=min(args.rounds, 7),
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         # Huge pages pay off for the kernel sweeps' large tensors; in a training step (many
         # mid-sized tensors) this machine's page compaction made every contender slower.
-        if not args.no_thp and args.op != "model":
+        if not args.no_thp and args.op not in ("model", "memory"):
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         return _bench(args)
     return _info()

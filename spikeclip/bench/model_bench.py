@@ -12,7 +12,14 @@ import torch.nn.functional as F
 
 from spikeclip.bench.timing import format_table, median_times
 from spikeclip.memory import saved_tensor_bytes
-from spikeclip.models import LIF, AttentionCore, ImageEncoder, SpikeCLIPConfig, set_backend
+from spikeclip.models import (
+    LIF,
+    AttentionCore,
+    ImageEncoder,
+    SpikeCLIPConfig,
+    set_backend,
+    set_memory,
+)
 
 STAND_IN = "no-cost stand-in"
 
@@ -65,29 +72,39 @@ def bench_train_step(
     # One optimizer for all contenders: its state only grows, every contender steps it alike.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
-    def with_backend(backend):
+    def with_backend(backend, memory):
         step = _step_fn(model, optimizer, images, target)
 
         def run():
             set_backend(model, backend)
+            set_memory(model, memory)
             step()
 
         return run
 
     def stand_in():
+        set_memory(model, "plain")
         with stand_in_neurons_and_attention(model):
             _step_fn(model, optimizer, images, target)()
 
-    contenders = {b: with_backend(b) for b in ("torch", *backends)}
+    # The reference path: plain layers, reference neurons and attention. Fused: plain
+    # (float saves, fastest) and lossless (packed spikes, recomputed: least memory).
+    contenders = {"torch": with_backend("torch", "plain")}
+    for b in backends:
+        contenders[b] = with_backend(b, "plain")
+        contenders[f"{b} lossless"] = with_backend(b, "lossless")
     contenders[STAND_IN] = stand_in
     times = median_times(contenders, device, rounds=rounds, warmup=1, budget_s=budget_s)
 
     def saved_bytes(name):
         if name == STAND_IN:
+            set_memory(model, "plain")
             ctx = stand_in_neurons_and_attention(model)
         else:
             ctx = contextlib.nullcontext()
-            set_backend(model, name)
+            backend, _, memory = name.partition(" ")
+            set_backend(model, backend)
+            set_memory(model, memory or "plain")
         with ctx:
             out, nbytes = saved_tensor_bytes(model, images)
         del out

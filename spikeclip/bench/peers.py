@@ -27,22 +27,29 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
-    """(label, fn(x) -> spikes) for SpikingJelly's multi-step LIFNode, or None."""
+def spikingjelly_node(device, v_th: float = 1.0, detach_reset: bool = False):
+    """SpikingJelly's multi-step LIFNode (tau 2, hard reset to 0, sigmoid 4), or None."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except ImportError as exc:
         _skipped("spikingjelly", exc)
         return None
-    node = neuron.LIFNode(
+    return neuron.LIFNode(
         tau=2.0,
         decay_input=True,
-        v_threshold=1.0,
+        v_threshold=v_th,
         v_reset=0.0,
-        detach_reset=False,
+        detach_reset=detach_reset,
         surrogate_function=surrogate.Sigmoid(alpha=4.0),
         step_mode="m",
     ).to(device)
+
+
+def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
+    """(label, fn(x) -> spikes) for SpikingJelly's multi-step LIFNode, or None."""
+    node = spikingjelly_node(device)
+    if node is None:
+        return None
     # 0.0.0.0.14 has backend= ('torch' | 'cupy'); 2.0.0 picks its own kernels.
     backend = getattr(node, "backend", None)
     if device.type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
