@@ -34,6 +34,13 @@ TORCH_LIBRARY(spikeclip, m) {
   m.def("unpack_spikes(Tensor bits, int n, ScalarType dtype) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 
+  // Linear layers fed by spikes packed 8 per byte (bits [rows, ceil(n/8)]): y = x W^T as sums
+  // of rows of weight_t = W^T [n, C_out] at the spikes, and the weight gradient (as W^T).
+  m.def("spike_linear(Tensor bits, Tensor weight_t, int n) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("spike_linear_weight_grad(Tensor grad_y, Tensor bits, int n) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v
   // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the

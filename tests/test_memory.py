@@ -127,3 +127,15 @@ def test_image_encoder_memory_modes_same_outputs():
         if name != "input":
             assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
     assert saved_l < saved_p / 2
+
+
+@pytest.mark.parametrize("v_th", [1.0, 0.5, 0.3, -0.25])
+def test_bf16_membranes_keep_their_spikes(v_th):
+    from spikeclip.memory import to_bf16_keeping_spikes
+
+    h = torch.randn(1000, 37) * 0.6 + v_th
+    h[0, :4] = torch.tensor([v_th, v_th - 1e-6, v_th + 1e-6, -v_th])
+    hb = to_bf16_keeping_spikes(h, v_th)
+    assert hb.dtype == torch.bfloat16
+    assert torch.equal(hb.float() >= v_th, h >= v_th)
+    assert rel_err(hb.float(), h) < 2**-8

@@ -160,15 +160,6 @@ SC_CPU_CLONES void sdsa_forward_head(const S* q, const S* k, const S* v, S* out,
 
 // ---- SSA ----------------------------------------------------------------------------------
 
-// Calls fn(j) for every set bit j of a packed row of n spikes: the spikes' indices, with no
-// branch per zero (cheaper than testing each of n values at typical firing rates).
-template <typename Fn>
-SC_INLINE void for_each_spike(const uint8_t* bits, int64_t n, Fn&& fn) {
-  const int64_t nb = packed_row_bytes(n);
-  for (int64_t b = 0; b < nb; ++b)
-    for (unsigned byte = bits[b]; byte; byte &= byte - 1) fn(b * 8 + __builtin_ctz(byte));
-}
-
 SC_INLINE int64_t count_spikes(const uint8_t* bits, int64_t nbytes) {
   int64_t c = 0;
   for (int64_t b = 0; b < nbytes; ++b) c += __builtin_popcount(bits[b]);

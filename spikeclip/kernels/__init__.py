@@ -4,6 +4,7 @@
     sdsa(q, k, v, ...)     spike-driven self-attention, fused with its LIF
     ssa(q, k, v, ...)      Spikformer / SpikeCLIP spiking self-attention, fused with its LIF
     pack_spikes(x), unpack_spikes(bits, n)   0/1 tensors 8 per byte
+    spike_linear(x, bits, weight)           x @ weight^T for spikes given packed
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
@@ -22,6 +23,7 @@ from spikeclip.kernels.reference import (
     sdsa_reference,
     ssa_reference,
 )
+from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "resolve_backend",
     "sdsa",
     "sdsa_reference",
+    "spike_linear",
     "ssa",
     "ssa_reference",
     "unpack_spikes",

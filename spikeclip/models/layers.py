@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.neurons import LIF
 from spikeclip.models.recompute import packed_recompute
@@ -67,14 +68,16 @@ class _SpikingUnit(nn.Module):
             return (True, None, None)
         return (False, bn.running_mean.clone(), bn.running_var.clone())
 
-    def unit(self, x, state=None, params=None) -> torch.Tensor:
+    recompute_reads_bits = False
+
+    def unit(self, x, state=None, params=None, bits=None) -> torch.Tensor:
         T, B = x.shape[:2]
         if params is None:
             y = self.op_on(x.flatten(0, 1), None)
             y = self.normalise(y, self.bn)
         else:
             weight, *affine = params
-            y = self.op_on(x.flatten(0, 1), weight)
+            y = self.op_on(x.flatten(0, 1), weight, bits)
             gamma, beta = affine if affine else (None, None)
             training, mean, var = state
             # Batch statistics again (not updated twice), or the forward's running statistics.
@@ -106,7 +109,7 @@ class SeqConvBN(_SpikingUnit):
         )
         super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input)
 
-    def op_on(self, x, weight):
+    def op_on(self, x, weight, bits=None):
         return self.op(x) if weight is None else self.op._conv_forward(x, weight, None)
 
     @staticmethod
@@ -133,8 +136,17 @@ class SeqLinearBN(_SpikingUnit):
             packed_input,
         )
 
-    def op_on(self, x, weight):
-        return self.op(x) if weight is None else torch.nn.functional.linear(x, weight)
+    # The recomputation sums weight rows at the input's spikes (spikeclip.kernels.spike_linear):
+    # work in proportion to the firing rate, for the product and the weight gradient.
+    recompute_reads_bits = True
+
+    def op_on(self, x, weight, bits=None):
+        if weight is None:
+            return self.op(x)
+        if bits is None:
+            return torch.nn.functional.linear(x, weight)
+        y = spike_linear(x.reshape(-1, x.shape[-1]), bits, weight)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def normalise(y, bn):

@@ -28,11 +28,17 @@ class _PackedRecompute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         bits, *params = ctx.saved_tensors
-        x = unpack_spikes(bits, ctx.shape[-1], ctx.dtype).view(ctx.shape)
-        x.requires_grad_(ctx.needs_input_grad[1])
-        leaves = [x] + [p.detach().requires_grad_(p.requires_grad) for p in params]
+        needs_x = ctx.needs_input_grad[1]
         with torch.enable_grad():
-            out = ctx.unit.unit(x, state=ctx.state, params=leaves[1:])
+            if ctx.unit.recompute_reads_bits:
+                # The unit computes from the bits: x only carries its gradient (zero strides).
+                base = torch.zeros((), dtype=ctx.dtype, device=bits.device)
+                x = base.requires_grad_(needs_x).expand(ctx.shape)
+            else:
+                x = unpack_spikes(bits, ctx.shape[-1], ctx.dtype).view(ctx.shape)
+                x.requires_grad_(needs_x)
+            leaves = [x] + [p.detach().requires_grad_(p.requires_grad) for p in params]
+            out = ctx.unit.unit(x, state=ctx.state, params=leaves[1:], bits=bits)
         wanted = [t for t in leaves if t.requires_grad]
         grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
         return (None, *(next(grads) if t.requires_grad else None for t in leaves))
@@ -40,7 +46,9 @@ class _PackedRecompute(torch.autograd.Function):
 
 def packed_recompute(unit, x: torch.Tensor, params: list[torch.Tensor]):
     """unit.unit(x) keeping only x (spikes) packed for the backward. `unit` has
-    `unit(x, state=None, params=None)` (params: the tensors its output depends on besides x,
-    given to the recomputation as fresh leaves) and `recompute_state()` (what the
-    recomputation needs to repeat the forward exactly, e.g. BN's statistics in eval mode)."""
+    `unit(x, state=None, params=None, bits=None)` (params: the tensors its output depends on
+    besides x, given to the recomputation as fresh leaves; bits: x packed, for units that
+    compute from them: then `recompute_reads_bits` is True and x's values are not read) and
+    `recompute_state()` (what the recomputation needs to repeat the forward exactly, e.g. BN's
+    statistics in eval mode)."""
     return _PackedRecompute.apply(unit, x, *params)

@@ -1,0 +1,99 @@
+// Linear layers fed by packed spikes, on the CPU: products with 0/1 inputs are sums of weight
+// rows at the spikes, so the work scales with the firing rate instead of the input width
+// (SpikeCLIP's hidden layers fire at a few percent).
+//   spike_linear:             y[r, :]  = sum over spikes j of row r of weight_t[j, :]
+//   spike_linear_weight_grad: gw_t[j, :] = sum over rows r that spike at j of grad_y[r, :]
+// weight_t / gw_t are [n, C_out] (the transpose of nn.Linear's weight). Sums run in ascending
+// order of j (forward) or r (weight gradient), in the tensor's dtype (float32 or float64).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../spike_pack.h"
+#include "cpu_simd.h"
+
+namespace spikeclip {
+namespace {
+
+template <typename F>
+SC_INLINE void add_row(F* __restrict dst, const F* __restrict row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] += row[i];
+}
+
+template <typename F>
+SC_CPU_CLONES void spike_rows_times(const uint8_t* bits, const F* wt, F* y, int64_t r0, int64_t r1,
+                                    int64_t n, int64_t cout) {
+  const int64_t nb = packed_row_bytes(n);
+  for (int64_t r = r0; r < r1; ++r) {
+    F* out = y + r * cout;
+    std::fill(out, out + cout, F(0));
+    for_each_spike(bits + r * nb, n, [&](int64_t j) { add_row(out, wt + j * cout, cout); });
+  }
+}
+
+template <typename F>
+SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* gwt, int64_t rows,
+                                           int64_t n, int64_t cout, int64_t b0, int64_t b1) {
+  const int64_t nb = packed_row_bytes(n);
+  std::fill(gwt + b0 * 8 * cout, gwt + std::min(b1 * 8, n) * cout, F(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row_bits = bits + r * nb;
+    const F* g = gy + r * cout;
+    for (int64_t b = b0; b < b1; ++b)
+      for (unsigned byte = row_bits[b]; byte; byte &= byte - 1)
+        add_row(gwt + (b * 8 + __builtin_ctz(byte)) * cout, g, cout);
+  }
+}
+
+void check_bits(const at::Tensor& bits, int64_t n, const char* op) {
+  TORCH_CHECK(bits.scalar_type() == at::kByte && bits.dim() == 2 &&
+                  bits.size(1) == packed_row_bytes(n),
+              op, ": bits must be uint8 [rows, ceil(n / 8)] = [rows, ", packed_row_bytes(n),
+              "], got ", bits.sizes(), " ", bits.scalar_type());
+}
+
+at::Tensor spike_linear_cpu(const at::Tensor& bits, const at::Tensor& weight_t, int64_t n) {
+  check_bits(bits, n, "spike_linear");
+  TORCH_CHECK(weight_t.dim() == 2 && weight_t.size(0) == n,
+              "spike_linear: weight_t must be [n, C_out] with n = ", n, ", got ", weight_t.sizes());
+  const at::Tensor b = bits.contiguous(), w = weight_t.contiguous();
+  const int64_t rows = b.size(0), cout = w.size(1);
+  at::Tensor y = at::empty({rows, cout}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "spike_linear", [&] {
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      spike_rows_times<scalar_t>(b.data_ptr<uint8_t>(), w.data_ptr<scalar_t>(),
+                                 y.data_ptr<scalar_t>(), r0, r1, n, cout);
+    });
+  });
+  return y;
+}
+
+at::Tensor spike_linear_weight_grad_cpu(const at::Tensor& grad_y, const at::Tensor& bits,
+                                        int64_t n) {
+  check_bits(bits, n, "spike_linear_weight_grad");
+  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == bits.size(0),
+              "spike_linear_weight_grad: grad_y must be [rows, C_out] with the rows of bits");
+  const at::Tensor b = bits.contiguous(), g = grad_y.contiguous();
+  const int64_t rows = b.size(0), cout = g.size(1), nb = packed_row_bytes(n);
+  at::Tensor gwt = at::empty({n, cout}, g.options());
+  AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "spike_linear_weight_grad", [&] {
+    // Threads own disjoint ranges of input features (bytes of the packed rows).
+    at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+      spike_weight_grad_range<scalar_t>(g.data_ptr<scalar_t>(), b.data_ptr<uint8_t>(),
+                                        gwt.data_ptr<scalar_t>(), rows, n, cout, b0, b1);
+    });
+  });
+  return gwt;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(spikeclip, CPU, m) {
+  m.impl("spike_linear", &spike_linear_cpu);
+  m.impl("spike_linear_weight_grad", &spike_linear_weight_grad_cpu);
+}
+
+}  // namespace spikeclip

@@ -1,0 +1,91 @@
+"""Linear layers fed by packed spikes: y = x W^T from x's bits (8 per byte, as pack_spikes
+writes them), with autograd.
+
+With 0/1 inputs the products are sums of rows of W^T at the spikes, and the weight gradient
+W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work, which scales
+with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width.
+The `torch` backend unpacks and uses dense matrix products (the spec); CUDA tensors use it too.
+The sums run in another order than a dense product's: equal up to float rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.spike_pack import unpack_spikes
+
+SPIKE_LINEAR_BACKENDS = ("torch", "cpp")
+
+
+def _backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    backend = resolve_backend(backend, device, supported=SPIKE_LINEAR_BACKENDS, op="spike_linear")
+    # The cpp kernels sum in the tensor's dtype: half precision would lose the sums' bits.
+    return "torch" if dtype not in (torch.float32, torch.float64) else backend
+
+
+def _forward(bits, n, weight, backend):
+    if backend == "torch":
+        return unpack_spikes(bits, n, weight.dtype, backend="torch") @ weight.t()
+    return torch.ops.spikeclip.spike_linear(bits, weight.t().contiguous(), n)
+
+
+def _weight_grad(grad_y, bits, n, backend):
+    if backend == "torch":
+        return grad_y.t() @ unpack_spikes(bits, n, grad_y.dtype, backend="torch")
+    return torch.ops.spikeclip.spike_linear_weight_grad(grad_y.contiguous(), bits, n).t()
+
+
+class _SpikeLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bits, weight, backend):
+        ctx.save_for_backward(bits, weight)
+        ctx.backend = backend
+        return _forward(bits, x.shape[-1], weight, backend)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        bits, weight = ctx.saved_tensors
+        grad_x = grad_y @ weight if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[2]:
+            grad_w = _weight_grad(grad_y, bits, weight.shape[1], ctx.backend)
+        return grad_x, None, grad_w, None
+
+
+def spike_linear(
+    x: torch.Tensor, bits: torch.Tensor, weight: torch.Tensor, *, backend: str = "auto"
+) -> torch.Tensor:
+    """x @ weight^T for spikes x `[rows, n]` given by their bits `[rows, ceil(n/8)]` (uint8).
+
+    x's values are not read (it may be a zero-stride stand-in): it carries the gradient
+    grad_y @ weight back to whatever x came from. weight: `[C_out, n]`. Returns `[rows, C_out]`.
+    """
+    if x.dim() != 2 or bits.dim() != 2 or bits.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"spike_linear: x must be [rows, n] and bits [rows, ceil(n/8)], got "
+            f"{tuple(x.shape)} and {tuple(bits.shape)}"
+        )
+    if bits.dtype != torch.uint8 or bits.shape[1] != (x.shape[1] + 7) // 8:
+        raise ValueError(f"spike_linear: bits must be uint8 [rows, {(x.shape[1] + 7) // 8}]")
+    if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"spike_linear: weight must be [C_out, {x.shape[1]}], got {tuple(weight.shape)}"
+        )
+    backend = _backend(backend, weight.device, weight.dtype)
+    return _SpikeLinear.apply(x, bits, weight, backend)
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("spikeclip::spike_linear")
+    def _fwd_fake(bits, weight_t, n):
+        return weight_t.new_empty((bits.shape[0], weight_t.shape[1]))
+
+    @torch.library.register_fake("spikeclip::spike_linear_weight_grad")
+    def _wgrad_fake(grad_y, bits, n):
+        return grad_y.new_empty((n, grad_y.shape[1]))
+
+
+if extension_loaded():
+    _register_fakes()

@@ -1,0 +1,58 @@
+"""spike_linear: x @ W^T from packed spikes, and its gradients, against dense products."""
+
+import pytest
+import torch
+from lif_cases import rel_err
+
+from spikeclip.kernels import pack_spikes, spike_linear
+from spikeclip.kernels.backends import why_unavailable
+
+BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("rows", "n", "cout", "rate"),
+    [
+        (37, 13, 5, 0.3),
+        (64, 384, 96, 0.03),
+        (5, 8, 16, 0.5),
+        (1, 1, 3, 1.0),
+        (9, 70, 7, 0.0),
+    ],
+)
+def test_matches_dense(backend, dtype, rows, n, cout, rate):
+    x = (torch.rand(rows, n) < rate).to(dtype)
+    w = torch.randn(cout, n, dtype=dtype, requires_grad=True)
+    xg = x.clone().requires_grad_(True)
+    g = torch.randn(rows, cout, dtype=dtype)
+    y = spike_linear(xg, pack_spikes(x), w, backend=backend)
+    y.backward(g)
+    w_ref = w.detach().clone().requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+    y_ref = x_ref @ w_ref.t()
+    y_ref.backward(g)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert y.dtype == dtype and y.shape == (rows, cout)
+    assert rel_err(y.detach(), y_ref.detach()) <= tol
+    assert rel_err(w.grad, w_ref.grad) <= tol
+    assert rel_err(xg.grad, x_ref.grad) <= tol
+
+
+def test_values_of_x_are_not_read():
+    x = (torch.rand(6, 20) < 0.4).float()
+    w = torch.randn(4, 20)
+    stand_in = torch.zeros((), requires_grad=True).expand(6, 20)
+    assert torch.allclose(spike_linear(stand_in, pack_spikes(x), w), x @ w.t())
+
+
+def test_bad_input():
+    x = torch.zeros(4, 10)
+    bits = pack_spikes(x)
+    with pytest.raises(ValueError, match="weight must be"):
+        spike_linear(x, bits, torch.randn(3, 9))
+    with pytest.raises(ValueError, match="bits must be"):
+        spike_linear(x, bits.float(), torch.randn(3, 10))
+    with pytest.raises(ValueError, match=r"\[rows, n\]"):
+        spike_linear(x[0], bits, torch.randn(3, 10))
