@@ -73,7 +73,11 @@ def test_packed_units_equal_plain_layers(unit, mode):
         assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
     for name in buf_p:  # running statistics updated once, alike
         assert torch.equal(buf_l[name], buf_p[name]), name
-    assert saved_l * 8 <= saved_p  # 1 bit per input element instead of floats
+    if unit.startswith("linear"):
+        assert saved_l * 8 <= saved_p  # 1 bit per input element, the rest recomputed
+    else:  # the conv's float input copy became 1 bit per element; BN keeps its input
+        packed = x.numel() // x.shape[-1] * ((x.shape[-1] + 7) // 8)
+        assert saved_p - saved_l == x.numel() * 4 - packed
 
 
 def test_packed_unit_rejects_non_spikes():
@@ -126,7 +130,7 @@ def test_image_encoder_memory_modes_same_outputs():
     for name in grads_p:
         if name != "input":
             assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
-    assert saved_l < saved_p / 2
+    assert saved_l * 1.5 < saved_p  # the convs keep BN inputs as floats (no recompute)
 
 
 @pytest.mark.parametrize("v_th", [1.0, 0.5, 0.3, -0.25])

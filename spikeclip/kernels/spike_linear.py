@@ -3,7 +3,8 @@ writes them), with autograd.
 
 With 0/1 inputs the products are sums of rows of W^T at the spikes, and the weight gradient
 W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work, which scales
-with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width.
+with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width;
+above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_linear_cpu.cpp).
 The `torch` backend unpacks and uses dense matrix products (the spec); CUDA tensors use it too.
 The sums run in another order than a dense product's: equal up to float rounding.
 """

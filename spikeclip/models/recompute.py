@@ -52,3 +52,41 @@ def packed_recompute(unit, x: torch.Tensor, params: list[torch.Tensor]):
     `recompute_state()` (what the recomputation needs to repeat the forward exactly, e.g. BN's
     statistics in eval mode)."""
     return _PackedRecompute.apply(unit, x, *params)
+
+
+class _PackedConv2d(torch.autograd.Function):
+    """conv2d(x, weight) (no bias) keeping x (spikes) packed for the weight gradient; the
+    backward is the convolution's own (no second forward)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, conv):
+        ctx.shape, ctx.dtype, ctx.conv = x.shape, x.dtype, conv
+        bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # raises ValueError if not spikes
+        ctx.save_for_backward(bits, weight)
+        return conv._conv_forward(x, weight, None)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        bits, weight = ctx.saved_tensors
+        c = ctx.conv
+        x = unpack_spikes(bits, ctx.shape[-1], ctx.dtype).view(ctx.shape)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_out.contiguous(),
+            x,
+            weight,
+            None,
+            c.stride,
+            c.padding,
+            c.dilation,
+            False,
+            [0, 0],
+            c.groups,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        return grad_x, grad_w, None
+
+
+def packed_conv2d(conv, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for spikes x `[B, C, H, W]` (bias-free, zero padding), keeping x packed 1 bit
+    per element for the backward instead of a float copy."""
+    return _PackedConv2d.apply(x, conv.weight, conv)
