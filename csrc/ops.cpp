@@ -40,6 +40,11 @@ TORCH_LIBRARY(spikeclip, m) {
         {at::Tag::pt2_compliant_tag});
   m.def("spike_linear_weight_grad(Tensor grad_y, Tensor bits, int n) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // Weight gradient [C_out, C_in, k, k] of a stride-1, 'same'-padded 2-d convolution whose
+  // input [B, C_in, H, width] is given by its bits [B, C_in, H, ceil(width/8)].
+  m.def("spike_conv2d_weight_grad(Tensor grad_y, Tensor bits, int width, int kernel_size, "
+        "int padding) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v

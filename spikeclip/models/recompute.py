@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from spikeclip._ext import extension_loaded
 from spikeclip.kernels import pack_spikes, unpack_spikes
 
 
@@ -69,6 +70,20 @@ class _PackedConv2d(torch.autograd.Function):
     def backward(ctx, grad_out):
         bits, weight = ctx.saved_tensors
         c = ctx.conv
+        grad_out = grad_out.contiguous()
+        if _sparse_weight_grad_applies(c, bits, ctx.dtype):
+            # The input gradient needs no input; the weight gradient sums grad_out rows at the
+            # input's spikes (spikeclip::spike_conv2d_weight_grad; BLAS above 20% firing).
+            B, C, H, W = ctx.shape
+            k, p = c.kernel_size[0], c.padding[0]
+            grad_x = grad_w = None
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.nn.functional.conv_transpose2d(grad_out, weight, padding=p)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.ops.spikeclip.spike_conv2d_weight_grad(
+                    grad_out, bits.view(B, C, H, -1), W, k, p
+                )
+            return grad_x, grad_w, None
         x = unpack_spikes(bits, ctx.shape[-1], ctx.dtype).view(ctx.shape)
         grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
             grad_out.contiguous(),
@@ -84,6 +99,22 @@ class _PackedConv2d(torch.autograd.Function):
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
         )
         return grad_x, grad_w, None
+
+
+def _sparse_weight_grad_applies(conv, bits: torch.Tensor, dtype: torch.dtype) -> bool:
+    k = conv.kernel_size
+    return (
+        extension_loaded()
+        and bits.device.type == "cpu"
+        and dtype in (torch.float32, torch.float64)
+        and k[0] == k[1]
+        and k[0] % 2 == 1
+        and tuple(conv.padding) == (k[0] // 2, k[0] // 2)
+        and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
 
 
 def packed_conv2d(conv, x: torch.Tensor) -> torch.Tensor:
