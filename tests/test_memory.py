@@ -35,7 +35,7 @@ def step(model, x, memory, checkpoint=False):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = x.clone().requires_grad_(True)
     out, saved = saved_tensor_bytes(model, x)
-    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    out.backward(torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     grads["input"] = x.grad.clone()
     buffers = {k: v.clone() for k, v in model.state_dict().items()}

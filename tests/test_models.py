@@ -67,7 +67,7 @@ def run(model, backend, x, mode):
     model.train(mode == "train")
     model.zero_grad(set_to_none=True)
     out = model(x)
-    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    out.backward(torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out))
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), grads
 
