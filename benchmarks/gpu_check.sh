@@ -9,8 +9,9 @@
 #    carried in .whl/ (2.0.0; 0.0.0.0.14 adds its cupy backend);
 # 4. times SDSA / SSA (cuda, triton) against the reference at SpikeCLIP's shape and N = 196, 1024;
 # 5. times a training step of SpikeCLIP's paper image encoder (batch 16): reference vs cuda vs
-#    triton vs a no-cost stand-in for neurons and attention.
-# Budget: under 9 minutes. Everything it prints also lands in $OUT/*.log.
+#    triton vs a no-cost stand-in for neurons and attention;
+# 6. the memory benchmark on CUDA (saved bytes and peak device memory per sample, step time).
+# Budget: under 10 minutes. Everything it prints also lands in $OUT/*.log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -64,6 +65,10 @@ timeout 120 $PY -m spikeclip bench attention --device cuda --rounds 10 \
 step "training step of the paper image encoder"
 timeout 120 $PY -m spikeclip bench model --device cuda --batch 16 \
   --json "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" || status=1
+
+step "memory of the block stack (saved bytes, peak device memory, step time)"
+timeout 150 $PY -m spikeclip bench memory --device cuda \
+  --json "$OUT/bench_memory.json" 2>&1 | tee "$OUT/bench_memory.log" || status=1
 
 step "summary"
 $PY - "$OUT" <<'PYEOF'

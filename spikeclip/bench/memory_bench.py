@@ -1,6 +1,7 @@
 """Memory of training a Spikingformer-style block stack (SpikeCLIP's image encoder shape: depth
 4, width 384, 8 heads, T=4, 64 tokens) built several ways: bytes saved for the backward per
-sample, and time per training step (forward + backward + AdamW), in one interleaved run.
+sample (on CUDA also the step's peak device memory), and time per training step (forward +
+backward + AdamW), in one interleaved run.
 
 - reference: backend="torch", memory="plain" (plain PyTorch layers and the reference neurons);
 - spikingjelly: the same network with SpikingJelly 2.0.0 LIFNode neurons (when installed);
@@ -14,7 +15,7 @@ from torch import nn
 
 from spikeclip.bench.peers import _version, spikingjelly_node
 from spikeclip.bench.timing import format_table, median_times
-from spikeclip.memory import saved_tensor_bytes
+from spikeclip.memory import peak_device_memory, saved_tensor_bytes
 from spikeclip.models import LIF, AttentionCore, Block, SpikeCLIPConfig, set_backend, set_memory
 
 
@@ -91,11 +92,13 @@ def bench_memory(
 
         return step
 
-    saved = {}
+    saved, peak = {}, {}
     for name, model in models.items():
         out, nbytes = saved_tensor_bytes(model, x)
         del out
         saved[name] = nbytes / batch
+        if device.type == "cuda":  # the whole step's peak above what lay there before it
+            _, peak[name] = peak_device_memory(train_step(model), device=device)
     times = median_times(
         {name: train_step(m) for name, m in models.items()},
         device,
@@ -111,6 +114,7 @@ def bench_memory(
             "ref_saves_x": round(saved[ref] / saved[name], 2),
             "step_s": round(times[name], 3),
             "ref_time_x": round(times[ref] / times[name], 2),
+            **({"peak_MB_per_sample": round(peak[name] / batch / 2**20, 2)} if peak else {}),
         }
         for name in models
     ]
