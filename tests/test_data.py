@@ -1,0 +1,127 @@
+"""spikeclip.data: the idx, CIFAR-pickle and image-folder readers on files written here in the
+publishers' formats; class names, templates and clear errors for missing data."""
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from spikeclip.data import (
+    FASHION_MNIST_CLASSES,
+    DatasetNotFoundError,
+    load_dataset,
+    read_idx,
+    to_float_chw,
+)
+
+
+def write_idx(path, array, compress=True):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def fake_idx_dataset(root, n=7, compress=True):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, n, dtype=np.uint8)
+    suffix = ".gz" if compress else ""
+    for prefix in ("train", "t10k"):
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
+    return images, labels
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_from_idx(tmp_path, compress):
+    images, labels = fake_idx_dataset(tmp_path, compress=compress)
+    ds = load_dataset("fashion-mnist", "test", data_dir=tmp_path)
+    assert len(ds) == 7 and ds.class_names == FASHION_MNIST_CLASSES
+    assert torch.equal(ds.images, torch.from_numpy(images))
+    assert torch.equal(ds.labels, torch.from_numpy(labels.astype(np.int64)))
+    x, y = ds[3]
+    assert x.shape == (3, 28, 28) and x.dtype == torch.float32 and y == int(labels[3])
+    assert torch.allclose(x[1], torch.from_numpy(images[3]).float() / 255)
+    xb, yb = ds.batch(torch.tensor([0, 2]))
+    assert xb.shape == (2, 3, 28, 28) and yb.tolist() == labels[[0, 2]].tolist()
+    assert all("{}" in t for t in ds.templates)
+
+
+def test_idx_corrupt(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(ValueError, match="expected 9 values"):
+        read_idx(tmp_path / "bad")
+
+
+def test_cifar_pickles(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, 10, 4)),
+        }
+        with open(root / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ]
+            },
+            f,
+        )
+    train = load_dataset("cifar10", "train", data_dir=tmp_path)
+    test = load_dataset("cifar10", "test", data_dir=tmp_path)
+    assert len(train) == 20 and len(test) == 4
+    assert train.images.shape == (20, 32, 32, 3)
+    with open(root / "test_batch", "rb") as f:
+        batch = pickle.load(f)
+    assert torch.equal(
+        test.images[1].permute(2, 0, 1).reshape(-1), torch.from_numpy(batch["data"][1])
+    )
+    assert to_float_chw(test.images[:2]).shape == (2, 3, 32, 32)
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for cls in ("running_shoe", "bag"):
+        (tmp_path / cls).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((5, 6, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    ds = load_dataset("folder", data_dir=tmp_path)
+    assert ds.class_names == ["bag", "running shoe"] and len(ds) == 4
+    assert ds[0][0].shape == (3, 5, 6)
+
+
+def test_missing_data_says_how_to_get_it(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", "train", data_dir=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar-10-python\.tar\.gz"):
+        load_dataset("cifar10", "test", data_dir=tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="no such directory"):
+        load_dataset("folder", data_dir=tmp_path / "nope")
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        load_dataset("imagenet")
+    with pytest.raises(ValueError, match="split must be"):
+        load_dataset("cifar10", "val", data_dir=tmp_path)
