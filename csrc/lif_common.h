@@ -15,6 +15,12 @@ namespace spikeclip {
 // The kernels' storage dtype of a floating tensor.
 DType to_dtype(at::ScalarType t);
 
+// The CUDA kernels store float32, float16 and bfloat16 (float64 runs on torch and cpp).
+inline void check_cuda_float(at::ScalarType t, const char* op) {
+  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,
+              ": the cuda backend takes float32, float16 and bfloat16, got ", t);
+}
+
 struct LifForward {
   at::Tensor spikes, h, v_last;
   LifForwardView view;

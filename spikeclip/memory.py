@@ -5,6 +5,7 @@ and the low-memory mode's bfloat16 saves."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -68,6 +69,7 @@ def low_memory_saves(memory: str, shape: torch.Size, v_th: float | None = None):
     return bf16_saves(shape, v_th) if memory == "low" else contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=16)
 def _bf16_below(v_th: float) -> torch.Tensor:
     """The largest bfloat16 value below v_th."""
     b = torch.tensor(v_th, dtype=torch.bfloat16)

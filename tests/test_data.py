@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from spikeclip.data import (
+    CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
     DatasetNotFoundError,
     load_dataset,
@@ -73,26 +74,10 @@ def test_cifar_pickles(tmp_path):
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
     with open(root / "batches.meta", "wb") as f:
-        pickle.dump(
-            {
-                "label_names": [
-                    "airplane",
-                    "automobile",
-                    "bird",
-                    "cat",
-                    "deer",
-                    "dog",
-                    "frog",
-                    "horse",
-                    "ship",
-                    "truck",
-                ]
-            },
-            f,
-        )
+        pickle.dump({"label_names": CIFAR10_CLASSES}, f)
     train = load_dataset("cifar10", "train", data_dir=tmp_path)
     test = load_dataset("cifar10", "test", data_dir=tmp_path)
-    assert len(train) == 20 and len(test) == 4
+    assert len(train) == 20 and len(test) == 4 and test.class_names == CIFAR10_CLASSES
     assert train.images.shape == (20, 32, 32, 3)
     with open(root / "test_batch", "rb") as f:
         batch = pickle.load(f)

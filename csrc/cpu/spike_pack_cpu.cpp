@@ -8,19 +8,16 @@
 
 #include <atomic>
 
-#include "../spike_pack.h"
+#include "../spike_pack_common.h"
 
 namespace spikeclip {
 
 at::Tensor pack_spikes_cpu(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 1, "pack_spikes: x must have at least one dimension");
+  at::Tensor bits = empty_packed_for(x);
   const at::Tensor xc = x.contiguous();
   const int64_t n = x.size(-1);
   const int64_t nbytes = packed_row_bytes(n);
   const int64_t rows = n == 0 ? 0 : xc.numel() / n;
-  auto sizes = x.sizes().vec();
-  sizes.back() = nbytes;
-  at::Tensor bits = at::empty(sizes, x.options().dtype(at::kByte));
   std::atomic<bool> non_binary{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pack_spikes", [&] {
     const scalar_t* src = xc.data_ptr<scalar_t>();
@@ -37,14 +34,8 @@ at::Tensor pack_spikes_cpu(const at::Tensor& x) {
 }
 
 at::Tensor unpack_spikes_cpu(const at::Tensor& bits, int64_t n, at::ScalarType dtype) {
-  TORCH_CHECK(bits.scalar_type() == at::kByte, "unpack_spikes: bits must be uint8");
-  TORCH_CHECK(bits.dim() >= 1 && bits.size(-1) == packed_row_bytes(n),
-              "unpack_spikes: the last dimension of bits must be ceil(n / 8) = ",
-              packed_row_bytes(n));
+  at::Tensor x = empty_unpacked_for(bits, n, dtype);
   const at::Tensor bc = bits.contiguous();
-  auto sizes = bits.sizes().vec();
-  sizes.back() = n;
-  at::Tensor x = at::empty(sizes, bits.options().dtype(dtype));
   const int64_t nbytes = bits.size(-1);
   const int64_t rows = nbytes == 0 ? 0 : bc.numel() / nbytes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "unpack_spikes", [&] {

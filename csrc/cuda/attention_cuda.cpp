@@ -14,11 +14,6 @@ namespace {
 using Outputs5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Grads3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-void check_cuda_dtype(const at::Tensor& t, const char* op) {
-  TORCH_CHECK(t.scalar_type() != at::kDouble, op,
-              ": the cuda backend takes float32, float16 and bfloat16, not float64");
-}
-
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 // Forward of either op: `launch(view, stream)` runs the kernels. SDSA's h is [T, B, H, D]
@@ -29,7 +24,7 @@ Outputs5 attention_fwd(const char* op, bool sdsa, const at::Tensor& q, const at:
                        double v_reset, bool soft_reset, bool detach_reset,
                        c10::string_view surrogate, double alpha, bool save, Launch&& launch) {
   const Heads s = check_qkv(q, k, v, op);
-  check_cuda_dtype(q, op);
+  check_cuda_float(q.scalar_type(), op);
   const c10::cuda::CUDAGuard guard(q.device());
   at::Tensor out = at::empty_like(q);
   at::Tensor h = !save ? at::empty({0}, q.options())
@@ -63,7 +58,7 @@ Grads3 attention_bwd(const char* op, const at::Tensor& grad_out, const at::Tenso
                      double alpha, int64_t workspace_floats_of_heads, Launch&& launch) {
   const at::Tensor go = grad_out.contiguous();
   const Heads s = check_grad_out(go, D, op);
-  check_cuda_dtype(go, op);
+  check_cuda_float(go.scalar_type(), op);
   const c10::cuda::CUDAGuard guard(go.device());
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const at::Tensor hc = h.contiguous();

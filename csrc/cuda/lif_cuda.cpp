@@ -10,16 +10,11 @@
 namespace spikeclip {
 namespace {
 
-void check_cuda_dtype(const at::Tensor& t) {
-  TORCH_CHECK(t.scalar_type() != at::kDouble,
-              "spikeclip lif: the cuda backend takes float32, float16 and bfloat16, not float64");
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cuda(
     const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
     double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
     c10::string_view surrogate, double alpha, bool save_h, bool return_v) {
-  check_cuda_dtype(x);
+  check_cuda_float(x.scalar_type(), "spikeclip lif");
   const c10::cuda::CUDAGuard guard(x.device());
   LifForward f = prepare_forward(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset,
                                  surrogate, alpha, save_h, return_v, /*tau_on_host=*/false);
@@ -33,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_bwd_cuda(
     const at::Tensor& h, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
     double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
     c10::string_view surrogate, double alpha, bool need_tau_grad) {
-  check_cuda_dtype(h);
+  check_cuda_float(h.scalar_type(), "spikeclip lif");
   const c10::cuda::CUDAGuard guard(h.device());
   const int64_t n = c10::multiply_integers(h.sizes().slice(1));
   LifBackward b = prepare_backward(grad_spikes, grad_v_last, h, v0, tau, v_th, v_reset,
