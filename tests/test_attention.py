@@ -2,6 +2,8 @@
 of q, k, v) on random spikes at several firing rates, dtypes and odd shapes; the reference's
 own gradcheck; bit packing; registration; errors."""
 
+import math
+
 import pytest
 import torch
 from conftest import FUSED
@@ -79,7 +81,11 @@ def test_matches_reference(backend, device, name, dtype, rates):
     ids=str,
 )
 def test_odd_shapes(backend, device, name, shape):
-    check(name, backend, device, shape, torch.float32, (0.3, 0.3, 0.3))
+    # SSA's input grows like N * D * rate^3 * scale: a power-of-two scale (exact arithmetic
+    # kept) near 1 / (2 * that) keeps the output neither all spikes nor none at every shape.
+    n, d = shape[3], shape[4]
+    opts = dict(scale=2.0 ** -round(math.log2(2 * n * d * 0.3**3))) if name == "ssa" else {}
+    check(name, backend, device, shape, torch.float32, (0.3, 0.3, 0.3), **opts)
 
 
 @pytest.mark.parametrize("backend,device", ATTN)
