@@ -1,6 +1,10 @@
 """The `spikeclip` command (also `python -m spikeclip`).
 
-    spikeclip bench [lif|attention|model] [--device cpu|cuda] [--T 4 8 16] [--N ...] [--dtype ...]
+    spikeclip demo                    # the whole recipe on Fashion-MNIST, offline teacher
+    spikeclip train --dataset fashion-mnist --config tiny --teacher lit --out DIR [--resume]
+    spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"]
+    spikeclip energy --checkpoint DIR
+    spikeclip bench [lif|attention|model|memory] [--device cpu|cuda] [--T 4 8 16] [--N ...]
     spikeclip info
 
 torch is imported after the arguments are read, so that environment switches such as
@@ -50,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the rows to this JSON file")
 
     sub.add_parser("info", help="version, torch, and the kernel backends available here")
+    from spikeclip.train.commands import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -121,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_thp and args.op not in ("model", "memory"):
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
         return _bench(args)
-    return _info()
+    if args.command == "info":
+        return _info()
+    from spikeclip.train.commands import dispatch
+
+    return dispatch(args)
 
 
 if __name__ == "__main__":

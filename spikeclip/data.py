@@ -100,6 +100,20 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         return to_float_chw(self.images[i]), int(self.labels[i])
 
+    def subset(self, n: int | None, seed: int = 0) -> ImageDataset:
+        """`n` images drawn without replacement (seeded), in a fixed order; all when n is None
+        or not smaller than the dataset."""
+        if n is None or n >= len(self):
+            return self
+        if n < 1:
+            raise ValueError(f"{self.name}: a subset needs at least one image, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return ImageDataset(
+            self.name, self.split, self.images[idx], self.labels[idx],
+            list(self.class_names), list(self.templates),
+        )  # fmt: skip
+
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images `[B, 3, H, W]` float and labels `[B]` for the given indices, at once."""
         return to_float_chw(self.images[index]), self.labels[index]

@@ -1,12 +1,12 @@
 """spikeclip.data: the idx, CIFAR-pickle and image-folder readers on files written here in the
 publishers' formats; class names, templates and clear errors for missing data."""
 
-import gzip
 import pickle
 
 import numpy as np
 import pytest
 import torch
+from fake_data import fake_idx_dataset
 
 from spikeclip.data import (
     CIFAR10_CLASSES,
@@ -16,29 +16,6 @@ from spikeclip.data import (
     read_idx,
     to_float_chw,
 )
-
-
-def write_idx(path, array, compress=True):
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    data = header + array.astype(np.uint8).tobytes()
-    if compress:
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)
-
-
-def fake_idx_dataset(root, n=7, compress=True):
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
-    suffix = ".gz" if compress else ""
-    for prefix in ("train", "t10k"):
-        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
-        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
-    return images, labels
 
 
 @pytest.mark.parametrize("compress", [True, False])

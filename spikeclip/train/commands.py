@@ -1,0 +1,262 @@
+"""The recipe's subcommands of `spikeclip`: demo, train, eval, energy."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+DEMO_OUT = "spikeclip_out/demo"
+# The demo: Fashion-MNIST, the offline teacher, the tiny config, sized for 15 minutes on 2 cores.
+DEMO = dict(
+    dataset="fashion-mnist",
+    config="tiny",
+    teacher="lit",
+    train_images=6000,
+    text_epochs=20,
+    image_epochs=4,
+    finetune_epochs=6,
+)
+STAGES = ("text", "image", "finetune")
+
+
+def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
+    from spikeclip.train.config import RecipeConfig
+
+    d = RecipeConfig(**(DEMO if demo else {}))
+    p.add_argument(
+        "--out",
+        default=DEMO_OUT if demo else "spikeclip_out/run",
+        help="run directory (checkpoints, metrics, plots, results.json)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--backend", default=d.backend, help="kernel backend (auto, torch, cpp, ...)")
+    p.add_argument("--data-dir", help="where the dataset's files are (default: found)")
+    p.add_argument("--cache-dir", help="teacher feature cache ($SPIKECLIP_CACHE, ~/.cache)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    if demo:
+        return
+    p.add_argument("--overwrite", action="store_true", help="start again in an existing --out")
+    p.add_argument("--dataset", default=d.dataset)
+    p.add_argument("--config", default=d.config, help="tiny or paper")
+    p.add_argument("--teacher", default=d.teacher, help="lit, clip:DIR, or a saved teacher dir")
+    p.add_argument("--train-images", type=int, help="a seeded subset of the training split")
+    p.add_argument("--test-images", type=int, help="a seeded subset of the test split")
+    p.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"stages to train, comma-separated, from {','.join(STAGES)}",
+    )
+    p.add_argument("--epochs", type=int, help="image alignment and fine-tuning epochs")
+    p.add_argument("--text-epochs", type=int, default=d.text_epochs)
+    p.add_argument("--image-epochs", type=int, default=d.image_epochs)
+    p.add_argument("--finetune-epochs", type=int, default=d.finetune_epochs)
+    p.add_argument("--batch", type=int, default=d.batch_size, help="global batch size")
+    p.add_argument("--text-batch", type=int, default=d.text_batch_size)
+    p.add_argument("--vocabulary", type=int, help="broad-vocabulary names for text alignment")
+    p.add_argument("--lr", type=float, default=d.lr, help="image alignment learning rate")
+    p.add_argument("--text-lr", type=float, default=d.text_lr)
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    p.add_argument("--ce-weight", type=float, default=d.ce_weight)
+    p.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
+    p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")
+    p.add_argument("--no-ann", action="store_true", help="skip the ANN counterpart")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (CUDA)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+
+
+def recipe_from_args(args, demo: bool):
+    from spikeclip.train.config import RecipeConfig
+
+    common = dict(
+        out=args.out, resume=args.resume, device=args.device, backend=args.backend,
+        data_dir=args.data_dir, cache_dir=args.cache_dir, seed=args.seed,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    if demo:
+        return RecipeConfig(**DEMO, **common, overwrite=not args.resume)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise SystemExit(f"spikeclip train: unknown stages {sorted(unknown)}; choose from {STAGES}")
+    image_epochs = args.epochs if args.epochs is not None else args.image_epochs
+    finetune_epochs = args.epochs if args.epochs is not None else args.finetune_epochs
+    return RecipeConfig(
+        **common,
+        overwrite=args.overwrite,
+        dataset=args.dataset,
+        config=args.config,
+        teacher=args.teacher,
+        train_images=args.train_images,
+        test_images=args.test_images,
+        text_epochs=args.text_epochs if "text" in stages else 0,
+        image_epochs=image_epochs if "image" in stages else 0,
+        finetune_epochs=finetune_epochs if "finetune" in stages else 0,
+        batch_size=args.batch,
+        text_batch_size=args.text_batch,
+        vocabulary=args.vocabulary,
+        lr=args.lr,
+        text_lr=args.text_lr,
+        finetune_lr=args.finetune_lr,
+        ce_weight=args.ce_weight,
+        kl_weight=args.kl_weight,
+        kd_temperature=args.kd_temperature,
+        memory=args.memory,
+        amp=args.amp,
+        ann=not args.no_ann,
+        sync_bn=args.sync_bn,
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def results_table(r: dict) -> str:
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    rows = [
+        ("teacher top-1", pct(r["teacher_acc"])),
+        ("SpikeCLIP (SNN) top-1", pct(r["spikeclip_acc"])),
+        ("ANN counterpart top-1", pct(r["ann_acc"])),
+        ("replace: teacher / SpikeCLIP",
+         f"{pct(r['teacher_replace_acc'])} / {pct(r['replace_acc'])}"),
+        ("expand: teacher / SpikeCLIP",
+         f"{pct(r['teacher_expand_acc'])} / {pct(r['expand_acc'])}"),
+        ("energy per image: SNN / ANN",
+         f"{r['energy_snn_mJ']:.4f} mJ / "
+         + ("-" if r["energy_ann_mJ"] is None else f"{r['energy_ann_mJ']:.4f} mJ")),
+        ("SNN mean firing rate", pct(r["mean_firing_rate"])),
+        ("kernel backend", r["backend"]),
+        ("test images", str(r["test_images"])),
+        ("wall time", f"{r['seconds']:.0f} s"),
+    ]  # fmt: skip
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run_train(args, demo: bool) -> int:
+    from spikeclip.train.recipe import run_recipe
+
+    cfg = recipe_from_args(args, demo)
+    t0 = time.perf_counter()
+    results = run_recipe(cfg)
+    if "teacher_acc" in results:  # rank 0
+        results["seconds"] = time.perf_counter() - t0
+        from spikeclip.checkpoint import atomic_write_json
+
+        atomic_write_json(Path(cfg.out) / "results.json", results)
+        print(results_table(results))
+        print(f"results, checkpoint and plots in {cfg.out}/")
+    return 0
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise SystemExit("spikeclip eval: empty class-name list")
+    return names
+
+
+def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir=None):
+    """A trained SpikeCLIP checkpoint (with its tokenizer) and its dataset's test split."""
+    from spikeclip.checkpoint import load_json
+    from spikeclip.data import load_dataset
+    from spikeclip.models import SpikeCLIP
+    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR, HFTokenizer
+
+    path = Path(path)
+    recipe = load_json(path / RECIPE_JSON)
+    model = SpikeCLIP.load(path, map_location=device)
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+    model.tokenizer = HFTokenizer(hf, model.config.context_length)
+    test = load_dataset(recipe["dataset"], "test", data_dir or recipe.get("data_dir"))
+    n = test_images if test_images is not None else recipe.get("test_images")
+    return model.eval(), test.subset(n, recipe.get("seed", 0)), recipe
+
+
+def run_eval(args) -> int:
+    from spikeclip.train.evaluate import embed_images, top1
+
+    model, test, recipe = load_checkpoint_with_data(
+        args.checkpoint, args.device, args.test_images, args.data_dir
+    )
+    names = _names(args.class_names) or list(test.class_names)
+    if len(names) != len(test.class_names):
+        raise SystemExit(
+            f"spikeclip eval: {len(names)} class names given, the {recipe['dataset']} test "
+            f"split has {len(test.class_names)} classes (names go in label order: "
+            f"{', '.join(test.class_names)})"
+        )
+    extra = _names(args.extra_names) or []
+    emb = embed_images(model.encode_image, test, device=args.device, progress=not args.no_progress)
+    classes = model.classifier([*names, *extra], test.templates).cpu()
+    acc = top1(emb, classes, test.labels)
+    result = {
+        "checkpoint": str(args.checkpoint), "dataset": recipe["dataset"], "images": len(test),
+        "class_names": names, "extra_names": extra, "top1": acc,
+    }  # fmt: skip
+    out = Path(args.json) if args.json else Path(args.checkpoint) / "eval.json"
+    from spikeclip.checkpoint import atomic_write_json
+
+    atomic_write_json(out, result)
+    print(f"top-1 {100 * acc:.2f}% on {len(test)} {recipe['dataset']} test images "
+          f"({len(names)} classes + {len(extra)} extra names); written to {out}")  # fmt: skip
+    return 0
+
+
+def run_energy(args) -> int:
+    from spikeclip.energy import estimate
+
+    model, test, _ = load_checkpoint_with_data(args.checkpoint, args.device, None, args.data_dir)
+    import torch
+
+    images, _ = test.batch(torch.arange(min(args.images, len(test))))
+    with torch.no_grad():
+        report = estimate(model.image_encoder, images.to(args.device))
+    print(report.table())
+    out = Path(args.out or args.checkpoint)
+    report.plot_firing_rates(out / "firing_rates.png")
+    from spikeclip.checkpoint import atomic_write_json
+
+    atomic_write_json(out / "energy.json", report.to_dict())
+    print(f"{report.total_mJ:.4f} mJ per image; table in {out}/energy.json, plot firing_rates.png")
+    return 0
+
+
+def add_commands(sub) -> None:
+    d = sub.add_parser("demo", help="the whole recipe on Fashion-MNIST with the offline teacher")
+    add_recipe_args(d, demo=True)
+    t = sub.add_parser("train", help="train SpikeCLIP with the recipe (any dataset, teacher)")
+    add_recipe_args(t, demo=False)
+    e = sub.add_parser("eval", help="zero-shot top-1 of a trained checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--class-names", help='"name1,name2,..." in label order')
+    e.add_argument("--extra-names", help="distractor names added to the candidates")
+    e.add_argument("--test-images", type=int)
+    e.add_argument("--data-dir")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", help="where to write the result (default CHECKPOINT/eval.json)")
+    e.add_argument("--no-progress", action="store_true")
+    n = sub.add_parser("energy", help="per-layer SOPs/MACs and energy per image of a checkpoint")
+    n.add_argument("--checkpoint", required=True)
+    n.add_argument("--images", type=int, default=64, help="test images to measure on")
+    n.add_argument("--data-dir")
+    n.add_argument("--device", default="cpu")
+    n.add_argument("--out", help="where energy.json and firing_rates.png go (CHECKPOINT)")
+
+
+def dispatch(args) -> int:
+    if args.command == "demo":
+        return run_train(args, demo=True)
+    if args.command == "train":
+        return run_train(args, demo=False)
+    if args.command == "eval":
+        return run_eval(args)
+    return run_energy(args)

@@ -1,0 +1,61 @@
+"""Zero-shot evaluation: top-1 over any list of class names, and SpikeCLIP's two label
+experiments ("replace": some classes under names never used in training; "expand": distractor
+names added to the candidates), for any encoder pair (teacher or student)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from spikeclip.train.losses import cosine_logits
+from spikeclip.train.vocabulary import label_experiment
+
+Classifier = Callable[[Sequence[str]], torch.Tensor]  # class names -> class embeddings [K, E]
+
+
+@torch.no_grad()
+def embed_images(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    dataset,
+    batch_size: int = 500,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    desc: str = "embedding images",
+) -> torch.Tensor:
+    """encode(images `[B, 3, H, W]` on `device`) -> `[B, E]` over the whole dataset, on CPU."""
+    from tqdm.auto import tqdm
+
+    out = []
+    n = len(dataset)
+    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        images, _ = dataset.batch(torch.arange(i, min(i + batch_size, n)))
+        out.append(encode(images.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+def top1(image_embeddings: torch.Tensor, class_embeddings: torch.Tensor, labels) -> float:
+    """Fraction of images whose most similar class embedding is their label's."""
+    if class_embeddings.shape[0] == 0:
+        raise ValueError("no classes to choose from")
+    pred = cosine_logits(image_embeddings, class_embeddings.to(image_embeddings), 1.0).argmax(1)
+    return float((pred == torch.as_tensor(labels)).float().mean())
+
+
+def zero_shot_report(
+    image_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    classifier: Classifier,
+    class_names: Sequence[str],
+    dataset: str,
+) -> dict:
+    """{"acc", "replace_acc", "expand_acc"} (the last two None when `dataset` defines no label
+    experiment)."""
+    report = {"acc": top1(image_embeddings, classifier(list(class_names)), labels)}
+    exp = label_experiment(dataset, list(class_names))
+    report["replace_acc"] = report["expand_acc"] = None
+    if exp is not None:
+        report["replace_acc"] = top1(image_embeddings, classifier(exp["replace"]), labels)
+        candidates = [*class_names, *exp["expand"]]
+        report["expand_acc"] = top1(image_embeddings, classifier(candidates), labels)
+    return report

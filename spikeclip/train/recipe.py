@@ -1,0 +1,339 @@
+"""The SpikeCLIP recipe end to end: teacher, text alignment, image alignment, dual-loss
+fine-tuning, the ANN counterpart trained the same way, zero-shot evaluation, energy.
+
+    results = run_recipe(RecipeConfig(dataset="fashion-mnist", config="tiny", out="run1"))
+
+Everything lands in `out/`: teacher/ (a fitted LiT projection, or a pointer to the CLIP
+directory), stages/<stage>/ (resumable checkpoints, see spikeclip.train.loop), metrics.jsonl,
+checkpoint/ and ann_checkpoint/ (SpikeCLIP.save + the tokenizer + recipe.json: what
+`spikeclip eval` loads), results.json, and the plots. `resume=True` continues a killed run
+from its last checkpoint with the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikeclip.checkpoint import atomic_write_json
+from spikeclip.train import distributed, features
+from spikeclip.train.config import RecipeConfig
+from spikeclip.train.evaluate import embed_images, zero_shot_report
+from spikeclip.train.loop import RunContext, StageConfig, run_stage
+from spikeclip.train.losses import alignment_loss, cosine_logits, dual_loss
+from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
+
+RECIPE_JSON = "recipe.json"
+TOKENIZER_DIR = "tokenizer"
+# Fields that may differ between a run and its --resume (they do not change the result).
+RESUMABLE_CHANGES = {"progress", "resume", "overwrite", "stop_after_steps", "cache_dir", "device"}
+
+
+def _prepare_out(cfg: RecipeConfig, out: Path, main: bool) -> None:
+    saved = out / RECIPE_JSON
+    if saved.is_file() and main:
+        if cfg.resume:
+            old = json.loads(saved.read_text())
+            diff = {
+                k: (old.get(k), v)
+                for k, v in cfg.to_dict().items()
+                if k not in RESUMABLE_CHANGES and old.get(k) != v
+            }
+            if diff:
+                raise ValueError(
+                    f"--resume: {out} was started with other settings "
+                    f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())})"
+                )
+        elif cfg.overwrite:
+            import shutil
+
+            for name in ("stages", "teacher", "metrics.jsonl", "results.json"):
+                p = out / name
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        else:
+            raise FileExistsError(
+                f"{out} already holds a run: pass --resume to continue it, --overwrite to "
+                "start again, or another --out"
+            )
+    if main:
+        atomic_write_json(saved, cfg.to_dict())
+
+
+def build_teacher(cfg: RecipeConfig, train, out: Path, ctx: RunContext):
+    """The teacher, fitted (LiT) on the training features once and saved under out/teacher."""
+    from spikeclip.teachers import LiTTeacher, load_teacher
+
+    tdir = out / "teacher"
+    if (tdir / "teacher.json").is_file():
+        return load_teacher(tdir)
+    if cfg.teacher == "lit":
+        teacher = LiTTeacher(image_size=cfg.teacher_image_size)
+        feats = features.image_features(teacher, train, cfg.cache_dir, progress=ctx.progress)
+        classes = teacher.classifier(train.class_names, train.templates)
+        losses = teacher.fit(
+            feats,
+            train.labels,
+            classes,
+            steps=cfg.teacher_steps,
+            seed=cfg.seed,
+            progress=ctx.progress and ctx.dist.main,
+        )
+        ctx.log({"stage": "teacher", "loss_first": losses[0], "loss_last": losses[-1]})
+    else:
+        teacher = load_teacher(cfg.teacher)
+    distributed.barrier(ctx.dist)
+    if ctx.dist.main:
+        teacher.save(tdir)
+    return teacher
+
+
+def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
+    from spikeclip.memory import check_memory_mode
+    from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
+    from spikeclip.models.spikeclip_model import set_memory
+
+    check_memory_mode(cfg.memory)
+    mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron, **teacher.student_overrides())
+    model = SpikeCLIP(mc, backend=cfg.backend)
+    model.text_encoder.load_embeddings(*teacher.token_embeddings())
+    model.tokenizer = HFTokenizer(teacher.tokenizer, mc.context_length)
+    set_memory(model, cfg.memory)
+    return model
+
+
+class HFTokenizer:
+    """strings -> ids `[B, L]` with a Hugging Face tokenizer (picklable, unlike a lambda)."""
+
+    def __init__(self, hf_tokenizer, context_length: int):
+        self.hf, self.length = hf_tokenizer, context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = self.hf(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.length,
+            return_tensors="pt",
+        )
+        return out["input_ids"].long()
+
+
+def _maybe_sync_bn(module, cfg: RecipeConfig, ctx: RunContext):
+    if not (cfg.sync_bn and ctx.dist.active):
+        return module
+    if ctx.device.type != "cuda":
+        raise ValueError("--sync-bn needs CUDA devices (torch's SyncBatchNorm runs on GPUs)")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def train_text(cfg, model, teacher, train, ctx: RunContext) -> dict:
+    names = alignment_vocabulary(train.class_names, cfg.dataset)
+    if cfg.vocabulary is not None:
+        names = names[: len(train.class_names) + cfg.vocabulary]
+    templates = list(dict.fromkeys([*train.templates, *ALIGNMENT_TEMPLATES]))
+    prompts = [t.format(n) for n in names for t in templates]
+    target = features.text_features(teacher, prompts, cfg.cache_dir).to(ctx.device)
+    ids = model.tokenizer(prompts).to(ctx.device)
+
+    def step(enc, idx):
+        return alignment_loss(enc(ids[idx]), target[idx]), {}
+
+    stage = StageConfig(
+        "text-alignment",
+        cfg.text_epochs,
+        cfg.text_batch_size,
+        cfg.text_lr,
+        cfg.text_lr_final,
+        cfg.weight_decay,
+        cfg.checkpoint_every,
+    )
+    summary = run_stage(stage, model, model.text_encoder, len(prompts), step, ctx)
+    return {**summary, "prompts": len(prompts), "names": len(names)}
+
+
+def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, ctx) -> list[dict]:
+    """Image alignment to the teacher's embeddings, then dual-loss fine-tuning (text frozen)."""
+    enc = _maybe_sync_bn(model.image_encoder, cfg, ctx)
+    model.image_encoder = enc
+    dev = ctx.device
+    teacher_emb, teacher_logits = teacher_emb.to(dev), teacher_logits.to(dev)
+
+    def align(encoder, idx):
+        images, _ = train.batch(idx)
+        return alignment_loss(encoder(images.to(dev)), teacher_emb[idx]), {}
+
+    stage = StageConfig(
+        f"{prefix}image-alignment",
+        cfg.image_epochs,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.lr_final,
+        cfg.weight_decay,
+        cfg.checkpoint_every,
+    )
+    summaries = [run_stage(stage, model, enc, len(train), align, ctx)]
+
+    model.text_encoder.eval()
+    with torch.no_grad():
+        classes = model.classifier(train.class_names, train.templates).to(dev)
+
+    def finetune(encoder, idx):
+        images, labels = train.batch(idx)
+        logits = cosine_logits(encoder(images.to(dev)), classes, scale)
+        return dual_loss(
+            logits,
+            teacher_logits[idx],
+            labels.to(dev),
+            ce_weight=cfg.ce_weight,
+            kl_weight=cfg.kl_weight,
+            temperature=cfg.kd_temperature,
+        )
+
+    stage = StageConfig(
+        f"{prefix}finetune",
+        cfg.finetune_epochs,
+        cfg.batch_size,
+        cfg.finetune_lr,
+        cfg.finetune_lr_final,
+        cfg.weight_decay,
+        cfg.checkpoint_every,
+    )
+    summaries.append(run_stage(stage, model, enc, len(train), finetune, ctx))
+    return summaries
+
+
+def save_student(model, teacher, path: Path, cfg: RecipeConfig, kind: str) -> None:
+    model.save(path)
+    teacher.save_tokenizer(path / TOKENIZER_DIR)
+    atomic_write_json(path / RECIPE_JSON, {**cfg.to_dict(), "kind": kind})
+
+
+def evaluate_all(cfg, teacher, models: dict, test, ctx: RunContext) -> dict:
+    """Zero-shot top-1 (+ replace / expand) of the teacher and each student on `test`."""
+    dev, labels = ctx.device, test.labels
+    tfeats = features.image_features(teacher, test, cfg.cache_dir, progress=ctx.progress)
+    with torch.no_grad():
+        temb = F.normalize(teacher.image_head(tfeats), dim=-1)
+
+    def teacher_classes(names):
+        return teacher.classifier(names, test.templates)
+
+    report = {
+        "teacher": zero_shot_report(temb, labels, teacher_classes, test.class_names, cfg.dataset)
+    }
+    for name, model in models.items():
+        model.eval()
+        emb = embed_images(
+            model.encode_image, test, device=dev, progress=ctx.progress, desc=f"evaluating {name}"
+        )
+
+        def student_classes(names, model=model):
+            return model.classifier(names, test.templates).cpu()
+
+        report[name] = zero_shot_report(emb, labels, student_classes, test.class_names, cfg.dataset)
+    return report
+
+
+def energy_of(model, test, n: int, device) -> dict:
+    from spikeclip.energy import estimate
+
+    model.eval()
+    images, _ = test.batch(torch.arange(min(n, len(test))))
+    with torch.no_grad():
+        report = estimate(model.image_encoder, images.to(device))
+    return report
+
+
+def run_recipe(cfg: RecipeConfig) -> dict:
+    """Run (or continue) the whole recipe; returns the results (also out/results.json)."""
+    from spikeclip.data import load_dataset
+
+    started = time.perf_counter()
+    dist, device = distributed.init(cfg.device)
+    out = Path(cfg.out)
+    _prepare_out(cfg, out, dist.main)
+    distributed.barrier(dist)
+    ctx = RunContext(
+        out,
+        device=device,
+        seed=cfg.seed,
+        amp=cfg.amp,
+        progress=cfg.progress,
+        dist=dist,
+        stop_after_steps=cfg.stop_after_steps,
+    )
+    torch.manual_seed(cfg.seed)
+
+    train = load_dataset(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
+    test = load_dataset(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_images, cfg.seed)
+    teacher = build_teacher(cfg, train, out, ctx)
+    scale = cfg.logit_scale or teacher.logit_scale
+    tfeats = features.image_features(teacher, train, cfg.cache_dir, progress=ctx.progress)
+    with torch.no_grad():
+        teacher_emb = F.normalize(teacher.image_head(tfeats), dim=-1)
+        teacher_logits = cosine_logits(
+            teacher_emb,
+            teacher.classifier(train.class_names, train.templates),
+            teacher.logit_scale,
+        )
+
+    stages = {}
+    snn = build_student(cfg, teacher).to(device)
+    stages["text"] = train_text(cfg, snn, teacher, train, ctx)
+    stages["snn"] = train_image(cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx)
+    models = {"spikeclip": snn}
+    if cfg.ann:
+        ann = build_student(cfg, teacher, image_neuron="relu").to(device)
+        ann.text_encoder.load_state_dict(snn.text_encoder.state_dict())  # the same text side
+        stages["ann"] = train_image(
+            cfg, ann, "ann-", train, teacher_emb, teacher_logits, scale, ctx
+        )
+        models["ann"] = ann
+
+    results = {"config": cfg.to_dict(), "stages": stages}
+    if dist.main:
+        for name, model in models.items():
+            save_student(
+                model,
+                teacher,
+                out / ("checkpoint" if name == "spikeclip" else f"{name}_checkpoint"),
+                cfg,
+                name,
+            )
+        acc = evaluate_all(cfg, teacher, models, test, ctx)
+        energy = {name: energy_of(m, test, cfg.energy_images, device) for name, m in models.items()}
+        results.update(summarize(acc, energy, snn, cfg, len(test), started))
+        atomic_write_json(out / "results.json", results)
+        from spikeclip.train.plots import write_plots
+
+        write_plots(out, results, energy)
+    distributed.barrier(dist)
+    distributed.shutdown(dist)
+    return results
+
+
+def summarize(acc: dict, energy: dict, snn, cfg: RecipeConfig, n_test: int, started: float) -> dict:
+    from spikeclip.kernels.backends import resolve_backend
+
+    t, s = acc["teacher"], acc["spikeclip"]
+    a = acc.get("ann", {})
+    return {
+        "teacher_acc": t["acc"],
+        "spikeclip_acc": s["acc"],
+        "ann_acc": a.get("acc"),
+        "replace_acc": s["replace_acc"],
+        "teacher_replace_acc": t["replace_acc"],
+        "expand_acc": s["expand_acc"],
+        "teacher_expand_acc": t["expand_acc"],
+        "energy_snn_mJ": energy["spikeclip"].total_mJ,
+        "energy_ann_mJ": energy["ann"].total_mJ if "ann" in energy else None,
+        "mean_firing_rate": energy["spikeclip"].mean_firing_rate,
+        "backend": resolve_backend(cfg.backend, next(snn.parameters()).device),
+        "test_images": n_test,
+        "seconds": time.perf_counter() - started,
+        "accuracy": acc,
+    }

