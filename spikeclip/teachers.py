@@ -124,15 +124,22 @@ class Teacher(nn.Module):
         return F.normalize(feats.mean(1), dim=-1)
 
 
-def _hf_tokenize(tokenizer, texts: Sequence[str], context_length: int) -> torch.Tensor:
-    batch = tokenizer(
-        list(texts),
-        padding="max_length",
-        truncation=True,
-        max_length=context_length,
-        return_tensors="pt",
-    )
-    return batch["input_ids"].long()
+class HFTokenizer:
+    """strings -> ids `[B, context_length]` (int64) with a Hugging Face tokenizer, padded and
+    truncated: what SpikeCLIP's text encoder takes (a class, so that models stay picklable)."""
+
+    def __init__(self, hf_tokenizer, context_length: int):
+        self.hf, self.length = hf_tokenizer, int(context_length)
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        out = self.hf(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.length,
+            return_tensors="pt",
+        )
+        return out["input_ids"].long()
 
 
 def _import_offline_towers():
@@ -212,7 +219,7 @@ class LiTTeacher(Teacher):
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # mean pooling
 
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
-        return _hf_tokenize(self.tokenizer, texts, context_length)
+        return HFTokenizer(self.tokenizer, context_length)(texts)
 
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.text_model.embeddings
@@ -349,7 +356,7 @@ class HFCLIPTeacher(Teacher):
         return _tensor_of(self.model.get_text_features(**batch))
 
     def tokenize(self, texts: Sequence[str], context_length: int) -> torch.Tensor:
-        return _hf_tokenize(self.tokenizer, texts, context_length)
+        return HFTokenizer(self.tokenizer, context_length)(texts)
 
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         emb = self.model.text_model.embeddings

@@ -167,7 +167,8 @@ def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir
     from spikeclip.checkpoint import load_json
     from spikeclip.data import load_dataset
     from spikeclip.models import SpikeCLIP
-    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR, HFTokenizer
+    from spikeclip.teachers import HFTokenizer
+    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR
 
     path = Path(path)
     recipe = load_json(path / RECIPE_JSON)

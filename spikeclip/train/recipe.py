@@ -95,31 +95,15 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     from spikeclip.memory import check_memory_mode
     from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
     from spikeclip.models.spikeclip_model import set_memory
+    from spikeclip.teachers import HFTokenizer
 
     check_memory_mode(cfg.memory)
     mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron, **teacher.student_overrides())
     model = SpikeCLIP(mc, backend=cfg.backend)
     model.text_encoder.load_embeddings(*teacher.token_embeddings())
-    model.tokenizer = HFTokenizer(teacher.tokenizer, mc.context_length)
+    model.tokenizer = HFTokenizer(teacher.tokenizer, mc.context_length)  # saved with checkpoints
     set_memory(model, cfg.memory)
     return model
-
-
-class HFTokenizer:
-    """strings -> ids `[B, L]` with a Hugging Face tokenizer (picklable, unlike a lambda)."""
-
-    def __init__(self, hf_tokenizer, context_length: int):
-        self.hf, self.length = hf_tokenizer, context_length
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        out = self.hf(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.length,
-            return_tensors="pt",
-        )
-        return out["input_ids"].long()
 
 
 def _maybe_sync_bn(module, cfg: RecipeConfig, ctx: RunContext):
