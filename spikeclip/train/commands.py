@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 DEMO_OUT = "spikeclip_out/demo"
@@ -141,13 +140,8 @@ def run_train(args, demo: bool) -> int:
     from spikeclip.train.recipe import run_recipe
 
     cfg = recipe_from_args(args, demo)
-    t0 = time.perf_counter()
-    results = run_recipe(cfg)
+    results = run_recipe(cfg)  # writes results.json (rank 0), seconds included
     if "teacher_acc" in results:  # rank 0
-        results["seconds"] = time.perf_counter() - t0
-        from spikeclip.checkpoint import atomic_write_json
-
-        atomic_write_json(Path(cfg.out) / "results.json", results)
         print(results_table(results))
         print(f"results, checkpoint and plots in {cfg.out}/")
     return 0
