@@ -51,7 +51,8 @@ def saved_tensor_bytes(fn: Callable, *args, **kwargs) -> tuple[object, int]:
 
 
 # What a model keeps for its backward (spikeclip.models.set_memory):
-#   plain     float copies, as plain PyTorch layers keep them (the reference path);
+#   plain     no recomputation: float copies, as plain PyTorch layers keep them (the reference
+#             path), except that spike-fed linears on the cpp backend keep their input's bits;
 #   lossless  spiking linear/conv units keep their input spikes packed 1 bit each and recompute
 #             themselves; neurons keep h in the input dtype: the same gradients;
 #   low       as lossless, and neurons / attention keep h in bfloat16 (gradients within ~1e-2).

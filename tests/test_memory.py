@@ -56,7 +56,11 @@ def test_pack_round_trip(shape):
 def test_packed_units_equal_plain_layers(unit, mode):
     if unit.startswith("linear"):
         layer = SeqLinearBN(
-            12, 20, neuron=LIF() if unit == "linear+lif" else None, packed_input=True
+            12,
+            20,
+            neuron=LIF() if unit == "linear+lif" else None,
+            packed_input=True,
+            backend="torch",  # plain: the reference's float copies
         )
         x = spikes(3, 4, 5, 12)
     else:
@@ -78,6 +82,23 @@ def test_packed_units_equal_plain_layers(unit, mode):
     else:  # the conv's float input copy became 1 bit per element; BN keeps its input
         packed = x.numel() // x.shape[-1] * ((x.shape[-1] + 7) // 8)
         assert saved_p - saved_l == x.numel() * 4 - packed
+
+
+@pytest.mark.parametrize(("backend", "device"), [p for p in CPU_FUSED if p.values[0] == "cpp"])
+@pytest.mark.parametrize("rate", [0.03, 0.4])  # sums of weight rows; BLAS above 20% firing
+def test_spike_fed_linear_sums_weight_rows(backend, device, rate):
+    """A spike-fed linear on a fused CPU backend computes from its input's bits (it keeps
+    those, not a float copy) and equals the reference's dense product."""
+    layer = SeqLinearBN(40, 24, neuron=LIF(), packed_input=True, backend="torch")
+    x = spikes(4, 3, 7, 40, rate=rate)
+    out_ref, grads_ref, saved_ref, _ = step(layer, x, "plain")
+    set_backend(layer, backend)
+    out, grads, saved, _ = step(layer, x, "plain")
+    assert rel_err(out, out_ref) < 1e-6
+    for name in grads_ref:
+        assert rel_err(grads[name], grads_ref[name]) < 1e-5, name
+    # The float input (and the dense product's view of the weight) became 1 bit per element.
+    assert saved_ref - saved >= x.numel() * 4 - x.numel() // 8
 
 
 def test_packed_unit_rejects_non_spikes():
@@ -123,6 +144,7 @@ def test_bf16_saves_only_touch_the_given_shape():
 
 def test_image_encoder_memory_modes_same_outputs():
     encoder = ImageEncoder(CONFIG)
+    set_backend(encoder, "torch")  # plain: the reference's float copies
     images = torch.rand(2, 3, 16, 16)
     out_p, grads_p, saved_p, _ = step(encoder, images, "plain")
     out_l, grads_l, saved_l, _ = step(encoder, images, "lossless")

@@ -1,7 +1,8 @@
-"""Training step of SpikeCLIP's image encoder: reference neurons and attention
-(backend="torch") against the fused kernels, and against a no-cost stand-in for neurons and
-attention, the limit that fusing them can reach: the rest is dense convolutions, linears and
-batch norm."""
+"""Training step of SpikeCLIP's image encoder: reference neurons, attention and dense layers
+(backend="torch") against the fused kernels (with, on CPU, spike-fed linears that sum weight rows
+at their input's spikes), and against a no-cost stand-in for neurons and attention on dense
+layers: the limit that fusing those two alone can reach (the rest is dense convolutions,
+linears and batch norm)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def bench_train_step(
         return run
 
     def stand_in():
+        # Dense layers (the stand-in's neurons pass real values on, not spikes).
+        set_backend(model, "torch")
         set_memory(model, "plain")
         with stand_in_neurons_and_attention(model):
             _step_fn(model, optimizer, images, target)()
@@ -98,6 +101,7 @@ def bench_train_step(
 
     def saved_bytes(name):
         if name == STAND_IN:
+            set_backend(model, "torch")
             set_memory(model, "plain")
             ctx = stand_in_neurons_and_attention(model)
         else:

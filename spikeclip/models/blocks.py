@@ -70,11 +70,12 @@ class SelfAttention(nn.Module):
                 C,
                 neuron=make_neuron(config, spiking=spiking, backend=backend),
                 packed_input=spiking,
+                backend=backend,
             )
             for _ in range(3)
         )
         self.attend = AttentionCore(config, spiking=spiking, backend=backend)
-        self.proj = SeqLinearBN(C, C, packed_input=spiking)
+        self.proj = SeqLinearBN(C, C, packed_input=spiking, backend=backend)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape  # -> [T, B, H, N, d]
@@ -97,8 +98,10 @@ class MLP(nn.Module):
         hidden = int(config.width * config.mlp_ratio)
         self.input_neuron = make_neuron(config, spiking=spiking, backend=backend)
         hidden_neuron = make_neuron(config, spiking=spiking, backend=backend)
-        self.fc1 = SeqLinearBN(config.width, hidden, neuron=hidden_neuron, packed_input=spiking)
-        self.fc2 = SeqLinearBN(hidden, config.width, packed_input=spiking)
+        self.fc1 = SeqLinearBN(
+            config.width, hidden, neuron=hidden_neuron, packed_input=spiking, backend=backend
+        )
+        self.fc2 = SeqLinearBN(hidden, config.width, packed_input=spiking, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(self.input_neuron(x)))
