@@ -50,7 +50,9 @@ class _SpikingUnit(nn.Module):
         super().__init__()
         self.op, self.bn, self.neuron, self.spike_input = op, bn, neuron, packed_input
         self.memory = "lossless"  # "plain": keep float copies like plain layers (no packing)
-        self.backend = backend  # "torch": dense products (the reference path)
+        # Kernel backend (set_backend reaches it): SeqLinearBN's spike sums run unless "torch"
+        # (dense products: the reference path); convolutions are dense on every backend.
+        self.backend = backend
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
