@@ -73,6 +73,10 @@ def test_image_encoder_report(tmp_path):
     assert snn.images == 2 and 0 < snn.total_mJ < ann.total_mJ
     assert ann.sops_per_image == 0 and ann.firing_rates == {}
     assert len(snn.firing_rates) == 4 + config.depth * 7  # tokenizer 4, LIFs per block 6 + attn
+    # Every linear and convolution is counted (the spike-fed ones too, whichever kernel runs).
+    for report, enc in ((snn, "snn"), (ann, "ann")):
+        counted = {r.name for r in report.rows if r.kind in ("linear", "conv") and r.calls}
+        assert len(counted) == 5 + config.depth * 6 + 1, enc  # tokenizer 5, block 6, proj
     assert "total" in snn.table()
     snn.plot_firing_rates(tmp_path / "rates.png")
     assert (tmp_path / "rates.png").read_bytes()[:4] == b"\x89PNG"

@@ -119,6 +119,10 @@ def test_recipe_end_to_end(tmp_path, data_dir, clip_dir, cache_dir, teacher, cap
         cli(["eval", "--checkpoint", str(ckpt), "--class-names", "a,b,c", "--no-progress"])
     assert cli(["energy", "--checkpoint", str(ckpt), "--images", "4"]) == 0
     assert json.loads((ckpt / "energy.json").read_text())["total_mJ"] > 0
+    energy_out = tmp_path / "energy" / "new"  # --out need not exist yet
+    args = ["energy", "--checkpoint", str(ckpt), "--images", "4", "--out", str(energy_out)]
+    assert cli(args) == 0
+    assert (energy_out / "firing_rates.png").is_file()
     capsys.readouterr()
 
 

@@ -137,6 +137,21 @@ class SeqConvBN(_SpikingUnit):
         return bn(y)
 
 
+def _spike_product(x, bits, weight, backend):
+    y = spike_linear(x.reshape(-1, x.shape[-1]), bits, weight, backend=backend)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+class _SpikeRowsLinear(nn.Linear):
+    """nn.Linear that, given its input's bits, sums weight rows at the spikes instead
+    (spikeclip.kernels.spike_linear); the same parameters and state dict."""
+
+    def forward(self, x, bits=None, backend="auto"):
+        if bits is None:
+            return super().forward(x)
+        return _spike_product(x, bits, self.weight, backend)
+
+
 class SeqLinearBN(_SpikingUnit):
     """Linear (no bias) + BatchNorm (+ neuron) over the last dimension of `[T, B, ..., C_in]`
     -> `[..., C_out]`: a 1x1 convolution + BN on tokens (statistics over all other dims).
@@ -156,7 +171,7 @@ class SeqLinearBN(_SpikingUnit):
         backend: str = "auto",
     ):
         super().__init__(
-            nn.Linear(in_features, out_features, bias=False),
+            _SpikeRowsLinear(in_features, out_features, bias=False),
             nn.BatchNorm1d(out_features),
             neuron,
             packed_input,
@@ -180,14 +195,14 @@ class SeqLinearBN(_SpikingUnit):
         )
 
     def op_on(self, x, weight, bits=None):
-        weight = self.op.weight if weight is None else weight
-        x2 = x.reshape(-1, x.shape[-1])
-        if bits is None and self._sums_spike_rows(x):
-            bits = pack_spikes(x2)  # the product keeps only these for its backward
+        backend = "torch" if self.backend == "torch" else "auto"
+        if weight is None:  # through the module: forward hooks (the energy count) see it
+            if self._sums_spike_rows(x):
+                bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # all its backward keeps
+            return self.op(x, bits, backend)
         if bits is None:
             return torch.nn.functional.linear(x, weight)
-        y = spike_linear(x2, bits, weight, backend="torch" if self.backend == "torch" else "auto")
-        return y.view(*x.shape[:-1], y.shape[-1])
+        return _spike_product(x, bits, weight, backend)
 
     @staticmethod
     def normalise(y, bn):

@@ -217,6 +217,7 @@ def run_energy(args) -> int:
         report = estimate(model.image_encoder, images.to(args.device))
     print(report.table())
     out = Path(args.out or args.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
     report.plot_firing_rates(out / "firing_rates.png")
     from spikeclip.checkpoint import atomic_write_json
 
