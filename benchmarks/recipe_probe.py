@@ -17,19 +17,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from spikeclip.data import load_dataset
 from spikeclip.models import SpikeCLIP
 from spikeclip.models.image_encoder import ImageEncoder
 from spikeclip.models.spikeclip_model import set_memory
 from spikeclip.teachers import HFTokenizer, load_teacher
-from spikeclip.train import features
 from spikeclip.train.config import RecipeConfig
-from spikeclip.train.evaluate import embed_images
+from spikeclip.train.evaluate import embed_images, top1
 from spikeclip.train.loop import RunContext
-from spikeclip.train.losses import cosine_logits
-from spikeclip.train.recipe import train_image
+from spikeclip.train.recipe import teacher_targets, train_image
 
 
 def main() -> None:
@@ -58,11 +55,7 @@ def main() -> None:
     train = load_dataset(cfg.dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
     test = load_dataset(cfg.dataset, "test", cfg.data_dir)
     teacher = load_teacher(run / "teacher")
-    tfeats = features.image_features(teacher, train, cfg.cache_dir, progress=False)
-    with torch.no_grad():
-        temb = F.normalize(teacher.image_head(tfeats), dim=-1)
-        classes = teacher.classifier(train.class_names, train.templates)
-        tlogits = cosine_logits(temb, classes, teacher.logit_scale)
+    temb, tlogits = teacher_targets(teacher, train, cfg.cache_dir)
     model = SpikeCLIP.load(run / "checkpoint")
     model.tokenizer = HFTokenizer(teacher.tokenizer, model.config.context_length)
     torch.manual_seed(cfg.seed)
@@ -75,8 +68,7 @@ def main() -> None:
     model.eval()
     emb = embed_images(model.encode_image, test, progress=False)
     with torch.no_grad():
-        cls = model.classifier(test.class_names, test.templates)
-    acc = ((emb @ cls.t()).argmax(1) == test.labels).float().mean().item()
+        acc = top1(emb, model.classifier(test.class_names, test.templates), test.labels)
     record = {
         "name": args.name,
         "model": json.loads(args.model),

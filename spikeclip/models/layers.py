@@ -44,15 +44,10 @@ class _SpikingUnit(nn.Module):
     neuron's membrane. Same outputs and gradients; a ValueError if the input is not spikes.
     """
 
-    def __init__(
-        self, op: nn.Module, bn: nn.Module, neuron: nn.Module | None, packed_input, backend
-    ):
+    def __init__(self, op: nn.Module, bn: nn.Module, neuron: nn.Module | None, packed_input):
         super().__init__()
         self.op, self.bn, self.neuron, self.spike_input = op, bn, neuron, packed_input
         self.memory = "lossless"  # "plain": keep float copies like plain layers (no packing)
-        # Kernel backend (set_backend reaches it): SeqLinearBN's spike sums run unless "torch"
-        # (dense products: the reference path); convolutions are dense on every backend.
-        self.backend = backend
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
@@ -83,7 +78,7 @@ class _SpikingUnit(nn.Module):
     def unit(self, x, state=None, params=None, bits=None) -> torch.Tensor:
         T, B = x.shape[:2]
         if params is None:
-            y = self.op_on(x.flatten(0, 1), None)
+            y = self.op_on(x.flatten(0, 1), None, bits)
             y = self.normalise(y, self.bn)
         else:
             weight, *affine = params
@@ -117,12 +112,11 @@ class SeqConvBN(_SpikingUnit):
         *,
         neuron: nn.Module | None = None,
         packed_input: bool = False,
-        backend: str = "auto",
     ):
         conv = nn.Conv2d(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
         )
-        super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input, backend)
+        super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input)
 
     def op_on(self, x, weight, bits=None):
         return self.op(x) if weight is None else self.op._conv_forward(x, weight, None)
@@ -175,8 +169,8 @@ class SeqLinearBN(_SpikingUnit):
             nn.BatchNorm1d(out_features),
             neuron,
             packed_input,
-            backend,
         )
+        self.backend = backend  # set_backend reaches it; "torch": dense products (reference)
 
     # The recomputation sums weight rows at the input's spikes (spikeclip.kernels.spike_linear):
     # work in proportion to the firing rate, for the product and the weight gradient.
@@ -197,7 +191,9 @@ class SeqLinearBN(_SpikingUnit):
     def op_on(self, x, weight, bits=None):
         backend = "torch" if self.backend == "torch" else "auto"
         if weight is None:  # through the module: forward hooks (the energy count) see it
-            if self._sums_spike_rows(x):
+            if not self._sums_spike_rows(x):
+                return self.op(x)
+            if bits is None:  # (a packed recomputation's forward passes the bits it made)
                 bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # all its backward keeps
             return self.op(x, bits, backend)
         if bits is None:

@@ -24,7 +24,7 @@ class _PackedRecompute(torch.autograd.Function):
         bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # raises ValueError if not spikes
         ctx.save_for_backward(bits, *params)
         ctx.state = unit.recompute_state()
-        return unit.unit(x)
+        return unit.unit(x, bits=bits)
 
     @staticmethod
     def backward(ctx, grad_out):

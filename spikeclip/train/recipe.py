@@ -106,6 +106,16 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     return model
 
 
+def teacher_targets(teacher, train, cache_dir=None, progress: bool = False):
+    """What the image stages learn from: the teacher's L2-normalised image embeddings of `train`
+    (image alignment) and its cosine logits over the class prompts (fine-tuning's KL term)."""
+    feats = features.image_features(teacher, train, cache_dir, progress=progress)
+    with torch.no_grad():
+        emb = F.normalize(teacher.image_head(feats), dim=-1)
+        classes = teacher.classifier(train.class_names, train.templates)
+        return emb, cosine_logits(emb, classes, teacher.logit_scale)
+
+
 def _maybe_sync_bn(module, cfg: RecipeConfig, ctx: RunContext):
     if not (cfg.sync_bn and ctx.dist.active):
         return module
@@ -256,14 +266,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     test = load_dataset(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_images, cfg.seed)
     teacher = build_teacher(cfg, train, out, ctx)
     scale = cfg.logit_scale or teacher.logit_scale
-    tfeats = features.image_features(teacher, train, cfg.cache_dir, progress=ctx.progress)
-    with torch.no_grad():
-        teacher_emb = F.normalize(teacher.image_head(tfeats), dim=-1)
-        teacher_logits = cosine_logits(
-            teacher_emb,
-            teacher.classifier(train.class_names, train.templates),
-            teacher.logit_scale,
-        )
+    teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
 
     stages = {}
     snn = build_student(cfg, teacher).to(device)
