@@ -4,7 +4,7 @@
     spikeclip train --dataset fashion-mnist --config tiny --teacher lit --out DIR [--resume]
     spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"]
     spikeclip energy --checkpoint DIR
-    spikeclip bench [lif|attention|model|memory] [--device cpu|cuda] [--T 4 8 16] [--N ...]
+    spikeclip bench [lif|attention|model|memory|layers] [--device cpu|cuda] [--T 4 8 16] [--N ...]
     spikeclip info
 
 torch is imported after the arguments are read, so that environment switches such as
@@ -28,10 +28,11 @@ def _parser() -> argparse.ArgumentParser:
         "op",
         nargs="?",
         default="lif",
-        choices=["lif", "attention", "model", "memory"],
+        choices=["lif", "attention", "model", "memory", "layers"],
         help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
         "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
-        "memory: bytes saved for backward and step time of the block stack, every way",
+        "memory: bytes saved for backward and step time of the block stack, every way; "
+        "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate",
     )
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
     b.add_argument("--batch", type=int, help="model / memory: samples per step (16 / 32)")
@@ -67,6 +68,7 @@ def _bench(args) -> int:
     from spikeclip.bench.lif_bench import bench_lif
     from spikeclip.bench.memory_bench import bench_memory
     from spikeclip.bench.model_bench import bench_train_step
+    from spikeclip.bench.spike_layers_bench import bench_spike_layers
 
     dtypes = [getattr(torch, d) for d in args.dtype]
     print(
@@ -80,6 +82,8 @@ def _bench(args) -> int:
         rows = bench_memory(
             batch=args.batch or 32, device=args.device, rounds=min(args.rounds, 5), fused=fused
         )
+    elif args.op == "layers":
+        rows = bench_spike_layers(modes=args.mode, rounds=min(args.rounds, 7))
     elif args.op == "model":
         fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
         rows = bench_train_step(

@@ -64,7 +64,7 @@ def test_packed_units_equal_plain_layers(unit, mode):
         )
         x = spikes(3, 4, 5, 12)
     else:
-        layer = SeqConvBN(6, 10, 3 if unit == "conv3" else 1, packed_input=True)
+        layer = SeqConvBN(6, 10, 3 if unit == "conv3" else 1, packed_input=True, backend="torch")
         x = spikes(3, 2, 6, 7, 9)
     layer.train(mode == "train")
     if mode == "eval":
@@ -86,11 +86,17 @@ def test_packed_units_equal_plain_layers(unit, mode):
 
 @pytest.mark.parametrize(("backend", "device"), [p for p in CPU_FUSED if p.values[0] == "cpp"])
 @pytest.mark.parametrize("rate", [0.03, 0.4])  # sums of weight rows; BLAS above 20% firing
-def test_spike_fed_linear_sums_weight_rows(backend, device, rate):
-    """A spike-fed linear on a fused CPU backend computes from its input's bits (it keeps
-    those, not a float copy) and equals the reference's dense product."""
-    layer = SeqLinearBN(40, 24, neuron=LIF(), packed_input=True, backend="torch")
-    x = spikes(4, 3, 7, 40, rate=rate)
+@pytest.mark.parametrize("unit", ["linear", "conv"])
+def test_spike_fed_units_sum_weight_rows(backend, device, rate, unit):
+    """A spike-fed linear or conv on a fused CPU backend computes from its input's bits in
+    every memory mode (it keeps those, not a float copy) and equals the reference's dense
+    product."""
+    if unit == "linear":
+        layer = SeqLinearBN(40, 24, neuron=LIF(), packed_input=True, backend="torch")
+        x = spikes(4, 3, 7, 40, rate=rate)
+    else:
+        layer = SeqConvBN(13, 70, neuron=LIF(), packed_input=True, backend="torch")
+        x = spikes(4, 3, 13, 6, 9, rate=rate)
     out_ref, grads_ref, saved_ref, _ = step(layer, x, "plain")
     set_backend(layer, backend)
     out, grads, saved, _ = step(layer, x, "plain")
@@ -98,7 +104,8 @@ def test_spike_fed_linear_sums_weight_rows(backend, device, rate):
     for name in grads_ref:
         assert rel_err(grads[name], grads_ref[name]) < 1e-5, name
     # The float input (and the dense product's view of the weight) became 1 bit per element.
-    assert saved_ref - saved >= x.numel() * 4 - x.numel() // 8
+    packed = x.numel() // x.shape[-1] * ((x.shape[-1] + 7) // 8)
+    assert saved_ref - saved >= x.numel() * 4 - packed
 
 
 def test_packed_unit_rejects_non_spikes():

@@ -57,18 +57,3 @@ def test_bad_input():
         spike_linear(x, bits.float(), torch.randn(3, 10))
     with pytest.raises(ValueError, match=r"\[rows, n\]"):
         spike_linear(x[0], bits, torch.randn(3, 10))
-
-
-@pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not built")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("k", "rate"), [(3, 0.02), (3, 0.5), (1, 0.03), (5, 0.01)])
-def test_conv_weight_grad_matches_dense(dtype, k, rate):
-    B, Cin, Cout, H, W = 3, 5, 7, 6, 11
-    x = (torch.rand(B, Cin, H, W) < rate).to(dtype)
-    w = torch.randn(Cout, Cin, k, k, dtype=dtype, requires_grad=True)
-    y = torch.nn.functional.conv2d(x, w, padding=k // 2)
-    g = torch.randn_like(y)
-    (gw_ref,) = torch.autograd.grad(y, w, g)
-    bits = pack_spikes(x.reshape(-1, W)).view(B, Cin, H, -1)
-    gw = torch.ops.spikeclip.spike_conv2d_weight_grad(g, bits, W, k, k // 2)
-    assert rel_err(gw, gw_ref) <= (1e-6 if dtype == torch.float32 else 1e-13)

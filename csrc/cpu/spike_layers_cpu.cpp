@@ -3,6 +3,9 @@
 // input width (SpikeCLIP's hidden layers fire at a few percent).
 //   spike_linear:             y[r, :]  = sum over spikes j of row r of weight_t[j, :]
 //   spike_linear_weight_grad: gw_t[j, :] = sum over rows r that spike at j of grad_y[r, :]
+//   spike_conv2d:             y[b, :, oh, ow] = sum over the spikes (ci, ih, iw) of the pixel's
+//                             receptive field of w[:, ci, kh, kw] (a row of w as [kh, kw, ci, :])
+//   spike_conv2d_weight_grad: as spike_linear_weight_grad, one grad row per spike and tap
 // weight_t / gw_t are [n, C_out] (the transpose of nn.Linear's weight). Sums run in ascending
 // order of j (forward) or r (weight gradient), in the tensor's dtype (float32 or float64).
 // Above kDenseRate spikes per input the rows are unpacked and BLAS takes over: measured here
@@ -13,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -29,7 +33,7 @@ SC_INLINE void add_row(F* __restrict dst, const F* __restrict row, int64_t n) {
 }
 
 // A tile of an output row summed in registers: out[c] = sum over the m listed rows j (in list
-// order) of rows[j * stride + c], c < kTile (8 vectors of 32 bytes; AVX2 registers in the AVX2
+// order) of rows[j * stride + c], c < kV * 32 bytes (kV vectors; AVX2 registers in the AVX2
 // clone), or c < len for the row's last, partial tile.
 typedef float Vec32f __attribute__((vector_size(32)));
 typedef double Vec32d __attribute__((vector_size(32)));
@@ -39,14 +43,14 @@ constexpr int64_t kVecs = 8;
 template <typename F>
 constexpr int64_t kTile = kVecs * static_cast<int64_t>(32 / sizeof(F));
 
-template <typename F>
+template <int kV, typename F>
 SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
                                const int32_t* __restrict list, int64_t m, F* __restrict out) {
   using V = Vec32<F>;
-  V acc[kVecs] = {};
+  V acc[kV] = {};
   for (int64_t s = 0; s < m; ++s) {
     const F* w = rows + list[s] * stride;
-    for (int64_t v = 0; v < kVecs; ++v) {
+    for (int64_t v = 0; v < kV; ++v) {
       V x;
       std::memcpy(&x, w + v * (32 / sizeof(F)), sizeof(V));
       acc[v] += x;
@@ -64,6 +68,22 @@ SC_INLINE void sum_listed_part(const F* __restrict rows, int64_t stride,
   std::memcpy(out, acc, len * sizeof(F));
 }
 
+// out[0:cout] = sum over the m listed rows j of rows[j * cout + 0:cout]: tiles of 8 vectors,
+// then one of 4 (SpikeCLIP's 96 = 64 + 32 channels), then the rest.
+template <typename F>
+SC_INLINE void sum_listed_rows(const F* rows, const int32_t* list, int64_t m, int64_t cout,
+                               F* out) {
+  constexpr int64_t kHalf = kTile<F> / 2;
+  int64_t c = 0;
+  for (; c + kTile<F> <= cout; c += kTile<F>)
+    sum_listed_tile<kVecs, F>(rows + c, cout, list, m, out + c);
+  if (c + kHalf <= cout) {
+    sum_listed_tile<kVecs / 2, F>(rows + c, cout, list, m, out + c);
+    c += kHalf;
+  }
+  if (c < cout) sum_listed_part<F>(rows + c, cout, list, m, out + c, cout - c);
+}
+
 // Rows r0..r1 of y: the row's spike indices are listed once, then each tile of y's row is summed
 // in registers over them (1.3-1.4x the speed of adding whole weight rows into y's row).
 template <typename F>
@@ -74,11 +94,7 @@ SC_CPU_CLONES void spike_rows_times(const uint8_t* bits, const F* wt, F* y, int6
   for (int64_t r = r0; r < r1; ++r) {
     int64_t m = 0;
     for_each_spike(bits + r * nb, n, [&](int64_t j) { list[m++] = static_cast<int32_t>(j); });
-    F* out = y + r * cout;
-    int64_t c = 0;
-    for (; c + kTile<F> <= cout; c += kTile<F>)
-      sum_listed_tile<F>(wt + c, cout, list.data(), m, out + c);
-    if (c < cout) sum_listed_part<F>(wt + c, cout, list.data(), m, out + c, cout - c);
+    sum_listed_rows<F>(wt, list.data(), m, cout, y + r * cout);
   }
 }
 
@@ -97,6 +113,9 @@ SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* 
 }
 
 constexpr double kDenseRate = 0.2;
+// The convolution's product (k x k x C_in rows per output pixel): measured here (B 64, the
+// paper encoder's 3x3 layers), summing wins up to about 25% firing (1.3-2.3x at 15%, 2-4x at 5%).
+constexpr double kConvProductDenseRate = 0.25;
 // The convolution's weight gradient gathers a grad row per spike and tap: measured here
 // (B 64, 48..192 -> 96..384 channels, 3x3), summing wins below about 5% firing (2.5-3.3x at 2%).
 constexpr double kConvDenseRate = 0.04;
@@ -172,6 +191,104 @@ at::Tensor spike_linear_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
   return gwt;
 }
 
+// ---- 2-d convolution fed by spikes: the product ---------------------------------------------
+// Stride 1, 'same' zero padding. The input's spikes are packed per pixel over the channels
+// ([B, H, W, ceil(Cin/8)]); each output pixel lists the spikes of its k x k receptive field as
+// rows (kh k + kw) Cin + ci of the weight laid out as [kh, kw, Cin, Cout], sums those rows in
+// registers (sum_listed_rows), and a row of output pixels is stored channel by channel.
+
+// Packs image b of x [B, Cin, HW] per pixel: bit c % 8 of byte c / 8 of pixel p = x[b, c, p].
+// False if x holds anything but 0 and 1.
+template <typename F>
+bool pack_pixels(const F* x, uint8_t* out, int64_t Cin, int64_t HW, int64_t b) {
+  const int64_t nbc = packed_row_bytes(Cin);
+  bool ok = true;
+  for (int64_t g = 0; g < nbc; ++g) {
+    const int64_t c0 = g * 8, cn = std::min<int64_t>(8, Cin - c0);
+    const F* xc = x + (b * Cin + c0) * HW;
+    uint8_t* o = out + b * HW * nbc + g;
+    for (int64_t p = 0; p < HW; ++p) {
+      unsigned byte = 0;
+      for (int64_t i = 0; i < cn; ++i) {
+        const F v = xc[i * HW + p];
+        ok &= (v == F(0)) | (v == F(1));
+        byte |= static_cast<unsigned>(v != F(0)) << i;
+      }
+      o[p * nbc] = static_cast<uint8_t>(byte);
+    }
+  }
+  return ok;
+}
+
+// Output rows r0..r1 of the B * H rows (b, oh); row: [W, Cout] scratch.
+template <typename F>
+SC_CPU_CLONES void spike_conv_rows(const uint8_t* pix, const F* wr, F* y, int64_t H, int64_t W,
+                                   int64_t Cin, int64_t cout, int64_t k, int64_t pad, int64_t r0,
+                                   int64_t r1) {
+  const int64_t nbc = packed_row_bytes(Cin);
+  std::vector<int32_t> list(static_cast<size_t>(k * k * Cin));
+  std::vector<F> row(static_cast<size_t>(W * cout));
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / H, oh = r % H;
+    for (int64_t ow = 0; ow < W; ++ow) {
+      int64_t m = 0;
+      for (int64_t kh = 0; kh < k; ++kh) {
+        const int64_t ih = oh - pad + kh;
+        if (ih < 0 || ih >= H) continue;
+        for (int64_t kw = 0; kw < k; ++kw) {
+          const int64_t iw = ow - pad + kw;
+          if (iw < 0 || iw >= W) continue;
+          const int64_t base = (kh * k + kw) * Cin;
+          for_each_spike(pix + ((b * H + ih) * W + iw) * nbc, Cin,
+                         [&](int64_t c) { list[m++] = static_cast<int32_t>(base + c); });
+        }
+      }
+      sum_listed_rows<F>(wr, list.data(), m, cout, row.data() + ow * cout);
+    }
+    for (int64_t co = 0; co < cout; ++co) {  // [W, Cout] -> y[b, co, oh, :]
+      F* dst = y + ((b * cout + co) * H + oh) * W;
+      for (int64_t ow = 0; ow < W; ++ow) dst[ow] = row[ow * cout + co];
+    }
+  }
+}
+
+at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t padding) {
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1) &&
+                  weight.size(2) == weight.size(3) && 2 * padding == weight.size(2) - 1,
+              "spike_conv2d: x [B, C_in, H, W] and weight [C_out, C_in, k, k] with padding "
+              "(k - 1) / 2 (stride 1), got ",
+              x.sizes(), ", ", weight.sizes(), ", padding ", padding);
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "spike_conv2d: x and weight must both be float32 or float64");
+  const at::Tensor xc = x.contiguous();
+  const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t cout = weight.size(0), k = weight.size(2), nbc = packed_row_bytes(Cin);
+  at::Tensor pix = at::empty({B * H * W, nbc}, x.options().dtype(at::kByte));
+  std::atomic<bool> all_ok{true};
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d_pack", [&] {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      bool ok = true;
+      for (int64_t b = b0; b < b1; ++b)
+        ok &= pack_pixels<scalar_t>(xc.data_ptr<scalar_t>(), pix.data_ptr<uint8_t>(), Cin,
+                                    H * W, b);
+      if (!ok) all_ok = false;
+    });
+  });
+  TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
+  if (firing_rate(pix, Cin) > kConvProductDenseRate)
+    return at::conv2d(xc, weight, {}, 1, padding);
+  const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
+  at::Tensor y = at::empty({B, cout, H, W}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d", [&] {
+    at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
+      spike_conv_rows<scalar_t>(pix.data_ptr<uint8_t>(), wr.data_ptr<scalar_t>(),
+                                y.data_ptr<scalar_t>(), H, W, Cin, cout, k, padding, r0, r1);
+    });
+  });
+  return y;
+}
+
 // ---- 2-d convolution fed by spikes: the weight gradient -----------------------------------
 // gw[co, ci, kh, kw] = sum over b, oh, ow of gy[b, co, oh, ow] x[b, ci, oh - p + kh, ow - p + kw]
 // (stride 1, zero padding p): for each spike (b, ci, h, w) and tap, a row of gy (channels last)
@@ -236,6 +353,7 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
 TORCH_LIBRARY_IMPL(spikeclip, CPU, m) {
   m.impl("spike_linear", &spike_linear_cpu);
   m.impl("spike_linear_weight_grad", &spike_linear_weight_grad_cpu);
+  m.impl("spike_conv2d", &spike_conv2d_cpu);
   m.impl("spike_conv2d_weight_grad", &spike_conv2d_weight_grad_cpu);
 }
 

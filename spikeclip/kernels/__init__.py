@@ -5,6 +5,7 @@
     ssa(q, k, v, ...)      Spikformer / SpikeCLIP spiking self-attention, fused with its LIF
     pack_spikes(x), unpack_spikes(bits, n)   0/1 tensors 8 per byte
     spike_linear(x, bits, weight)           x @ weight^T for spikes given packed
+    spike_conv2d(x, weight, padding=)       a stride-1 'same' convolution of spikes
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
@@ -23,6 +24,7 @@ from spikeclip.kernels.reference import (
     sdsa_reference,
     ssa_reference,
 )
+from spikeclip.kernels.spike_conv import spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
 
@@ -37,6 +39,7 @@ __all__ = [
     "resolve_backend",
     "sdsa",
     "sdsa_reference",
+    "spike_conv2d",
     "spike_linear",
     "ssa",
     "ssa_reference",

@@ -26,7 +26,7 @@ class ConvTokenizer(nn.Module):
         channels = [config.in_channels, C // 8, C // 4, C // 2, C, C]
         # Stages after the first take spikes: they keep them packed for the backward.
         self.stages = nn.ModuleList(
-            SeqConvBN(channels[i], channels[i + 1], packed_input=spiking and i > 0)
+            SeqConvBN(channels[i], channels[i + 1], packed_input=spiking and i > 0, backend=backend)
             for i in range(5)
         )
         self.neurons = nn.ModuleList(

@@ -11,10 +11,11 @@ from torch import nn
 
 from spikeclip._ext import extension_loaded
 from spikeclip.kernels import pack_spikes
+from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.neurons import LIF
-from spikeclip.models.recompute import packed_conv2d, packed_recompute
+from spikeclip.models.recompute import packed_recompute
 
 
 def make_neuron(
@@ -42,12 +43,30 @@ class _SpikingUnit(nn.Module):
     its input packed 1 bit per element and recomputes itself in the backward
     (spikeclip.models.recompute), instead of keeping the op's float input, the BN input and the
     neuron's membrane. Same outputs and gradients; a ValueError if the input is not spikes.
+    Spike-fed on CPU with the cpp kernels (backend "auto" or "cpp"), the op's product and
+    weight gradient are sums of weight rows at the input's spikes in every memory mode
+    (_sums_spikes); backend "torch" is the dense reference.
     """
 
-    def __init__(self, op: nn.Module, bn: nn.Module, neuron: nn.Module | None, packed_input):
+    def __init__(
+        self, op: nn.Module, bn: nn.Module, neuron: nn.Module | None, packed_input, backend
+    ):
         super().__init__()
         self.op, self.bn, self.neuron, self.spike_input = op, bn, neuron, packed_input
         self.memory = "lossless"  # "plain": keep float copies like plain layers (no packing)
+        self.backend = backend  # set_backend reaches it; "torch": dense products (reference)
+
+    def _sums_spikes(self, x: torch.Tensor) -> bool:
+        """Whether the op runs as sums of weight rows at the input's spikes (the `cpp`
+        kernels, on CPU): work in proportion to the firing rate, keeping only the bits."""
+        return (
+            self.spike_input
+            and self.backend in ("auto", "cpp")
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and extension_loaded()
+            and not torch.compiler.is_compiling()
+        )
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
@@ -96,13 +115,25 @@ class _SpikingUnit(nn.Module):
         return self.neuron(y) if self.neuron is not None else y
 
 
+class _SpikeSumsConv2d(nn.Conv2d):
+    """nn.Conv2d that, given a backend, convolves its input as spikes
+    (spikeclip.kernels.spike_conv2d: keeps the input's bits; `cpp` sums weight rows at the
+    spikes); the same parameters and state dict."""
+
+    def forward(self, x, backend=None):
+        if backend is None:
+            return super().forward(x)
+        return spike_conv2d(x, self.weight, padding=self.padding[0], backend=backend)
+
+
 class SeqConvBN(_SpikingUnit):
     """Conv2d (no bias) + BatchNorm2d (+ neuron) on `[T, B, C_in, H, W]` -> `[T, B, C_out, H,
     W]`, time folded into the batch (batch statistics over T x B x H x W).
 
-    With spike input (packed_input) the conv keeps its input packed for the weight gradient and
-    is not recomputed: a second 3x3 convolution costs more than the float BN input it would
-    spare (measured: the paper encoder's step 0.89x the reference's with recomputation)."""
+    With spike input (packed_input) the conv keeps its input packed for the weight gradient
+    (spikeclip.kernels.spike_conv2d) and is not recomputed: a second 3x3 convolution costs
+    more than the float BN input it would spare (measured: the paper encoder's step 0.89x the
+    reference's with recomputation)."""
 
     def __init__(
         self,
@@ -112,19 +143,29 @@ class SeqConvBN(_SpikingUnit):
         *,
         neuron: nn.Module | None = None,
         packed_input: bool = False,
+        backend: str = "auto",
     ):
-        conv = nn.Conv2d(
+        conv = _SpikeSumsConv2d(
             in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False
         )
-        super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input)
+        super().__init__(conv, nn.BatchNorm2d(out_channels), neuron, packed_input, backend)
+
+    def _conv_backend(self, x: torch.Tensor) -> str | None:
+        """spike_conv2d's backend for this input, or None for the plain convolution."""
+        if not self.spike_input or not conv_takes_spikes(self.op):
+            return None
+        if self._sums_spikes(x):
+            return "cpp"
+        packed = self.memory != "plain" and self._needs_grad(x)
+        return "torch" if packed and not torch.compiler.is_compiling() else None
 
     def op_on(self, x, weight, bits=None):
-        return self.op(x) if weight is None else self.op._conv_forward(x, weight, None)
+        if weight is None:  # through the module: forward hooks (the energy count) see it
+            return self.op(x, self._conv_backend(x))
+        return self.op._conv_forward(x, weight, None)
 
     def packed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        T, B = x.shape[:2]
-        y = self.bn(packed_conv2d(self.op, x.flatten(0, 1))).unflatten(0, (T, B))
-        return self.neuron(y) if self.neuron is not None else y
+        return self.unit(x)  # op_on keeps the bits (no recomputation)
 
     @staticmethod
     def normalise(y, bn):
@@ -169,29 +210,17 @@ class SeqLinearBN(_SpikingUnit):
             nn.BatchNorm1d(out_features),
             neuron,
             packed_input,
+            backend,
         )
-        self.backend = backend  # set_backend reaches it; "torch": dense products (reference)
 
     # The recomputation sums weight rows at the input's spikes (spikeclip.kernels.spike_linear):
     # work in proportion to the firing rate, for the product and the weight gradient.
     recompute_reads_bits = True
 
-    def _sums_spike_rows(self, x: torch.Tensor) -> bool:
-        """Whether the product runs as sums of weight rows at the input's spikes (the `cpp`
-        kernels, on CPU): SpikeCLIP's MLP output layers fire at ~3%, 3-6x faster than BLAS."""
-        return (
-            self.spike_input
-            and self.backend in ("auto", "cpp")
-            and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and extension_loaded()
-            and not torch.compiler.is_compiling()
-        )
-
     def op_on(self, x, weight, bits=None):
         backend = "torch" if self.backend == "torch" else "auto"
         if weight is None:  # through the module: forward hooks (the energy count) see it
-            if not self._sums_spike_rows(x):
+            if not self._sums_spikes(x):
                 return self.op(x)
             if bits is None:  # (a packed recomputation's forward passes the bits it made)
                 bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # all its backward keeps

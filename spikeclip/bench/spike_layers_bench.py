@@ -1,0 +1,112 @@
+"""Spike-fed layers at the shapes of SpikeCLIP's paper image encoder (batch 16, T = 4): the
+`cpp` kernels that sum weight rows at the input's spikes (spike_linear, spike_conv2d; packing
+the input's bits included) against the plain layer (F.linear / F.conv2d: BLAS / oneDNN, a float
+copy of the input kept), forward and forward+backward, over firing rates. The kernels hand
+over to the dense product above a rate (kDenseRate in csrc/cpu/spike_layers_cpu.cpp), so their
+rows there show the hand-over's cost."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from spikeclip.bench.timing import format_table, median_times
+from spikeclip.kernels import pack_spikes, spike_linear
+from spikeclip.kernels.spike_conv import spike_conv2d
+
+RATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+# (name, C_in, C_out, H = W) for 3x3 convolutions on T x B = 64 images; (name, rows, n, C_out)
+# for linears on T x B x 64 tokens = 4096 rows.
+CONVS = (
+    ("conv 48->96 @32", 48, 96, 32),
+    ("conv 96->192 @32", 96, 192, 32),
+    ("conv 192->384 @16", 192, 384, 16),
+    ("conv 384->384 @8", 384, 384, 8),
+)
+LINEARS = (
+    ("linear 384->384", 4096, 384, 384),
+    ("linear 384->1536", 4096, 384, 1536),
+    ("linear 1536->384", 4096, 1536, 384),
+)
+
+
+def _conv_case(cin, cout, hw, rate, images=64):
+    x = (torch.rand(images, cin, hw, hw) < rate).float()
+    w = torch.randn(cout, cin, 3, 3) * 0.05
+    g = torch.randn(images, cout, hw, hw)
+
+    def run(backend, backward):
+        def fn():
+            xs = x.requires_grad_(backward)
+            ws = w.requires_grad_(backward)
+            if backend == "dense":
+                y = F.conv2d(xs, ws, padding=1)
+            else:
+                y = spike_conv2d(xs, ws, padding=1, backend=backend)
+            if backward:
+                y.backward(g)
+                xs.grad = ws.grad = None
+
+        return fn
+
+    return run
+
+
+def _linear_case(rows, n, cout, rate):
+    x = (torch.rand(rows, n) < rate).float()
+    w = torch.randn(cout, n) * 0.05
+    g = torch.randn(rows, cout)
+
+    def run(backend, backward):
+        def fn():
+            xs = x.requires_grad_(backward)
+            ws = w.requires_grad_(backward)
+            if backend == "dense":
+                y = F.linear(xs, ws)
+            else:
+                y = spike_linear(xs, pack_spikes(x), ws, backend=backend)
+            if backward:
+                y.backward(g)
+                xs.grad = ws.grad = None
+
+        return fn
+
+    return run
+
+
+def bench_spike_layers(
+    modes=("fwd", "fwd+bwd"), rates=RATES, rounds: int = 7, budget_s: float = 10.0
+) -> list[dict]:
+    """One row per layer, mode and rate: dense ms, cpp ms and their ratio."""
+    specs = [(_conv_case, *c) for c in CONVS] + [(_linear_case, *c) for c in LINEARS]
+    rows = []
+    for make, name, *shape in specs:
+        for rate in rates:
+            run = make(*shape, rate)
+            for mode in modes:
+                backward = mode == "fwd+bwd"
+                times = median_times(
+                    {b: run(b, backward) for b in ("dense", "cpp")},
+                    torch.device("cpu"),
+                    rounds=rounds,
+                    warmup=1,
+                    budget_s=budget_s,
+                )
+                rows.append(
+                    {
+                        "layer": name,
+                        "rate": rate,
+                        "mode": mode,
+                        "dense_ms": round(times["dense"] * 1e3, 2),
+                        "cpp_ms": round(times["cpp"] * 1e3, 2),
+                        "vs_dense": round(times["dense"] / times["cpp"], 2),
+                    }
+                )
+        print(
+            format_table(
+                [r for r in rows if r["layer"] == name],
+                ["layer", "rate", "mode", "dense_ms", "cpp_ms", "vs_dense"],
+            )
+        )
+        print()
+    return rows

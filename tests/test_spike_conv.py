@@ -1,0 +1,101 @@
+"""spike_conv2d: a stride-1 'same' convolution of spikes and its gradients, against dense
+convolution; and the weight-gradient kernel on its own."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from lif_cases import rel_err
+
+from spikeclip.kernels import pack_spikes
+from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.spike_conv import spike_conv2d
+
+BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]
+needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not built")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("B", "cin", "cout", "H", "W", "k", "rate"),
+    [
+        (3, 5, 7, 6, 11, 3, 0.15),
+        (2, 13, 100, 9, 5, 3, 0.05),  # the cpp sums: an 8-vector tile, a 4-vector one, a rest
+        (1, 16, 130, 7, 7, 3, 0.02),  # two full tiles and a rest
+        (2, 9, 64, 5, 13, 5, 0.1),
+        (3, 11, 6, 4, 9, 1, 0.12),
+        (2, 8, 24, 6, 6, 3, 0.6),  # dense hand-over
+        (1, 3, 5, 3, 3, 3, 0.0),
+    ],
+)
+def test_matches_dense(backend, dtype, B, cin, cout, H, W, k, rate):
+    x = (torch.rand(B, cin, H, W) < rate).to(dtype)
+    w = torch.randn(cout, cin, k, k, dtype=dtype)
+    g = torch.randn(B, cout, H, W, dtype=dtype)
+    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y = spike_conv2d(xs, ws, padding=k // 2, backend=backend)
+    y.backward(g)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    y_ref = F.conv2d(xr, wr, padding=k // 2)
+    y_ref.backward(g)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    assert y.dtype == dtype and y.shape == y_ref.shape and y.is_contiguous()
+    assert rel_err(y.detach(), y_ref.detach()) <= tol
+    assert rel_err(ws.grad, wr.grad) <= tol
+    assert rel_err(xs.grad, xr.grad) <= tol
+
+
+@needs_cpp
+def test_gradcheck_weight_float64():
+    x = (torch.rand(2, 4, 5, 6) < 0.3).double()
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: spike_conv2d(x, w, padding=1, backend="cpp"), (w,))
+
+
+@needs_cpp
+def test_opcheck():
+    x = (torch.rand(2, 5, 6, 7) < 0.1).float()
+    w = torch.randn(9, 5, 3, 3)
+    torch.library.opcheck(torch.ops.spikeclip.spike_conv2d.default, (x, w, 1))
+    bits = pack_spikes(x.reshape(-1, 7)).view(2, 5, 6, -1)
+    g = torch.randn(2, 9, 6, 7)
+    torch.library.opcheck(torch.ops.spikeclip.spike_conv2d_weight_grad.default, (g, bits, 7, 3, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input(backend):
+    x = (torch.rand(2, 4, 5, 5) < 0.3).float()
+    w = torch.randn(3, 4, 3, 3)
+    with pytest.raises(ValueError, match="spikes"):
+        spike_conv2d(x + 0.5, w, padding=1, backend=backend)
+    with pytest.raises(ValueError, match="same"):
+        spike_conv2d(x, torch.randn(3, 4, 2, 2), padding=1, backend=backend)
+    with pytest.raises(ValueError, match="same"):
+        spike_conv2d(x, w, padding=0, backend=backend)
+    with pytest.raises(ValueError, match=r"\[C_out, C_in, k, k\]"):
+        spike_conv2d(x, torch.randn(3, 5, 3, 3), padding=1, backend=backend)
+    with pytest.raises(ValueError, match="dtype"):
+        spike_conv2d(x, w.double(), padding=1, backend=backend)
+
+
+@needs_cpp
+def test_kernel_rejects_non_spikes():
+    x = (torch.rand(2, 4, 5, 5) < 0.3).float()
+    x[1, 2, 3, 4] = 2.0
+    with pytest.raises(ValueError, match="spikes"):
+        torch.ops.spikeclip.spike_conv2d(x, torch.randn(3, 4, 3, 3), 1)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("k", "rate"), [(3, 0.02), (3, 0.5), (1, 0.03), (5, 0.01)])
+def test_weight_grad_kernel_matches_dense(dtype, k, rate):
+    B, Cin, Cout, H, W = 3, 5, 7, 6, 11
+    x = (torch.rand(B, Cin, H, W) < rate).to(dtype)
+    w = torch.randn(Cout, Cin, k, k, dtype=dtype, requires_grad=True)
+    y = F.conv2d(x, w, padding=k // 2)
+    g = torch.randn_like(y)
+    (gw_ref,) = torch.autograd.grad(y, w, g)
+    bits = pack_spikes(x.reshape(-1, W)).view(B, Cin, H, -1)
+    gw = torch.ops.spikeclip.spike_conv2d_weight_grad(g, bits, W, k, k // 2)
+    assert rel_err(gw, gw_ref) <= (1e-6 if dtype == torch.float32 else 1e-13)
