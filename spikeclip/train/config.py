@@ -27,7 +27,7 @@ class RecipeConfig:
     text_lr_final: float = 1e-4
     lr: float = 5e-3  # image alignment: cosine to lr_final (SpikeCLIP: 5e-3 -> 5e-4)
     lr_final: float = 5e-4
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 3e-3  # measured: +1.9 points for the SNN over 1e-3, -0.4 for the ANN
     finetune_lr_final: float = 1e-5
     weight_decay: float = 1e-4
     ce_weight: float = 1.0
