@@ -20,6 +20,7 @@
 #include "../attention_common.h"
 #include "../spike_pack.h"
 #include "cpu_simd.h"
+#include "listed_sums.h"
 
 namespace spikeclip {
 namespace {
@@ -160,12 +161,6 @@ SC_CPU_CLONES void sdsa_forward_head(const S* q, const S* k, const S* v, S* out,
 
 // ---- SSA ----------------------------------------------------------------------------------
 
-SC_INLINE int64_t count_spikes(const uint8_t* bits, int64_t nbytes) {
-  int64_t c = 0;
-  for (int64_t b = 0; b < nbytes; ++b) c += __builtin_popcount(bits[b]);
-  return c;
-}
-
 // dst[0:D] += row[0:D]
 template <typename F>
 SC_INLINE void add_row(F* __restrict dst, const F* __restrict row, int64_t D) {
@@ -209,7 +204,8 @@ template <bool kSaveH, int kD, typename S, typename F>
 SC_CPU_CLONES void ssa_forward_head(const S* q, const S* k, const S* v, S* out, S* h_out,
                                     uint8_t* const* bits, int64_t bh, const Heads s,
                                     const LifOptions<F> o, F scale, Scratch<F>& scratch,
-                                    std::vector<uint8_t>& bit_scratch, bool* ok) {
+                                    std::vector<uint8_t>& bit_scratch, SpikeLists& q_rows,
+                                    bool* ok) {
   const int64_t N = s.N, D = kD ? kD : s.D, nb = packed_row_bytes(D);
   scratch.reserve(N * D + D * D + D);
   F *state = scratch.take(N * D), *A = scratch.take(D * D), *y = scratch.take(D);
@@ -228,10 +224,10 @@ SC_CPU_CLONES void ssa_forward_head(const S* q, const S* k, const S* v, S* out, 
     } else {
       kt_v(k + base, v + base, N, D, A);
     }
+    if (binary) q_rows.by_row(qb, N, D);
     for (int64_t n = 0; n < N; ++n) {
       if (binary) {  // y = q[n] A: the rows of A at q's spikes
-        std::fill(y, y + D, F(0));
-        for_each_spike(qb + n * nb, D, [&](int64_t d1) { add_row(y, A + d1 * D, D); });
+        sum_listed_rows(A, q_rows.list(n), q_rows.size(n), D, y);
       } else {
         sparse_row_times(q + base + n * D, A, D, y);
       }
@@ -241,13 +237,20 @@ SC_CPU_CLONES void ssa_forward_head(const S* q, const S* k, const S* v, S* out, 
   }
 }
 
+// The spike lists one SSA backward step reads (listed_sums.h), kept per thread.
+struct SsaLists {
+  SpikeLists q_rows, q_cols, k_rows, k_cols, v_rows;
+};
+
 // kD: the head width as a compile-time constant (0: read from s.D), so that the row loops of
 // SpikeCLIP's D = 48 and the common D = 64 unroll without loop set-up on every row.
-// q, k, v are read from their packed bits: products with them are sums over their spikes.
+// q, k, v are read from their packed bits: products with them are sums over their spikes,
+// each output row summed in registers over a list of input rows (sum_listed_rows).
 template <int kSurr, int kD, typename S, typename F>
 SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* const* bits, S* gq,
                                      S* gk, S* gv, int64_t bh, const Heads s,
-                                     const LifOptions<F> o, F scale, Scratch<F>& scratch) {
+                                     const LifOptions<F> o, F scale, Scratch<F>& scratch,
+                                     SsaLists& L) {
   const int64_t N = s.N, D = kD ? kD : s.D, ND = N * D, nb = packed_row_bytes(D);
   scratch.reserve(5 * ND + N * N + 3 * D * D + D);
   F *vf = scratch.take(ND), *carry = scratch.take(ND), *gy = scratch.take(ND),
@@ -259,20 +262,19 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
     const uint8_t *qb = bits[0] + off, *kb = bits[1] + off, *vb = bits[2] + off;
     // dL/d(q k^T v): the LIF's input gradient times scale
     lif_step_backward<kSurr>(go + base, h + base, carry, gy, o.inv_tau * scale, ND, o);
+    L.k_rows.by_row(kb, N, D);
+    L.v_rows.by_row(vb, N, D);
     // gq = gy (k^T v)^T, by whichever route costs fewer row additions:
     //   sparse: gq = (gy v^T) k, both products summing over spikes   ((nnz v + nnz k) N)
     //   dense:  gq[n] = sum_d2 gy[n, d2] A[:, d2], A = k^T v           (N D D + nnz k D)
-    const int64_t nnz_k = count_spikes(kb, N * nb), nnz_v = count_spikes(vb, N * nb);
+    const int64_t nnz_k = L.k_rows.start[N], nnz_v = L.v_rows.start[N];
     if ((nnz_k + nnz_v) * N < N * D * D + nnz_k * D) {
       transpose(gy, gyt, N, D);
-      std::fill(Gt, Gt + N * N, F(0));
-      std::fill(gqt, gqt + ND, F(0));
-      for (int64_t m = 0; m < N; ++m) {
-        F* Gm = Gt + m * N;  // Gt[m, :] = sum over spikes d2 of v[m]: gy[:, d2]
-        for_each_spike(vb + m * nb, D, [&](int64_t d2) { add_row(Gm, gyt + d2 * N, N); });
-        // gq^T[d1, :] += Gt[m, :] for spikes d1 of k[m]
-        for_each_spike(kb + m * nb, D, [&](int64_t d1) { add_row(gqt + d1 * N, Gm, N); });
-      }
+      for (int64_t m = 0; m < N; ++m)  // Gt[m, :] = sum over spikes d2 of v[m]: gy[:, d2]
+        sum_listed_rows(gyt, L.v_rows.list(m), L.v_rows.size(m), N, Gt + m * N);
+      L.k_cols.by_col(L.k_rows, N, D);
+      for (int64_t d1 = 0; d1 < D; ++d1)  // gq^T[d1, :] = sum over m with k[m, d1]: Gt[m, :]
+        sum_listed_rows(Gt, L.k_cols.list(d1), L.k_cols.size(d1), N, gqt + d1 * N);
       for (int64_t n = 0; n < N; ++n)
         for (int64_t d = 0; d < D; ++d) gq[base + n * D + d] = static_cast<S>(gqt[d * N + n]);
     } else {
@@ -287,16 +289,15 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
       at::mm_out(out, at::from_blob(gy, {N, D}, opts), at::from_blob(A, {D, D}, opts).t());
       for (int64_t n = 0; n < N; ++n) store_row(gq + base + n * D, gqt + n * D, D);
     }
-    std::fill(gA, gA + D * D, F(0));
-    for (int64_t n = 0; n < N; ++n)  // gA = q^T gy
-      for_each_spike(qb + n * nb, D, [&](int64_t d1) { add_row(gA + d1 * D, gy + n * D, D); });
+    L.q_rows.by_row(qb, N, D);
+    L.q_cols.by_col(L.q_rows, N, D);
+    for (int64_t d1 = 0; d1 < D; ++d1)  // gA = q^T gy: gA[d1, :] = sum over n with q[n, d1]
+      sum_listed_rows(gy, L.q_cols.list(d1), L.q_cols.size(d1), D, gA + d1 * D);
     transpose(gA, gAt, D, D);
     for (int64_t n = 0; n < N; ++n) {  // gk = v gA^T, gv = k gA
-      std::fill(row, row + D, F(0));
-      for_each_spike(vb + n * nb, D, [&](int64_t d2) { add_row(row, gAt + d2 * D, D); });
+      sum_listed_rows(gAt, L.v_rows.list(n), L.v_rows.size(n), D, row);
       store_row(gk + base + n * D, row, D);
-      std::fill(row, row + D, F(0));
-      for_each_spike(kb + n * nb, D, [&](int64_t d1) { add_row(row, gA + d1 * D, D); });
+      sum_listed_rows(gA, L.k_rows.list(n), L.k_rows.size(n), D, row);
       store_row(gv + base + n * D, row, D);
     }
   }
@@ -389,6 +390,7 @@ Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
       Scratch<F> scratch;
       std::vector<uint8_t> bit_scratch;
+      SpikeLists q_rows;
       bool ok = true;
       dispatch_bool(save, [&](auto SAVE) {
         dispatch_head_dim(s.D, [&](auto DIM) {
@@ -396,7 +398,7 @@ Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
           ssa_forward_head<decltype(SAVE)::value, decltype(DIM)::value, scalar_t, F>(
               q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
               out.data_ptr<scalar_t>(), save ? h.data_ptr<scalar_t>() : nullptr, bits, bh, s, o,
-              static_cast<F>(scale), scratch, bit_scratch, &ok);
+              static_cast<F>(scale), scratch, bit_scratch, q_rows, &ok);
         });
       });
       if (!ok) all_ok = false;
@@ -424,12 +426,13 @@ Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Te
     dispatch_surrogate(ov.surrogate, [&](auto G) {
       at::parallel_for(0, s.BH, 1, [&](int64_t b0, int64_t b1) {
         Scratch<F> scratch;
+        SsaLists lists;
         dispatch_head_dim(s.D, [&](auto DIM) {
         for (int64_t bh = b0; bh < b1; ++bh)
           ssa_backward_head<decltype(G)::value, decltype(DIM)::value, scalar_t, F>(
               go.data_ptr<scalar_t>(), hc.data_ptr<scalar_t>(), bits, gq.data_ptr<scalar_t>(),
               gk.data_ptr<scalar_t>(), gv.data_ptr<scalar_t>(), bh, s, o, static_cast<F>(scale),
-              scratch);
+              scratch, lists);
         });
       });
     });

@@ -23,6 +23,7 @@
 
 #include "../spike_pack.h"
 #include "cpu_simd.h"
+#include "listed_sums.h"
 
 namespace spikeclip {
 namespace {
@@ -30,58 +31,6 @@ namespace {
 template <typename F>
 SC_INLINE void add_row(F* __restrict dst, const F* __restrict row, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] += row[i];
-}
-
-// A tile of an output row summed in registers: out[c] = sum over the m listed rows j (in list
-// order) of rows[j * stride + c], c < kV * 32 bytes (kV vectors; AVX2 registers in the AVX2
-// clone), or c < len for the row's last, partial tile.
-typedef float Vec32f __attribute__((vector_size(32)));
-typedef double Vec32d __attribute__((vector_size(32)));
-template <typename F>
-using Vec32 = std::conditional_t<std::is_same_v<F, float>, Vec32f, Vec32d>;
-constexpr int64_t kVecs = 8;
-template <typename F>
-constexpr int64_t kTile = kVecs * static_cast<int64_t>(32 / sizeof(F));
-
-template <int kV, typename F>
-SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
-                               const int32_t* __restrict list, int64_t m, F* __restrict out) {
-  using V = Vec32<F>;
-  V acc[kV] = {};
-  for (int64_t s = 0; s < m; ++s) {
-    const F* w = rows + list[s] * stride;
-    for (int64_t v = 0; v < kV; ++v) {
-      V x;
-      std::memcpy(&x, w + v * (32 / sizeof(F)), sizeof(V));
-      acc[v] += x;
-    }
-  }
-  std::memcpy(out, acc, sizeof(acc));
-}
-
-template <typename F>
-SC_INLINE void sum_listed_part(const F* __restrict rows, int64_t stride,
-                               const int32_t* __restrict list, int64_t m, F* __restrict out,
-                               int64_t len) {
-  F acc[kTile<F>] = {};
-  for (int64_t s = 0; s < m; ++s) add_row(acc, rows + list[s] * stride, len);
-  std::memcpy(out, acc, len * sizeof(F));
-}
-
-// out[0:cout] = sum over the m listed rows j of rows[j * cout + 0:cout]: tiles of 8 vectors,
-// then one of 4 (SpikeCLIP's 96 = 64 + 32 channels), then the rest.
-template <typename F>
-SC_INLINE void sum_listed_rows(const F* rows, const int32_t* list, int64_t m, int64_t cout,
-                               F* out) {
-  constexpr int64_t kHalf = kTile<F> / 2;
-  int64_t c = 0;
-  for (; c + kTile<F> <= cout; c += kTile<F>)
-    sum_listed_tile<kVecs, F>(rows + c, cout, list, m, out + c);
-  if (c + kHalf <= cout) {
-    sum_listed_tile<kVecs / 2, F>(rows + c, cout, list, m, out + c);
-    c += kHalf;
-  }
-  if (c < cout) sum_listed_part<F>(rows + c, cout, list, m, out + c, cout - c);
 }
 
 // Rows r0..r1 of y: the row's spike indices are listed once, then each tile of y's row is summed
