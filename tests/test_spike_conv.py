@@ -43,6 +43,9 @@ def test_matches_dense(backend, dtype, B, cin, cout, H, W, k, rate):
     assert rel_err(y.detach(), y_ref.detach()) <= tol
     assert rel_err(ws.grad, wr.grad) <= tol
     assert rel_err(xs.grad, xr.grad) <= tol
+    with torch.no_grad():  # (no bits kept: the kernel alone)
+        y_inference = spike_conv2d(x, w, padding=k // 2, backend=backend)
+    assert rel_err(y_inference, y_ref.detach()) <= tol
 
 
 @needs_cpp

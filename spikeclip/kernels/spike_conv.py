@@ -93,6 +93,11 @@ def spike_conv2d(
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError("spike_conv2d: x and weight must have the same dtype and device")
     backend = _backend(backend, x.device, x.dtype)
+    if backend == "cpp" and not (
+        torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    ):
+        # No backward: nothing to keep (the kernel checks for spikes itself).
+        return torch.ops.spikeclip.spike_conv2d(x, weight, padding)
     return _SpikeConv2d.apply(x, weight, padding, backend)
 
 

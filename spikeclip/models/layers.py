@@ -191,10 +191,7 @@ class SeqLinearBN(_SpikingUnit):
     """Linear (no bias) + BatchNorm (+ neuron) over the last dimension of `[T, B, ..., C_in]`
     -> `[..., C_out]`: a 1x1 convolution + BN on tokens (statistics over all other dims).
 
-    Spike-fed (packed_input) on CPU with the cpp kernels (backend "auto" or "cpp"), the product
-    and its weight gradient are sums of rows at the input's spikes (spikeclip.kernels
-    .spike_linear, BLAS above 20% firing) and only the input's bits are kept; backend "torch"
-    is the dense reference."""
+    Its spike sums are spikeclip.kernels.spike_linear (BLAS above 20% firing)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Recompute from packed spikes: a unit `fn(x)` whose input x holds spikes keeps only x packed
 1 bit per element for its backward, and runs its forward again there (with autograd) to get
-the gradients. For a spiking linear/conv + BN (+ LIF) unit this replaces the float copy of the
+the gradients. For a spiking linear + BN (+ LIF) unit this replaces the float copy of the
 input (the weight gradient's), the BN input and the LIF membrane with 1/32 of the input's bytes.
 
 Deterministic: the recomputed forward is the same function on the same bits, so outputs and
