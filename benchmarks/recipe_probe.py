@@ -63,7 +63,8 @@ def main() -> None:
     set_memory(model, cfg.memory)
     ctx = RunContext(Path(cfg.out), seed=cfg.seed, progress=False)
     start = time.perf_counter()
-    summaries = train_image(cfg, model, "", train, temb, tlogits, teacher.logit_scale, ctx)
+    scale = cfg.logit_scale or teacher.logit_scale
+    summaries = train_image(cfg, model, "", train, temb, tlogits, scale, ctx)
     seconds = time.perf_counter() - start
     model.eval()
     emb = embed_images(model.encode_image, test, progress=False)

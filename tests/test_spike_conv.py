@@ -25,6 +25,7 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not b
         (2, 9, 64, 5, 13, 5, 0.1),
         (3, 11, 6, 4, 9, 1, 0.12),
         (2, 8, 24, 6, 6, 3, 0.6),  # dense hand-over
+        (2, 50, 20, 5, 7, 3, 0.1),  # the cpp weight gradient sums (C_in k k >= 432)
         (1, 3, 5, 3, 3, 3, 0.0),
     ],
 )
@@ -91,9 +92,19 @@ def test_kernel_rejects_non_spikes():
 
 @needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("k", "rate"), [(3, 0.02), (3, 0.5), (1, 0.03), (5, 0.01)])
-def test_weight_grad_kernel_matches_dense(dtype, k, rate):
-    B, Cin, Cout, H, W = 3, 5, 7, 6, 11
+@pytest.mark.parametrize(
+    ("Cin", "Cout", "k", "rate"),
+    [
+        (50, 100, 3, 0.1),  # summed: an 8-vector tile, a 4-vector one, a rest
+        (20, 7, 5, 0.05),  # summed, a rest only
+        (440, 24, 1, 0.15),  # summed, no padding
+        (48, 16, 3, 0.0),  # summed, no spikes
+        (48, 33, 3, 0.5),  # dense: above the summing rate
+        (5, 7, 3, 0.02),  # dense: too few inputs per output to pay for the padded copy
+    ],
+)
+def test_weight_grad_kernel_matches_dense(dtype, Cin, Cout, k, rate):
+    B, H, W = 3, 6, 11
     x = (torch.rand(B, Cin, H, W) < rate).to(dtype)
     w = torch.randn(Cout, Cin, k, k, dtype=dtype, requires_grad=True)
     y = F.conv2d(x, w, padding=k // 2)

@@ -5,7 +5,8 @@
 //   spike_linear_weight_grad: gw_t[j, :] = sum over rows r that spike at j of grad_y[r, :]
 //   spike_conv2d:             y[b, :, oh, ow] = sum over the spikes (ci, ih, iw) of the pixel's
 //                             receptive field of w[:, ci, kh, kw] (a row of w as [kh, kw, ci, :])
-//   spike_conv2d_weight_grad: as spike_linear_weight_grad, one grad row per spike and tap
+//   spike_conv2d_weight_grad: gw[co, ci, kh, kw] = sum over the spikes (b, ci, h, w) of
+//                             gy[b, co, h + p - kh, w + p - kw] (image by image)
 // weight_t / gw_t are [n, C_out] (the transpose of nn.Linear's weight). Sums run in ascending
 // order of j (forward) or r (weight gradient), in the tensor's dtype (float32 or float64).
 // Above kDenseRate spikes per input the rows are unpacked and BLAS takes over: measured here
@@ -65,9 +66,13 @@ constexpr double kDenseRate = 0.2;
 // The convolution's product (k x k x C_in rows per output pixel): measured here (B 64, the
 // paper encoder's 3x3 layers), summing wins up to about 25% firing (1.3-2.3x at 15%, 2-4x at 5%).
 constexpr double kConvProductDenseRate = 0.25;
-// The convolution's weight gradient gathers a grad row per spike and tap: measured here
-// (B 64, 48..192 -> 96..384 channels, 3x3), summing wins below about 5% firing (2.5-3.3x at 2%).
-constexpr double kConvDenseRate = 0.04;
+// The convolution's weight gradient sums a row of the zero-padded, channels-last copy of gy per
+// spike and tap: that copy costs about as much memory traffic as a dense gradient with k x k x
+// C_in = 432 inputs per output. Measured here at 5-30% firing (3x3): with C_in 48..384 (B 64,
+// the paper encoder) summing wins 1.6-3.8x up to 20% and breaks even near 30%; with C_in 8..32
+// (B 512, 28 px, the tiny encoder) it loses 0.5-0.9x at any rate.
+constexpr double kConvDenseRate = 0.2;
+constexpr int64_t kConvMinInputs = 432;
 
 double firing_rate(const at::Tensor& bits, int64_t n) {
   const int64_t total = bits.numel();
@@ -240,31 +245,58 @@ at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64
 
 // ---- 2-d convolution fed by spikes: the weight gradient -----------------------------------
 // gw[co, ci, kh, kw] = sum over b, oh, ow of gy[b, co, oh, ow] x[b, ci, oh - p + kh, ow - p + kw]
-// (stride 1, zero padding p): for each spike (b, ci, h, w) and tap, a row of gy (channels last)
-// is added to gw[ci, kh, kw, :]. Threads own disjoint input channels.
+// (stride 1, zero padding p). With gy channels last and zero-padded by p on every side
+// ([B, H + 2p, W + 2p, Cout]), the spike (b, ci, h, w) meets at tap (kh, kw) the gy row
+// (b, h + 2p - kh, w + 2p - kw): the row (b, h, w) shifted by (2p - kh, 2p - kw). So each
+// image's spikes of channel ci are listed once, every tap sums its shifted rows in registers
+// (sum_listed_rows; the zero border stands for taps that fall outside), and the image's sums
+// are added into gw. Threads own disjoint input channels; an image's gy rows stay in cache
+// while the thread's channels read them.
+
+// Image b of gy [B, Cout, H, W] into out [B, H + 2p, W + 2p, Cout] (channels last, zero border).
+template <typename F>
+void pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p,
+                       int64_t b) {
+  const int64_t Wp = W + 2 * p, row_len = Wp * cout;
+  F* image = out + b * (H + 2 * p) * row_len;
+  std::fill(image, image + p * row_len, F(0));
+  for (int64_t h = 0; h < H; ++h) {
+    F* row = image + (h + p) * row_len;
+    std::fill(row, row + p * cout, F(0));
+    std::fill(row + (p + W) * cout, row + row_len, F(0));
+    for (int64_t co = 0; co < cout; ++co) {
+      const F* src = gy + ((b * cout + co) * H + h) * W;
+      for (int64_t w = 0; w < W; ++w) row[(p + w) * cout + co] = src[w];
+    }
+  }
+  std::fill(image + (H + p) * row_len, image + (H + 2 * p) * row_len, F(0));
+}
 
 template <typename F>
-SC_CPU_CLONES void spike_conv_weight_grad_channels(const F* gyt, const uint8_t* bits, F* gwt,
+SC_CPU_CLONES void spike_conv_weight_grad_channels(const F* gyp, const uint8_t* bits, F* gwt,
                                                    int64_t B, int64_t Cin, int64_t H,
                                                    int64_t W, int64_t cout, int64_t k,
                                                    int64_t pad, int64_t c0, int64_t c1) {
-  const int64_t nb = packed_row_bytes(W);
-  std::fill(gwt + c0 * k * k * cout, gwt + c1 * k * k * cout, F(0));
-  for (int64_t ci = c0; ci < c1; ++ci)
-    for (int64_t b = 0; b < B; ++b)
+  const int64_t nb = packed_row_bytes(W), Hp = H + 2 * pad, Wp = W + 2 * pad, taps = k * k;
+  std::fill(gwt + c0 * taps * cout, gwt + c1 * taps * cout, F(0));
+  std::vector<int32_t> list(static_cast<size_t>(H * W));
+  std::vector<F> sums(static_cast<size_t>(taps * cout));
+  for (int64_t b = 0; b < B; ++b) {
+    const F* image = gyp + b * Hp * Wp * cout;
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      const uint8_t* channel = bits + (b * Cin + ci) * H * nb;
+      int64_t m = 0;
       for (int64_t h = 0; h < H; ++h)
-        for_each_spike(bits + ((b * Cin + ci) * H + h) * nb, W, [&](int64_t w) {
-          for (int64_t kh = 0; kh < k; ++kh) {
-            const int64_t oh = h + pad - kh;
-            if (oh < 0 || oh >= H) continue;
-            for (int64_t kw = 0; kw < k; ++kw) {
-              const int64_t ow = w + pad - kw;
-              if (ow < 0 || ow >= W) continue;
-              add_row(gwt + ((ci * k + kh) * k + kw) * cout, gyt + ((b * H + oh) * W + ow) * cout,
-                      cout);
-            }
-          }
-        });
+        for_each_spike(channel + h * nb, W,
+                       [&](int64_t w) { list[m++] = static_cast<int32_t>(h * Wp + w); });
+      if (m == 0) continue;
+      for (int64_t kh = 0; kh < k; ++kh)
+        for (int64_t kw = 0; kw < k; ++kw)
+          sum_listed_rows<F>(image + ((2 * pad - kh) * Wp + 2 * pad - kw) * cout, list.data(), m,
+                             cout, sums.data() + (kh * k + kw) * cout);
+      add_row(gwt + ci * taps * cout, sums.data(), taps * cout);
+    }
+  }
 }
 
 at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tensor& bits,
@@ -273,25 +305,32 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
               "spike_conv2d_weight_grad: grad_y [B, C_out, H, W] and bits [B, C_in, H, "
               "ceil(W/8)] (uint8)");
   const int64_t B = grad_y.size(0), cout = grad_y.size(1), H = grad_y.size(2);
-  const int64_t Cin = bits.size(1), k = kernel_size;
+  const int64_t Cin = bits.size(1), k = kernel_size, p = padding;
   TORCH_CHECK(grad_y.size(3) == width && bits.size(0) == B && bits.size(2) == H &&
                   bits.size(3) == packed_row_bytes(width) && 2 * padding == k - 1,
               "spike_conv2d_weight_grad: shapes disagree (stride 1, 'same' padding only)");
   const at::Tensor b = bits.contiguous();
-  if (firing_rate(b.view({-1, b.size(3)}), width) > kConvDenseRate) {
+  if (Cin * k * k < kConvMinInputs ||
+      firing_rate(b.view({-1, b.size(3)}), width) > kConvDenseRate) {
     const at::Tensor x = unpack_to(b.view({-1, b.size(3)}), width, grad_y.scalar_type())
                              .view({B, Cin, H, width});
     return std::get<1>(at::convolution_backward(
         grad_y, x, at::empty({cout, Cin, k, k}, grad_y.options()), std::nullopt, {1, 1},
         {padding, padding}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
   }
-  const at::Tensor gyt = grad_y.permute({0, 2, 3, 1}).contiguous();  // channels last
+  const at::Tensor gy = grad_y.contiguous();
+  at::Tensor gyp = at::empty({B, H + 2 * p, width + 2 * p, cout}, grad_y.options());
   at::Tensor gwt = at::empty({Cin, k, k, cout}, grad_y.options());
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad", [&] {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i)
+        pad_channels_last<scalar_t>(gy.data_ptr<scalar_t>(), gyp.data_ptr<scalar_t>(), cout, H,
+                                    width, p, i);
+    });
     at::parallel_for(0, Cin, 1, [&](int64_t c0, int64_t c1) {
-      spike_conv_weight_grad_channels<scalar_t>(gyt.data_ptr<scalar_t>(), b.data_ptr<uint8_t>(),
+      spike_conv_weight_grad_channels<scalar_t>(gyp.data_ptr<scalar_t>(), b.data_ptr<uint8_t>(),
                                                 gwt.data_ptr<scalar_t>(), B, Cin, H, width,
-                                                cout, k, padding, c0, c1);
+                                                cout, k, p, c0, c1);
     });
   });
   return gwt.permute({3, 0, 1, 2}).contiguous();
