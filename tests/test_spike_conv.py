@@ -19,11 +19,11 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not b
 @pytest.mark.parametrize(
     ("B", "cin", "cout", "H", "W", "k", "rate"),
     [
-        (3, 5, 7, 6, 11, 3, 0.15),
-        (2, 13, 100, 9, 5, 3, 0.05),  # the cpp sums: an 8-vector tile, a 4-vector one, a rest
+        (3, 5, 7, 6, 11, 3, 0.15),  # cpp: dense, too few inputs per output pixel to sum
+        (2, 17, 100, 9, 5, 3, 0.05),  # the cpp sums: an 8-vector tile, a 4-vector one, a rest
         (1, 16, 130, 7, 7, 3, 0.02),  # two full tiles and a rest
         (2, 9, 64, 5, 13, 5, 0.1),
-        (3, 11, 6, 4, 9, 1, 0.12),
+        (3, 150, 6, 4, 9, 1, 0.12),
         (2, 8, 24, 6, 6, 3, 0.6),  # dense hand-over
         (2, 50, 20, 5, 7, 3, 0.1),  # the cpp weight gradient sums (C_in k k >= 432)
         (1, 3, 5, 3, 3, 3, 0.0),

@@ -65,7 +65,11 @@ SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* 
 constexpr double kDenseRate = 0.2;
 // The convolution's product (k x k x C_in rows per output pixel): measured here (B 64, the
 // paper encoder's 3x3 layers), summing wins up to about 25% firing (1.3-2.3x at 15%, 2-4x at 5%).
+// With few inputs per output pixel the pixel's own costs (listing 9 neighbours' spikes, a short
+// sum) outweigh the product: at B 512, 28 px, 5-20% firing, C_in 8 sums at 0.2-1.1x the dense
+// speed, C_in 16 at 1.0-1.1x, C_in 32 at 2.1-2.6x.
 constexpr double kConvProductDenseRate = 0.25;
+constexpr int64_t kConvProductMinInputs = 144;
 // The convolution's weight gradient sums a row of the zero-padded, channels-last copy of gy per
 // spike and tap: that copy costs about as much memory traffic as a dense gradient with k x k x
 // C_in = 432 inputs per output. Measured here at 5-30% firing (3x3): with C_in 48..384 (B 64,
@@ -230,7 +234,7 @@ at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64
     });
   });
   TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
-  if (firing_rate(pix, Cin) > kConvProductDenseRate)
+  if (Cin * k * k < kConvProductMinInputs || firing_rate(pix, Cin) > kConvProductDenseRate)
     return at::conv2d(xc, weight, {}, 1, padding);
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
