@@ -50,6 +50,12 @@ TORCH_LIBRARY(spikeclip, m) {
         "int padding) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 
+  // 2x2 max-pool, stride 2, of x [..., H, W] -> (y [..., H/2, W/2], where): nn.MaxPool2d(2)'s
+  // values, with the winner of each window (0..3, row-major; uint8) kept for the backward.
+  m.def("max_pool2x2(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def("max_pool2x2_backward(Tensor grad_y, Tensor where, int height, int width) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v
   // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the

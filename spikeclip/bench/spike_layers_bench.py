@@ -3,7 +3,8 @@
 the input's bits included) against the plain layer (F.linear / F.conv2d: BLAS / oneDNN, a float
 copy of the input kept), forward and forward+backward, over firing rates. The kernels hand
 over to the dense product above a rate (kDenseRate in csrc/cpu/spike_layers_cpu.cpp), so their
-rows there show the hand-over's cost."""
+rows there show the hand-over's cost. Also the tokenizer's two 2x2 max-pools (the cpp kernel
+against F.max_pool2d; no firing rate: their inputs are batch-normalised floats)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip.bench.timing import format_table, median_times
-from spikeclip.kernels import pack_spikes, spike_linear
+from spikeclip.kernels import max_pool2x2, pack_spikes, spike_linear
 from spikeclip.kernels.spike_conv import spike_conv2d
 
 RATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -28,6 +29,9 @@ LINEARS = (
     ("linear 384->1536", 4096, 384, 1536),
     ("linear 1536->384", 4096, 1536, 384),
 )
+
+# (name, C, H = W) for 2x2 max-pools of T x B = 64 images.
+POOLS = (("max-pool 192 @32", 192, 32), ("max-pool 384 @16", 384, 16))
 
 
 def _conv_case(cin, cout, hw, rate, images=64):
@@ -74,14 +78,32 @@ def _linear_case(rows, n, cout, rate):
     return run
 
 
+def _pool_case(channels, hw, rate=None, images=64):
+    x = torch.randn(images, channels, hw, hw)
+    g = torch.randn(images, channels, hw // 2, hw // 2)
+
+    def run(backend, backward):
+        def fn():
+            xs = x.requires_grad_(backward)
+            y = F.max_pool2d(xs, 2) if backend == "dense" else max_pool2x2(xs, backend=backend)
+            if backward:
+                y.backward(g)
+                xs.grad = None
+
+        return fn
+
+    return run
+
+
 def bench_spike_layers(
     modes=("fwd", "fwd+bwd"), rates=RATES, rounds: int = 7, budget_s: float = 10.0
 ) -> list[dict]:
     """One row per layer, mode and rate: dense ms, cpp ms and their ratio."""
     specs = [(_conv_case, *c) for c in CONVS] + [(_linear_case, *c) for c in LINEARS]
+    specs += [(_pool_case, *c) for c in POOLS]
     rows = []
     for make, name, *shape in specs:
-        for rate in rates:
+        for rate in rates if make is not _pool_case else (None,):
             run = make(*shape, rate)
             for mode in modes:
                 backward = mode == "fwd+bwd"

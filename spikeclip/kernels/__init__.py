@@ -6,6 +6,7 @@
     pack_spikes(x), unpack_spikes(bits, n)   0/1 tensors 8 per byte
     spike_linear(x, bits, weight)           x @ weight^T for spikes given packed
     spike_conv2d(x, weight, padding=)       a stride-1 'same' convolution of spikes
+    max_pool2x2(x)                          2x2 max-pool, stride 2 (one byte per window saved)
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
@@ -18,6 +19,7 @@ from spikeclip.kernels.backends import (
     resolve_backend,
 )
 from spikeclip.kernels.lif_op import lif
+from spikeclip.kernels.max_pool import max_pool2x2
 from spikeclip.kernels.reference import (
     SURROGATES,
     lif_reference,
@@ -35,6 +37,7 @@ __all__ = [
     "available_backends",
     "lif",
     "lif_reference",
+    "max_pool2x2",
     "pack_spikes",
     "resolve_backend",
     "sdsa",

@@ -8,7 +8,7 @@ from torch import nn
 
 from spikeclip.models.blocks import Block
 from spikeclip.models.config import SpikeCLIPConfig
-from spikeclip.models.layers import SeqConvBN, TemporalReadout, make_neuron
+from spikeclip.models.layers import SeqConvBN, SeqMaxPool2x2, TemporalReadout, make_neuron
 
 
 class ConvTokenizer(nn.Module):
@@ -32,17 +32,14 @@ class ConvTokenizer(nn.Module):
         self.neurons = nn.ModuleList(
             make_neuron(config, spiking=spiking, backend=backend) for _ in range(4)
         )
-        self.pool = nn.MaxPool2d(2)
-
-    def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        self.pool = SeqMaxPool2x2(backend)
 
     def forward(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
         x = self.stages[0](images.unsqueeze(0))  # [1, B, C/8, S, S]
         x = x.expand(time_steps, *x.shape[1:])
         x = self.stages[1](self.neurons[0](x))
-        x = self._pool(self.stages[2](self.neurons[1](x)))
-        x = self._pool(self.stages[3](self.neurons[2](x)))  # [T, B, C, S/4, S/4]
+        x = self.pool(self.stages[2](self.neurons[1](x)))
+        x = self.pool(self.stages[3](self.neurons[2](x)))  # [T, B, C, S/4, S/4]
         x = x + self.stages[4](self.neurons[3](x))
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]
 

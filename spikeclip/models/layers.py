@@ -11,6 +11,7 @@ from torch import nn
 
 from spikeclip._ext import extension_loaded
 from spikeclip.kernels import pack_spikes
+from spikeclip.kernels.max_pool import max_pool2x2
 from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.models.config import SpikeCLIPConfig
@@ -229,6 +230,22 @@ class SeqLinearBN(_SpikingUnit):
     @staticmethod
     def normalise(y, bn):
         return bn(y.reshape(-1, y.shape[-1])).view(y.shape)
+
+
+class SeqMaxPool2x2(nn.Module):
+    """2x2 max-pool, stride 2, of `[..., C, H, W]` -> `[..., C, H/2, W/2]` (leading dims folded
+    into the batch): nn.MaxPool2d(2)'s values and gradients; on CPU with the cpp kernels
+    (backend "auto" or "cpp") a kernel that keeps a byte per window for the backward
+    (spikeclip.kernels.max_pool)."""
+
+    def __init__(self, backend: str = "auto"):
+        super().__init__()
+        self.backend = backend  # set_backend reaches it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cpp = self.backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
+        y = max_pool2x2(x.flatten(0, -4), backend="cpp" if cpp else "torch")
+        return y.unflatten(0, x.shape[:-3])
 
 
 class TemporalReadout(nn.Module):
