@@ -83,11 +83,12 @@ def test_bad_input(backend):
 
 
 @needs_cpp
-def test_kernel_rejects_non_spikes():
-    x = (torch.rand(2, 4, 5, 5) < 0.3).float()
+@pytest.mark.parametrize("cin", [4, 20])  # checked only (dense), checked while packing (sums)
+def test_kernel_rejects_non_spikes(cin):
+    x = (torch.rand(2, cin, 5, 5) < 0.3).float()
     x[1, 2, 3, 4] = 2.0
     with pytest.raises(ValueError, match="spikes"):
-        torch.ops.spikeclip.spike_conv2d(x, torch.randn(3, 4, 3, 3), 1)
+        torch.ops.spikeclip.spike_conv2d(x, torch.randn(3, cin, 3, 3), 1)
 
 
 @needs_cpp

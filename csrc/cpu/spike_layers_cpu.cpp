@@ -210,6 +210,14 @@ SC_CPU_CLONES void spike_conv_rows(const uint8_t* pix, const F* wr, F* y, int64_
   }
 }
 
+// Whether x[0:n] holds only 0 and 1.
+template <typename F>
+SC_CPU_CLONES bool only_spikes(const F* x, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= (x[i] == F(0)) | (x[i] == F(1));
+  return ok;
+}
+
 at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t padding) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1) &&
                   weight.size(2) == weight.size(3) && 2 * padding == weight.size(2) - 1,
@@ -222,8 +230,17 @@ at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64
   const at::Tensor xc = x.contiguous();
   const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t cout = weight.size(0), k = weight.size(2), nbc = packed_row_bytes(Cin);
-  at::Tensor pix = at::empty({B * H * W, nbc}, x.options().dtype(at::kByte));
   std::atomic<bool> all_ok{true};
+  if (Cin * k * k < kConvProductMinInputs) {  // dense: x is only checked, not packed
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d_check", [&] {
+      at::parallel_for(0, xc.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+        if (!only_spikes<scalar_t>(xc.data_ptr<scalar_t>() + i0, i1 - i0)) all_ok = false;
+      });
+    });
+    TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
+    return at::conv2d(xc, weight, {}, 1, padding);
+  }
+  at::Tensor pix = at::empty({B * H * W, nbc}, x.options().dtype(at::kByte));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d_pack", [&] {
     at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
       bool ok = true;
@@ -234,8 +251,7 @@ at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64
     });
   });
   TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
-  if (Cin * k * k < kConvProductMinInputs || firing_rate(pix, Cin) > kConvProductDenseRate)
-    return at::conv2d(xc, weight, {}, 1, padding);
+  if (firing_rate(pix, Cin) > kConvProductDenseRate) return at::conv2d(xc, weight, {}, 1, padding);
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d", [&] {

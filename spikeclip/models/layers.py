@@ -37,6 +37,11 @@ def make_neuron(
     )
 
 
+def _cpp_kernels(backend: str, x: torch.Tensor) -> bool:
+    """Whether a layer with `backend` runs x through the cpp kernels (CPU, "auto" or "cpp")."""
+    return backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
+
+
 class _SpikingUnit(nn.Module):
     """op (linear or conv, no bias) + BatchNorm (+ an optional neuron) on `[T, B, ...]`.
 
@@ -62,10 +67,8 @@ class _SpikingUnit(nn.Module):
         kernels, on CPU): work in proportion to the firing rate, keeping only the bits."""
         return (
             self.spike_input
-            and self.backend in ("auto", "cpp")
-            and x.device.type == "cpu"
+            and _cpp_kernels(self.backend, x)
             and x.dtype in (torch.float32, torch.float64)
-            and extension_loaded()
             and not torch.compiler.is_compiling()
         )
 
@@ -243,8 +246,8 @@ class SeqMaxPool2x2(nn.Module):
         self.backend = backend  # set_backend reaches it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cpp = self.backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
-        y = max_pool2x2(x.flatten(0, -4), backend="cpp" if cpp else "torch")
+        backend = "cpp" if _cpp_kernels(self.backend, x) else "torch"
+        y = max_pool2x2(x.flatten(0, -4), backend=backend)
         return y.unflatten(0, x.shape[:-3])
 
 
