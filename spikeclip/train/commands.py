@@ -249,6 +249,9 @@ def add_commands(sub) -> None:
 
 
 def dispatch(args) -> int:
+    from spikeclip.host_allocator import keep_freed_buffers
+
+    keep_freed_buffers()  # training reallocates the same large buffers every step
     if args.command == "demo":
         return run_train(args, demo=True)
     if args.command == "train":
