@@ -36,7 +36,9 @@ def _pool_and_grad(fn, x, g):
 @needs_cpp
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["random", "ties", "nan_inf"])
-@pytest.mark.parametrize("shape", [(3, 5, 8, 6), (2, 3, 7, 9), (1, 2, 2, 3), (4, 1, 5, 2)])
+@pytest.mark.parametrize(
+    "shape", [(3, 5, 8, 6), (2, 3, 7, 9), (1, 2, 2, 3), (4, 1, 5, 2), (2, 3, 6, 22), (1, 2, 9, 17)]
+)
 def test_matches_max_pool2d_exactly(dtype, kind, shape):
     x = _inputs(kind, shape, dtype)
     g = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2).to(dtype)

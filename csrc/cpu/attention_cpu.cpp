@@ -118,10 +118,33 @@ SC_INLINE void sparse_row_times(const R* a, const F* B, int64_t D, F* __restrict
   }
 }
 
-template <typename F>
-SC_INLINE void transpose(const F* A, F* At, int64_t rows, int64_t cols) {  // At = A^T
-  for (int64_t a = 0; a < rows; ++a)
-    for (int64_t b = 0; b < cols; ++b) At[b * rows + a] = A[a * cols + b];
+// At = A^T for a row-major [rows, cols] block, cast to At's type. float to float goes by 4 x 4
+// tiles through SSE registers (a scalar transpose is a store per element, at strides that the
+// store buffer handles badly); the edges and other types element by element.
+template <typename F, typename S>
+SC_INLINE void transpose(const F* A, S* At, int64_t rows, int64_t cols) {
+  int64_t a0 = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<F, float> && std::is_same_v<S, float>) {
+    for (; a0 + 4 <= rows; a0 += 4) {
+      const float* src = A + a0 * cols;
+      int64_t b = 0;
+      for (; b + 4 <= cols; b += 4) {
+        __m128 r0 = _mm_loadu_ps(src + b), r1 = _mm_loadu_ps(src + cols + b),
+               r2 = _mm_loadu_ps(src + 2 * cols + b), r3 = _mm_loadu_ps(src + 3 * cols + b);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(At + b * rows + a0, r0);
+        _mm_storeu_ps(At + (b + 1) * rows + a0, r1);
+        _mm_storeu_ps(At + (b + 2) * rows + a0, r2);
+        _mm_storeu_ps(At + (b + 3) * rows + a0, r3);
+      }
+      for (; b < cols; ++b)
+        for (int64_t a = a0; a < a0 + 4; ++a) At[b * rows + a] = A[a * cols + b];
+    }
+  }
+#endif
+  for (int64_t a = a0; a < rows; ++a)
+    for (int64_t b = 0; b < cols; ++b) At[b * rows + a] = static_cast<S>(A[a * cols + b]);
 }
 
 // Per-thread scratch of one head.
@@ -275,8 +298,7 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
       L.k_cols.by_col(L.k_rows, N, D);
       for (int64_t d1 = 0; d1 < D; ++d1)  // gq^T[d1, :] = sum over m with k[m, d1]: Gt[m, :]
         sum_listed_rows(Gt, L.k_cols.list(d1), L.k_cols.size(d1), N, gqt + d1 * N);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t d = 0; d < D; ++d) gq[base + n * D + d] = static_cast<S>(gqt[d * N + n]);
+      transpose(gqt, gq + base, D, N);
     } else {
       unpack_rows(vb, vf, N, D);
       std::fill(A, A + D * D, F(0));
