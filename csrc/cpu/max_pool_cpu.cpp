@@ -19,7 +19,6 @@
 #include <emmintrin.h>
 #endif
 
-
 namespace spikeclip {
 namespace {
 
