@@ -65,8 +65,20 @@ inline constexpr BitSpread kBitSpread{};
 
 template <typename S>
 SC_INLINE void unpack_row(const uint8_t* bits, S* x, int64_t n) {
+  int64_t b = 0;
+#if defined(__GNUC__) && !defined(__CUDACC__)
+  if constexpr (std::is_same_v<S, float>) {  // a byte's 8 floats at once: 1.0f where its bit is set
+    typedef int32_t Lanes8 __attribute__((vector_size(32)));
+    const Lanes8 lane_bit = {1, 2, 4, 8, 16, 32, 64, 128};
+    const Lanes8 one = Lanes8{} + 0x3F800000;
+    for (; b * 8 + 8 <= n; ++b) {
+      const Lanes8 x8 = (((Lanes8{} + bits[b]) & lane_bit) != 0) & one;
+      std::memcpy(x + b * 8, &x8, sizeof(x8));
+    }
+  }
+#endif
   uint8_t tmp[8];
-  for (int64_t b = 0; b * 8 < n; ++b) {
+  for (; b * 8 < n; ++b) {
     std::memcpy(tmp, &kBitSpread.word[bits[b]], 8);
     const int64_t len = n - b * 8 < 8 ? n - b * 8 : 8;
     if (len == 8) {
@@ -78,6 +90,25 @@ SC_INLINE void unpack_row(const uint8_t* bits, S* x, int64_t n) {
 }
 
 #if !defined(__CUDACC__)
+// The len (1 to 7) bytes at p as a little-endian word, by two overlapping loads that stay inside
+// [p, p + len): SpikeCLIP's rows of 48 spikes are 6 bytes, and a byte-by-byte assembly of them
+// cost as much as the rest of the spike listing.
+SC_INLINE uint64_t load_short_word(const uint8_t* p, int64_t len) {
+  if (len >= 4) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + len - 4, 4);
+    return lo | (static_cast<uint64_t>(hi) << (8 * (len - 4)));
+  }
+  if (len >= 2) {
+    uint16_t lo, hi;
+    std::memcpy(&lo, p, 2);
+    std::memcpy(&hi, p + len - 2, 2);
+    return lo | (static_cast<uint64_t>(hi) << (8 * (len - 2)));
+  }
+  return p[0];
+}
+
 // Calls fn(j) for every set bit j of a packed row of n spikes: the spikes' indices, with no
 // branch per zero (cheaper than testing each of n values at typical firing rates).
 // Reads the row 8 bytes at a time (bit j of byte b is bit 8 b + j of the little-endian word).
@@ -91,8 +122,7 @@ SC_INLINE void for_each_spike(const uint8_t* bits, int64_t n, Fn&& fn) {
     for (; w; w &= w - 1) fn(b * 8 + __builtin_ctzll(w));
   }
   if (b < nb) {
-    uint64_t w = 0;
-    for (int64_t i = 0; b + i < nb; ++i) w |= static_cast<uint64_t>(bits[b + i]) << (8 * i);
+    uint64_t w = load_short_word(bits + b, nb - b);
     for (; w; w &= w - 1) fn(b * 8 + __builtin_ctzll(w));
   }
 }

@@ -67,6 +67,18 @@ SC_INLINE void store_row(S* __restrict out, const F* __restrict b, int64_t D) {
   for (int64_t j = 0; j < D; ++j) out[j] = static_cast<S>(b[j]);
 }
 
+// sum_listed_rows into a row of S: straight into it when S is F, else through `row` (D of F).
+template <typename S, typename F>
+SC_INLINE void sum_listed_rows_to(const F* rows, const int32_t* list, int64_t m, int64_t D, S* out,
+                                  F* row) {
+  if constexpr (std::is_same_v<S, F>) {
+    sum_listed_rows(rows, list, m, D, out);
+  } else {
+    sum_listed_rows(rows, list, m, D, row);
+    store_row(out, row, D);
+  }
+}
+
 // One LIF step over n neurons whose input is y * scale; writes spikes (and h when asked).
 template <bool kSaveH, typename S, typename H, typename F>
 SC_INLINE void lif_step(F* __restrict state, const F* __restrict y, F scale, S* __restrict spikes,
@@ -156,7 +168,10 @@ struct Scratch {
     used += n;
     return p;
   }
-  void reserve(int64_t n) { buf.assign(n, F(0)); used = 0; }
+  void reserve(int64_t n) {  // keeps what the buffer holds: callers clear what they accumulate
+    if (static_cast<int64_t>(buf.size()) < n) buf.resize(n);
+    used = 0;
+  }
   int64_t used = 0;
 };
 
@@ -198,6 +213,7 @@ SC_CPU_CLONES void sdsa_backward_head(const S* go, const F* h, const uint8_t* co
   scratch.reserve(6 * D);
   F *carry = scratch.take(D), *gs = scratch.take(D), *gkv = scratch.take(D),
     *spk = scratch.take(D), *krow = scratch.take(D), *vrow = scratch.take(D);
+  std::fill(carry, carry + D, F(0));
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const int64_t base = s.block(t, bh), off = base / D * nb;
     const uint8_t *qb = bits[0] + off, *kb = bits[1] + off, *vb = bits[2] + off;
@@ -280,6 +296,7 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
     *gyt = scratch.take(ND), *gqt = scratch.take(ND), *Gt = scratch.take(N * N);
   F *A = scratch.take(D * D), *gA = scratch.take(D * D), *gAt = scratch.take(D * D),
     *row = scratch.take(D);
+  std::fill(carry, carry + ND, F(0));
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const int64_t base = s.block(t, bh), off = base / D * nb;
     const uint8_t *qb = bits[0] + off, *kb = bits[1] + off, *vb = bits[2] + off;
@@ -317,10 +334,8 @@ SC_CPU_CLONES void ssa_backward_head(const S* go, const S* h, const uint8_t* con
       sum_listed_rows(gy, L.q_cols.list(d1), L.q_cols.size(d1), D, gA + d1 * D);
     transpose(gA, gAt, D, D);
     for (int64_t n = 0; n < N; ++n) {  // gk = v gA^T, gv = k gA
-      sum_listed_rows(gAt, L.v_rows.list(n), L.v_rows.size(n), D, row);
-      store_row(gk + base + n * D, row, D);
-      sum_listed_rows(gA, L.k_rows.list(n), L.k_rows.size(n), D, row);
-      store_row(gv + base + n * D, row, D);
+      sum_listed_rows_to(gAt, L.v_rows.list(n), L.v_rows.size(n), D, gk + base + n * D, row);
+      sum_listed_rows_to(gA, L.k_rows.list(n), L.k_rows.size(n), D, gv + base + n * D, row);
     }
   }
 }

@@ -27,7 +27,9 @@ template <int kV, typename F>
 SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
                                const int32_t* __restrict list, int64_t m, F* __restrict out) {
   using V = Vec32<F>;
-  V acc[kV] = {};
+  V acc[kV];
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kV; ++v) acc[v] = V{};
   for (int64_t s = 0; s < m; ++s) {
     const F* w = rows + list[s] * stride;
     for (int64_t v = 0; v < kV; ++v) {
@@ -36,7 +38,11 @@ SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
       acc[v] += x;
     }
   }
-  std::memcpy(out, acc, sizeof(acc));
+  // Stored vector by vector from the registers: a memcpy of the whole array makes GCC keep acc
+  // on the stack, zero it there first (a rep stos per call) and copy it out in a loop, more
+  // than the sums themselves cost at a few rows.
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kV; ++v) std::memcpy(out + v * kLanes<F>, &acc[v], sizeof(V));
 }
 
 // The last len (< one vector) elements of an output row.
@@ -53,25 +59,26 @@ SC_INLINE void sum_listed_part(const F* __restrict rows, int64_t stride,
 }
 
 // out[0:width] = sum over the m listed rows j of rows[j * width + 0:width]: tiles of 8 vectors,
-// then one each of 4, 2 and 1 as the width needs (48 floats = 4 + 2), then the rest.
+// then one tile of the 1 to 7 vectors left (48 floats: one pass of 6), then the rest. Each tile
+// walks the list once, so the fewer tiles the better.
 template <typename F>
 SC_INLINE void sum_listed_rows(const F* rows, const int32_t* list, int64_t m, int64_t width,
                                F* out) {
   constexpr int64_t L = kLanes<F>;
   int64_t c = 0;
   for (; c + 8 * L <= width; c += 8 * L) sum_listed_tile<8, F>(rows + c, width, list, m, out + c);
-  if (c + 4 * L <= width) {
-    sum_listed_tile<4, F>(rows + c, width, list, m, out + c);
-    c += 4 * L;
+  const int64_t vectors = (width - c) / L;
+  switch (vectors) {
+    case 7: sum_listed_tile<7, F>(rows + c, width, list, m, out + c); break;
+    case 6: sum_listed_tile<6, F>(rows + c, width, list, m, out + c); break;
+    case 5: sum_listed_tile<5, F>(rows + c, width, list, m, out + c); break;
+    case 4: sum_listed_tile<4, F>(rows + c, width, list, m, out + c); break;
+    case 3: sum_listed_tile<3, F>(rows + c, width, list, m, out + c); break;
+    case 2: sum_listed_tile<2, F>(rows + c, width, list, m, out + c); break;
+    case 1: sum_listed_tile<1, F>(rows + c, width, list, m, out + c); break;
+    default: break;
   }
-  if (c + 2 * L <= width) {
-    sum_listed_tile<2, F>(rows + c, width, list, m, out + c);
-    c += 2 * L;
-  }
-  if (c + L <= width) {
-    sum_listed_tile<1, F>(rows + c, width, list, m, out + c);
-    c += L;
-  }
+  c += vectors * L;
   if (c < width) sum_listed_part<F>(rows + c, width, list, m, out + c, width - c);
 }
 
@@ -79,7 +86,8 @@ SC_INLINE void sum_listed_rows(const F* rows, const int32_t* list, int64_t m, in
 // row (list(r): the columns set in row r) or by column (list(c): the rows where column c is
 // set), in increasing order. Buffers are kept between calls.
 struct SpikeLists {
-  std::vector<int32_t> idx, start, next;
+  std::vector<int32_t> idx, start;
+  std::vector<uint64_t> words;  // by_col's bit words
 
   void by_row(const uint8_t* bits, int64_t rows, int64_t cols) {
     const int64_t nb = packed_row_bytes(cols);
@@ -93,17 +101,27 @@ struct SpikeLists {
     start[rows] = m;
   }
 
-  // By column, from the same block listed by row (no second reading of the bits).
+  // By column, from the same block listed by row (no second reading of the bits): the rows of
+  // each column are first set as bits of words (ceil(rows / 64) per column), then listed.
   void by_col(const SpikeLists& by_rows, int64_t rows, int64_t cols) {
-    const int32_t nnz = by_rows.start[rows];
-    idx.resize(static_cast<size_t>(rows * cols));
-    start.assign(static_cast<size_t>(cols + 1), 0);
-    for (int32_t i = 0; i < nnz; ++i) ++start[by_rows.idx[i] + 1];
-    for (int64_t c = 0; c < cols; ++c) start[c + 1] += start[c];
-    next.assign(start.begin(), start.end() - 1);
-    for (int64_t r = 0; r < rows; ++r)
+    const int64_t W = (rows + 63) / 64;
+    words.assign(static_cast<size_t>(cols * W), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      uint64_t* row_words = words.data() + r / 64;
+      const uint64_t bit = uint64_t{1} << (r % 64);
       for (int32_t i = by_rows.start[r]; i < by_rows.start[r + 1]; ++i)
-        idx[next[by_rows.idx[i]]++] = static_cast<int32_t>(r);
+        row_words[by_rows.idx[i] * W] |= bit;
+    }
+    idx.resize(static_cast<size_t>(rows * cols));
+    start.resize(static_cast<size_t>(cols + 1));
+    int32_t m = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      start[c] = m;
+      for (int64_t w = 0; w < W; ++w)
+        for (uint64_t x = words[c * W + w]; x; x &= x - 1)
+          idx[m++] = static_cast<int32_t>(w * 64 + __builtin_ctzll(x));
+    }
+    start[cols] = m;
   }
 
   const int32_t* list(int64_t i) const { return idx.data() + start[i]; }
