@@ -9,6 +9,9 @@
 #if defined(__SSE2__) && !defined(__CUDACC__)
 #include <emmintrin.h>
 #endif
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__)
+#include <immintrin.h>
+#endif
 
 #include "lif_math.h"
 
@@ -42,9 +45,40 @@ SC_INLINE uint8_t pack8(const S* x, int64_t len, bool* bad) {
   return byte;
 }
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define SC_PACK_AVX2 1
+// pack_row of floats with AVX2, for CPUs that have it (built portable, called at run time):
+// a byte per compare and movemask; the 0/1 check stays in a register for the whole row.
+__attribute__((target("avx2"))) inline bool pack_row_avx2(const float* x, uint8_t* bits,
+                                                          int64_t n) {
+  const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  int64_t b = 0;
+  for (; b * 8 + 8 <= n; ++b) {
+    const __m256 v = _mm256_loadu_ps(x + b * 8);
+    bits[b] = static_cast<uint8_t>(_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ)));
+    ok = _mm256_and_ps(ok, _mm256_or_ps(_mm256_cmp_ps(v, zero, _CMP_EQ_OQ),
+                                        _mm256_cmp_ps(v, one, _CMP_EQ_OQ)));
+  }
+  bool bad = _mm256_movemask_ps(ok) != 0xFF;
+  if (b * 8 < n) bits[b] = pack8(x + b * 8, n - b * 8, &bad);
+  return !bad;
+}
+
+inline bool cpu_has_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
 // Packs one row of n values; returns false if a value is neither 0 nor 1.
 template <typename S>
 SC_INLINE bool pack_row(const S* x, uint8_t* bits, int64_t n) {
+#if defined(SC_PACK_AVX2)
+  if constexpr (std::is_same_v<S, float>) {
+    if (cpu_has_avx2()) return pack_row_avx2(x, bits, n);
+  }
+#endif
   bool bad = false;
   for (int64_t b = 0; b * 8 < n; ++b) bits[b] = pack8(x + b * 8, n - b * 8 < 8 ? n - b * 8 : 8, &bad);
   return !bad;
