@@ -23,8 +23,10 @@ _BLOCK = 1024
 def _surrogate_grad(u, alpha, SURR: tl.constexpr):
     # sigmoid, atan, triangle, erf: reference.SURROGATES
     if SURR == 0:
-        sig = 1.0 / (1.0 + tl.exp(-alpha * u))
-        g = alpha * sig * (1.0 - sig)
+        # alpha sig (1 - sig) in the symmetric form of lif_math.h: 1 - sig cancels to nothing in
+        # float32 once alpha |u| passes ~16 (SDSA's counted kv does), e / (1 + e)^2 does not
+        e = tl.exp(-tl.abs(alpha * u))
+        g = alpha * e / ((1.0 + e) * (1.0 + e))
     elif SURR == 1:
         w = 1.5707963267948966 * alpha * u
         g = alpha / 2.0 / (1.0 + w * w)
