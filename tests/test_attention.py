@@ -193,12 +193,29 @@ def test_pack_round_trip(backend, device, shape):
 def test_pack_errors():
     with pytest.raises(ValueError, match="only 0 and 1"):
         pack_spikes(torch.tensor([0.0, 0.5, 1.0]))
+    for bad in (0.5, 2.0, -1.0, float("nan"), float("inf")):  # inside a full byte of a row
+        x = (torch.rand(3, 20) < 0.4).float()
+        x[1, 12] = bad
+        for backend in ("auto", "torch"):
+            with pytest.raises(ValueError, match="only 0 and 1"):
+                pack_spikes(x, backend=backend)
     with pytest.raises(ValueError, match="only 0 and 1"):
         pack_spikes(torch.tensor([0.0, 2.0]), backend="torch")
     with pytest.raises(TypeError, match="uint8"):
         unpack_spikes(torch.zeros(3), 8)
     with pytest.raises(ValueError, match="ceil"):
         unpack_spikes(torch.zeros(3, dtype=torch.uint8), 8)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("name", ["sdsa", "ssa"])
+@pytest.mark.parametrize("bad", [0.5, 2.0, -1.0, float("nan"), float("inf")])
+def test_one_non_spike_among_spikes(backend, device, name, bad):
+    # a single bad value inside a full byte of a row (the CPU packs those 8 at a time)
+    q, k, v = random_spikes((2, 1, 2, 6, 20), (0.3, 0.3, 0.3), torch.float32, device)
+    k[1, 0, 1, 4, 10] = bad
+    with pytest.raises(ValueError, match="must hold spikes"):
+        OPS[name][0](q, k.requires_grad_(True), v, backend=backend)
 
 
 @pytest.mark.parametrize("name", ["sdsa", "ssa"])
