@@ -26,6 +26,33 @@ Heads check_grad_out(const at::Tensor& go, int64_t D, const char* op) {
   return Heads{go.size(0), go.size(1) * go.size(2), go.size(3), D};
 }
 
+Heads check_backward(const at::Tensor& go, const at::Tensor& h, const at::Tensor& q_bits,
+                     const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, bool sdsa,
+                     const char* op) {
+  const Heads s = check_grad_out(go, D, op);
+  std::vector<int64_t> h_shape = go.sizes().vec();
+  at::ScalarType h_dtype = go.scalar_type();
+  if (sdsa) {
+    h_shape.erase(h_shape.begin() + 3);  // [T, B, H, D]: one membrane per head and channel
+    h_dtype = h_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  }
+  TORCH_CHECK_VALUE(h.sizes() == at::IntArrayRef(h_shape) && h.scalar_type() == h_dtype, op,
+                    ": h must be ", at::IntArrayRef(h_shape), " ", h_dtype, ", got ", h.sizes(),
+                    " ", h.scalar_type());
+  TORCH_CHECK_VALUE(h.device() == go.device() && h.is_contiguous(), op,
+                    ": h must be contiguous and on grad_out's device");
+  std::vector<int64_t> bits_shape = go.sizes().vec();
+  bits_shape.back() = packed_row_bytes(D);
+  for (const at::Tensor* b : {&q_bits, &k_bits, &v_bits}) {
+    TORCH_CHECK_VALUE(b->scalar_type() == at::kByte && b->sizes() == at::IntArrayRef(bits_shape),
+                      op, ": q_bits, k_bits, v_bits must be uint8 ", at::IntArrayRef(bits_shape),
+                      ", got ", b->sizes(), " ", b->scalar_type());
+    TORCH_CHECK_VALUE(b->device() == go.device() && b->is_contiguous(), op,
+                      ": q_bits, k_bits, v_bits must be contiguous and on grad_out's device");
+  }
+  return s;
+}
+
 LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
                             bool detach_reset, c10::string_view surrogate, double alpha) {
   LifOptionsView o;

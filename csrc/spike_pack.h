@@ -143,20 +143,30 @@ SC_INLINE uint64_t load_short_word(const uint8_t* p, int64_t len) {
   return p[0];
 }
 
-// Calls fn(j) for every set bit j of a packed row of n spikes: the spikes' indices, with no
+// Bits of the last byte of a packed row of n spikes that hold spikes (the rest are padding).
+SC_INLINE unsigned last_byte_mask(int64_t n) { return n % 8 ? (1u << (n % 8)) - 1u : 0xFFu; }
+
+// Calls fn(j) for every set bit j < n of a packed row of n spikes: the spikes' indices, with no
 // branch per zero (cheaper than testing each of n values at typical firing rates).
 // Reads the row 8 bytes at a time (bit j of byte b is bit 8 b + j of the little-endian word).
+// Padding bits past n are masked off whatever they hold: bits packed from a wider row must not
+// send fn past the row (the callers index buffers of n rows by j).
 template <typename Fn>
 SC_INLINE void for_each_spike(const uint8_t* bits, int64_t n, Fn&& fn) {
   const int64_t nb = packed_row_bytes(n);
   int64_t b = 0;
-  for (; b + 8 <= nb; b += 8) {
+  for (; (b + 8) * 8 <= n; b += 8) {  // whole words of spikes
     uint64_t w;
     std::memcpy(&w, bits + b, 8);
     for (; w; w &= w - 1) fn(b * 8 + __builtin_ctzll(w));
   }
-  if (b < nb) {
-    uint64_t w = load_short_word(bits + b, nb - b);
+  if (b < nb) {  // 1 to 8 bytes holding the last n - 8 b (< 64) spikes
+    uint64_t w;
+    if (nb - b == 8)
+      std::memcpy(&w, bits + b, 8);
+    else
+      w = load_short_word(bits + b, nb - b);
+    w &= (uint64_t{1} << (n - b * 8)) - 1;
     for (; w; w &= w - 1) fn(b * 8 + __builtin_ctzll(w));
   }
 }

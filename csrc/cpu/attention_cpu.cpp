@@ -389,7 +389,7 @@ Grads3 sdsa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::T
                     double v_th, double v_reset, bool soft_reset, bool detach_reset,
                     c10::string_view surrogate, double alpha) {
   const at::Tensor go = grad_out.contiguous();
-  const Heads s = check_grad_out(go, D, "sdsa_bwd");
+  const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, true, "sdsa_bwd");
   const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),
@@ -450,8 +450,7 @@ Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Te
                    double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
                    c10::string_view surrogate, double alpha) {
   const at::Tensor go = grad_out.contiguous();
-  const Heads s = check_grad_out(go, D, "ssa_bwd");
-  TORCH_CHECK(h.sizes() == go.sizes(), "ssa_bwd: h must have grad_out's shape");
+  const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, false, "ssa_bwd");
   const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const at::Tensor hc = h.contiguous();

@@ -56,9 +56,11 @@ SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* 
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t* row_bits = bits + r * nb;
     const F* g = gy + r * cout;
-    for (int64_t b = b0; b < b1; ++b)
-      for (unsigned byte = row_bits[b]; byte; byte &= byte - 1)
+    for (int64_t b = b0; b < b1; ++b) {
+      const unsigned mask = b == nb - 1 ? last_byte_mask(n) : 0xFFu;  // padding bits ignored
+      for (unsigned byte = row_bits[b] & mask; byte; byte &= byte - 1)
         add_row(gwt + (b * 8 + __builtin_ctz(byte)) * cout, g, cout);
+    }
   }
 }
 
@@ -89,6 +91,9 @@ double firing_rate(const at::Tensor& bits, int64_t n) {
     ones += __builtin_popcountll(word);
   }
   for (; i < total; ++i) ones += __builtin_popcount(p[i]);
+  const int64_t nb = packed_row_bytes(n);
+  if (n % 8 && nb)  // padding bits past n in each row's last byte are not spikes
+    for (int64_t r = nb - 1; r < total; r += nb) ones -= __builtin_popcount(p[r] & ~last_byte_mask(n));
   const int64_t elements = bits.size(0) * n;
   return elements ? static_cast<double>(ones) / static_cast<double>(elements) : 0.0;
 }

@@ -51,13 +51,13 @@ Outputs5 attention_fwd(const char* op, bool sdsa, const at::Tensor& q, const at:
 }
 
 template <typename Launch>
-Grads3 attention_bwd(const char* op, const at::Tensor& grad_out, const at::Tensor& h,
+Grads3 attention_bwd(const char* op, bool sdsa, const at::Tensor& grad_out, const at::Tensor& h,
                      const at::Tensor& q_bits, const at::Tensor& k_bits, const at::Tensor& v_bits,
                      int64_t D, double scale, double tau, double v_th, double v_reset,
                      bool soft_reset, bool detach_reset, c10::string_view surrogate,
                      double alpha, int64_t workspace_floats_of_heads, Launch&& launch) {
   const at::Tensor go = grad_out.contiguous();
-  const Heads s = check_grad_out(go, D, op);
+  const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, sdsa, op);
   check_cuda_float(go.scalar_type(), op);
   const c10::cuda::CUDAGuard guard(go.device());
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
@@ -95,7 +95,7 @@ Grads3 sdsa_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& h, const at::
                      const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double tau,
                      double v_th, double v_reset, bool soft_reset, bool detach_reset,
                      c10::string_view surrogate, double alpha) {
-  return attention_bwd("sdsa_bwd", grad_out, h, q_bits, k_bits, v_bits, D, 1.0, tau, v_th,
+  return attention_bwd("sdsa_bwd", true, grad_out, h, q_bits, k_bits, v_bits, D, 1.0, tau, v_th,
                        v_reset, soft_reset, detach_reset, surrogate, alpha, 0,
                        [](const AttentionBackwardView& view, auto st) {
                          sdsa_cuda_backward(view, st);
@@ -118,9 +118,8 @@ Grads3 ssa_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& h, const at::T
                     const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double scale,
                     double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
                     c10::string_view surrogate, double alpha) {
-  const Heads s = check_grad_out(grad_out, D, "ssa_bwd");
-  TORCH_CHECK(h.sizes() == grad_out.sizes(), "ssa_bwd: h must have grad_out's shape");
-  return attention_bwd("ssa_bwd", grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, v_th,
+  const Heads s = check_grad_out(grad_out, D, "ssa_bwd");  // for the workspace; the rest below
+  return attention_bwd("ssa_bwd", false, grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, v_th,
                        v_reset, soft_reset, detach_reset, surrogate, alpha,
                        ssa_cuda_workspace_floats(s),
                        [](const AttentionBackwardView& view, auto st) {
