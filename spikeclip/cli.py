@@ -3,6 +3,11 @@
     spikeclip demo                    # the whole recipe on Fashion-MNIST, offline teacher
     spikeclip train --dataset fashion-mnist --config tiny --teacher lit --out DIR [--resume]
     spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"]
+    spikeclip eval --checkpoint DIR (--dataset NAME | --data SHARDS)   # any set: top-1/5, per class
+    spikeclip shards --dataset NAME|folder|tsv [--data-dir D] [--split S] --out SHARDS
+    spikeclip features --data SHARDS --teacher T --out FEAT            # torchrun: shards by rank
+    spikeclip align --data SHARDS --features FEAT --config C --out RUN  # torchrun, --resume
+    spikeclip finetune --init RUN/checkpoint (--dataset NAME | --data SHARDS --features F) --out R2
     spikeclip energy --checkpoint DIR
     spikeclip bench [lif|attention|model|memory|layers] [--device cpu|cuda] [--T 4 8 16] [--N ...]
     spikeclip info

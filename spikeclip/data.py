@@ -222,37 +222,44 @@ def _load_cifar(name, split, root: Path | None) -> ImageDataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def load_image_folder(root: str | Path, size: int | None = None, name: str = "folder"):
-    """root/<class name>/<images>: classes in sorted order ("_" read as a space); every image
-    converted to RGB and, when `size` is given, resized to size x size."""
+def load_image_folder(
+    root: str | Path, size: int | None = None, name: str = "folder", split: str = "all",
+    seed: int = 0, test_fraction: float = 0.1,
+):  # fmt: skip
+    """root/<class name>/<images>, held in memory (for small sets; shard large ones with
+    `spikeclip shards`): classes in sorted order ("_" read as a space); every image converted
+    to RGB and, when `size` is given, resized to size x size. split "train" / "test" take the
+    seeded split of `spikeclip.shards.folder_source` (never the same image), "all" every file;
+    unreadable files are skipped (`ds.skipped` says which and why)."""
+    import io
+
     from PIL import Image
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"{root}: no such directory (expected <root>/<class>/<image>)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    from spikeclip.shards import folder_source
+
+    source = folder_source(root, split, seed, test_fraction, name)
     images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((root / cls).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
-                    if size is not None:
-                        im = im.resize((size, size), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.uint8))
-                labels.append(label)
+    for sample in source.samples:
+        with Image.open(io.BytesIO(sample.image)) as im:
+            im = im.convert("RGB")
+            if size is not None:
+                im = im.resize((size, size), Image.BILINEAR)
+            images.append(np.asarray(im, dtype=np.uint8))
+        labels.append(sample.label)
     if not images:
-        raise DatasetNotFoundError(f"{root}: no images in <root>/<class>/ folders")
+        raise DatasetNotFoundError(f"{root}: no {split} images in <root>/<class>/ folders")
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ValueError(f"{root}: images differ in size {sorted(shapes)[:3]}: pass size=")
-    return ImageDataset(
+    ds = ImageDataset(
         name,
-        "all",
+        split,
         torch.from_numpy(np.stack(images)),
         torch.tensor(labels, dtype=torch.int64),
-        [c.replace("_", " ") for c in classes],
+        source.class_names,
     )
+    ds.skipped = source.skipped
+    return ds
 
 
 # ---- entry point ----------------------------------------------------------------------------
@@ -262,17 +269,18 @@ DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar10", "cifar100", "folder
 
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None):
     """One split of a dataset (see DATASETS); data_dir overrides where its files are looked
-    for (for "folder": the folder itself, split ignored)."""
+    for (for "folder": the folder itself; its "train" and "test" are a seeded split of its
+    files, "all" every file)."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    if split not in SPLITS and name != "folder":
+    if split not in (*SPLITS, "all") or (split == "all" and name != "folder"):
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = Path(data_dir) if data_dir is not None else None
     env = os.environ.get("SPIKECLIP_DATA")
     if name == "folder":
         if root is None:
             raise ValueError("the folder dataset needs data_dir=<root>/<class>/<images>")
-        return load_image_folder(root)
+        return load_image_folder(root, split=split)
     if name == "fashion-mnist":
         roots = [r for r in (root, root / "fashion-mnist" if root else None) if r]
         roots = roots or [DEBIAN_FASHION_MNIST] + ([Path(env) / "fashion-mnist"] if env else [])

@@ -71,9 +71,25 @@ def test_image_folder(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(2):
             Image.fromarray(np.full((5, 6, 3), 40 * i, np.uint8)).save(tmp_path / cls / f"{i}.png")
-    ds = load_dataset("folder", data_dir=tmp_path)
+    ds = load_dataset("folder", "all", data_dir=tmp_path)
     assert ds.class_names == ["bag", "running shoe"] and len(ds) == 4
     assert ds[0][0].shape == (3, 5, 6)
+    assert ds.labels.tolist() == [0, 0, 1, 1]  # label = the class folder's sorted position
+    assert torch.equal(ds.images[1], torch.full((5, 6, 3), 40, dtype=torch.uint8))
+    # train and test: a seeded split of the files, never the same image
+    for cls in ("running_shoe", "bag"):
+        for i in range(2, 30):
+            Image.fromarray(np.full((5, 6, 3), i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    train, test = (load_dataset("folder", s, data_dir=tmp_path) for s in ("train", "test"))
+    assert len(train) + len(test) == 60 and 0 < len(test) < 20
+    rows = {
+        tuple(x.flatten().tolist()) + (int(y),)
+        for x, y in zip(train.images, train.labels, strict=True)
+    }
+    assert not rows & {
+        tuple(x.flatten().tolist()) + (int(y),)
+        for x, y in zip(test.images, test.labels, strict=True)
+    }
 
 
 def test_missing_data_says_how_to_get_it(tmp_path):

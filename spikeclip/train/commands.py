@@ -240,6 +240,16 @@ def add_commands(sub) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", help="where to write the result (default CHECKPOINT/eval.json)")
     e.add_argument("--no-progress", action="store_true")
+    e.add_argument(
+        "--dataset", help="evaluate on this dataset of spikeclip.data instead of the training one "
+        "(top-1, top-5, per class)",
+    )  # fmt: skip
+    e.add_argument("--split", default="test", help="with --dataset (default %(default)s)")
+    e.add_argument("--data", help="evaluate on labelled shards (spikeclip shards)")
+    e.add_argument("--teacher", action="store_true", help="with --dataset: the teacher's top-1 too")
+    from spikeclip.train.stage_commands import add_stage_commands
+
+    add_stage_commands(sub)
     n = sub.add_parser("energy", help="per-layer SOPs/MACs and energy per image of a checkpoint")
     n.add_argument("--checkpoint", required=True)
     n.add_argument("--images", type=int, default=64, help="test images to measure on")
@@ -256,6 +266,14 @@ def dispatch(args) -> int:
         return run_train(args, demo=True)
     if args.command == "train":
         return run_train(args, demo=False)
+    from spikeclip.train.stage_commands import STAGE_COMMANDS, run_stage_eval
+
+    if args.command in STAGE_COMMANDS:
+        return STAGE_COMMANDS[args.command](args)
     if args.command == "eval":
+        if args.dataset is not None or args.data is not None:
+            if args.extra_names:
+                raise SystemExit("spikeclip eval: --extra-names goes without --dataset / --data")
+            return run_stage_eval(args)
         return run_eval(args)
     return run_energy(args)

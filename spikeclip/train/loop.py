@@ -1,9 +1,11 @@
 """One stage of the recipe as a resumable, distributable training loop.
 
 A stage trains `module` (wrapped in DistributedDataParallel when torchrun started several
-processes) on item indices 0..n-1: each epoch visits them in an order drawn from (seed, stage,
-epoch) alone, so a run continued from a checkpoint sees exactly the batches the uninterrupted
-run would have seen. The global batch is split into equal contiguous parts, one per rank.
+processes) on batches of a source: item indices 0..n-1 of data in memory (each epoch in an
+order drawn from (seed, stage, epoch) alone, the global batch split into equal contiguous parts,
+one per rank), or a shard stream (spikeclip.streaming) whose every rank's position is saved
+with each checkpoint. Either way a run continued from a checkpoint sees exactly the samples the
+uninterrupted run would have seen in that epoch, none twice, none left out.
 AdamW (amsgrad, as SpikeCLIP) with a cosine schedule from `lr` to `lr_final` computed from
 the global step (no scheduler state to lose).
 
@@ -162,36 +164,66 @@ def load_stage_result(run_dir: Path, name: str, model: nn.Module) -> dict:
 
 # ---- the loop -------------------------------------------------------------------------------
 
-StepFn = Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, dict]]
+StepFn = Callable[[nn.Module, object], tuple[torch.Tensor, dict]]
+
+
+class IndexBatches:
+    """Batches of item indices 0..n-1 (data held in memory): each epoch in an order drawn from
+    (seed, stage, epoch); each rank takes its contiguous part of the global batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, stage: str, dist: Dist):
+        if n < 1:
+            raise ValueError(f"stage {stage}: nothing to train on")
+        self.n, self.batch_size, self.seed, self.stage, self.dist = n, batch_size, seed, stage, dist
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def batches(self, epoch: int, first_step: int, position: dict | None):
+        order = epoch_order(self.n, self.seed, self.stage, epoch)
+        b = self.batch_size
+        for s in range(first_step, self.steps_per_epoch(epoch)):
+            yield order[s * b : (s + 1) * b].tensor_split(self.dist.world)[self.dist.rank]
+
+    def position(self) -> dict:
+        return {}  # the step in the epoch says it all
 
 
 def run_stage(
     stage: StageConfig,
     model: nn.Module,
     module: nn.Module,
-    n_items: int,
+    data,
     step_fn: StepFn,
     ctx: RunContext,
 ) -> dict:
-    """Train `module` (a part of `model`, the whole student that checkpoints hold) on indices
-    0..n_items-1 with `step_fn(trained_module, indices) -> (mean loss, extra metrics)`.
+    """Train `module` (a part of `model`, the whole student that checkpoints hold) with
+    `step_fn(trained_module, batch) -> (mean loss, extra metrics)`. `data` is a number of items
+    (batches of their indices, `IndexBatches`) or a batch source with the same three methods
+    (`spikeclip.streaming.StreamBatches`: each rank's position in its stream is checkpointed).
     Returns the stage's summary (also written to done.json). A finished stage is loaded, not
     rerun."""
     stage_dir = ctx.run_dir / "stages" / stage.name
     if stage_done(ctx.run_dir, stage.name):
         return load_stage_result(ctx.run_dir, stage.name, model)
-    if n_items < 1:
-        raise ValueError(f"stage {stage.name}: nothing to train on")
+    if isinstance(data, int):
+        data = IndexBatches(data, stage.batch_size, ctx.seed, stage.name, ctx.dist)
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, amsgrad=True)
-    steps_per_epoch = math.ceil(n_items / stage.batch_size)
-    total = stage.epochs * steps_per_epoch
+    steps = [data.steps_per_epoch(e) for e in range(stage.epochs)]
+    total = sum(steps)
     progress = load_checkpoint(stage_dir, model, opt) or {
         "epoch": 0,
         "step_in_epoch": 0,
         "global_step": 0,
         "seconds": 0.0,
+        "world": ctx.dist.world,
     }
+    if progress.get("positions") and progress.get("world", 1) != ctx.dist.world:
+        raise ValueError(
+            f"stage {stage.name}: the checkpoint was written by {progress.get('world')} ranks; "
+            f"resume a streamed stage with as many (now {ctx.dist.world})"
+        )
     if progress["global_step"]:
         ctx.log({"event": "resumed", "stage": stage.name, "global_step": progress["global_step"]})
     trained = module
@@ -204,8 +236,11 @@ def run_stage(
 
     last_loss = float("nan")
     for epoch in range(progress["epoch"], stage.epochs):
-        order = epoch_order(n_items, ctx.seed, stage.name, epoch)
-        first = progress["step_in_epoch"] if epoch == progress["epoch"] else 0
+        resuming = epoch == progress["epoch"] and progress["step_in_epoch"] > 0
+        first = progress["step_in_epoch"] if resuming else 0
+        saved = progress.get("positions") if resuming else None
+        position = saved[ctx.dist.rank] if saved else None
+        steps_per_epoch = steps[epoch]
         bar = tqdm(
             total=steps_per_epoch,
             initial=first,
@@ -213,10 +248,10 @@ def run_stage(
             disable=not (ctx.progress and ctx.dist.main),
             leave=False,
         )
+        batches = data.batches(epoch, first, position)
         for s in range(first, steps_per_epoch):
             t0 = time.perf_counter()
-            batch = order[s * stage.batch_size : (s + 1) * stage.batch_size]
-            local = batch.tensor_split(ctx.dist.world)[ctx.dist.rank]
+            local = next(batches)
             lr = cosine_lr(progress["global_step"], total, stage.lr, stage.lr_final)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -231,6 +266,7 @@ def run_stage(
             progress.update(epoch=epoch, step_in_epoch=s + 1)
             if s + 1 == steps_per_epoch:
                 progress.update(epoch=epoch + 1, step_in_epoch=0)
+                progress.pop("positions", None)
             ctx.log(
                 {
                     "stage": stage.name,
@@ -244,12 +280,16 @@ def run_stage(
             bar.set_postfix(loss=f"{last_loss:.4f}")
             bar.update()
             if progress["global_step"] % stage.checkpoint_every == 0:
+                positions = distributed.gather_objects(data.position(), ctx.dist)
+                if positions[0]:
+                    progress["positions"] = positions
                 if ctx.dist.main:
                     save_checkpoint(stage_dir, model, opt, progress)
                 distributed.barrier(ctx.dist)
             ctx.steps_taken += 1
             if ctx.stop_after_steps is not None and ctx.steps_taken >= ctx.stop_after_steps:
                 raise Interrupted(f"stopped after {ctx.steps_taken} steps (stop_after_steps)")
+        batches.close()
         bar.close()
     summary = {
         "stage": stage.name,

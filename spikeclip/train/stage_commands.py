@@ -1,0 +1,204 @@
+"""The corpus-scale subcommands of `spikeclip`: shards, features, align, finetune (and the
+shard / dataset forms of eval). Each runs alone or under torchrun (features, align, finetune).
+
+    spikeclip shards --dataset folder --data-dir imagenet/train --split train --out S
+    torchrun --nproc_per_node=8 -m spikeclip features --data S --teacher clip:DIR --out FEAT
+    torchrun --nproc_per_node=8 -m spikeclip align --data S --features FEAT --config paper --out A
+    torchrun --nproc_per_node=8 -m spikeclip finetune --init A/checkpoint --dataset cifar10 --out B
+    spikeclip eval --checkpoint B/checkpoint --dataset cifar10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _positive(kind=int):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def _stage_args(p, d, epochs: str) -> None:
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--config", default=d.config, help="tiny or paper (default %(default)s)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, ... (default %(default)s)")
+    p.add_argument("--backend", default=d.backend, help="kernel backend (default %(default)s)")
+    p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
+    p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")
+    p.add_argument("--batch", type=_positive(), default=d.batch_size, help="global batch size")
+    p.add_argument("--epochs", type=_positive(), default=getattr(d, epochs))
+    p.add_argument("--workers", type=int, default=2, help="loader workers per rank (decoding)")
+    p.add_argument("--shuffle-buffer", type=_positive(), default=1000, help="samples per worker")
+    p.add_argument("--checkpoint-every", type=_positive(), default=d.checkpoint_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--cache-dir", help="teacher feature cache for --dataset")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_stage_commands(sub) -> None:
+    from spikeclip.train.config import RecipeConfig
+
+    d = RecipeConfig()
+    s = sub.add_parser("shards", help="write a dataset, folder or TSV as WebDataset shards")
+    s.add_argument(
+        "--dataset", required=True,
+        help="a dataset of spikeclip.data, 'folder' (--data-dir <root>/<class>/<images>) or "
+        "'tsv' (--data-dir a file of image_path<TAB>caption lines)",
+    )  # fmt: skip
+    s.add_argument("--data-dir")
+    s.add_argument("--split", default="train", help="train, test (a folder: seeded), or all")
+    s.add_argument("--test-fraction", type=float, default=0.1, help="a folder's test share")
+    s.add_argument("--seed", type=int, default=0, help="a folder's train/test split")
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard-size", type=_positive(), default=1000, help="samples per shard")
+    s.add_argument("--no-progress", action="store_true")
+
+    f = sub.add_parser("features", help="teacher image features of shards, one file per shard")
+    f.add_argument("--data", required=True, help="a shard directory (spikeclip shards)")
+    f.add_argument("--teacher", default="lit", help="lit, clip:DIR or a saved teacher directory")
+    f.add_argument("--out", required=True)
+    f.add_argument("--batch", type=_positive(), default=256)
+    f.add_argument("--teacher-steps", type=_positive(), default=d.teacher_steps)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--no-progress", action="store_true")
+
+    a = sub.add_parser("align", help="text + image alignment on shards (no labels)")
+    a.add_argument("--data", required=True, help="a shard directory")
+    a.add_argument("--features", required=True, help="its teacher features (spikeclip features)")
+    a.add_argument("--teacher", help="check that the features are of this teacher")
+    a.add_argument("--text-epochs", type=int, default=d.text_epochs)
+    a.add_argument("--lr", type=_positive(float), default=d.lr)
+    a.add_argument("--text-lr", type=_positive(float), default=d.text_lr)
+    _stage_args(a, d, "image_epochs")
+
+    t = sub.add_parser("finetune", help="dual-loss fine-tuning of an aligned checkpoint")
+    t.add_argument("--init", required=True, help="an aligned checkpoint (RUN/checkpoint)")
+    t.add_argument("--dataset", help="a labelled dataset of spikeclip.data (its train split)")
+    t.add_argument("--data-dir")
+    t.add_argument("--train-images", type=_positive())
+    t.add_argument("--data", help="or labelled shards, with --features")
+    t.add_argument("--features")
+    t.add_argument("--lr", type=_positive(float), default=d.finetune_lr)
+    _stage_args(t, d, "finetune_epochs")
+
+
+def _cfg(args, **extra):
+    from spikeclip.train.config import RecipeConfig
+
+    return RecipeConfig(
+        out=args.out, resume=args.resume, config=args.config, device=args.device,
+        backend=args.backend, memory=args.memory, amp=args.amp, batch_size=args.batch,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, cache_dir=args.cache_dir,
+        progress=not args.no_progress, **extra,
+    )  # fmt: skip
+
+
+def run_shards(args) -> int:
+    from spikeclip.shards import dataset_source, folder_source, tsv_source, write_shards
+
+    if args.dataset in ("folder", "tsv") and not args.data_dir:
+        raise SystemExit(f"spikeclip shards: --dataset {args.dataset} needs --data-dir")
+    if args.dataset == "folder":
+        source = folder_source(args.data_dir, args.split, args.seed, args.test_fraction)
+    elif args.dataset == "tsv":
+        source = tsv_source(args.data_dir)
+    else:
+        source = dataset_source(args.dataset, args.split, args.data_dir)
+    meta = write_shards(source, args.out, args.shard_size, progress=not args.no_progress)
+    skipped = f"{len(meta['skipped'])} files skipped" + (
+        ": see meta.json" if meta["skipped"] else ""
+    )
+    print(f"{meta['count']} samples in {len(meta['shards'])} shards under {args.out} ({skipped})")
+    return 0
+
+
+def run_features(args) -> int:
+    from spikeclip.train import distributed
+    from spikeclip.train.shard_features import compute_features
+
+    dist, device = distributed.init(args.device)
+    index = compute_features(
+        args.data, args.teacher, args.out, dist=dist, device=device, batch_size=args.batch,
+        teacher_steps=args.teacher_steps, seed=args.seed, progress=not args.no_progress,
+    )  # fmt: skip
+    if index is not None:
+        skipped = f"{len(index['skipped'])} samples skipped"
+        skipped += ": see index.json" if index["skipped"] else ""
+        print(f"features of {index['count']} samples ({index['dim']}-d) in {args.out} ({skipped})")
+    distributed.shutdown(dist)
+    return 0
+
+
+def run_align(args) -> int:
+    from spikeclip.train.stages import align
+
+    if args.teacher is not None:
+        from spikeclip.shards import read_meta
+        from spikeclip.teachers import load_teacher
+        from spikeclip.train.shard_features import FeatureStore
+
+        store = FeatureStore(args.features, read_meta(args.data))
+        if load_teacher(args.teacher).backbone_key != store.backbone_key:
+            raise SystemExit(f"spikeclip align: {args.features} holds features of another teacher")
+    cfg = _cfg(args, image_epochs=args.epochs, text_epochs=args.text_epochs, lr=args.lr,
+               text_lr=args.text_lr)  # fmt: skip
+    summaries = align(cfg, args.data, args.features, workers=args.workers,
+                      shuffle_buffer=args.shuffle_buffer)  # fmt: skip
+    print(
+        f"aligned: {summaries['image']['steps']} image steps; checkpoint in {args.out}/checkpoint"
+    )
+    return 0
+
+
+def run_finetune(args) -> int:
+    from spikeclip.train.stages import finetune
+
+    if (args.dataset is None) == (args.data is None):
+        raise SystemExit("spikeclip finetune: give --dataset NAME or --data SHARDS (one of them)")
+    if args.data is not None and args.features is None:
+        raise SystemExit("spikeclip finetune: --data needs --features (spikeclip features)")
+    cfg = _cfg(args, finetune_epochs=args.epochs, finetune_lr=args.lr,
+               train_images=args.train_images, data_dir=args.data_dir)  # fmt: skip
+    summary = finetune(cfg, args.init, dataset=args.dataset, data=args.data,
+                       features=args.features, workers=args.workers,
+                       shuffle_buffer=args.shuffle_buffer)  # fmt: skip
+    print(f"fine-tuned: {summary['steps']} steps; checkpoint in {args.out}/checkpoint")
+    return 0
+
+
+def run_stage_eval(args) -> int:
+    from pathlib import Path
+
+    from spikeclip.checkpoint import atomic_write_json
+    from spikeclip.train.stages import evaluate, result_lines
+
+    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
+    result = evaluate(
+        args.checkpoint, dataset=args.dataset, split=args.split, data=args.data,
+        data_dir=args.data_dir, class_names=names, test_images=args.test_images,
+        device=args.device, with_teacher=args.teacher and args.dataset is not None,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    print(result_lines(result))
+    out = Path(args.json) if args.json else Path(args.checkpoint) / "eval.json"
+    atomic_write_json(out, result)
+    print(f"written to {out}")
+    return 0
+
+
+STAGE_COMMANDS = {
+    "shards": run_shards,
+    "features": run_features,
+    "align": run_align,
+    "finetune": run_finetune,
+}

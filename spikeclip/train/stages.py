@@ -1,0 +1,318 @@
+"""The recipe as separate stages over shard directories (spikeclip.shards), each resumable and
+distributed with torchrun, for corpora that do not fit in memory:
+
+    align     text + image alignment to the teacher's features (no labels) -> RUN/checkpoint
+    finetune  dual-loss fine-tuning of an aligned checkpoint on a labelled set -> RUN2/checkpoint
+    evaluate  zero-shot top-1, top-5 and per-class accuracy of a checkpoint on any labelled set
+
+Checkpoints are the recipe's (SpikeCLIP.save + tokenizer + recipe.json), with the teacher in
+RUN/teacher, so `spikeclip eval`, `energy` and the next stage load them alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from spikeclip.checkpoint import atomic_write_json, load_json
+from spikeclip.train import distributed
+from spikeclip.train.config import RecipeConfig
+from spikeclip.train.loop import RunContext, StageConfig, run_stage
+from spikeclip.train.losses import alignment_loss, cosine_logits, dual_loss
+
+STAGE_JSON = "stage.json"
+TEACHER_DIR = "teacher"
+
+
+def prepare_run(out: Path, settings: dict, resume: bool, main: bool) -> None:
+    """out/stage.json records a stage's settings; a second start needs --resume (same settings)."""
+    saved = out / STAGE_JSON
+    if main and saved.is_file():
+        if not resume:
+            raise FileExistsError(f"{out} already holds a run: pass --resume, or another --out")
+        old = load_json(saved)
+        keep = {"resume", "progress", "device", "workers"}
+        diff = {
+            k: (old.get(k), v) for k, v in settings.items() if k not in keep and old.get(k) != v
+        }
+        if diff:
+            raise ValueError(f"--resume: {out} was started with other settings: {diff}")
+    if main:
+        atomic_write_json(saved, settings)
+
+
+def _context(cfg: RecipeConfig, out: Path):
+    dist, device = distributed.init(cfg.device)
+    ctx = RunContext(
+        out, device=device, seed=cfg.seed, amp=cfg.amp, progress=cfg.progress, dist=dist,
+        stop_after_steps=cfg.stop_after_steps,
+    )  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    return ctx
+
+
+def _stream_batches(data, features, image_size, stage, cfg, ctx, workers, shuffle_buffer):
+    from spikeclip.streaming import ShardStream, StreamBatches
+
+    stream = ShardStream(
+        data, image_size=image_size, seed=cfg.seed, stage=stage, features=features,
+        shuffle_buffer=shuffle_buffer,
+    )  # fmt: skip
+    return StreamBatches(stream, cfg.batch_size, ctx.dist, workers)
+
+
+def align(
+    cfg: RecipeConfig, data, features, *, workers: int = 0, shuffle_buffer: int = 1000
+) -> dict:
+    """Text alignment on the corpus's class names (and the broad vocabulary), then image
+    alignment on the streamed corpus against its teacher features. No label is read."""
+    from spikeclip.shards import read_meta
+    from spikeclip.train.recipe import build_student, save_student, train_text
+    from spikeclip.train.shard_features import FeatureStore
+
+    out = Path(cfg.out)
+    meta = read_meta(data)
+    store = FeatureStore(features, meta)
+    teacher = store.teacher()
+    settings = {**cfg.to_dict(), "data": str(data), "features": str(features), "stage": "align"}
+    ctx = _context(cfg, out)
+    prepare_run(out, settings, cfg.resume, ctx.dist.main)
+    distributed.barrier(ctx.dist)
+    model = build_student(cfg, teacher).to(ctx.device)
+
+    class Names:  # what train_text reads of a dataset
+        class_names = meta["class_names"]
+        templates = meta["templates"] or ["a photo of a {}."]
+
+    summaries = {}
+    if cfg.text_epochs and meta["class_names"]:
+        summaries["text"] = train_text(cfg, model, teacher, Names, ctx)
+    enc = model.image_encoder
+    batches = _stream_batches(
+        data, store, model.config.image_size, "image-alignment", cfg, ctx, workers, shuffle_buffer
+    )
+
+    def step(encoder, batch):
+        with torch.no_grad():  # the teacher stays on the CPU (its head is small or none)
+            target = F.normalize(teacher.image_head(batch["target"]), dim=-1).to(ctx.device)
+        return alignment_loss(encoder(batch["image"].to(ctx.device)), target), {}
+
+    stage = StageConfig(
+        "image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final,
+        cfg.weight_decay, cfg.checkpoint_every,
+    )  # fmt: skip
+    summaries["image"] = run_stage(stage, model, enc, batches, step, ctx)
+    if ctx.dist.main:
+        teacher.save(out / TEACHER_DIR)
+        save_student(
+            model,
+            teacher,
+            out / "checkpoint",
+            replace(cfg, teacher=str(out / TEACHER_DIR)),
+            "spikeclip",
+        )
+        atomic_write_json(out / "results.json", {"stages": summaries, "data": str(data)})
+    distributed.barrier(ctx.dist)
+    distributed.shutdown(ctx.dist)
+    return summaries
+
+
+def load_trained(checkpoint, device="cpu"):
+    """(SpikeCLIP with its tokenizer, its recipe.json, its teacher) of a recipe checkpoint."""
+    from transformers import AutoTokenizer
+
+    from spikeclip.models import SpikeCLIP
+    from spikeclip.teachers import HFTokenizer, load_teacher
+    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR
+
+    path = Path(checkpoint)
+    recipe = load_json(path / RECIPE_JSON)
+    model = SpikeCLIP.load(path, map_location=device)
+    hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+    model.tokenizer = HFTokenizer(hf, model.config.context_length)
+    teacher_dir = path.parent / TEACHER_DIR
+    teacher = load_teacher(teacher_dir if teacher_dir.is_dir() else recipe["teacher"])
+    return model, recipe, teacher
+
+
+def finetune(
+    cfg: RecipeConfig,
+    init,
+    *,
+    dataset: str | None = None,
+    data=None,
+    features=None,
+    workers: int = 0,
+    shuffle_buffer: int = 1000,
+) -> dict:
+    """Dual-loss fine-tuning (text side frozen) of the checkpoint `init` on a labelled set: a
+    dataset of spikeclip.data (`dataset`, its train split) or shards with their features."""
+    from spikeclip.models.spikeclip_model import set_memory
+    from spikeclip.train.recipe import save_student, teacher_targets
+
+    if (dataset is None) == (data is None):
+        raise ValueError("fine-tuning needs exactly one of --dataset and --data")
+    out = Path(cfg.out)
+    model, _, teacher = load_trained(init)
+    settings = {**cfg.to_dict(), "init": str(init), "dataset": dataset, "data": str(data),
+                "features": str(features), "stage": "finetune"}  # fmt: skip
+    ctx = _context(cfg, out)
+    prepare_run(out, settings, cfg.resume, ctx.dist.main)
+    distributed.barrier(ctx.dist)
+    model = model.to(ctx.device)
+    set_memory(model, cfg.memory)
+    dev = ctx.device
+    scale = cfg.logit_scale or teacher.logit_scale
+    if data is not None:
+        from spikeclip.shards import read_meta
+        from spikeclip.train.shard_features import FeatureStore
+
+        meta = read_meta(data)
+        if not meta["has_labels"]:
+            raise ValueError(f"{data}: fine-tuning needs labelled shards; these have no labels")
+        names, templates = meta["class_names"], meta["templates"] or ["a photo of a {}."]
+        store = FeatureStore(features, meta)
+        batches = _stream_batches(
+            data, store, model.config.image_size, "finetune", cfg, ctx, workers, shuffle_buffer
+        )
+    else:
+        from spikeclip.data import load_dataset
+
+        train = load_dataset(dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
+        names, templates = train.class_names, train.templates
+        _, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
+        batches = len(train)
+    model.text_encoder.eval()
+    with torch.no_grad():
+        classes = model.classifier(names, templates).to(dev)
+        teacher_classes = teacher.classifier(names, templates)
+
+    def step(encoder, batch):
+        if isinstance(batch, dict):
+            images, labels = batch["image"], batch["label"]
+            with torch.no_grad():  # on the CPU, as the teacher
+                temb = F.normalize(teacher.image_head(batch["target"]), dim=-1)
+                tlogits = cosine_logits(temb, teacher_classes, teacher.logit_scale).to(dev)
+        else:
+            images, labels = train.batch(batch)
+            tlogits = logits[batch].to(dev)
+        student = cosine_logits(encoder(images.to(dev)), classes, scale)
+        return dual_loss(
+            student, tlogits, labels.to(dev), ce_weight=cfg.ce_weight, kl_weight=cfg.kl_weight,
+            temperature=cfg.kd_temperature,
+        )  # fmt: skip
+
+    stage = StageConfig(
+        "finetune", cfg.finetune_epochs, cfg.batch_size, cfg.finetune_lr, cfg.finetune_lr_final,
+        cfg.weight_decay, cfg.checkpoint_every,
+    )  # fmt: skip
+    summary = run_stage(stage, model, model.image_encoder, batches, step, ctx)
+    if ctx.dist.main:
+        teacher.save(out / TEACHER_DIR)
+        cfg_saved = replace(cfg, teacher=str(out / TEACHER_DIR), dataset=dataset or str(data))
+        save_student(model, teacher, out / "checkpoint", cfg_saved, "spikeclip")
+        atomic_write_json(out / "results.json", {"stages": {"finetune": summary}})
+    distributed.barrier(ctx.dist)
+    distributed.shutdown(ctx.dist)
+    return summary
+
+
+@torch.no_grad()
+def evaluate(
+    checkpoint,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    data=None,
+    data_dir=None,
+    class_names=None,
+    test_images: int | None = None,
+    device="cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+    with_teacher: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Zero-shot accuracy of a checkpoint on any labelled set: `dataset` (a split of a dataset
+    of spikeclip.data) or `data` (shards). Returns top-1, top-5 and per-class accuracy (and the
+    teacher's top-1 with `with_teacher`)."""
+    from tqdm.auto import tqdm
+
+    model, recipe, teacher = load_trained(checkpoint, device)
+    model.eval()
+    if (dataset is None) == (data is None):
+        raise ValueError("evaluation needs exactly one of --dataset and --data")
+    if data is not None:
+        from spikeclip.streaming import ShardStream
+
+        if with_teacher:
+            raise ValueError("the teacher's accuracy is measured on --dataset (its resolution)")
+        stream = ShardStream(data, image_size=model.config.image_size, shuffle=False)
+        if not stream.meta["has_labels"]:
+            raise ValueError(f"{data}: evaluation needs labelled shards; these have no labels")
+        names, templates = stream.class_names, stream.templates or ["a photo of a {}."]
+        batches = ((b["image"], b["label"]) for b in stream.loader(batch_size, workers))
+        n_batches = None
+    else:
+        from spikeclip.data import load_dataset
+
+        ds = load_dataset(dataset, split, data_dir).subset(test_images, recipe.get("seed", 0))
+        names, templates = ds.class_names, ds.templates
+        idx = torch.arange(len(ds))
+        batches = (ds.batch(i) for i in idx.split(batch_size))
+        n_batches = -(-len(ds) // batch_size)
+    if class_names is not None:
+        if len(class_names) != len(names):
+            raise ValueError(
+                f"{len(class_names)} class names given for {len(names)} classes (in label order: "
+                f"{', '.join(names)})"
+            )
+        names = list(class_names)
+    classes = model.classifier(names, templates).to(device)
+    tclasses = teacher.classifier(names, templates) if with_teacher else None
+    k = min(5, len(names))
+    hits1 = hits5 = teacher_hits = 0
+    per_class = torch.zeros(len(names), 2, dtype=torch.int64)  # [correct, total]
+    for images, labels in tqdm(batches, total=n_batches, desc="evaluating", disable=not progress):
+        logits = cosine_logits(model.encode_image(images.to(device)), classes, 1.0).cpu()
+        top = logits.topk(k, dim=1).indices
+        hits1 += int((top[:, 0] == labels).sum())
+        hits5 += int((top == labels[:, None]).any(1).sum())
+        per_class.index_put_((labels, torch.zeros_like(labels)), (top[:, 0] == labels).long(), True)
+        per_class.index_put_((labels, torch.ones_like(labels)), torch.ones_like(labels), True)
+        if with_teacher:
+            temb = F.normalize(teacher.encode_image(images), dim=-1)
+            teacher_hits += int((cosine_logits(temb, tclasses, 1.0).argmax(1) == labels).sum())
+    n = int(per_class[:, 1].sum())
+    if n == 0:
+        raise ValueError("no images to evaluate")
+    result = {
+        "checkpoint": str(checkpoint),
+        "data": str(data) if data is not None else f"{dataset}:{split}",
+        "images": n,
+        "class_names": names,
+        "top1": hits1 / n,
+        f"top{k}": hits5 / n,
+        "per_class": {
+            name: (int(c) / int(t) if t else None)
+            for name, (c, t) in zip(names, per_class.tolist(), strict=True)
+        },
+    }
+    if with_teacher:
+        result["teacher_top1"] = teacher_hits / n
+    return result
+
+
+def result_lines(result: dict) -> str:
+    k = next(key for key in result if key.startswith("top") and key != "top1")
+    lines = [f"top-1 {100 * result['top1']:.2f}%  {k[:3]}-{k[3:]} {100 * result[k]:.2f}%  "
+             f"on {result['images']} images of {result['data']}"]  # fmt: skip
+    if "teacher_top1" in result:
+        lines.append(f"teacher top-1 {100 * result['teacher_top1']:.2f}%")
+    width = max(len(n) for n in result["per_class"])
+    for name, acc in result["per_class"].items():
+        lines.append(f"  {name:<{width}}  {'-' if acc is None else f'{100 * acc:.2f}%'}")
+    return "\n".join(lines)

@@ -1,0 +1,366 @@
+"""The recipe at corpus scale on generated data: shards from every source (round trip of
+images, labels, captions, keys), the stream's split by rank and worker, teacher features by
+shard (one rank, two ranks under torchrun, resumed), a stage killed mid-epoch and resumed
+(each sample once), align -> finetune -> eval through the CLI, and bad input named."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fake_data import fake_idx_dataset, make_tiny_clip
+from PIL import Image
+
+from spikeclip.cli import main as cli
+from spikeclip.shards import (
+    ShardError,
+    dataset_source,
+    folder_source,
+    iter_shard,
+    read_meta,
+    tsv_source,
+    write_shards,
+)
+from spikeclip.streaming import ShardStream, StreamBatches, steps_per_epoch
+from spikeclip.train import Interrupted
+from spikeclip.train.distributed import Dist
+from spikeclip.train.loop import RunContext, StageConfig, run_stage
+from spikeclip.train.shard_features import FeatureStore, compute_features, feature_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def fm_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    fake_idx_dataset(root, n=40, n_test=20, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def fm_shards(tmp_path_factory, fm_dir):
+    out = tmp_path_factory.mktemp("shards") / "fm-train"
+    write_shards(dataset_source("fashion-mnist", "train", fm_dir), out, shard_size=7)
+    return out
+
+
+@pytest.fixture(scope="module")
+def fm_features(tmp_path_factory, fm_shards, clip_dir):
+    out = tmp_path_factory.mktemp("feat") / "fm-train"
+    compute_features(fm_shards, f"clip:{clip_dir}", out, batch_size=8, log=lambda *_: None)
+    return out
+
+
+def all_samples(root):
+    meta = read_meta(root)
+    return [s for shard in meta["shards"] for s in iter_shard(Path(root) / shard["name"])]
+
+
+def test_dataset_shards_round_trip(fm_dir, fm_shards):
+    from spikeclip.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", "train", fm_dir)
+    meta = read_meta(fm_shards)
+    assert meta["count"] == 40 and [s["count"] for s in meta["shards"]] == [7] * 5 + [5]
+    assert meta["class_names"] == ds.class_names and meta["templates"] == ds.templates
+    samples = all_samples(fm_shards)
+    assert [s["__key__"] for s in samples] == [f"fashion-mnist-train-{i:08d}" for i in range(40)]
+    for i, s in enumerate(samples):
+        image = np.asarray(Image.open(io.BytesIO(s["png"])))
+        assert np.array_equal(image, ds.images[i].numpy())
+        assert int(s["cls"]) == int(ds.labels[i])
+    with pytest.raises(FileExistsError):  # never over a finished corpus
+        write_shards(dataset_source("fashion-mnist", "train", fm_dir), fm_shards)
+
+
+def make_folder(root, per_class=6):
+    rng = np.random.default_rng(0)
+    files = {}
+    for c, cls in enumerate(["cat", "sea_lion"]):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            ext = "png" if i % 2 else "jpg"
+            path = root / cls / f"img.{i}.{ext}"
+            size = (20 + i, 16)  # sizes differ within the folder
+            Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)).save(path)
+            files[f"{cls}/{path.name}"] = (path.read_bytes(), c)
+    (root / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "cat" / "notes.txt").write_text("not an image")
+    return files
+
+
+def test_folder_shards_split_and_skip(tmp_path):
+    files = make_folder(tmp_path / "folder")
+    metas, seen = {}, {}
+    for split in ("train", "test"):
+        src = folder_source(tmp_path / "folder", split, seed=1, test_fraction=0.3)
+        metas[split] = write_shards(src, tmp_path / split, shard_size=4)
+        seen[split] = {}
+        for s in all_samples(tmp_path / split):
+            ext = "png" if "png" in s else "jpg"
+            seen[split][s["__key__"]] = (s[ext], int(s["cls"]))
+    assert metas["train"]["class_names"] == ["cat", "sea lion"]
+    assert set(seen["train"]).isdisjoint(seen["test"]) and seen["test"]  # a real split
+    got = {**seen["train"], **seen["test"]}
+    assert sorted(got.values()) == sorted(files.values())  # every file once, original bytes
+    skipped = metas["train"]["skipped"] + metas["test"]["skipped"]
+    assert [s["path"] for s in skipped] == ["cat/broken.jpg"]
+    assert "not a readable image" in skipped[0]["why"]
+    with pytest.raises(ValueError, match="split"):
+        folder_source(tmp_path / "folder", "val")
+
+
+def test_tsv_shards_keep_captions(tmp_path):
+    make_folder(tmp_path / "img", per_class=2)
+    lines = ["cat/img.0.jpg\ta cat on a mat", "sea_lion/img.1.png\ta sea lion", "",
+             "cat/missing.png\tgone"]  # fmt: skip
+    (tmp_path / "img" / "c.tsv").write_text("\n".join(lines) + "\n")
+    meta = write_shards(tsv_source(tmp_path / "img" / "c.tsv"), tmp_path / "s")
+    samples = all_samples(tmp_path / "s")
+    assert [s["txt"].decode() for s in samples] == ["a cat on a mat", "a sea lion"]
+    assert all("cls" not in s for s in samples) and not meta["has_labels"]
+    assert meta["skipped"][0]["path"] == "cat/missing.png"
+    assert samples[0]["jpg"] == (tmp_path / "img" / "cat" / "img.0.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stream_covers_every_sample_once(fm_shards, world, workers):
+    stream = ShardStream(fm_shards, image_size=16, seed=5, stage="s", shuffle_buffer=4)
+    for epoch in (0, 1):
+        keys = []
+        for rank in range(world):
+            stream.set_epoch(epoch, rank, world)
+            for batch in stream.loader(3, workers):
+                assert batch["image"].shape[1:] == (3, 16, 16)
+                keys += batch["key"]
+        assert sorted(keys) == sorted(s["__key__"] for s in all_samples(fm_shards))
+    # the order depends on the epoch, not on the run
+    stream.set_epoch(0)
+    a = [k for b in stream.loader(40) for k in b["key"]]
+    stream.set_epoch(1)
+    b = [k for b in stream.loader(40) for k in b["key"]]
+    stream.set_epoch(0)
+    assert a != b and a == [k for b in stream.loader(40) for k in b["key"]]
+
+
+def test_streamed_images_equal_the_in_memory_ones(fm_dir, fm_shards):
+    from spikeclip.data import load_dataset
+
+    ds = load_dataset("fashion-mnist", "train", fm_dir)
+    stream = ShardStream(fm_shards, image_size=None, shuffle=False)
+    batch = next(iter(stream.loader(40)))
+    index = [int(k.rsplit("-", 1)[1]) for k in batch["key"]]
+    images, labels = ds.batch(torch.tensor(index))
+    assert torch.equal(batch["image"], images) and torch.equal(batch["label"], labels)
+
+
+def test_features_match_the_teacher_by_key(fm_dir, fm_shards, fm_features, clip_dir):
+    from spikeclip.data import load_dataset
+    from spikeclip.teachers import load_teacher
+
+    teacher = load_teacher(f"clip:{clip_dir}")
+    ds = load_dataset("fashion-mnist", "train", fm_dir)
+    store = FeatureStore(fm_features, read_meta(fm_shards))
+    rows = store.shard("shard-000002.tar")
+    keys = sorted(rows)
+    index = torch.tensor([int(k.rsplit("-", 1)[1]) for k in keys])
+    with torch.no_grad():
+        want = teacher.image_features(ds.batch(index)[0])
+    torch.testing.assert_close(torch.stack([rows[k] for k in keys]), want, rtol=1e-5, atol=1e-5)
+    stream = ShardStream(fm_shards, image_size=28, features=store, shuffle_buffer=3)
+    batch = next(iter(stream.loader(5)))
+    for key, target in zip(batch["key"], batch["target"], strict=True):
+        assert torch.equal(target, store.shard(f"shard-{int(key[-8:]) // 7:06d}.tar")[key])
+
+
+def test_features_refuse_other_data_and_name_missing_files(tmp_path, fm_dir, fm_features, clip_dir):
+    other = tmp_path / "test-shards"
+    write_shards(dataset_source("fashion-mnist", "test", fm_dir), other, shard_size=7)
+    with pytest.raises(ShardError, match="other data"):
+        FeatureStore(fm_features, read_meta(other))
+    copy = tmp_path / "feat"
+    import shutil
+
+    shutil.copytree(fm_features, copy)
+    feature_file(copy, "shard-000001.tar").unlink()
+    store = FeatureStore(
+        copy, read_meta(Path(json.loads((copy / "index.json").read_text())["shards_dir"]))
+    )
+    with pytest.raises(ShardError, match=r"shard-000001.safetensors: missing"):
+        store.shard("shard-000001.tar")
+    feature_file(copy, "shard-000002.tar").write_bytes(b"garbage")
+    with pytest.raises(ShardError, match=r"shard-000002.safetensors: unreadable"):
+        store.shard("shard-000002.tar")
+    with pytest.raises(ShardError, match=r"no index.json"):
+        FeatureStore(tmp_path, read_meta(other))
+
+
+def test_corrupt_shards_are_named(tmp_path, fm_shards):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(fm_shards, bad)
+    data = (bad / "shard-000001.tar").read_bytes()
+    (bad / "shard-000001.tar").write_bytes(data[: len(data) // 2 + 100])  # truncated
+    stream = ShardStream(bad, image_size=16)
+    with pytest.raises(ShardError, match=r"shard-000001.tar: truncated or corrupt"):
+        for _ in stream.loader(4):
+            pass
+    (bad / "shard-000003.tar").unlink()
+    with pytest.raises(ShardError, match=r"shard-000003.tar: listed in meta.json but missing"):
+        read_meta(bad)
+    # a sample with no image (a tar written by hand)
+    odd = tmp_path / "odd"
+    shutil.copytree(fm_shards, odd)
+    with tarfile.open(odd / "shard-000000.tar", "w") as tar:
+        info = tarfile.TarInfo("lonely.cls")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"1"))
+    meta = json.loads((odd / "meta.json").read_text())
+    meta["shards"][0]["count"] = 1
+    (odd / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ShardError, match=r"shard-000000.tar: sample 'lonely' has no image"):
+        for _ in ShardStream(odd, image_size=16, shuffle=False).loader(4):
+            pass
+    with pytest.raises(ShardError, match=r"no meta.json"):
+        read_meta(tmp_path)
+
+
+class KeyLog(torch.nn.Module):
+    """A one-parameter 'model' whose steps log the keys they see."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.keys: list[str] = []
+
+    def step(self, module, batch):
+        self.keys += batch["key"]
+        return (module.w * batch["image"].mean()).sum(), {}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stage_killed_mid_epoch_sees_each_sample_once(tmp_path, fm_shards, workers):
+    stage = StageConfig("s", epochs=2, batch_size=3, lr=1e-3, lr_final=1e-4, checkpoint_every=2)
+
+    def run(out, stop=None, model=None):
+        model = model or KeyLog()
+        stream = ShardStream(fm_shards, image_size=8, seed=1, stage="s", shuffle_buffer=5)
+        ctx = RunContext(out, progress=False, stop_after_steps=stop)
+        summary = run_stage(stage, model, model, StreamBatches(stream, 3, Dist(), workers),
+                            model.step, ctx)  # fmt: skip
+        return model, summary
+
+    whole, summary = run(tmp_path / "a")
+    per_epoch = steps_per_epoch(ShardStream(fm_shards, image_size=8), 0, 1, 3, workers)
+    assert summary["steps"] == 2 * per_epoch
+    first = whole.keys[: len(whole.keys) // 2]
+    assert sorted(first) == sorted(s["__key__"] for s in all_samples(fm_shards))
+
+    killed = KeyLog()
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b", stop=5, model=killed)  # last checkpoint: step 4, mid epoch 0
+    resumed, summary_b = run(tmp_path / "b")
+    assert summary_b["steps"] == summary["steps"]
+    epoch0 = killed.keys[: 4 * 3] + resumed.keys[: len(first) - 4 * 3]
+    assert sorted(epoch0) == sorted(first)  # each sample of epoch 0 exactly once
+    assert sorted(resumed.keys[len(first) - 4 * 3 :]) == sorted(whole.keys[len(first) :])
+
+
+def test_align_finetune_eval_end_to_end(tmp_path, fm_dir, fm_shards, fm_features, clip_dir):
+    common = ["--config", "tiny", "--batch", "8", "--checkpoint-every", "2", "--workers", "0",
+              "--no-progress"]  # fmt: skip
+    align = ["align", "--data", str(fm_shards), "--features", str(fm_features), "--epochs", "1",
+             "--text-epochs", "1", "--out", str(tmp_path / "a"), *common]  # fmt: skip
+    assert cli(align) == 0
+    with pytest.raises(FileExistsError):
+        cli(align)
+    assert cli([*align, "--resume"]) == 0  # a finished run resumes to the same end
+    ckpt = tmp_path / "a" / "checkpoint"
+    assert cli(["eval", "--checkpoint", str(ckpt), "--dataset", "fashion-mnist", "--data-dir",
+                str(fm_dir), "--teacher", "--no-progress", "--json",
+                str(tmp_path / "zero.json")]) == 0  # fmt: skip
+    zero = json.loads((tmp_path / "zero.json").read_text())
+    assert zero["images"] == 20 and 0 <= zero["top1"] <= zero["top5"] <= 1
+    assert set(zero["per_class"]) == set(read_meta(fm_shards)["class_names"])
+    assert 0 <= zero["teacher_top1"] <= 1
+    ft = ["finetune", "--init", str(ckpt), "--data", str(fm_shards), "--features",
+          str(fm_features), "--epochs", "1", "--out", str(tmp_path / "f"), *common]  # fmt: skip
+    assert cli(ft) == 0
+    ft_ds = ["finetune", "--init", str(ckpt), "--dataset", "fashion-mnist", "--data-dir",
+             str(fm_dir), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--out",
+             str(tmp_path / "g"), *common]  # fmt: skip
+    assert cli(ft_ds) == 0
+    from spikeclip.checkpoint import load_tensors
+
+    before = load_tensors(ckpt / "model.safetensors")
+    after = load_tensors(tmp_path / "f" / "checkpoint" / "model.safetensors")
+    assert torch.equal(before["text_encoder.fc1.weight"], after["text_encoder.fc1.weight"])
+    assert not torch.equal(before["image_encoder.proj.weight"], after["image_encoder.proj.weight"])
+    test_shards = tmp_path / "test-shards"
+    assert cli(["shards", "--dataset", "fashion-mnist", "--data-dir", str(fm_dir), "--split",
+                "test", "--out", str(test_shards), "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "eval.json"
+    assert cli(["eval", "--checkpoint", str(tmp_path / "f" / "checkpoint"), "--data",
+                str(test_shards), "--json", str(out), "--no-progress"]) == 0  # fmt: skip
+    on_shards = json.loads(out.read_text())
+    assert cli(["eval", "--checkpoint", str(tmp_path / "f" / "checkpoint"), "--dataset",
+                "fashion-mnist", "--data-dir", str(fm_dir), "--json", str(out),
+                "--no-progress"]) == 0  # fmt: skip
+    in_memory = json.loads(out.read_text())
+    assert on_shards["top1"] == pytest.approx(in_memory["top1"])  # the same images either way
+    assert on_shards["per_class"] == pytest.approx(in_memory["per_class"])
+    with pytest.raises(SystemExit, match="one of them"):
+        cli(["finetune", "--init", str(ckpt), "--out", str(tmp_path / "h")])
+
+
+@pytest.mark.slow
+def test_features_and_align_under_torchrun(tmp_path, fm_shards, fm_features, clip_dir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "spikeclip"]  # fmt: skip
+    out = tmp_path / "feat2"
+    cmd = [*launcher, "features", "--data", str(fm_shards), "--teacher", f"clip:{clip_dir}",
+           "--out", str(out), "--batch", "8", "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = read_meta(fm_shards)
+    one, two = FeatureStore(fm_features, meta), FeatureStore(out, meta)
+    for shard in meta["shards"]:
+        a, b = one.shard(shard["name"]), two.shard(shard["name"])
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    # killed after some shards: the rerun computes only the missing ones
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
+    feature_file(out, "shard-000004.tar").unlink()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0: 1 shards computed, 2 already done" in done.stdout + done.stderr
+    for name, stamp in stamps.items():
+        if name != "shard-000004.safetensors":
+            assert (out / name).stat().st_mtime_ns == stamp, name
+    # a stage over 2 gloo ranks, both streaming their own shards
+    cmd = [*launcher, "align", "--data", str(fm_shards), "--features", str(fm_features),
+           "--epochs", "1", "--text-epochs", "0", "--config", "tiny", "--batch", "8",
+           "--workers", "0", "--out", str(tmp_path / "a2"), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "a2" / "metrics.jsonl").open()]
+    steps = [r["step"] for r in log if r.get("stage") == "image-alignment"]
+    assert steps == list(
+        range(1, steps_per_epoch(ShardStream(fm_shards, image_size=8), 0, 2, 4, 0) + 1)
+    )
