@@ -31,7 +31,12 @@ from spikeclip.streaming import ShardStream, StreamBatches, steps_per_epoch
 from spikeclip.train import Interrupted
 from spikeclip.train.distributed import Dist
 from spikeclip.train.loop import RunContext, StageConfig, run_stage
-from spikeclip.train.shard_features import FeatureStore, compute_features, feature_file
+from spikeclip.train.shard_features import (
+    FeatureStore,
+    compute_features,
+    feature_file,
+    read_feature_file,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,8 +209,29 @@ def test_features_refuse_other_data_and_name_missing_files(tmp_path, fm_dir, fm_
     feature_file(copy, "shard-000002.tar").write_bytes(b"garbage")
     with pytest.raises(ShardError, match=r"shard-000002.safetensors: unreadable"):
         store.shard("shard-000002.tar")
-    with pytest.raises(ShardError, match=r"no index.json"):
+    with pytest.raises(ShardError, match=r"no index\.json"):
         FeatureStore(tmp_path, read_meta(other))
+    with pytest.raises(ShardError, match="features of another teacher"):
+        read_feature_file(feature_file(fm_features, "shard-000000.tar"), "efficientnet/other")
+
+
+def test_empty_sources_and_shard_lists(tmp_path, fm_shards):
+    import shutil
+
+    from spikeclip.shards import Source
+
+    with pytest.raises(ValueError, match="no samples to write"):
+        write_shards(Source("nothing", "all", iter(())), tmp_path / "none")
+    assert not (tmp_path / "none" / "meta.json").exists()
+    empty = tmp_path / "empty"
+    shutil.copytree(fm_shards, empty)
+    meta = json.loads((empty / "meta.json").read_text())
+    (empty / "meta.json").write_text(json.dumps({**meta, "shards": []}))
+    with pytest.raises(ShardError, match="lists no shards"):
+        ShardStream(empty, image_size=8)
+    stream = ShardStream(fm_shards, image_size=8)
+    with pytest.raises(ShardError, match="6 shards cannot be split over 7 ranks"):
+        stream.set_epoch(0, 0, 7)
 
 
 def test_corrupt_shards_are_named(tmp_path, fm_shards):

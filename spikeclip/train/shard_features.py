@@ -12,7 +12,8 @@ frozen backbone at the teacher's own resolution, from the original image), `labe
 the shard directory's digest. A file is written atomically when its shard is done: a killed run
 resumes with the shards that have no file. out/index.json (rank 0, last) lists them all;
 out/teacher/ is the teacher (for `lit`: its projection, fitted here on the labelled features:
-the offline stand-in for a pretrained CLIP, see spikeclip.teachers).
+the offline stand-in for a pretrained CLIP, see spikeclip.teachers; on a seeded share of at
+most `fit_images` images, so that memory does not grow with the corpus).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def compute_features(
     dist=None,
     device="cpu",
     batch_size: int = 256,
-    teacher_steps: int = 200,
+    teacher_steps: int = 300,
+    fit_images: int = 20000,
     seed: int = 0,
     progress: bool = False,
     log=print,
@@ -162,6 +164,11 @@ def compute_features(
     teacher = teacher.cpu()  # the LiT fit and the saved teacher live on the CPU
     entries, skipped_all, dim = {}, [], None
     all_feats, all_labels = [], []
+    fit_lit = isinstance(teacher, LiTTeacher) and teacher_spec == "lit"
+    # the LiT fit draws steps x 256 rows: a seeded share of at most fit_images rows serves it
+    # as well as all, and keeps this process's memory from growing with the corpus
+    keep = min(1.0, fit_images / max(1, meta["count"]))
+    gen = torch.Generator().manual_seed(seed)
     for name in names:
         feats, labels, keys, fmeta = read_feature_file(
             feature_file(out, name), teacher.backbone_key, meta["digest"]
@@ -169,10 +176,12 @@ def compute_features(
         entries[name] = {"file": feature_file(out, name).name, "count": len(keys)}
         skipped_all += [{**s, "shard": name} for s in json.loads(fmeta.get("skipped", "[]"))]
         dim = feats.shape[1]
-        if isinstance(teacher, LiTTeacher) and teacher_spec == "lit":
-            all_feats.append(feats)
-            all_labels.append(labels)
-    if isinstance(teacher, LiTTeacher) and teacher_spec == "lit":
+        if fit_lit:
+            chosen = torch.rand(len(labels), generator=gen) < keep
+            all_feats.append(feats[chosen].clone())
+            all_labels.append(labels[chosen].clone())
+        del feats, labels
+    if fit_lit:
         labels = torch.cat(all_labels)
         if (labels < 0).any() or not meta["class_names"]:
             raise ValueError(

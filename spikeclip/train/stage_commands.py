@@ -60,6 +60,7 @@ def add_stage_commands(sub) -> None:
     s.add_argument("--seed", type=int, default=0, help="a folder's train/test split")
     s.add_argument("--out", required=True)
     s.add_argument("--shard-size", type=_positive(), default=1000, help="samples per shard")
+    s.add_argument("--limit", type=_positive(), help="only the first N samples of the source")
     s.add_argument("--no-progress", action="store_true")
 
     f = sub.add_parser("features", help="teacher image features of shards, one file per shard")
@@ -114,6 +115,10 @@ def run_shards(args) -> int:
         source = tsv_source(args.data_dir)
     else:
         source = dataset_source(args.dataset, args.split, args.data_dir)
+    if args.limit is not None:
+        import itertools
+
+        source.samples = itertools.islice(source.samples, args.limit)
     meta = write_shards(source, args.out, args.shard_size, progress=not args.no_progress)
     skipped = f"{len(meta['skipped'])} files skipped" + (
         ": see meta.json" if meta["skipped"] else ""
