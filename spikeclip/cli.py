@@ -24,8 +24,16 @@ import os
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (what to change, and where the help is), status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="spikeclip", description=__doc__.split("\n")[0])
+    p = _Parser(prog="spikeclip", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks of failures")
     sub = p.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("bench", help="kernel benchmarks: fused vs reference, peers, copy")
@@ -129,8 +137,41 @@ def _info() -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 600 else text[:600] + " ..."
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs a command. Exit status 0, 2 for bad usage (checked before any work starts), 1 for
+    a failure; either way one line on stderr (the traceback too with --debug)."""
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except SystemExit as exc:  # raised for bad usage, with the message to print
+        if isinstance(exc.code, str):
+            if args.debug:
+                raise
+            message = (
+                exc.code
+                if exc.code.startswith("spikeclip")
+                else f"spikeclip {args.command}: {exc.code}"
+            )
+            print(message, file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"spikeclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"spikeclip {args.command}: error: {_one_line(exc)} ({type(exc).__name__}; "
+              "--debug shows the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
+
+
+def _run(args) -> int:
     if args.command == "bench":
         # Huge pages pay off for the kernel sweeps' large tensors; in a training step (many
         # mid-sized tensors) this machine's page compaction made every contender slower.

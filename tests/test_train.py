@@ -115,8 +115,9 @@ def test_recipe_end_to_end(tmp_path, data_dir, clip_dir, cache_dir, teacher, cap
     assert cli(["eval", "--checkpoint", str(ckpt), "--extra-names", "hat,scarf", "--json",
                 str(tmp_path / "e.json"), "--no-progress"]) == 0  # fmt: skip
     assert json.loads((tmp_path / "e.json").read_text())["extra_names"] == ["hat", "scarf"]
-    with pytest.raises(SystemExit, match="3 class names given"):
-        cli(["eval", "--checkpoint", str(ckpt), "--class-names", "a,b,c", "--no-progress"])
+    capsys.readouterr()
+    assert cli(["eval", "--checkpoint", str(ckpt), "--class-names", "a,b,c", "--no-progress"]) == 2
+    assert "3 class names given" in capsys.readouterr().err
     assert cli(["energy", "--checkpoint", str(ckpt), "--images", "4"]) == 0
     assert json.loads((ckpt / "energy.json").read_text())["total_mJ"] > 0
     energy_out = tmp_path / "energy" / "new"  # --out need not exist yet
@@ -232,3 +233,64 @@ def test_stage_schedule_and_config_checks():
         from spikeclip.train.loop import RunContext
 
         RunContext(Path("."), amp="fp8").autocast()
+
+
+BAD_INVOCATIONS = [
+    (["train", "--epochs", "-1"], 2, "image_epochs must be an integer >= 0"),
+    (["train", "--batch", "0"], 2, "batch_size must be an integer >= 1"),
+    (["train", "--lr", "-1"], 2, "lr must be a finite number > 0"),
+    (["train", "--lr", "nan"], 2, "lr must be a finite number > 0"),
+    (["train", "--checkpoint-every", "0"], 2, "checkpoint_every must be an integer >= 1"),
+    (["train", "--memory", "tiny"], 2, "memory must be one of"),
+    (["train", "--config", "huge"], 2, "config must be one of"),
+    (["train", "--stages", "text,nope"], 2, "unknown stages"),
+    (["train", "--batch", "x"], 2, "invalid int value"),
+    (["eval"], 2, "the following arguments are required: --checkpoint"),
+    (["align", "--data", "d", "--features", "f", "--out", "o", "--batch", "0"], 2, "positive"),
+    (["nonsense"], 2, "invalid choice"),
+    (["eval", "--checkpoint", "/nonexistent/ckpt", "--no-progress"], 1, "no recipe.json"),
+    (["features", "--data", "/nonexistent", "--out", "o"], 1, "no meta.json"),
+]
+
+
+@pytest.mark.parametrize(("argv", "status", "says"), BAD_INVOCATIONS)
+def test_cli_errors_are_one_line_before_any_work(tmp_path, monkeypatch, capsys, argv, status, says):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = [*argv, "--out", str(out)] if argv[0] == "train" else argv
+    try:
+        got = cli(argv)
+    except SystemExit as exc:  # argparse's own exit
+        got = exc.code
+    err = capsys.readouterr().err
+    assert got == status, err
+    assert says in err
+    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
+    assert not out.exists()  # nothing written for a bad invocation
+
+
+def test_cli_debug_shows_the_traceback(capsys):
+    with pytest.raises(CheckpointError, match=r"no recipe\.json"):
+        cli(["--debug", "eval", "--checkpoint", "/nonexistent/ckpt"])
+
+
+def test_recipe_choices_match_their_sources():
+    from spikeclip.kernels.backends import BACKENDS
+    from spikeclip.memory import MEMORY_MODES
+    from spikeclip.models.config import NAMED_CONFIGS
+    from spikeclip.train import config
+
+    assert config.BACKEND_NAMES == BACKENDS
+    assert config.MEMORY_MODES == MEMORY_MODES
+    assert sorted(config.CONFIG_NAMES) == sorted(NAMED_CONFIGS)
+
+
+def test_a_failed_first_run_does_not_block_the_corrected_one(tmp_path, data_dir, cache_dir):
+    out = tmp_path / "run"
+    cfg = small_recipe(out, data_dir, cache_dir, "lit", ann=False)
+    with pytest.raises(DatasetNotFoundError):  # fails before any stage has written anything
+        run_recipe(replace(cfg, data_dir=str(tmp_path / "missing")))
+    assert (out / "recipe.json").is_file()
+    from spikeclip.train.recipe import _prepare_out
+
+    _prepare_out(cfg, out, main=True)  # the corrected run starts; no --overwrite needed

@@ -139,7 +139,10 @@ def results_table(r: dict) -> str:
 def run_train(args, demo: bool) -> int:
     from spikeclip.train.recipe import run_recipe
 
-    cfg = recipe_from_args(args, demo)
+    try:
+        cfg = recipe_from_args(args, demo)
+    except ValueError as exc:  # a bad setting: usage, named before any work
+        raise SystemExit(str(exc)) from None
     results = run_recipe(cfg)  # writes results.json (rank 0), seconds included
     if "teacher_acc" in results:  # rank 0
         print(results_table(results))
@@ -158,19 +161,10 @@ def _names(text: str | None) -> list[str] | None:
 
 def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir=None):
     """A trained SpikeCLIP checkpoint (with its tokenizer) and its dataset's test split."""
-    from spikeclip.checkpoint import load_json
     from spikeclip.data import load_dataset
-    from spikeclip.models import SpikeCLIP
-    from spikeclip.teachers import HFTokenizer
-    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR
+    from spikeclip.train.stages import load_trained
 
-    path = Path(path)
-    recipe = load_json(path / RECIPE_JSON)
-    model = SpikeCLIP.load(path, map_location=device)
-    from transformers import AutoTokenizer
-
-    hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-    model.tokenizer = HFTokenizer(hf, model.config.context_length)
+    model, recipe, _ = load_trained(path, device, with_teacher=False)
     test = load_dataset(recipe["dataset"], "test", data_dir or recipe.get("data_dir"))
     n = test_images if test_images is not None else recipe.get("test_images")
     return model.eval(), test.subset(n, recipe.get("seed", 0)), recipe

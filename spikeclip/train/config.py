@@ -6,6 +6,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# The choices a run accepts, spelled out so that checking them needs no torch import (the
+# command line builds a RecipeConfig for its defaults before torch loads); tests/test_train.py
+# checks them against spikeclip.models.config.NAMED_CONFIGS, spikeclip.memory.MEMORY_MODES
+# and spikeclip.kernels.backends.BACKENDS.
+CONFIG_NAMES = ("paper", "tiny")
+MEMORY_MODES = ("plain", "lossless", "low")
+BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpp")
+
 
 @dataclass(frozen=True)
 class RecipeConfig:
@@ -49,6 +57,58 @@ class RecipeConfig:
     resume: bool = False
     overwrite: bool = False
     stop_after_steps: int | None = None  # tests: emulate a kill
+
+    def __post_init__(self):
+        """Every setting checked here, at construction: a bad one is named before any work."""
+        import math
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+
+        def is_int(name, low, optional=False):
+            v = getattr(self, name)
+            ok = (optional and v is None) or (
+                isinstance(v, int) and not isinstance(v, bool) and v >= low
+            )
+            need(ok, name, f"an integer >= {low}" + (" or None" if optional else ""))
+
+        def is_number(name, positive, optional=False):
+            v = getattr(self, name)
+            ok = (optional and v is None) or (
+                isinstance(v, int | float)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and (v > 0 if positive else v >= 0)
+            )
+            need(ok, name, f"a finite number {'> 0' if positive else '>= 0'}")
+
+        for name in ("text_epochs", "image_epochs", "finetune_epochs"):
+            is_int(name, 0)
+        for name in ("batch_size", "text_batch_size", "checkpoint_every", "energy_images",
+                     "teacher_steps", "teacher_image_size"):  # fmt: skip
+            is_int(name, 1)
+        for name in ("train_images", "test_images", "stop_after_steps"):
+            is_int(name, 1, optional=True)
+        is_int("vocabulary", 0, optional=True)
+        is_int("seed", 0)
+        for name in ("lr", "text_lr", "finetune_lr", "kd_temperature"):
+            is_number(name, positive=True)
+        for name in ("lr_final", "text_lr_final", "finetune_lr_final", "weight_decay",
+                     "ce_weight", "kl_weight"):  # fmt: skip
+            is_number(name, positive=False)
+        is_number("logit_scale", positive=True, optional=True)
+        need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
+        need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
+        need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
+        need(self.config in CONFIG_NAMES, "config", f"one of {CONFIG_NAMES}")
+        need(
+            isinstance(self.device, str)
+            and (self.device in ("cpu", "cuda") or self.device.startswith(("cuda:", "cpu:"))),
+            "device", "cpu, cuda or cuda:N",
+        )  # fmt: skip
+        need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
+             "lit, clip:DIR or a saved teacher directory")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

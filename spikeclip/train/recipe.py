@@ -35,6 +35,8 @@ RESUMABLE_CHANGES = {"progress", "resume", "overwrite", "stop_after_steps", "cac
 
 def _prepare_out(cfg: RecipeConfig, out: Path, main: bool) -> None:
     saved = out / RECIPE_JSON
+    if saved.is_file() and main and not run_started(out):
+        saved.unlink()  # a run that failed before its first checkpoint: nothing to keep
     if saved.is_file() and main:
         if cfg.resume:
             old = json.loads(saved.read_text())
@@ -61,6 +63,11 @@ def _prepare_out(cfg: RecipeConfig, out: Path, main: bool) -> None:
             )
     if main:
         atomic_write_json(saved, cfg.to_dict())
+
+
+def run_started(out: Path) -> bool:
+    """Whether out/ holds anything a stage wrote (a checkpoint, a finished stage, a teacher)."""
+    return any((out / "stages").glob("*/*")) or (out / "teacher" / "teacher.json").is_file()
 
 
 def build_teacher(cfg: RecipeConfig, train, out: Path, ctx: RunContext):

@@ -96,6 +96,13 @@ def add_stage_commands(sub) -> None:
 def _cfg(args, **extra):
     from spikeclip.train.config import RecipeConfig
 
+    try:
+        return _recipe(RecipeConfig, args, **extra)
+    except ValueError as exc:  # a bad setting: usage, named before any work
+        raise SystemExit(str(exc)) from None
+
+
+def _recipe(RecipeConfig, args, **extra):
     return RecipeConfig(
         out=args.out, resume=args.resume, config=args.config, device=args.device,
         backend=args.backend, memory=args.memory, amp=args.amp, batch_size=args.batch,

@@ -29,7 +29,11 @@ TEACHER_DIR = "teacher"
 
 def prepare_run(out: Path, settings: dict, resume: bool, main: bool) -> None:
     """out/stage.json records a stage's settings; a second start needs --resume (same settings)."""
+    from spikeclip.train.recipe import run_started
+
     saved = out / STAGE_JSON
+    if main and saved.is_file() and not run_started(out):
+        saved.unlink()  # a run that failed before its first checkpoint: nothing to keep
     if main and saved.is_file():
         if not resume:
             raise FileExistsError(f"{out} already holds a run: pass --resume, or another --out")
@@ -120,21 +124,34 @@ def align(
     return summaries
 
 
-def load_trained(checkpoint, device="cpu"):
-    """(SpikeCLIP with its tokenizer, its recipe.json, its teacher) of a recipe checkpoint."""
-    from transformers import AutoTokenizer
-
+def load_trained(checkpoint, device="cpu", with_teacher: bool = True):
+    """(SpikeCLIP with its tokenizer, its recipe.json, its teacher or None) of a recipe
+    checkpoint; a directory that lacks a part says which."""
+    from spikeclip.checkpoint import CheckpointError
     from spikeclip.models import SpikeCLIP
     from spikeclip.teachers import HFTokenizer, load_teacher
     from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR
 
     path = Path(checkpoint)
+    for part in (RECIPE_JSON, TOKENIZER_DIR):
+        if not (path / part).exists():
+            raise CheckpointError(
+                f"{path}: no {part}: not a checkpoint written by the recipe (spikeclip train / "
+                "align / finetune write model.safetensors, config.json, recipe.json, tokenizer/)"
+            )
     recipe = load_json(path / RECIPE_JSON)
     model = SpikeCLIP.load(path, map_location=device)
-    hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+    from transformers import AutoTokenizer
+
+    try:
+        hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / TOKENIZER_DIR}: unreadable tokenizer ({exc})") from None
     model.tokenizer = HFTokenizer(hf, model.config.context_length)
-    teacher_dir = path.parent / TEACHER_DIR
-    teacher = load_teacher(teacher_dir if teacher_dir.is_dir() else recipe["teacher"])
+    teacher = None
+    if with_teacher:
+        teacher_dir = path.parent / TEACHER_DIR
+        teacher = load_teacher(teacher_dir if teacher_dir.is_dir() else recipe["teacher"])
     return model, recipe, teacher
 
 
