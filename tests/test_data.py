@@ -43,11 +43,13 @@ def test_cifar_pickles(tmp_path):
     root = tmp_path / "cifar-10-batches-py"
     root.mkdir()
     rng = np.random.default_rng(1)
+    written = {}
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {
             "data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
             "labels": list(rng.integers(0, 10, 4)),
         }
+        written[name] = batch
         with open(root / name, "wb") as f:
             pickle.dump(batch, f)
     with open(root / "batches.meta", "wb") as f:
@@ -55,6 +57,11 @@ def test_cifar_pickles(tmp_path):
     train = load_dataset("cifar10", "train", data_dir=tmp_path)
     test = load_dataset("cifar10", "test", data_dir=tmp_path)
     assert len(train) == 20 and len(test) == 4 and test.class_names == CIFAR10_CLASSES
+    train_labels = [int(y) for i in range(1, 6) for y in written[f"data_batch_{i}"]["labels"]]
+    assert train.labels.tolist() == train_labels  # labels in file order, as written
+    assert test.labels.tolist() == [int(y) for y in written["test_batch"]["labels"]]
+    first = written["data_batch_1"]["data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(train.images[0].numpy(), first)  # pixels: channel planes -> HWC
     assert train.images.shape == (20, 32, 32, 3)
     with open(root / "test_batch", "rb") as f:
         batch = pickle.load(f)
