@@ -24,17 +24,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from spikeclip.shards import ShardError, decode_image, image_field, iter_shard, read_meta
 
 
 def resize(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """`[3, H, W]` -> `[3, size, size]`, bilinear (align_corners=False, no antialias): what the
-    image encoder does itself, so that a resized image passes through it unchanged."""
-    if size is None or tuple(image.shape[-2:]) == (size, size):
-        return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    """`[3, H, W]` -> `[3, size, size]` exactly as the image encoder resizes its input, so that a
+    resized image then passes through it unchanged (None: keep the size)."""
+    from spikeclip.models.image_encoder import resize_images
+
+    return image if size is None else resize_images(image, size)
 
 
 def _seed(*parts) -> int:

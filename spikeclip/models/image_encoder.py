@@ -44,6 +44,20 @@ class ConvTokenizer(nn.Module):
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]
 
 
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`[..., 3, H, W]` -> `[..., 3, size, size]` as the encoder sees its input (bilinear,
+    antialiased); an image already of that size passes unchanged. Data loaders that resize
+    ahead (spikeclip.streaming) call this, so that both paths give the encoder the same pixels."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    lead = images.shape[:-3]
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = F.interpolate(
+        flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.reshape(*lead, *out.shape[-3:])
+
+
 class ImageEncoder(nn.Module):
     """`[B, in_channels, H, W]` float images -> features `[B, embed_dim]` (not normalised).
 
@@ -81,12 +95,7 @@ class ImageEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
-        size = self.config.image_size
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(
-                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )
-        x = self.tokenizer(images, self.time_steps)
+        x = self.tokenizer(resize_images(images, self.config.image_size), self.time_steps)
         for block in self.blocks:
             x = block(x)
         return self.proj(self.readout(x.mean(2)))
