@@ -73,8 +73,8 @@ LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_r
 }
 
 void raise_if_not_spikes(bool ok, const char* op) {
-  TORCH_CHECK(ok, op, ": inputs that need a gradient must be spikes (only 0 and 1): the "
-                  "backward keeps them packed 1 bit each");
+  TORCH_CHECK_VALUE(ok, op, ": q, k and v must hold spikes (only 0 and 1) when a gradient is "
+                        "needed: the backward keeps them packed 1 bit each");
 }
 
 Saved::Saved(const at::Tensor& q, bool save) {

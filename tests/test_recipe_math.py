@@ -164,3 +164,51 @@ def test_energy_of_sdsa_and_of_ssa_when_d_is_not_below_n():
     ssa = AttentionCore(SpikeCLIPConfig(attention="ssa"), spiking=True, backend="torch")
     report = energy.estimate(ssa, (q, k, v), images=1)
     assert report.rows[0].sops == (2 + 4) * 2  # (q k^T) @ v: nnz(q) x N + nnz(v) x N
+
+
+@pytest.mark.parametrize("op", ["lif", "ssa", "sdsa"])
+def test_empty_inputs_keep_the_graph(op):
+    from spikeclip import kernels
+
+    if op == "lif":
+        x = torch.rand(0, 3, 4, requires_grad=True)
+        out = kernels.lif(x)
+        inputs = (x,)
+    else:
+        inputs = tuple(torch.rand(0, 1, 2, 3, 4).round().requires_grad_() for _ in range(3))
+        out = getattr(kernels, op)(*inputs)
+    assert out.shape == inputs[0].shape and out.grad_fn is not None
+    grads = torch.autograd.grad(out.sum(), inputs, allow_unused=True)
+    assert all(g is None or g.shape == i.shape for g, i in zip(grads, inputs, strict=True))
+
+
+def test_nonsense_is_refused_where_it_is_given():
+    from spikeclip.kernels import lif, spike_linear, ssa
+    from spikeclip.models import SpikeCLIPConfig
+
+    x = torch.rand(2, 3)
+    with pytest.raises(TypeError, match="decay_input must be True or False"):
+        lif(x, decay_input="no")
+    with pytest.raises(TypeError, match="weight must be a floating tensor"):
+        spike_linear(x, torch.zeros(2, 1, dtype=torch.uint8), torch.ones(4, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match="v_th must be finite"):
+        SpikeCLIPConfig(v_th=float("nan"))
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        SpikeCLIPConfig(alpha=-1.0)
+    q = torch.rand(1, 1, 1, 3, 4, requires_grad=True)  # not spikes, and a gradient is needed
+    with pytest.raises(ValueError, match="must hold spikes"):
+        ssa(q, q.detach().round(), q.detach().round(), backend="torch")
+    ssa(q.detach(), q.detach(), q.detach(), backend="torch")  # forward only: any values
+
+
+def test_non_finite_images_are_refused():
+    from spikeclip.models import ImageEncoder, SpikeCLIPConfig
+
+    enc = ImageEncoder(SpikeCLIPConfig.named("tiny", depth=1), backend="torch").eval()
+    images = torch.rand(2, 3, 28, 28)
+    for bad in (float("nan"), float("inf")):
+        images[1, 0, 3, 3] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            enc(images)
+    enc.check_finite = False
+    enc(images)  # the documented way to skip the check

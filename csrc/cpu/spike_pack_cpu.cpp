@@ -29,7 +29,7 @@ at::Tensor pack_spikes_cpu(const at::Tensor& x) {
       if (bad) non_binary = true;
     });
   });
-  TORCH_CHECK(!non_binary, "pack_spikes: x must hold spikes (only 0 and 1)");
+  TORCH_CHECK_VALUE(!non_binary, "pack_spikes: x must hold spikes (only 0 and 1)");
   return bits;
 }
 

@@ -21,7 +21,7 @@ at::Tensor pack_spikes_cuda_op(const at::Tensor& x) {
   pack_spikes_cuda(to_dtype(x.scalar_type()), xc.data_ptr(), bits.data_ptr<uint8_t>(), rows, n,
                    bad.data_ptr<int>(), c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  TORCH_CHECK(bad.item<int>() == 0, "pack_spikes: x must hold spikes (only 0 and 1)");
+  TORCH_CHECK_VALUE(bad.item<int>() == 0, "pack_spikes: x must hold spikes (only 0 and 1)");
   return bits;
 }
 

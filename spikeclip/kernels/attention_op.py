@@ -44,28 +44,32 @@ def _lif_options(tau, v_th, v_reset, surrogate, alpha):
 
 def _run_fused(name, fwd, q, k, v, *args):
     save = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    try:
-        out = fwd(q.contiguous(), k.contiguous(), v.contiguous(), *args, save)[0]
-    except RuntimeError as exc:
-        if "must be spikes" in str(exc):
-            raise ValueError(
-                f"{name}: q, k and v must hold spikes (only 0 and 1) when a gradient is needed: "
-                "the backward keeps them packed 1 bit each"
-            ) from None
-        raise
-    return out
+    # non-spikes that need a gradient: a ValueError from the kernel (they are kept packed)
+    return fwd(q.contiguous(), k.contiguous(), v.contiguous(), *args, save)[0]
 
 
 _REFERENCES = {"sdsa": sdsa_reference, "ssa": ssa_reference}
+
+
+def raise_not_spikes(name: str):
+    """The error of every backend for non-spikes that need a gradient (C++: attention_common)."""
+    raise ValueError(
+        f"{name}: q, k and v must hold spikes (only 0 and 1) when a gradient is needed: the "
+        "backward keeps them packed 1 bit each"
+    )
 
 
 def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend):
     """Checks, then the reference or the fused op `name`; `extra`: the op's own arguments."""
     _check_qkv(q, k, v, name)
     tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
+    opt.check_flag(detach_reset, "detach_reset")
     backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op=name)
     opt.check_dtype_for_backend(q, backend, "q")
     if backend == "torch" or q.numel() == 0:
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if needs_grad and not all(bool(((t == 0) | (t == 1)).all()) for t in (q, k, v)):
+            raise_not_spikes(name)  # as the fused backends, so that the backends agree
         return _REFERENCES[name](
             q,
             k,

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.attention_op import register_attention_ops
+from spikeclip.kernels.attention_op import raise_not_spikes, register_attention_ops
 from spikeclip.kernels.lif_triton import _lif_dh, _reset
 from spikeclip.kernels.options import SURROGATE_CODES
 from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton
@@ -294,7 +294,7 @@ def _ssa_bwd_kv_kernel(
 
 def _raise_if_bad(bad: torch.Tensor, name: str) -> None:
     if int(bad) != 0:
-        raise RuntimeError(f"{name}: inputs that need a gradient must be spikes (only 0 and 1)")
+        raise_not_spikes(name)
 
 
 def _saved_bits(q, k, v, save, name):

@@ -61,6 +61,9 @@ def lif(
     if v_reset is not None:
         v_reset = opt.check_number(v_reset, "v_reset")
     alpha = opt.check_surrogate(surrogate, alpha)
+    for flag, name in ((decay_input, "decay_input"), (detach_reset, "detach_reset"),
+                       (return_v, "return_v")):  # fmt: skip
+        opt.check_flag(flag, name)
     opt.check_state(v0, x)
     backend = resolve_backend(backend, x.device)
     opt.check_dtype_for_backend(x, backend)

@@ -50,6 +50,13 @@ def check_number(value, name: str, *, minimum: float | None = None, strict: bool
     return value
 
 
+def check_flag(value, name: str) -> bool:
+    """A bool option (a string such as "no" would otherwise read as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_tau(tau, x: torch.Tensor) -> None:
     """tau: a number > 1, or a (learnable) one-element floating tensor on x's device."""
     if isinstance(tau, torch.Tensor):

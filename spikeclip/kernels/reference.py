@@ -121,9 +121,10 @@ def lif_reference(
         v = h - v_th * s_r if soft else h * (1 - s_r) + rest * s_r
         spikes.append(s)
         hs.append(h)
-    out = torch.stack(spikes) if spikes else xc.new_empty(x.shape)
+    # T = 0: empty outputs that stay in x's graph (x * 0 is empty and differentiable)
+    out = torch.stack(spikes) if spikes else xc * 0
     if return_h:
-        return out.to(x.dtype), v, torch.stack(hs) if hs else xc.new_empty(x.shape)
+        return out.to(x.dtype), v, torch.stack(hs) if hs else xc * 0
     return out.to(x.dtype), v
 
 

@@ -4,7 +4,7 @@ writes them), with autograd.
 With 0/1 inputs the products are sums of rows of W^T at the spikes, and the weight gradient
 W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work, which scales
 with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width;
-above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_linear_cpu.cpp).
+above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_layers_cpu.cpp).
 The `torch` backend unpacks and uses dense matrix products (the spec); CUDA tensors use it too.
 The sums run in another order than a dense product's: equal up to float rounding.
 """
@@ -70,6 +70,8 @@ def spike_linear(
         )
     if bits.dtype != torch.uint8 or bits.shape[1] != (x.shape[1] + 7) // 8:
         raise ValueError(f"spike_linear: bits must be uint8 [rows, {(x.shape[1] + 7) // 8}]")
+    if not weight.is_floating_point():
+        raise TypeError(f"spike_linear: weight must be a floating tensor, got {weight.dtype}")
     if weight.dim() != 2 or weight.shape[1] != x.shape[1]:
         raise ValueError(
             f"spike_linear: weight must be [C_out, {x.shape[1]}], got {tuple(weight.shape)}"

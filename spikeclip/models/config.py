@@ -85,10 +85,13 @@ class SpikeCLIPConfig:
             )
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}")
-        if not self.tau > 1:
-            raise ValueError(f"tau must be > 1, got {self.tau}")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        from spikeclip.kernels.options import check_number
+
+        # real, finite numbers (NaN, inf, bools and strings are named here, not at forward)
+        for name, minimum in (("tau", 1.0), ("alpha", 0.0), ("mlp_ratio", 0.0),
+                              ("attn_scale", 0.0), ("v_th", None), ("attn_v_th", None),
+                              ("v_reset", None)):  # fmt: skip
+            check_number(getattr(self, name), f"SpikeCLIPConfig.{name}", minimum=minimum)
 
     @property
     def head_dim(self) -> int:

@@ -79,6 +79,7 @@ class ImageEncoder(nn.Module):
         )
         self.readout = TemporalReadout(self.time_steps)
         self.proj = nn.Linear(config.width, config.embed_dim)
+        self.check_finite = True  # refuse NaN / inf images (see check_images)
 
     def check_images(self, images) -> None:
         c = self.config
@@ -92,6 +93,11 @@ class ImageEncoder(nn.Module):
             )
         if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
             raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+        # one cheap pass (a device sync on GPU): a NaN or inf pixel would otherwise give a
+        # finite, normalised embedding; `encoder.check_finite = False` skips it
+        checking = self.check_finite and not torch.compiler.is_compiling()
+        if checking and not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold NaN or inf values")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
