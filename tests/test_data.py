@@ -110,3 +110,11 @@ def test_missing_data_says_how_to_get_it(tmp_path):
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="split must be"):
         load_dataset("cifar10", "val", data_dir=tmp_path)
+
+
+def test_class_names_are_the_publishers_label_order():
+    # written out here from the datasets' documentation, not from spikeclip.data
+    assert FASHION_MNIST_CLASSES == ["T-shirt", "trouser", "pullover", "dress", "coat",
+                                     "sandal", "shirt", "sneaker", "bag", "ankle boot"]  # fmt: skip
+    assert CIFAR10_CLASSES == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                               "horse", "ship", "truck"]  # fmt: skip
