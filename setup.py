@@ -4,6 +4,8 @@
     SPIKECLIP_CUDA=0 ...   skip the CUDA kernels even where they could be built
     SPIKECLIP_DEBUG=1 ...  -O0 -g, for gdb / cuda-gdb
     SPIKECLIP_NATIVE=1 ... add -march=native (fastest here, not portable: never for wheels)
+    SPIKECLIP_ASAN=1 ...   AddressSanitizer (run with LD_PRELOAD=$(gcc -print-file-name=libasan.so);
+                           benchmarks/asan_check.sh does it all)
 Metadata and tool configuration live in pyproject.toml.
 """
 
@@ -41,9 +43,13 @@ def extensions():
     cxx = [*opt, "-std=c++20", "-fopenmp", "-fno-trapping-math", "-ffp-contract=off"]
     if _flag("SPIKECLIP_NATIVE"):
         cxx.append("-march=native")
+    link = ["-fopenmp"]
+    if _flag("SPIKECLIP_ASAN"):
+        cxx += ["-fsanitize=address", "-fno-omit-frame-pointer", "-g"]
+        link += ["-fsanitize=address"]
     common = ["csrc/ops.cpp", "csrc/lif_common.cpp", "csrc/attention_common.cpp"]
     sources = [*common, *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=link)
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         nvcc = [*opt, "-std=c++20", "--fmad=false", "-lineinfo"]

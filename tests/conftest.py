@@ -31,3 +31,12 @@ def _seed(request):
     # Fresh random inputs per test, reproducible from the test's name (crc32: str hash() is
     # salted per process).
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory):
+    """A small randomly initialised Hugging Face CLIP saved to a directory (fake_data.py)."""
+    pytest.importorskip("transformers")
+    from fake_data import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("clip"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fake_data import fake_idx_dataset, make_tiny_clip
+from fake_data import fake_idx_dataset
 from PIL import Image
 
 from spikeclip.cli import main as cli
@@ -46,12 +46,6 @@ def fm_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fm")
     fake_idx_dataset(root, n=40, n_test=20, seed=3)
     return root
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    pytest.importorskip("transformers")
-    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

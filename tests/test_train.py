@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_data import fake_idx_dataset, make_tiny_clip
+from fake_data import fake_idx_dataset
 
 from spikeclip.checkpoint import CheckpointError, load_tensors
 from spikeclip.cli import main as cli
@@ -37,12 +37,6 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("fmnist")
     fake_idx_dataset(root, n=48, n_test=24, seed=1)
     return root
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    pytest.importorskip("transformers")
-    return make_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
