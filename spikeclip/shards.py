@@ -132,7 +132,11 @@ def folder_source(
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise DatasetNotFoundError(f"{root}: no class folders (expected <root>/<class>/<image>)")
-    source = Source(name, split, iter(()), [c.replace("_", " ") for c in classes])
+    from spikeclip.data import GENERIC_TEMPLATES
+
+    source = Source(
+        name, split, iter(()), [c.replace("_", " ") for c in classes], list(GENERIC_TEMPLATES)
+    )
 
     def samples():
         for label, cls in enumerate(classes):
@@ -244,6 +248,13 @@ def write_shards(source: Source, out, shard_size: int = 1000, progress: bool = F
     }
     atomic_write_json(out / META, meta)
     return meta
+
+
+def templates_of(meta: dict) -> list[str]:
+    """The prompt templates of a shard directory: its source's, else the generic ones."""
+    from spikeclip.data import GENERIC_TEMPLATES
+
+    return list(meta["templates"] or GENERIC_TEMPLATES)
 
 
 def read_meta(root) -> dict:

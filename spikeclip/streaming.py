@@ -25,7 +25,14 @@ from pathlib import Path
 
 import torch
 
-from spikeclip.shards import ShardError, decode_image, image_field, iter_shard, read_meta
+from spikeclip.shards import (
+    ShardError,
+    decode_image,
+    image_field,
+    iter_shard,
+    read_meta,
+    templates_of,
+)
 
 
 def resize(image: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -75,7 +82,7 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     @property
     def templates(self) -> list[str]:
-        return list(self.meta["templates"])
+        return templates_of(self.meta)
 
     def __len__(self) -> int:
         return int(self.meta["count"])

@@ -111,6 +111,7 @@ def test_folder_shards_split_and_skip(tmp_path):
             ext = "png" if "png" in s else "jpg"
             seen[split][s["__key__"]] = (s[ext], int(s["cls"]))
     assert metas["train"]["class_names"] == ["cat", "sea lion"]
+    assert metas["train"]["templates"]  # generic prompts, so that a folder corpus is usable
     assert set(seen["train"]).isdisjoint(seen["test"]) and seen["test"]  # a real split
     got = {**seen["train"], **seen["test"]}
     assert sorted(got.values()) == sorted(files.values())  # every file once, original bytes

@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 from spikeclip.checkpoint import CheckpointError, atomic_write_json, load_json
-from spikeclip.shards import ShardError, decode_image, image_field, iter_shard, read_meta
+from spikeclip.shards import (
+    ShardError,
+    decode_image,
+    image_field,
+    iter_shard,
+    read_meta,
+    templates_of,
+)
 
 INDEX = "index.json"
 TEACHER_DIR = "teacher"
@@ -188,7 +195,7 @@ def compute_features(
                 f"{shards}: the offline teacher `lit` is fitted on labelled images; these shards "
                 "have none. Pass a fitted teacher (a directory with teacher.json) or clip:DIR."
             )
-        classes = teacher.classifier(meta["class_names"], meta["templates"])
+        classes = teacher.classifier(meta["class_names"], templates_of(meta))
         losses = teacher.fit(torch.cat(all_feats), labels, classes, steps=teacher_steps, seed=seed)
         log(f"teacher fitted: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     teacher.save(out / TEACHER_DIR)

@@ -73,7 +73,7 @@ def align(
 ) -> dict:
     """Text alignment on the corpus's class names (and the broad vocabulary), then image
     alignment on the streamed corpus against its teacher features. No label is read."""
-    from spikeclip.shards import read_meta
+    from spikeclip.shards import read_meta, templates_of
     from spikeclip.train.recipe import build_student, save_student, train_text
     from spikeclip.train.shard_features import FeatureStore
 
@@ -89,7 +89,7 @@ def align(
 
     class Names:  # what train_text reads of a dataset
         class_names = meta["class_names"]
-        templates = meta["templates"] or ["a photo of a {}."]
+        templates = templates_of(meta)
 
     summaries = {}
     if cfg.text_epochs and meta["class_names"]:
@@ -184,13 +184,13 @@ def finetune(
     dev = ctx.device
     scale = cfg.logit_scale or teacher.logit_scale
     if data is not None:
-        from spikeclip.shards import read_meta
+        from spikeclip.shards import read_meta, templates_of
         from spikeclip.train.shard_features import FeatureStore
 
         meta = read_meta(data)
         if not meta["has_labels"]:
             raise ValueError(f"{data}: fine-tuning needs labelled shards; these have no labels")
-        names, templates = meta["class_names"], meta["templates"] or ["a photo of a {}."]
+        names, templates = meta["class_names"], templates_of(meta)
         store = FeatureStore(features, meta)
         batches = _stream_batches(
             data, store, model.config.image_size, "finetune", cfg, ctx, workers, shuffle_buffer
@@ -270,7 +270,7 @@ def evaluate(
         stream = ShardStream(data, image_size=model.config.image_size, shuffle=False)
         if not stream.meta["has_labels"]:
             raise ValueError(f"{data}: evaluation needs labelled shards; these have no labels")
-        names, templates = stream.class_names, stream.templates or ["a photo of a {}."]
+        names, templates = stream.class_names, stream.templates
         batches = ((b["image"], b["label"]) for b in stream.loader(batch_size, workers))
         n_batches = None
     else:
