@@ -96,3 +96,21 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Concrete backends that can run on `device` here."""
     device = torch.device(device)
     return [b for b in BACKENDS[1:] if why_unavailable(b, device) is None]
+
+
+def runs_cpp_kernels(backend: str, x: torch.Tensor) -> bool:
+    """Whether a layer asked for `backend` runs x through the cpp kernels: on CPU tensors with
+    "auto" or "cpp", when the extension is built (the model layer asks here, never decides)."""
+    from spikeclip._ext import extension_loaded
+
+    return backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
+
+
+def sums_spikes(backend: str, x: torch.Tensor) -> bool:
+    """Whether a spike-fed product of x runs as sums of weight rows at the spikes (the cpp
+    kernels sum in float32 / float64 only; torch.compile traces the dense form)."""
+    return (
+        runs_cpp_kernels(backend, x)
+        and x.dtype in (torch.float32, torch.float64)
+        and not torch.compiler.is_compiling()
+    )

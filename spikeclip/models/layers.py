@@ -9,8 +9,8 @@ import math
 import torch
 from torch import nn
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels import pack_spikes
+from spikeclip.kernels.backends import runs_cpp_kernels, sums_spikes
 from spikeclip.kernels.max_pool import max_pool2x2
 from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
@@ -37,11 +37,6 @@ def make_neuron(
     )
 
 
-def _cpp_kernels(backend: str, x: torch.Tensor) -> bool:
-    """Whether a layer with `backend` runs x through the cpp kernels (CPU, "auto" or "cpp")."""
-    return backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
-
-
 class _SpikingUnit(nn.Module):
     """op (linear or conv, no bias) + BatchNorm (+ an optional neuron) on `[T, B, ...]`.
 
@@ -65,12 +60,7 @@ class _SpikingUnit(nn.Module):
     def _sums_spikes(self, x: torch.Tensor) -> bool:
         """Whether the op runs as sums of weight rows at the input's spikes (the `cpp`
         kernels, on CPU): work in proportion to the firing rate, keeping only the bits."""
-        return (
-            self.spike_input
-            and _cpp_kernels(self.backend, x)
-            and x.dtype in (torch.float32, torch.float64)
-            and not torch.compiler.is_compiling()
-        )
+        return self.spike_input and sums_spikes(self.backend, x)
 
     def _params(self) -> list[torch.Tensor]:
         return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
@@ -246,7 +236,7 @@ class SeqMaxPool2x2(nn.Module):
         self.backend = backend  # set_backend reaches it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        backend = "cpp" if _cpp_kernels(self.backend, x) else "torch"
+        backend = "cpp" if runs_cpp_kernels(self.backend, x) else "torch"
         y = max_pool2x2(x.flatten(0, -4), backend=backend)
         return y.unflatten(0, x.shape[:-3])
 
