@@ -14,12 +14,13 @@ else
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 fi
-git -C "$src" ls-files -z | (cd "$src" && xargs -0 cp --parents -t "$work")
+git -C "$src" ls-files -z | (cd "$src" && xargs -0 cp --parents --preserve=timestamps -t "$work")
 cd "$work"
 if ! ls spikeclip/_C*.so > /dev/null 2>&1 || [ -n "$(find csrc -newer spikeclip/_C*.so)" ]; then
   SPIKECLIP_ASAN=1 python setup.py build_ext --inplace > build.log 2>&1 || { tail -30 build.log; exit 1; }
 fi
-export LD_PRELOAD=$(gcc -print-file-name=libasan.so)
+# libstdc++ preloaded too: ASan must find the real __cxa_throw when our checks throw
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
 # Only our library is instrumented: leaks at exit are Python's, and torch's own allocations
 # and frees (across the exceptions our checks throw) are not ours to judge.
 export ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:new_delete_type_mismatch=0
