@@ -79,6 +79,9 @@ def align(
 
     out = Path(cfg.out)
     meta = read_meta(data)
+    cfg = replace(
+        cfg, dataset=meta["name"]
+    )  # the vocabulary holds out this corpus's "replace" names
     store = FeatureStore(features, meta)
     teacher = store.teacher()
     settings = {**cfg.to_dict(), "data": str(data), "features": str(features), "stage": "align"}
