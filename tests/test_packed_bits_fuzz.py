@@ -119,3 +119,27 @@ def test_attention_public_api_still_matches_reference():
     out = ssa(q, k, v, backend="cpp")
     ref = ssa(q, k, v, backend="torch")
     assert torch.equal(out, ref)
+
+
+@needs_cpp
+@pytest.mark.parametrize(("rows", "n"), [(0, 9), (5, 0), (0, 0)])
+def test_spike_linear_with_empty_dimensions(rows, n):
+    x = torch.zeros(rows, n, requires_grad=True)
+    w = torch.randn(4, n, requires_grad=True)
+    bits = torch.zeros(rows, (n + 7) // 8, dtype=torch.uint8)
+    y = spike_linear(x, bits, w, backend="cpp")
+    y.sum().backward()
+    assert y.shape == (rows, 4) and torch.equal(y, torch.zeros(rows, 4))
+    assert torch.equal(w.grad, torch.zeros(4, n))
+
+
+@needs_cpp
+@pytest.mark.parametrize("shape", [(2, 1, 1, 0, 5), (2, 1, 1, 3, 0), (0, 1, 1, 3, 5)])
+@pytest.mark.parametrize("op", ["sdsa", "ssa"])
+def test_attention_with_empty_dimensions(shape, op):
+    import spikeclip.kernels as k
+
+    q, kk, v = (torch.zeros(shape).requires_grad_() for _ in range(3))
+    out = getattr(k, op)(q, kk, v, backend="cpp")
+    out.sum().backward()
+    assert out.shape == shape and q.grad.shape == shape
