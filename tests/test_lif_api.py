@@ -115,7 +115,9 @@ def fused_op_args(backend, device, dtype=torch.float32, need_tau=True):
 def test_opcheck(backend, device, dtype, soft):
     import spikeclip.kernels.lif_op as lif_mod
 
-    fwd = lif_mod._fused_ops(backend)
+    from spikeclip.kernels.op_autograd import _op
+
+    fwd = _op(lif_mod._fused_op(backend))
     bwd = torch.ops.spikeclip.lif_bwd_triton if backend == "triton" else torch.ops.spikeclip.lif_bwd
     x, v0, tau, gs, gv = fused_op_args(backend, device, dtype)
     opts = (1.0, 0.0, soft, True, False, "sigmoid", 4.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from spikeclip._ext import extension_loaded
+from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
 from spikeclip.kernels.backends import resolve_backend
 from spikeclip.kernels.reference import compute_dtype, sdsa_reference, ssa_reference
@@ -42,10 +43,12 @@ def _lif_options(tau, v_th, v_reset, surrogate, alpha):
     return tau, v_th, v_reset, alpha
 
 
-def _run_fused(name, fwd, q, k, v, *args):
+def _run_fused(fwd_name, q, k, v, *args):
     save = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     # non-spikes that need a gradient: a ValueError from the kernel (they are kept packed)
-    return fwd(q.contiguous(), k.contiguous(), v.contiguous(), *args, save)[0]
+    return op_autograd.apply(
+        fwd_name, save, q.contiguous(), k.contiguous(), v.contiguous(), *args, save
+    )[0]
 
 
 _REFERENCES = {"sdsa": sdsa_reference, "ssa": ssa_reference}
@@ -86,11 +89,10 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
     if backend == "triton":
         from spikeclip.kernels import attention_triton  # noqa: F401  (registers the ops)
 
-        fwd = getattr(torch.ops.spikeclip, f"{name}_fwd_triton")
+        fwd = f"spikeclip::{name}_fwd_triton"
     else:
-        fwd = getattr(torch.ops.spikeclip, f"{name}_fwd")
+        fwd = f"spikeclip::{name}_fwd"
     return _run_fused(
-        name,
         fwd,
         q,
         k,
@@ -216,10 +218,8 @@ def register_attention_ops(suffix: str = "") -> None:
         fwd, bwd = f"spikeclip::{name}_fwd{suffix}", f"{name}_bwd{suffix}"
         torch.library.register_fake(fwd)(fake)
         torch.library.register_fake(f"spikeclip::{bwd}")(_bwd_fake)
-        torch.library.register_autograd(
-            fwd,
-            _backward_with(getattr(torch.ops.spikeclip, bwd), n_options),
-            setup_context=_setup_context,
+        op_autograd.register(
+            fwd, _backward_with(getattr(torch.ops.spikeclip, bwd), n_options), _setup_context
         )
 
 

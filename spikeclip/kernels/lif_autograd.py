@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from spikeclip.kernels import op_autograd
 from spikeclip.kernels.reference import compute_dtype
 
 
@@ -95,4 +96,4 @@ def register_lif_pair(fwd_name: str, bwd_name: str, bwd_op) -> None:
     """Register fakes for both ops and autograd for the forward (bwd_op runs the backward)."""
     torch.library.register_fake(fwd_name)(lif_fwd_fake)
     torch.library.register_fake(bwd_name)(lif_bwd_fake)
-    torch.library.register_autograd(fwd_name, _backward_with(bwd_op), setup_context=_setup_context)
+    op_autograd.register(fwd_name, _backward_with(bwd_op), _setup_context)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import torch
 
+from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
 from spikeclip.kernels.backends import resolve_backend
 from spikeclip.kernels.reference import compute_dtype, lif_reference
 
 
-def _fused_ops(backend: str):
-    """The (forward op) of a fused backend, importing its registration on first use."""
+def _fused_op(backend: str) -> str:
+    """The forward op of a fused backend, importing its registration on first use."""
     if backend == "triton":
         from spikeclip.kernels import lif_triton  # noqa: F401  (registers the ops)
 
-        return torch.ops.spikeclip.lif_fwd_triton
+        return "spikeclip::lif_fwd_triton"
     from spikeclip.kernels import lif_cpp  # noqa: F401  (fake + autograd of the _C ops)
 
-    return torch.ops.spikeclip.lif_fwd
+    return "spikeclip::lif_fwd"
 
 
 def lif(
@@ -102,7 +103,9 @@ def lif(
         x.requires_grad or tau_t.requires_grad or (v0c is not None and v0c.requires_grad)
     )
     soft = v_reset is None
-    spikes, _, v_last = _fused_ops(backend)(
+    spikes, _, v_last = op_autograd.apply(
+        _fused_op(backend),
+        needs_grad,
         x.contiguous(),
         v0c,
         tau_t,
