@@ -149,6 +149,45 @@ def test_bf16_saves_only_touch_the_given_shape():
     assert rel_err(w.grad, x.detach().sum(0)) < 1e-2
 
 
+def autocast_step(layer, x, memory):
+    """Forward under bf16 autocast, backward outside it (as a training loop does)."""
+    set_memory(layer, memory)
+    layer.train()
+    layer.zero_grad(set_to_none=True)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    grads["input"] = x.grad.clone()
+    layer.load_state_dict(state)
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("unit", ["linear", "conv3", "linear+lif"])
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_packed_units_under_bf16_autocast(unit, backend):
+    """Autocast reaches into the packed units' own autograd (the recomputation repeats the
+    forward under it): lossless computes what plain computes, with float32 parameter grads."""
+    torch.manual_seed(3)
+    if unit.startswith("linear"):
+        neuron = LIF(backend=backend) if unit == "linear+lif" else None
+        layer = SeqLinearBN(12, 20, neuron=neuron, packed_input=True, backend=backend)
+        x = spikes(3, 4, 5, 12)
+    else:
+        layer = SeqConvBN(6, 10, 3, packed_input=True, backend=backend)
+        x = spikes(3, 2, 6, 7, 9)
+    out_p, grads_p = autocast_step(layer, x, "plain")
+    out_l, grads_l = autocast_step(layer, x, "lossless")
+    assert out_l.dtype == out_p.dtype == torch.bfloat16
+    assert rel_err(out_l.float(), out_p.float()) < 1e-5
+    assert set(grads_l) == set(grads_p) == {"op.weight", "bn.weight", "bn.bias", "input"}
+    for name in grads_p:
+        assert grads_l[name].dtype == grads_p[name].dtype, name
+        assert rel_err(grads_l[name].float(), grads_p[name].float()) < 1e-5, name
+
+
 def test_image_encoder_memory_modes_same_outputs():
     encoder = ImageEncoder(CONFIG)
     set_backend(encoder, "torch")  # plain: the reference's float copies

@@ -71,8 +71,11 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
     opt.check_dtype_for_backend(q, backend, "q")
     if backend == "torch" or q.numel() == 0:
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-        if needs_grad and not all(bool(((t == 0) | (t == 1)).all()) for t in (q, k, v)):
-            raise_not_spikes(name)  # as the fused backends, so that the backends agree
+        # As the fused backends, so that the backends agree; not in compiled code, where a
+        # check of the values would break the graph (and wait for the device) at every call.
+        checks = needs_grad and not torch.compiler.is_compiling()
+        if checks and not all(bool(((t == 0) | (t == 1)).all()) for t in (q, k, v)):
+            raise_not_spikes(name)
         return _REFERENCES[name](
             q,
             k,

@@ -114,3 +114,15 @@ def sums_spikes(backend: str, x: torch.Tensor) -> bool:
         and x.dtype in (torch.float32, torch.float64)
         and not torch.compiler.is_compiling()
     )
+
+
+def autocast_operands(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The floating tensors among `tensors` in the autocast dtype where autocast is on for
+    their device (as torch casts a matmul's or convolution's operands), else unchanged. For ops
+    that run inside their own autograd.Function, which autocast does not see into; the casts
+    themselves are differentiable, so float32 parameters get float32 gradients."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip._ext import extension_loaded
-from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.backends import autocast_operands, resolve_backend
 from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
 
 SPIKE_CONV_BACKENDS = ("torch", "cpp")
@@ -90,6 +90,7 @@ def spike_conv2d(
             f"spike_conv2d: square odd kernels with 'same' padding (k // 2) only, got kernel "
             f"{tuple(weight.shape[-2:])} and padding {padding}"
         )
+    x, weight = autocast_operands(x, weight)
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError("spike_conv2d: x and weight must have the same dtype and device")
     backend = _backend(backend, x.device, x.dtype)

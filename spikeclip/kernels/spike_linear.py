@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from spikeclip._ext import extension_loaded
-from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.backends import autocast_operands, resolve_backend
 from spikeclip.kernels.spike_pack import unpack_spikes
 
 SPIKE_LINEAR_BACKENDS = ("torch", "cpp")
@@ -76,6 +76,7 @@ def spike_linear(
         raise ValueError(
             f"spike_linear: weight must be [C_out, {x.shape[1]}], got {tuple(weight.shape)}"
         )
+    (weight,) = autocast_operands(weight)
     backend = _backend(backend, weight.device, weight.dtype)
     return _SpikeLinear.apply(x, bits, weight, backend)
 

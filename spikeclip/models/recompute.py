@@ -23,13 +23,20 @@ class _PackedRecompute(torch.autograd.Function):
         bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # raises ValueError if not spikes
         ctx.save_for_backward(bits, *params)
         ctx.state = unit.recompute_state()
+        # The recomputation repeats the forward under the same autocast (as checkpoint does).
+        device_type = x.device.type
+        ctx.autocast = dict(
+            device_type=device_type,
+            dtype=torch.get_autocast_dtype(device_type),
+            enabled=torch.is_autocast_enabled(device_type),
+        )
         return unit.unit(x, bits=bits)
 
     @staticmethod
     def backward(ctx, grad_out):
         bits, *params = ctx.saved_tensors
         needs_x = ctx.needs_input_grad[1]
-        with torch.enable_grad():
+        with torch.enable_grad(), torch.autocast(**ctx.autocast):
             if ctx.unit.recompute_reads_bits:
                 # The unit computes from the bits: x only carries its gradient (zero strides).
                 base = torch.zeros((), dtype=ctx.dtype, device=bits.device)
