@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
         "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate",
     )
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
-    b.add_argument("--batch", type=int, help="model / memory: samples per step (16 / 32)")
+    b.add_argument(
+        "--batch", type=int, nargs="+", help="model / memory: samples per step (16 / 32)"
+    )
     b.add_argument("--device", default="cpu")
     b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
     b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
@@ -58,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     b.add_argument("--rounds", type=int, default=15, help="timed rounds per contender")
     b.add_argument("--no-peers", action="store_true", help="skip SpikingJelly / snnTorch")
+    b.add_argument(
+        "--memory",
+        nargs="+",
+        default=["plain", "lossless"],
+        choices=["plain", "lossless", "low"],
+        help="model: the memory modes of our contenders",
+    )
+    b.add_argument(
+        "--compile", action="store_true", help="model: add torch.compile of the reference"
+    )
     b.add_argument(
         "--no-thp",
         action="store_true",
@@ -93,18 +105,27 @@ def _bench(args) -> int:
     elif args.op == "memory":
         fused = "cpp" if args.device == "cpu" else "cuda"
         rows = bench_memory(
-            batch=args.batch or 32, device=args.device, rounds=min(args.rounds, 5), fused=fused
+            batch=(args.batch or [32])[0],
+            device=args.device,
+            rounds=min(args.rounds, 5),
+            fused=fused,
         )
     elif args.op == "layers":
         rows = bench_spike_layers(modes=args.mode, rounds=min(args.rounds, 7))
     elif args.op == "model":
         fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
+        if "float16" in args.dtype:
+            raise SystemExit("--dtype for `bench model` is float32 and/or bfloat16 (autocast)")
         rows = bench_train_step(
             config=args.config,
-            batch=args.batch or 16,
+            batches=tuple(args.batch or [16]),
+            precisions=tuple(args.dtype),
             backends=fused,
+            memories=tuple(args.memory),
             device=args.device,
             rounds=min(args.rounds, 7),
+            compile_reference=args.compile,
+            peers=not args.no_peers,
         )
     else:
         rows = bench_lif(

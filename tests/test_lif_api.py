@@ -114,7 +114,6 @@ def fused_op_args(backend, device, dtype=torch.float32, need_tau=True):
 @pytest.mark.parametrize("soft", [False, True])
 def test_opcheck(backend, device, dtype, soft):
     import spikeclip.kernels.lif_op as lif_mod
-
     from spikeclip.kernels.op_autograd import _op
 
     fwd = _op(lif_mod._fused_op(backend))

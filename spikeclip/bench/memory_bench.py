@@ -13,47 +13,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikeclip.bench.peers import _version, spikingjelly_node
+from spikeclip.bench.peers import spikingjelly_label, with_spikingjelly
 from spikeclip.bench.timing import format_table, median_times
 from spikeclip.memory import peak_device_memory, saved_tensor_bytes
-from spikeclip.models import LIF, AttentionCore, Block, SpikeCLIPConfig, set_backend, set_memory
+from spikeclip.models import Block, SpikeCLIPConfig, set_backend, set_memory
 
 
 def block_stack(config: SpikeCLIPConfig) -> nn.Sequential:
     return nn.Sequential(*[Block(config) for _ in range(config.depth)])
-
-
-class _SpikingJellyNeuron(nn.Module):
-    """A SpikingJelly LIFNode in place of one of ours (state reset at every call)."""
-
-    def __init__(self, node):
-        super().__init__()
-        self.node = node
-
-    def forward(self, x):
-        self.node.reset()
-        return self.node(x)
-
-
-def with_spikingjelly(model: nn.Module, config: SpikeCLIPConfig, device) -> nn.Module | None:
-    """`model` with every LIF and every attention's LIF replaced by SpikingJelly's, or None."""
-    if spikingjelly_node(device) is None:
-        return None
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LIF):
-                node = spikingjelly_node(device, child.v_th, child.detach_reset)
-                setattr(parent, name, _SpikingJellyNeuron(node))
-            elif isinstance(child, AttentionCore):
-                node = _SpikingJellyNeuron(spikingjelly_node(device, config.attn_v_th, True))
-                child.sj = node
-
-                def attend(q, k, v, core=child):
-                    return core.sj(q @ (k.transpose(-2, -1) @ v) * core.scale)
-
-                child.forward = attend
-    set_memory(model, "plain")
-    return model
 
 
 def bench_memory(
@@ -78,9 +45,9 @@ def bench_memory(
         f"ours {fused} low": build(fused, "low"),
         f"ours {fused} low + checkpoint": build(fused, "low", checkpoint=True),
     }
-    sj = with_spikingjelly(build("torch", "plain"), config, device)
+    sj = with_spikingjelly(build("torch", "plain"), device)
     if sj is not None:
-        models[f"spikingjelly {_version('spikingjelly')} neurons"] = sj
+        models[f"{spikingjelly_label()} neurons"] = sj
 
     def train_step(model):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)

@@ -1,18 +1,33 @@
-"""Training step of SpikeCLIP's image encoder: reference neurons, attention and dense layers
-(backend="torch") against the fused kernels (with, on CPU, spike-fed linears that sum weight rows
-at their input's spikes), and against a no-cost stand-in for neurons and attention on dense
-layers: the limit that fusing those two alone can reach (the rest is dense convolutions,
-linears and batch norm)."""
+"""Training step of SpikeCLIP's image encoder (forward, cosine loss, backward, AdamW), every way
+it can run, in one interleaved run per (batch, precision):
+
+- `torch`: the reference (backend="torch": plain layers, reference neurons and attention);
+- `torch.compile`: the reference compiled (inductor, default mode), compiled in the warm-up;
+- SpikingJelly: the same network with SpikingJelly's LIFNode for every LIF, attention as the
+  reference computes it around SpikingJelly's LIF (when SpikingJelly imports);
+- ours: each fused backend in each memory mode (plain, lossless, low);
+- the no-cost stand-in: neurons and attention replaced by (almost) nothing on dense layers, the
+  limit that fusing those two alone can reach (the rest is convolutions, linears and BN).
+
+Every contender gets its own copy of the same initial weights and its own AdamW. Precision:
+"float32", or "bfloat16" (forward and loss under torch.autocast). The encoder's NaN check of
+its input (a device sync per step) is off for all alike. Per contender: seconds per step
+(median of interleaved rounds), ratios to the reference and to the stand-in, and on CUDA the
+step's peak device memory above the model and optimizer state. A contender that fails (a peer
+without bf16 kernels, say) is reported with its error and left out of the timing.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 import torch.nn.functional as F
 
+from spikeclip.bench.peers import spikingjelly_label, with_spikingjelly
 from spikeclip.bench.timing import format_table, median_times
-from spikeclip.memory import saved_tensor_bytes
+from spikeclip.memory import MEMORY_MODES, peak_device_memory, saved_tensor_bytes
 from spikeclip.models import (
     LIF,
     AttentionCore,
@@ -23,114 +38,151 @@ from spikeclip.models import (
 )
 
 STAND_IN = "no-cost stand-in"
+REFERENCE = "torch"
+COMPILED = "torch.compile"
+COLUMNS = [
+    "batch",
+    "precision",
+    "contender",
+    "step_s",
+    "vs_reference",
+    "stand_in_share",
+    "peak_MB",
+    "saved_MB_per_image",
+    "error",
+]
 
 
-@contextlib.contextmanager
-def stand_in_neurons_and_attention(model: torch.nn.Module):
-    """Within the block every LIF returns its input and every attention q + k + v (two adds, so
-    that the q, k and v projections still get their gradients, as with real attention)."""
-    patched = []
+def _stand_in(model: torch.nn.Module) -> torch.nn.Module:
+    """Every LIF returns its input and every attention q + k + v (two adds, so that the q, k
+    and v projections still get their gradients, as with real attention); dense layers."""
     for m in model.modules():
         if isinstance(m, LIF):
             m.forward = lambda x: x
-            patched.append(m)
         elif isinstance(m, AttentionCore):
             m.forward = lambda q, k, v: q + k + v
-            patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward
+    set_backend(model, "torch")
+    set_memory(model, "plain")
+    return model
 
 
-def _step_fn(model, optimizer, images, target):
+def _step_fn(model, images, target, precision: str):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    autocast = (
+        torch.autocast(images.device.type, dtype=torch.bfloat16)
+        if precision == "bfloat16"
+        else contextlib.nullcontext()
+    )
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = (1 - F.cosine_similarity(model(images), target, dim=-1)).mean()
+        with autocast:
+            out = model(images)
+            loss = (1 - F.cosine_similarity(out.float(), target, dim=-1)).mean()
         loss.backward()
         optimizer.step()
 
     return step
 
 
+def _contender_models(base, device, backends, memories, compile_reference, peers):
+    """name -> a function that builds that contender's model (a copy of `base`)."""
+
+    def ours(backend, memory):
+        def build():
+            m = copy.deepcopy(base)
+            set_backend(m, backend)
+            set_memory(m, memory)
+            return m
+
+        return build
+
+    builds = {REFERENCE: ours("torch", "plain")}
+    if compile_reference:
+        builds[COMPILED] = lambda: torch.compile(ours("torch", "plain")())
+    if peers:
+        sj = with_spikingjelly(copy.deepcopy(base), device)
+        if sj is not None:
+            builds[spikingjelly_label()] = lambda: with_spikingjelly(copy.deepcopy(base), device)
+    for b in backends:
+        for mem in memories:
+            builds[b if mem == "plain" else f"{b} {mem}"] = ours(b, mem)
+    builds[STAND_IN] = lambda: _stand_in(copy.deepcopy(base))
+    return builds
+
+
 def bench_train_step(
     config: str = "paper",
-    batch: int = 16,
+    batches: tuple[int, ...] = (16,),
+    precisions: tuple[str, ...] = ("float32",),
     backends: tuple[str, ...] = ("cpp",),
+    memories: tuple[str, ...] = ("plain", "lossless"),
     device: str = "cpu",
     rounds: int = 5,
     budget_s: float = 120.0,
+    compile_reference: bool = False,
+    peers: bool = True,
+    log=print,
 ) -> list[dict]:
-    """One row per contender: seconds per step (median of interleaved rounds), the ratio to
-    the reference, the share of the stand-in's time, and bytes saved for backward per image."""
+    """One row per (batch, precision, contender); see the module docstring."""
     device = torch.device(device)
+    for mem in memories:
+        if mem not in MEMORY_MODES:
+            raise ValueError(f"memory modes are {MEMORY_MODES}, got {mem!r}")
     cfg = SpikeCLIPConfig.named(config)
     torch.manual_seed(0)
-    model = ImageEncoder(cfg).to(device).train()
-    images = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
-    target = torch.randn(batch, cfg.embed_dim, device=device)
-    # One optimizer for all contenders: its state only grows, every contender steps it alike.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    base = ImageEncoder(cfg).to(device).train()
+    base.check_finite = False
+    builds = _contender_models(base, device, backends, memories, compile_reference, peers)
+    rows: list[dict] = []
+    for batch in batches:
+        images = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
+        target = torch.randn(batch, cfg.embed_dim, device=device)
+        for precision in precisions:
+            rows += _one_setting(builds, images, target, precision, device, rounds, budget_s, log)
+    return rows
 
-    def with_backend(backend, memory):
-        step = _step_fn(model, optimizer, images, target)
 
-        def run():
-            set_backend(model, backend)
-            set_memory(model, memory)
-            step()
-
-        return run
-
-    def stand_in():
-        # Dense layers (the stand-in's neurons pass real values on, not spikes).
-        set_backend(model, "torch")
-        set_memory(model, "plain")
-        with stand_in_neurons_and_attention(model):
-            _step_fn(model, optimizer, images, target)()
-
-    # The reference path: plain layers, reference neurons and attention. Fused: plain
-    # (float saves, fastest) and lossless (packed spikes, recomputed: least memory).
-    contenders = {"torch": with_backend("torch", "plain")}
-    for b in backends:
-        contenders[b] = with_backend(b, "plain")
-        contenders[f"{b} lossless"] = with_backend(b, "lossless")
-    contenders[STAND_IN] = stand_in
-    times = median_times(contenders, device, rounds=rounds, warmup=1, budget_s=budget_s)
-
-    def saved_bytes(name):
-        if name == STAND_IN:
-            set_backend(model, "torch")
-            set_memory(model, "plain")
-            ctx = stand_in_neurons_and_attention(model)
-        else:
-            ctx = contextlib.nullcontext()
-            backend, _, memory = name.partition(" ")
-            set_backend(model, backend)
-            set_memory(model, memory or "plain")
-        with ctx:
-            out, nbytes = saved_tensor_bytes(model, images)
-        del out
-        return nbytes / batch
-
-    rows = []
-    for name, t in times.items():
-        rows.append(
+def _one_setting(builds, images, target, precision, device, rounds, budget_s, log):
+    batch = images.shape[0]
+    steps, errors, models = {}, {}, {}
+    for name, build in builds.items():
+        try:
+            models[name] = build()
+            steps[name] = _step_fn(models[name], images, target, precision)
+            steps[name]()  # the first step: compiles, loads kernels, or fails here
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            steps.pop(name, None)
+            log(f"# {name} ({batch}, {precision}) failed: {errors[name]}")
+    times = median_times(steps, device, rounds=rounds, warmup=1, budget_s=budget_s)
+    peak = {}
+    if device.type == "cuda":
+        for name, step in steps.items():
+            peak[name] = peak_device_memory(step, device=device)[1]
+    saved = {}
+    for name, model in models.items():
+        if name in steps and name != COMPILED:
+            with torch.autocast(device.type, torch.bfloat16, enabled=precision == "bfloat16"):
+                out, nbytes = saved_tensor_bytes(model, images)
+            del out
+            saved[name] = nbytes / batch
+    ref, stand_in = times.get(REFERENCE), times.get(STAND_IN)
+    block = []
+    for name in builds:
+        t = times.get(name)
+        block.append(
             {
-                "config": config,
                 "batch": batch,
+                "precision": precision,
                 "contender": name,
-                "step_s": round(t, 4),
-                "vs_reference": round(times["torch"] / t, 3),
-                "stand_in_share": round(times[STAND_IN] / t, 3),
-                "saved_MB_per_image": round(saved_bytes(name) / 2**20, 2),
+                "step_s": round(t, 4) if t else None,
+                "vs_reference": round(ref / t, 3) if t and ref else None,
+                "stand_in_share": round(stand_in / t, 3) if t and stand_in else None,
+                "peak_MB": round(peak[name] / 2**20) if name in peak else None,
+                "saved_MB_per_image": round(saved[name] / 2**20, 2) if name in saved else None,
+                "error": errors.get(name),
             }
         )
-    print(
-        format_table(
-            rows,
-            ["contender", "step_s", "vs_reference", "stand_in_share", "saved_MB_per_image"],
-        )
-    )
-    return rows
+    log(format_table(block, COLUMNS) + "\n")
+    return block

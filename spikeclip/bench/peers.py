@@ -1,13 +1,16 @@
-"""Other SNN libraries' LIF neurons with the same settings as ours, when they are installed:
-tau 2, decay_input, threshold 1, hard reset to 0, no detach, sigmoid surrogate alpha 4."""
+"""Other SNN libraries' LIF neurons with the same settings as ours, when they are installed
+(tau 2, decay_input, threshold 1, hard reset to 0, no detach, sigmoid surrogate alpha 4, unless
+a model's LIF says otherwise), alone or swapped into one of our networks."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 
 def _skipped(name: str, exc: ImportError) -> None:
@@ -27,22 +30,88 @@ def _version(dist: str) -> str:
         return "?"
 
 
-def spikingjelly_node(device, v_th: float = 1.0, detach_reset: bool = False):
-    """SpikingJelly's multi-step LIFNode (tau 2, hard reset to 0, sigmoid 4), or None."""
+def spikingjelly_node(
+    device, v_th: float = 1.0, detach_reset: bool = False, tau: float = 2.0, alpha: float = 4.0
+):
+    """SpikingJelly's multi-step LIFNode (decay_input, hard reset to 0, sigmoid surrogate), on
+    its CUDA kernels where it has them (0.0.0.0.14: backend "cupy"; 2.0: its own choice, which
+    SJ_LIF_CUDA_IMPLEMENTATION=triton fixes), or None when SpikingJelly does not import."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except ImportError as exc:
         _skipped("spikingjelly", exc)
         return None
-    return neuron.LIFNode(
-        tau=2.0,
+    node = neuron.LIFNode(
+        tau=float(tau),
         decay_input=True,
         v_threshold=v_th,
         v_reset=0.0,
         detach_reset=detach_reset,
-        surrogate_function=surrogate.Sigmoid(alpha=4.0),
+        surrogate_function=surrogate.Sigmoid(alpha=alpha),
         step_mode="m",
     ).to(device)
+    if torch.device(device).type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
+        node.backend = "cupy"
+    return node
+
+
+def spikingjelly_label() -> str:
+    """ "spikingjelly VERSION (its CUDA backend)" for tables."""
+    version = _version("spikingjelly")
+    if version.startswith("0."):
+        return f"spikingjelly {version} (cupy)"
+    return f"spikingjelly {version} ({os.environ.get('SJ_LIF_CUDA_IMPLEMENTATION', 'auto')})"
+
+
+class SpikingJellyNeuron(nn.Module):
+    """A SpikingJelly LIFNode in place of one of our LIFs (state reset at every call)."""
+
+    def __init__(self, node):
+        super().__init__()
+        self.node = node
+
+    def forward(self, x):
+        self.node.reset()
+        return self.node(x)
+
+
+def with_spikingjelly(model: nn.Module, device) -> nn.Module | None:
+    """`model` (changed in place) with every LIF replaced by SpikingJelly's LIFNode with the
+    same settings, and every attention computed as the reference computes it with SpikingJelly's
+    LIF; dense layers plain (set_memory "plain"). None when SpikingJelly does not import."""
+    from spikeclip.models import LIF, AttentionCore, set_memory
+
+    if spikingjelly_node(device) is None:
+        return None
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LIF):
+                if child.v_reset != 0.0 or child.w is not None or child.surrogate != "sigmoid":
+                    raise ValueError(f"with_spikingjelly: no LIFNode settings for {child}")
+                node = spikingjelly_node(
+                    device, child.v_th, child.detach_reset, child.tau, child.alpha or 4.0
+                )
+                setattr(parent, name, SpikingJellyNeuron(node))
+            elif isinstance(child, AttentionCore):
+                o = child.lif_options
+                node = spikingjelly_node(
+                    device, o["v_th"], o["detach_reset"], o["tau"], o["alpha"] or 4.0
+                )
+                child.sj = SpikingJellyNeuron(node)
+                child.forward = _peer_attention(child)
+    set_memory(model, "plain")
+    return model
+
+
+def _peer_attention(core):
+    """The reference's attention math with core.sj as its LIF (spikeclip.kernels.reference)."""
+
+    def attend(q, k, v):
+        if core.kind == "ssa":
+            return core.sj(q @ (k.transpose(-2, -1) @ v) * core.scale)
+        return q * core.sj((k * v).sum(-2, keepdim=True))
+
+    return attend
 
 
 def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
@@ -50,17 +119,7 @@ def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
     node = spikingjelly_node(device)
     if node is None:
         return None
-    # 0.0.0.0.14 has backend= ('torch' | 'cupy'); 2.0.0 picks its own kernels.
-    backend = getattr(node, "backend", None)
-    if device.type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
-        node.backend = backend = "cupy"
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        node.reset()
-        return node(x)
-
-    suffix = f" ({backend})" if backend else ""
-    return f"spikingjelly {_version('spikingjelly')}{suffix}", run
+    return spikingjelly_label(), SpikingJellyNeuron(node)
 
 
 def snntorch_leaky(device: torch.device) -> tuple[str, Callable] | None:
