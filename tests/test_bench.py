@@ -43,3 +43,30 @@ def test_model_bench_reports_a_failing_contender(monkeypatch):
     broken = next(r for r in rows if r["contender"] == "broken")
     assert broken["step_s"] is None and broken["error"] == "RuntimeError: no kernels for this"
     assert all(r["step_s"] > 0 for r in rows if r["contender"] != "broken")
+
+
+def test_spikingjelly_swap_computes_the_same_network():
+    """The peer rows time the same function: SpikingJelly's LIFNode in place of every LIF
+    (attention's too) gives the reference encoder's outputs and gradients."""
+    import copy
+
+    import pytest
+    import torch
+
+    pytest.importorskip("spikingjelly.activation_based.neuron")
+    from spikeclip.bench.peers import with_spikingjelly
+    from spikeclip.models import ImageEncoder, SpikeCLIPConfig, set_backend, set_memory
+
+    cfg = SpikeCLIPConfig.named("tiny")
+    torch.manual_seed(0)
+    ours = ImageEncoder(cfg).train()
+    set_backend(ours, "torch")
+    set_memory(ours, "plain")
+    peer = with_spikingjelly(copy.deepcopy(ours), torch.device("cpu"))
+    images = torch.rand(3, 3, cfg.image_size, cfg.image_size)
+    out_ours, out_peer = ours(images), peer(images)
+    assert torch.allclose(out_peer, out_ours, rtol=1e-5, atol=1e-6)
+    out_ours.square().sum().backward()
+    out_peer.square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), peer.parameters(), strict=True):
+        assert torch.allclose(q.grad, p.grad, rtol=1e-4, atol=1e-6), name

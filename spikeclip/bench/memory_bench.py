@@ -47,7 +47,7 @@ def bench_memory(
     }
     sj = with_spikingjelly(build("torch", "plain"), device)
     if sj is not None:
-        models[f"{spikingjelly_label()} neurons"] = sj
+        models[f"{spikingjelly_label(device)} neurons"] = sj
 
     def train_step(model):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-6)

@@ -103,7 +103,9 @@ def _contender_models(base, device, backends, memories, compile_reference, peers
     if peers:
         sj = with_spikingjelly(copy.deepcopy(base), device)
         if sj is not None:
-            builds[spikingjelly_label()] = lambda: with_spikingjelly(copy.deepcopy(base), device)
+            builds[spikingjelly_label(device)] = lambda: with_spikingjelly(
+                copy.deepcopy(base), device
+            )
     for b in backends:
         for mem in memories:
             builds[b if mem == "plain" else f"{b} {mem}"] = ours(b, mem)

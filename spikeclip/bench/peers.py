@@ -55,9 +55,11 @@ def spikingjelly_node(
     return node
 
 
-def spikingjelly_label() -> str:
-    """ "spikingjelly VERSION (its CUDA backend)" for tables."""
+def spikingjelly_label(device) -> str:
+    """ "spikingjelly VERSION (the kernels it runs on `device`)" for tables."""
     version = _version("spikingjelly")
+    if torch.device(device).type != "cuda":
+        return f"spikingjelly {version} (torch)"
     if version.startswith("0."):
         return f"spikingjelly {version} (cupy)"
     return f"spikingjelly {version} ({os.environ.get('SJ_LIF_CUDA_IMPLEMENTATION', 'auto')})"
@@ -119,7 +121,7 @@ def spikingjelly_lif(device: torch.device) -> tuple[str, Callable] | None:
     node = spikingjelly_node(device)
     if node is None:
         return None
-    return spikingjelly_label(), SpikingJellyNeuron(node)
+    return spikingjelly_label(device), SpikingJellyNeuron(node)
 
 
 def snntorch_leaky(device: torch.device) -> tuple[str, Callable] | None:
