@@ -1,5 +1,7 @@
 """The benchmark harness runs every contender and reports a failing one as a row."""
 
+from lif_cases import rel_err
+
 from spikeclip.bench import model_bench
 from spikeclip.bench.model_bench import bench_train_step
 
@@ -69,4 +71,6 @@ def test_spikingjelly_swap_computes_the_same_network():
     out_ours.square().sum().backward()
     out_peer.square().sum().backward()
     for (name, p), q in zip(ours.named_parameters(), peer.parameters(), strict=True):
-        assert torch.allclose(q.grad, p.grad, rtol=1e-4, atol=1e-6), name
+        # float rounding of the surrogate's formula differs between libraries, and grows
+        # through the layers: compare by relative norm
+        assert rel_err(q.grad, p.grad) < 1e-4, name
