@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="model: add torch.compile of the reference"
     )
     b.add_argument(
+        "--graphs",
+        action="store_true",
+        help="lif on CUDA: also time the fused kernels and the copy replayed from CUDA graphs",
+    )
+    b.add_argument(
         "--no-thp",
         action="store_true",
         help="leave PyTorch's huge-page allocation off (large CPU tensors then pay "
@@ -136,6 +141,7 @@ def _bench(args) -> int:
             device=args.device,
             peers=not args.no_peers,
             rounds=args.rounds,
+            graphs=args.graphs,
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from spikeclip.bench.peers import snntorch_leaky, spikingjelly_lif
-from spikeclip.bench.timing import format_table, median_times
+from spikeclip.bench.timing import cuda_graphed, format_table, median_times
 from spikeclip.kernels import available_backends, lif
 
 COLUMNS = ["mode", "T", "N", "dtype", "contender", "ms", "GB/s", "x copy", "vs ref", "vs peer"]
@@ -21,7 +21,9 @@ def lif_bytes(T: int, N: int, dtype: torch.dtype, mode: str) -> int:
     return arrays * T * N * torch.finfo(dtype).bits // 8
 
 
-def _contenders(x: torch.Tensor, mode: str, peers: bool) -> dict[str, Callable[[], object]]:
+def _contenders(
+    x: torch.Tensor, mode: str, peers: bool, graphs: bool
+) -> dict[str, Callable[[], object]]:
     device = x.device
     grad = torch.rand_like(x)
     xg = x.detach().clone().requires_grad_(True)
@@ -49,6 +51,11 @@ def _contenders(x: torch.Tensor, mode: str, peers: bool) -> dict[str, Callable[[
     # fwd+bwd = three (6 arrays of x's size), the fused kernels' minimum traffic.
     copies = 1 if mode == "fwd" else 3
     out["copy (same bytes)"] = lambda: [x.clone() for _ in range(copies)]
+    if graphs:  # the kernels alone: the fused ones and the copy replayed from CUDA graphs
+        for name in [b for b in out if b in ("cuda", "triton")] + ["copy (same bytes)"]:
+            replay = cuda_graphed(out[name], device)
+            if replay is not None:
+                out[f"{name} [graph]"] = replay
     return out
 
 
@@ -61,9 +68,12 @@ def bench_lif(
     peers: bool = True,
     rounds: int = 15,
     budget_s: float = 20.0,
+    graphs: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run the sweep; returns one row per (mode, T, N, dtype, contender), printing as it goes."""
+    """Run the sweep; returns one row per (mode, T, N, dtype, contender), printing as it goes.
+    graphs (CUDA): also the fused kernels and the copy replayed from CUDA graphs ("[graph]"
+    rows, their "x copy" against the graphed copy): what is left without host overhead."""
     device = torch.device(device)
     rows: list[dict] = []
     for dtype in dtypes:
@@ -72,10 +82,14 @@ def bench_lif(
                 x = torch.randn(T, N, device=device, dtype=dtype) * 1.5 + 0.5
                 for mode in modes:
                     times = median_times(
-                        _contenders(x, mode, peers), device, rounds=rounds, budget_s=budget_s
+                        _contenders(x, mode, peers, graphs),
+                        device,
+                        rounds=rounds,
+                        budget_s=budget_s,
                     )
                     nbytes = lif_bytes(T, N, dtype, mode)
                     copy_s = times["copy (same bytes)"]
+                    graph_copy_s = times.get("copy (same bytes) [graph]", copy_s)
                     peer = next((v for k, v in times.items() if k.startswith("spikingjelly")), None)
                     block = []
                     for name, sec in times.items():
@@ -89,7 +103,8 @@ def bench_lif(
                                 ms=sec * 1e3,
                                 **{
                                     "GB/s": nbytes / sec / 1e9,
-                                    "x copy": sec / copy_s,
+                                    "x copy": sec
+                                    / (graph_copy_s if name.endswith("[graph]") else copy_s),
                                     "vs ref": times["torch"] / sec,
                                     "vs peer": (peer / sec) if peer else None,
                                 },
