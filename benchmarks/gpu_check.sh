@@ -1,89 +1,152 @@
 #!/usr/bin/env bash
-# One-shot GPU check for the device machine (an H200 here), run from the repository root:
-#   bash benchmarks/gpu_check.sh            # results under $OUT (or ./gpu_out)
-# The device tool brings back at most 8 files: run it as
-#   OUT=/tmp/res bash benchmarks/gpu_check.sh; tar czf $OUT/results.tgz -C /tmp/res .
-# 1. builds spikeclip._C with the CUDA kernels (sm_90 only, to keep the build short);
-# 2. runs the test suite with real Triton on CUDA (TRITON_INTERPRET=0): cuda and triton
-#    backends on CUDA tensors, every option and dtype, against the reference;
-# 3. measures the copy bandwidth and the LIF kernels' achieved bandwidth (T=8, N=16M and
-#    T=4, N=4M; fp32 and bf16), against the reference and SpikingJelly when its wheel is
-#    carried in .whl/ (2.0.0; 0.0.0.0.14 adds its cupy backend);
-# 4. times SDSA / SSA (cuda, triton) against the reference at SpikeCLIP's shape and N = 196, 1024;
-# 5. times a training step of SpikeCLIP's paper image encoder (batch 16): reference vs cuda vs
-#    triton vs a no-cost stand-in for neurons and attention;
-# 6. the memory benchmark on CUDA (saved bytes and peak device memory per sample, step time).
-# Budget: under 10 minutes. Everything it prints also lands in $OUT/*.log.
+# The GPU check, for the device machine (an H200 here), run from the repository root:
+#   bash benchmarks/gpu_check.sh                    # every step, in this order
+#   bash benchmarks/gpu_check.sh model profile      # some steps (a kept build is reused)
+# Steps: build tests lif attention model compile profile memcheck model64 sj014 (~9 minutes).
+# Results go to $OUT/raw (default ./gpu_out) and are re-packed into $OUT/gpu_results.tgz after
+# every step, so a run cut short still brings back what it did; $OUT/summary.txt has the tables.
+# Peers: carry wheels in .whl/ (spikingjelly-2.0.0, spikingjelly-0.0.0.0.14, loguru): 2.0.0 runs
+# its Triton LIF kernels (SJ_LIF_CUDA_IMPLEMENTATION=triton), 0.0.0.0.14 its CuPy ones.
+#  build     spikeclip._C with the CUDA kernels, sm_90 only, the CPU kernels at -O1 (not timed)
+#  tests     the CUDA test cases (cuda and triton backends on CUDA tensors) vs the reference
+#  lif       LIF fwd and fwd+bwd, T 8 4 x N 16M 4M x fp32 bf16, eager and from CUDA graphs, vs
+#            the reference, SpikingJelly 2.0 and a copy of the same bytes
+#  attention SDSA / SSA at three shapes vs the reference
+#  model     the paper image encoder's training step, batch 128, bf16 autocast: the reference,
+#            SpikingJelly 2.0, ours (cuda, triton; plain, lossless, low), the no-cost stand-in,
+#            with peak device memory
+#  compile   the same step: torch.compile of the reference beside the reference, ours, stand-in
+#  profile   where that step's device time goes (torch.profiler, top kernels)
+#  memcheck  compute-sanitizer memcheck over the CUDA-kernel test cases (no caching allocator)
+#  model64   the step at batch 64 (fp32, bf16) and at 128 in fp32, without torch.compile
+#  sj014     the step and LIF with SpikingJelly 0.0.0.0.14 (CuPy)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
+RAW=$OUT/raw
+mkdir -p "$RAW"
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
 PY=${PY:-python3}
 status=0
-step() { echo; echo "== $* ($(date +%T))"; }
+T0=$(date +%s)
+say() { echo "$*" | tee -a "$RAW/steps.txt"; }
+pack() { tar czf "$OUT/gpu_results.tgz" -C "$RAW" . 2>/dev/null; }
+fail() { say "FAILED: $*"; status=1; }
 
-step "machine"
-nvidia-smi 2>&1 | tee "$OUT/nvidia-smi.txt" | head -15
-$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" 2>&1 | tee "$OUT/versions.txt"
-
-step "build (CUDA)"
-rm -rf build spikeclip/_C*.so
-if ! SPIKECLIP_CUDA=1 $PY setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
-  tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
-fi
-$PY -m spikeclip info 2>&1 | tee "$OUT/info.txt"
-
-step "tests on CUDA (the CUDA-device cases; CI runs the CPU ones)"
-timeout 200 $PY -m pytest tests -q -n 12 -k cuda --maxfail=60 -p no:cacheprovider -rf \
-  2>&1 | tee "$OUT/tests.log" | tail -60
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-
-step "attention (cuda and triton vs reference)"
-timeout 100 $PY -m spikeclip bench attention --device cuda --rounds 10 \
-  --json "$OUT/bench_attention.json" 2>&1 | tee "$OUT/bench_attention.log" || status=1
-
-step "peers"
-SJ_PATHS=()
+# SpikingJelly builds carried in .whl/, each installed into its own folder.
+SJ2="" SJ14=""
 for whl in .whl/spikingjelly-*.whl; do
   [ -e "$whl" ] || continue
   dir=/tmp/sj-$(basename "$whl" .whl)
-  $PY -m pip install -q --no-index --no-deps --target "$dir" "$whl" && SJ_PATHS+=("$dir")
+  [ -d "$dir" ] || $PY -m pip install -q --no-index --no-deps --target "$dir" "$whl" \
+    .whl/loguru-*.whl || continue
+  case $whl in *spikingjelly-2.*) SJ2=$dir;; *spikingjelly-0.*) SJ14=$dir;; esac
 done
-echo "spikingjelly builds carried: ${#SJ_PATHS[@]}"
+export SJ_LIF_CUDA_IMPLEMENTATION=triton  # 2.0: its Triton kernels (no native build carried)
 
-step "bandwidth"
-bench() {  # $1: label, rest: extra PYTHONPATH entries
-  local label=$1; shift
-  PYTHONPATH="$(IFS=:; echo "$*")${PYTHONPATH:+:$PYTHONPATH}" timeout 90 $PY -m spikeclip bench lif \
-    --device cuda --T 8 4 --N 16777216 4194304 --dtype float32 bfloat16 --rounds 20 \
-    --json "$OUT/bench_lif_$label.json" 2>&1 | tee "$OUT/bench_lif_$label.log"
+run_build() {
+  rm -rf build spikeclip/_C*.so
+  if ! SPIKECLIP_CUDA=1 SPIKECLIP_CPU_OPT=-O1 $PY setup.py build_ext --inplace \
+      > "$RAW/build.log" 2>&1; then
+    tail -40 "$RAW/build.log"; fail "build"; pack; exit 1
+  fi
+  $PY -m spikeclip info 2>&1 | tee "$RAW/info.txt"
 }
-if [ ${#SJ_PATHS[@]} -eq 0 ]; then
-  bench nopeer || status=1
-else
-  for p in "${SJ_PATHS[@]}"; do bench "$(basename "$p")" "$p" || status=1; done
-fi
 
-step "training step of the paper image encoder"
-timeout 90 $PY -m spikeclip bench model --device cuda --batch 16 \
-  --json "$OUT/bench_model.json" 2>&1 | tee "$OUT/bench_model.log" || status=1
+run_tests() {
+  PYTHONPATH=$SJ2 timeout 240 $PY -m pytest tests -q -n 12 -k "cuda or spikingjelly" \
+    --maxfail=60 -p no:cacheprovider -rfs > "$RAW/tests.log" 2>&1 || fail "tests"
+  tail -25 "$RAW/tests.log"
+}
 
-step "memory of the block stack (saved bytes, peak device memory, step time)"
-timeout 90 $PY -m spikeclip bench memory --device cuda \
-  --json "$OUT/bench_memory.json" 2>&1 | tee "$OUT/bench_memory.log" || status=1
+lif_bench() {  # $1: label, $2: PYTHONPATH with the peer
+  PYTHONPATH=$2 timeout 120 $PY -m spikeclip bench lif --device cuda --T 8 4 \
+    --N 16777216 4194304 --dtype float32 bfloat16 --rounds 10 --graphs \
+    --json "$RAW/bench_lif_$1.json" > "$RAW/bench_lif_$1.log" 2>&1 || fail "bench lif $1"
+}
 
-step "summary"
-$PY - "$OUT" <<'PYEOF'
-import glob, json, sys
-rows = []
-for f in glob.glob(f"{sys.argv[1]}/bench_lif_*.json"):
-    rows += json.load(open(f))
-for r in rows:
-    if r["contender"] in ("cuda", "triton") and r["mode"] == "fwd+bwd" and r["N"] == 16777216:
-        print(f"{r['contender']:6s} {r['dtype']:8s} T={r['T']} fwd+bwd {r['ms']:.3f} ms "
-              f"{r['GB/s']:.0f} GB/s = {100 / r['x copy']:.0f}% of copy bandwidth, "
-              f"{r['vs ref']:.1f}x reference")
-PYEOF
-echo "status=$status"
+model_bench() {  # $1: label, $2: PYTHONPATH with the peer, rest: bench model options
+  local label=$1 path=$2; shift 2
+  PYTHONPATH=$path timeout 240 $PY -m spikeclip bench model --device cuda --rounds 5 "$@" \
+    --json "$RAW/bench_model_$label.json" > "$RAW/bench_model_$label.log" 2>&1 \
+    || fail "bench model $label"
+  grep -v "^W1\|^I1" "$RAW/bench_model_$label.log" | tail -20
+}
+
+run_lif() { lif_bench sj2 "$SJ2"; tail -12 "$RAW/bench_lif_sj2.log"; }
+
+run_attention() {
+  timeout 100 $PY -m spikeclip bench attention --device cuda --rounds 10 \
+    --json "$RAW/bench_attention.json" > "$RAW/bench_attention.log" 2>&1 \
+    || fail "bench attention"
+}
+
+run_model() {
+  model_bench 128_bf16 "$SJ2" --batch 128 --dtype bfloat16 --memory plain lossless low
+}
+
+run_compile() {  # its own run: compiling takes minutes, and a timeout here loses only this
+  model_bench 128_bf16_compile "" --batch 128 --dtype bfloat16 --memory plain --compile \
+    --no-peers --contenders torch torch.compile cuda "no-cost stand-in"
+}
+
+run_profile() {
+  timeout 90 $PY benchmarks/gpu_profile_step.py --batch 128 --precision bfloat16 \
+    --contenders torch cuda "cuda lossless" "no-cost stand-in" > "$RAW/profile_128_bf16.txt" \
+    2>&1 || fail "profile"
+  grep "^==" "$RAW/profile_128_bf16.txt"
+}
+
+run_memcheck() {
+  # Without the caching allocator every tensor is its own allocation: a read past its end is
+  # an error, not a read of a neighbour in the same cached block.
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool memcheck \
+    --error-exitcode 9 --print-limit 20 $PY -m pytest -q -p no:cacheprovider -x \
+    tests/test_lif_backends.py tests/test_attention.py tests/test_packed_bits_fuzz.py \
+    -k "cuda and not triton" > "$RAW/memcheck.log" 2>&1
+  local rc=$?
+  say "memcheck rc=$rc (0: no error; 9: errors found; 124: timed out)"
+  tail -4 "$RAW/memcheck.log"
+  [ $rc -eq 0 ] || fail "memcheck rc=$rc"
+}
+
+run_model64() {
+  model_bench 64 "$SJ2" --batch 64 --dtype bfloat16 float32 --memory plain lossless
+  model_bench 128_fp32 "$SJ2" --batch 128 --dtype float32 --memory plain lossless
+}
+
+run_sj014() {
+  [ -n "$SJ14" ] || { say "no spikingjelly 0.0.0.0.14 carried"; return; }
+  model_bench 128_sj014 "$SJ14" --batch 128 --dtype float32 bfloat16 --memory plain \
+    --contenders torch "spikingjelly 0.0.0.0.14 (cupy)" cuda "no-cost stand-in"
+  lif_bench sj014 "$SJ14"
+}
+
+summary() {
+  {
+    cat "$RAW/steps.txt"
+    for f in "$RAW"/bench_model_*.log "$RAW"/bench_attention.log "$RAW"/bench_lif_*.log; do
+      [ -e "$f" ] && { echo; echo "### $(basename "$f")"; grep -v "^W1\|^I1" "$f"; }
+    done
+    [ -e "$RAW/tests.log" ] && { echo; echo "### tests"; tail -5 "$RAW/tests.log"; }
+    [ -e "$RAW/memcheck.log" ] && { echo; echo "### memcheck"; tail -5 "$RAW/memcheck.log"; }
+  } > "$OUT/summary.txt" 2>&1
+}
+
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(build tests lif attention model compile profile memcheck model64 sj014)
+say "# gpu_check: ${steps[*]}; spikingjelly: ${SJ2:-none} ${SJ14:-none}"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
+  --format=csv 2>&1 | tee -a "$RAW/steps.txt"
+$PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+  2>&1 | tee -a "$RAW/steps.txt"
+for s in "${steps[@]}"; do
+  say "== $s (t+$(( $(date +%s) - T0 ))s)"
+  "run_$s"
+  summary
+  pack
+done
+say "status=$status (t+$(( $(date +%s) - T0 ))s)"
+summary
+pack
 exit $status

@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
         "--compile", action="store_true", help="model: add torch.compile of the reference"
     )
     b.add_argument(
+        "--contenders",
+        nargs="+",
+        help="model: run only these contenders (their names in the table)",
+    )
+    b.add_argument(
         "--graphs",
         action="store_true",
         help="lif on CUDA: also time the fused kernels and the copy replayed from CUDA graphs",
@@ -131,6 +136,7 @@ def _bench(args) -> int:
             rounds=min(args.rounds, 7),
             compile_reference=args.compile,
             peers=not args.no_peers,
+            only=tuple(args.contenders) if args.contenders else None,
         )
     else:
         rows = bench_lif(

@@ -1,5 +1,6 @@
 """The benchmark harness runs every contender and reports a failing one as a row."""
 
+import pytest
 from lif_cases import rel_err
 
 from spikeclip.bench import model_bench
@@ -74,3 +75,11 @@ def test_spikingjelly_swap_computes_the_same_network():
         # float rounding of the surrogate's formula differs between libraries, and grows
         # through the layers: compare by relative norm
         assert rel_err(q.grad, p.grad) < 1e-4, name
+
+
+def test_model_bench_runs_only_the_contenders_asked_for():
+    rows = bench_train_step(config="tiny", batches=(2,), rounds=1, peers=False,
+                            only=("torch", "cpp"), log=lambda _: None)  # fmt: skip
+    assert [r["contender"] for r in rows] == ["torch", "cpp"]
+    with pytest.raises(ValueError, match="no contenders"):
+        bench_train_step(config="tiny", batches=(2,), only=("cuda",), log=lambda _: None)

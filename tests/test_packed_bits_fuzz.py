@@ -13,6 +13,10 @@ from spikeclip.kernels.backends import why_unavailable
 CPP = why_unavailable("cpp", torch.device("cpu")) is None
 needs_cpp = pytest.mark.skipif(not CPP, reason="the C++ extension is not built")
 WIDTHS = [1, 5, 7, 8, 9, 60, 63, 64, 65, 71, 100, 130]
+# Devices whose _C kernels read bits: the CPU ones, and the CUDA ones where they are built.
+KERNEL_DEVICES = ["cpu"] + (
+    ["cuda"] if why_unavailable("cuda", torch.device("cuda")) is None else []
+)
 
 
 def random_bits(rows: int, n: int, rate: float, garbage: bool) -> torch.Tensor:
@@ -59,11 +63,12 @@ def test_spike_linear_ignores_padding_bits(n, rate):
 
 
 @needs_cpp
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("n", WIDTHS)
-def test_unpack_ignores_padding_bits(n):
-    bits = random_bits(13, n, 0.3, garbage=True)
-    for backend in ("cpp", "triton"):
-        if why_unavailable(backend, torch.device("cpu")) is not None:
+def test_unpack_ignores_padding_bits(n, device):
+    bits = random_bits(13, n, 0.3, garbage=True).to(device)
+    for backend in ("cpp", "cuda", "triton"):
+        if why_unavailable(backend, torch.device(device)) is not None:
             continue
         out = unpack_spikes(bits, n, backend=backend)
         assert torch.equal(out, unpack_spikes(bits, n, backend="torch")), backend
@@ -84,17 +89,18 @@ def test_conv_weight_grad_ignores_padding_bits(width, cin):
 
 
 @needs_cpp
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("op", ["sdsa", "ssa"])
 @pytest.mark.parametrize("D", [5, 29, 48])
-def test_attention_backward_ignores_padding_bits(op, D):
+def test_attention_backward_ignores_padding_bits(op, D, device):
     T, B, H, N = 2, 1, 2, 9
-    q, k, v = ((torch.rand(T, B, H, N, D) < 0.3).float() for _ in range(3))
+    q, k, v = ((torch.rand(T, B, H, N, D, device=device) < 0.3).float() for _ in range(3))
     fwd = getattr(torch.ops.spikeclip, f"{op}_fwd")
     bwd = getattr(torch.ops.spikeclip, f"{op}_bwd")
     lead = (0.125,) if op == "ssa" else ()
     lif = (2.0, 0.5, 0.0, False, True, "sigmoid", 4.0)
     _, h, qb, kb, vb = fwd(q, k, v, *lead, *lif, True)
-    go = torch.randn(T, B, H, N, D)
+    go = torch.randn(T, B, H, N, D, device=device)
     grads = bwd(go, h, qb, kb, vb, D, *lead, *lif)
     if D % 8:
         dirty = [b.clone() for b in (qb, kb, vb)]
@@ -134,12 +140,13 @@ def test_spike_linear_with_empty_dimensions(rows, n):
 
 
 @needs_cpp
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("shape", [(2, 1, 1, 0, 5), (2, 1, 1, 3, 0), (0, 1, 1, 3, 5)])
 @pytest.mark.parametrize("op", ["sdsa", "ssa"])
-def test_attention_with_empty_dimensions(shape, op):
+def test_attention_with_empty_dimensions(shape, op, device):
     import spikeclip.kernels as k
 
-    q, kk, v = (torch.zeros(shape).requires_grad_() for _ in range(3))
-    out = getattr(k, op)(q, kk, v, backend="cpp")
+    q, kk, v = (torch.zeros(shape, device=device).requires_grad_() for _ in range(3))
+    out = getattr(k, op)(q, kk, v, backend="cpp" if device == "cpu" else "cuda")
     out.sum().backward()
     assert out.shape == shape and q.grad.shape == shape

@@ -74,9 +74,14 @@ __global__ void __launch_bounds__(kThreads)
   float v[VEC];
 #pragma unroll
   for (int j = 0; j < VEC; ++j) v[j] = v0 ? v0[n + j] : rest;
+  // x[t + 1] is loaded before step t is computed and stored: a load stays in flight while
+  // the thread works (the loop is not unrolled for runtime T).
+  Pack<S, VEC> xin;
+  if (T > 0) xin = load_pack<S, VEC>(x + n);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t off = t * N + n;
-    const Pack<S, VEC> xin = load_pack<S, VEC>(x + off);
+    Pack<S, VEC> x_next;
+    if (t + 1 < T) x_next = load_pack<S, VEC>(x + off + N);
     Pack<S, VEC> s_out, h_pack;
 #pragma unroll
     for (int j = 0; j < VEC; ++j) {
@@ -88,6 +93,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     store_pack<S, VEC>(spikes + off, s_out);
     if (kSaveH) store_pack<S, VEC>(h_out + off, h_pack);
+    xin = x_next;
   }
   if (v_last) {
 #pragma unroll
@@ -115,13 +121,17 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < VEC; ++j) carry[j] = grad_v_last ? grad_v_last[n + j] : 0.0f;
     // h[t] is loaded once: at step t it is "h_cur"; h[t-1] is loaded alongside for the
-    // tau gradient and becomes the next step's h_cur.
+    // tau gradient and becomes the next step's h_cur. grad_spikes[t-1] is loaded a step
+    // ahead too, so that two loads are in flight while step t is computed and stored.
     Pack<S, VEC> h_cur = load_pack<S, VEC>(h_in + (T - 1) * N + n);
+    Pack<S, VEC> gs = load_pack<S, VEC>(grad_spikes + (T - 1) * N + n);
     for (int64_t t = T - 1; t >= 0; --t) {
       const int64_t off = t * N + n;
-      const Pack<S, VEC> gs = load_pack<S, VEC>(grad_spikes + off);
-      Pack<S, VEC> h_prev;
-      if (t > 0) h_prev = load_pack<S, VEC>(h_in + off - N);
+      Pack<S, VEC> h_prev, gs_prev;
+      if (t > 0) {
+        h_prev = load_pack<S, VEC>(h_in + off - N);
+        gs_prev = load_pack<S, VEC>(grad_spikes + off - N);
+      }
       Pack<S, VEC> gx;
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
@@ -144,6 +154,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       store_pack<S, VEC>(grad_x + off, gx);
       h_cur = h_prev;
+      gs = gs_prev;
     }
 #pragma unroll
     for (int j = 0; j < VEC; ++j) grad_v0[n + j] = carry[j];

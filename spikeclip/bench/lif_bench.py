@@ -46,6 +46,11 @@ def _contenders(
         for make in (spikingjelly_lif, snntorch_leaky):
             peer = make(device)
             if peer is not None and (x.dtype == torch.float32 or device.type == "cuda"):
+                try:  # a peer without kernels for this dtype is left out, said why
+                    wrap(peer[1])()
+                except Exception as exc:
+                    print(f"# {peer[0]} failed on {x.dtype}: {type(exc).__name__}: {exc}")
+                    continue
                 out[peer[0]] = wrap(peer[1])
     # The same bytes moved by plain copies: fwd = one allocating copy (read x, write out);
     # fwd+bwd = three (6 arrays of x's size), the fused kernels' minimum traffic.

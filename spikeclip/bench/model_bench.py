@@ -124,9 +124,12 @@ def bench_train_step(
     budget_s: float = 120.0,
     compile_reference: bool = False,
     peers: bool = True,
+    only: tuple[str, ...] | None = None,
     log=print,
 ) -> list[dict]:
-    """One row per (batch, precision, contender); see the module docstring."""
+    """One row per (batch, precision, contender); see the module docstring. only: the
+    contenders to run, by their names in the table (the reference and the stand-in give the
+    ratios: keep them)."""
     device = torch.device(device)
     for mem in memories:
         if mem not in MEMORY_MODES:
@@ -136,6 +139,11 @@ def bench_train_step(
     base = ImageEncoder(cfg).to(device).train()
     base.check_finite = False
     builds = _contender_models(base, device, backends, memories, compile_reference, peers)
+    if only is not None:
+        unknown = sorted(set(only) - set(builds))
+        if unknown:
+            raise ValueError(f"no contenders {unknown}; there are {sorted(builds)}")
+        builds = {name: build for name, build in builds.items() if name in only}
     rows: list[dict] = []
     for batch in batches:
         images = torch.rand(batch, cfg.in_channels, cfg.image_size, cfg.image_size, device=device)
