@@ -3,8 +3,9 @@
 #   bash benchmarks/gpu_check.sh                    # every step, in this order
 #   bash benchmarks/gpu_check.sh model profile      # some steps (a kept build is reused)
 # Steps: build tests lif attention model compile profile memcheck model64 sj014 (~9 minutes).
-# Results go to $OUT/raw (default ./gpu_out) and are re-packed into $OUT/gpu_results.tgz after
-# every step, so a run cut short still brings back what it did; $OUT/summary.txt has the tables.
+# Results go to $RAW (default /tmp/gpu_raw) and are re-packed into $OUT/gpu_results.tgz (default
+# OUT ./gpu_out) after every step, so a run cut short still brings back what it did;
+# $OUT/summary.txt has the tables. (The device tool brings back at most 8 files from $OUT.)
 # Peers: carry wheels in .whl/ (spikingjelly-2.0.0, spikingjelly-0.0.0.0.14, loguru): 2.0.0 runs
 # its Triton LIF kernels (SJ_LIF_CUDA_IMPLEMENTATION=triton), 0.0.0.0.14 its CuPy ones.
 #  build     spikeclip._C with the CUDA kernels, sm_90 only, the CPU kernels at -O1 (not timed)
@@ -23,14 +24,17 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
-RAW=$OUT/raw
-mkdir -p "$RAW"
+RAW=${RAW:-/tmp/gpu_raw}
+mkdir -p "$RAW" "$OUT"
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
 PY=${PY:-python3}
 status=0
 T0=$(date +%s)
 say() { echo "$*" | tee -a "$RAW/steps.txt"; }
-pack() { tar czf "$OUT/gpu_results.tgz" -C "$RAW" . 2>/dev/null; }
+pack() {  # atomic: a run killed while packing keeps the previous archive
+  tar czf "$OUT/gpu_results.part" -C "$RAW" . 2>/dev/null && mv "$OUT/gpu_results.part" \
+    "$OUT/gpu_results.tgz"
+}
 fail() { say "FAILED: $*"; status=1; }
 
 # SpikingJelly builds carried in .whl/, each installed into its own folder.
