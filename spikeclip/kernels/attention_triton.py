@@ -7,7 +7,11 @@ Same ops and schemas as the C++ ones (csrc/ops.cpp), registered as spikeclip::*_
   tokens) sweeps t with the LIF state of its [BLOCK_N, D] tile in registers: y = q A[t] * scale
   never leaves the chip. Backward: per (head, block of N) the LIF backward and gq = gy A^T (gy
   kept for the next kernel), then per (t, head) gA = q^T gy, gk = v gA^T, gv = k gA.
-Products use IEEE float32 dots: exact integer counts for spikes, like the reference.
+Products run on tensor cores (tl.dot in TF32) and stay exact or float32-accurate: a dot of
+0/1 operands (k^T v of spikes) is exact in plain TF32 (0 and 1 are exact, float32 accumulates
+the counts); a dot with a float or count operand uses 3xTF32 (each float operand split into a
+high and a low TF32 part), whose error is at float32's level, and exact for q @ A with q 0/1 and
+integer counts below 2^22 (the low part of a count is exact in TF32).
 q, k, v are saved packed 8 per byte (spike_pack_triton.py) and read back as bits.
 Spec: spikeclip/kernels/reference.py.
 """
@@ -149,6 +153,7 @@ def _ktv_kernel(
     D,
     nb,
     FROM_BITS: tl.constexpr,
+    PREC: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -166,7 +171,7 @@ def _ktv_kernel(
             off = tb * N * D + n[:, None] * D + d[None, :]
             k = tl.load(k_ptr + off, mask=m, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.dot(tl.trans(k), v, input_precision="ieee")
+        acc += tl.dot(tl.trans(k), v, input_precision=PREC)
     am = (d < D)[:, None] & (d < D)[None, :]
     tl.store(a_ptr + tb * D * D + d[:, None] * D + d[None, :], acc, mask=am)
 
@@ -202,7 +207,7 @@ def _ssa_fwd_kernel(
         off = tb * N * D + n[:, None] * D + d[None, :]
         q = tl.load(q_ptr + off, mask=m, other=0.0).to(tl.float32)
         a = tl.load(a_ptr + tb * D * D + d[:, None] * D + d[None, :], mask=am, other=0.0)
-        y = tl.dot(q, a, input_precision="ieee") * scale
+        y = tl.dot(q, a, input_precision="tf32x3") * scale
         h = state + (y - (state - rest)) * inv_tau
         s = (h >= v_th).to(tl.float32)
         tl.store(out_ptr + off, s.to(out_ptr.dtype.element_ty), mask=m)
@@ -250,7 +255,7 @@ def _ssa_bwd_gy_kernel(
         gy = dh * (inv_tau * scale)
         tl.store(gy_ptr + off, gy, mask=m)
         a = tl.load(a_ptr + tb * D * D + d[:, None] * D + d[None, :], mask=am, other=0.0)
-        gq = tl.dot(gy, tl.trans(a), input_precision="ieee")
+        gq = tl.dot(gy, tl.trans(a), input_precision="tf32x3")
         tl.store(gq_ptr + off, gq.to(gq_ptr.dtype.element_ty), mask=m)
 
 
@@ -277,7 +282,7 @@ def _ssa_bwd_kv_kernel(
         m = (n < N)[:, None] & (d < D)[None, :]
         q = _spike_tile(qb_ptr, tb * N + n, d, nb, m)
         gy = tl.load(gy_ptr + tb * N * D + n[:, None] * D + d[None, :], mask=m, other=0.0)
-        gA += tl.dot(tl.trans(q), gy, input_precision="ieee")
+        gA += tl.dot(tl.trans(q), gy, input_precision="tf32x3")
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         m = (n < N)[:, None] & (d < D)[None, :]
@@ -285,8 +290,9 @@ def _ssa_bwd_kv_kernel(
         k = _spike_tile(kb_ptr, tb * N + n, d, nb, m)
         v = _spike_tile(vb_ptr, tb * N + n, d, nb, m)
         ty = gk_ptr.dtype.element_ty
-        tl.store(gk_ptr + off, tl.dot(v, tl.trans(gA), input_precision="ieee").to(ty), mask=m)
-        tl.store(gv_ptr + off, tl.dot(k, gA, input_precision="ieee").to(ty), mask=m)
+        gk = tl.dot(v, tl.trans(gA), input_precision="tf32x3")
+        tl.store(gk_ptr + off, gk.to(ty), mask=m)
+        tl.store(gv_ptr + off, tl.dot(k, gA, input_precision="tf32x3").to(ty), mask=m)
 
 
 # ---- ops -----------------------------------------------------------------------------------
@@ -413,8 +419,10 @@ def sdsa_bwd_triton(
     return gq, gk, gv
 
 
-def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None):
-    """A = k^T v per (t, head), float32 [T * BH, D, D], from float inputs or packed bits."""
+def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None, spikes=True):
+    """A = k^T v per (t, head), float32 [T * BH, D, D], from float inputs or packed bits.
+    spikes: k and v hold only 0 and 1 (bits always do; the forward checks float inputs when it
+    saves for a backward): plain TF32 is exact; otherwise 3xTF32."""
     a = like.new_empty((T * BH, D, D), dtype=torch.float32)
     BLOCK_N, BLOCK_D = _blocks(N, D)
     from_bits = kb is not None
@@ -429,6 +437,7 @@ def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None):
         D,
         (D + 7) // 8,
         FROM_BITS=from_bits,
+        PREC="tf32" if from_bits or spikes else "tf32x3",
         BLOCK_N=BLOCK_N,
         BLOCK_D=BLOCK_D,
     )
@@ -455,7 +464,8 @@ def ssa_fwd_triton(
     h = torch.empty_like(q) if save else q.new_empty(0)
     inv_tau, v_reset, rest = _lif_args(tau, v_reset, soft_reset)
     if q.numel():
-        a = _kt_v(T, B * H, N, D, k=k, v=v, like=q)
+        # with save, k and v must be spikes (checked below: a ValueError otherwise)
+        a = _kt_v(T, B * H, N, D, k=k, v=v, like=q, spikes=save)
         BLOCK_N, BLOCK_D = _blocks(N, D)
         _ssa_fwd_kernel[(B * H, triton.cdiv(N, BLOCK_N))](
             q,
