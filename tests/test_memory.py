@@ -8,6 +8,7 @@ from lif_cases import rel_err
 from torch import nn
 
 from spikeclip.kernels import pack_spikes, unpack_spikes
+from spikeclip.kernels.backends import why_unavailable
 from spikeclip.memory import bf16_saves, saved_tensor_bytes
 from spikeclip.models import (
     LIF,
@@ -147,6 +148,27 @@ def test_bf16_saves_only_touch_the_given_shape():
     assert n == x.numel() * 2 + w.numel() * 4  # x kept in bf16, w as it is
     out.backward()
     assert rel_err(w.grad, x.detach().sum(0)) < 1e-2
+
+
+@pytest.mark.skipif(
+    why_unavailable("triton", torch.device("cpu")) is not None, reason="needs Triton's interpreter"
+)
+@pytest.mark.parametrize("neuron", [False, True])
+def test_packed_linear_reads_bits_with_triton(neuron):
+    """Lossless linear units on the triton backend multiply from the bits (Triton's
+    tensor-core products; spike_linear_triton): what the plain unit computes."""
+    layer = SeqLinearBN(
+        70, 33, neuron=LIF(backend="triton") if neuron else None, packed_input=True,
+        backend="triton",
+    )  # fmt: skip
+    x = spikes(3, 4, 5, 70)
+    out_p, grads_p, _, _ = step(layer, x, "plain")
+    out_l, grads_l, saved_l, _ = step(layer, x, "lossless")
+    flips = (out_l != out_p).float().mean() if neuron else 0.0
+    assert flips < 0.01 if neuron else rel_err(out_l, out_p) < 1e-6
+    for name in grads_p:
+        assert rel_err(grads_l[name], grads_p[name]) < (2e-2 if neuron else 1e-5), name
+    assert saved_l < x.numel() / 4  # the bits and BN's few numbers
 
 
 def autocast_step(layer, x, memory):

@@ -7,6 +7,7 @@ ValueError: before the masking, a set padding bit sent `spike_linear` on `cpp` o
 import pytest
 import torch
 
+import spikeclip.kernels.spike_linear_triton  # noqa: F401  (registers the Triton ops)
 from spikeclip.kernels import pack_spikes, spike_linear, ssa, unpack_spikes
 from spikeclip.kernels.backends import why_unavailable
 
@@ -17,6 +18,12 @@ WIDTHS = [1, 5, 7, 8, 9, 60, 63, 64, 65, 71, 100, 130]
 KERNEL_DEVICES = ["cpu"] + (
     ["cuda"] if why_unavailable("cuda", torch.device("cuda")) is None else []
 )
+TRITON_DEVICES = [
+    d
+    for d in ("cpu", "cuda")
+    if why_unavailable("triton", torch.device(d)) is None
+    and (d == "cpu" or torch.cuda.is_available())
+]
 
 
 def random_bits(rows: int, n: int, rate: float, garbage: bool) -> torch.Tensor:
@@ -60,6 +67,21 @@ def test_spike_linear_ignores_padding_bits(n, rate):
     torch.testing.assert_close(gw, gw_ref, rtol=1e-12, atol=1e-12)
     # the same bits with the padding cleared give the same answers
     torch.testing.assert_close(spike_linear(x, clean(bits, n), w, backend="cpp"), y)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("n", WIDTHS)
+def test_triton_spike_linear_ignores_padding_bits(n, device):
+    rows, cout = 37, 19
+    bits = random_bits(rows, n, 0.3, garbage=True).to(device)
+    w = torch.randn(cout, n, device=device)
+    g = torch.randn(rows, cout, device=device)
+    x = unpack_spikes(bits, n, torch.float64, backend="torch")
+    y = torch.ops.spikeclip.spike_linear_triton(bits, w, n)
+    gw = torch.ops.spikeclip.spike_linear_weight_grad_triton(g, bits, n)
+    torch.testing.assert_close(y.double(), x @ w.double().t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gw.double(), g.double().t() @ x, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.ops.spikeclip.spike_linear_triton(clean(bits, n), w, n), y)
 
 
 @needs_cpp

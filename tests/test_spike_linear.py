@@ -7,7 +7,17 @@ from lif_cases import rel_err
 from spikeclip.kernels import pack_spikes, spike_linear
 from spikeclip.kernels.backends import why_unavailable
 
-BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]
+BACKENDS = [
+    b for b in ("torch", "cpp", "triton") if why_unavailable(b, torch.device("cpu")) is None
+]
+# Triton's bit-reading tensor-core products: under the interpreter here, on CUDA where there is
+# one (3xTF32 for float32 weights: float32-level error, not bit for bit).
+TRITON = [
+    pytest.param(d, id=f"triton-{d}")
+    for d in ("cpu", "cuda")
+    if why_unavailable("triton", torch.device(d)) is None
+    and (d == "cpu" or torch.cuda.is_available())
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -57,3 +67,30 @@ def test_bad_input():
         spike_linear(x, bits.float(), torch.randn(3, 10))
     with pytest.raises(ValueError, match=r"\[rows, n\]"):
         spike_linear(x[0], bits, torch.randn(3, 10))
+
+
+@pytest.mark.parametrize("device", TRITON)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    ("rows", "n", "cout", "rate"),
+    [(37, 13, 5, 0.3), (130, 384, 96, 0.05), (65, 77, 130, 0.5), (1, 1, 3, 1.0), (3, 200, 1, 0.2)],
+)
+def test_triton_reads_bits_in_every_dtype(device, dtype, rows, n, cout, rate):
+    x = (torch.rand(rows, n, device=device) < rate).to(dtype)
+    w = torch.randn(cout, n, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(rows, cout, device=device, dtype=dtype)
+    y = spike_linear(torch.zeros_like(x).requires_grad_(), pack_spikes(x), w, backend="triton")
+    y.backward(g)
+    # the spec in float64 from the same (rounded) operands
+    x64, w64, g64 = x.double(), w.detach().double(), g.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and y.shape == (rows, cout)
+    assert rel_err(y.detach().double(), x64 @ w64.t()) <= tol
+    assert rel_err(w.grad.double(), g64.t() @ x64) <= tol
+
+
+def test_auto_reads_bits_with_triton_on_cuda_only():
+    from spikeclip.kernels.spike_linear import _backend
+
+    assert _backend("auto", torch.device("cpu"), torch.float32) in ("cpp", "torch")
+    assert _backend("triton", torch.device("cpu"), torch.float64) == "torch" or not TRITON

@@ -5,8 +5,10 @@ With 0/1 inputs the products are sums of rows of W^T at the spikes, and the weig
 W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work, which scales
 with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width;
 above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_layers_cpu.cpp).
-The `torch` backend unpacks and uses dense matrix products (the spec); CUDA tensors use it too.
-The sums run in another order than a dense product's: equal up to float rounding.
+The `triton` backend (CUDA; auto there) reads the bits inside tensor-core products
+(spike_linear_triton.py): no float copy of x, in any dtype. The `torch` backend unpacks and uses
+dense matrix products (the spec). The sums run in another order than a dense product's: equal
+up to float rounding.
 """
 
 from __future__ import annotations
@@ -17,24 +19,33 @@ from spikeclip._ext import extension_loaded
 from spikeclip.kernels.backends import autocast_operands, resolve_backend
 from spikeclip.kernels.spike_pack import unpack_spikes
 
-SPIKE_LINEAR_BACKENDS = ("torch", "cpp")
+SPIKE_LINEAR_BACKENDS = ("torch", "cpp", "triton")
 
 
 def _backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
     backend = resolve_backend(backend, device, supported=SPIKE_LINEAR_BACKENDS, op="spike_linear")
-    # The cpp kernels sum in the tensor's dtype: half precision would lose the sums' bits.
-    return "torch" if dtype not in (torch.float32, torch.float64) else backend
+    if backend == "cpp" and dtype not in (torch.float32, torch.float64):
+        return "torch"  # the cpp kernels sum in the tensor's dtype: half would lose bits
+    if backend == "triton" and dtype == torch.float64:
+        return "torch"  # no float64 tensor-core products
+    return backend
 
 
 def _forward(bits, n, weight, backend):
     if backend == "torch":
         return unpack_spikes(bits, n, weight.dtype, backend="torch") @ weight.t()
+    if backend == "triton":
+        from spikeclip.kernels import spike_linear_triton  # noqa: F401  (registers the ops)
+
+        return torch.ops.spikeclip.spike_linear_triton(bits, weight, n)
     return torch.ops.spikeclip.spike_linear(bits, weight.t().contiguous(), n)
 
 
 def _weight_grad(grad_y, bits, n, backend):
     if backend == "torch":
         return grad_y.t() @ unpack_spikes(bits, n, grad_y.dtype, backend="torch")
+    if backend == "triton":
+        return torch.ops.spikeclip.spike_linear_weight_grad_triton(grad_y.contiguous(), bits, n)
     return torch.ops.spikeclip.spike_linear_weight_grad(grad_y.contiguous(), bits, n).t()
 
 

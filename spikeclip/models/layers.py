@@ -209,7 +209,9 @@ class SeqLinearBN(_SpikingUnit):
     recompute_reads_bits = True
 
     def op_on(self, x, weight, bits=None):
-        backend = "torch" if self.backend == "torch" else "auto"
+        # "torch": dense products of the unpacked bits (the spec); "triton": Triton's
+        # bit-reading products (on CPU only under its interpreter); else what the device has
+        backend = self.backend if self.backend in ("torch", "triton") else "auto"
         if weight is None:  # through the module: forward hooks (the energy count) see it
             if not self._sums_spikes(x):
                 return self.op(x)
