@@ -2,7 +2,7 @@
 # The GPU check, for the device machine (an H200 here), run from the repository root:
 #   bash benchmarks/gpu_check.sh                    # every step, in this order
 #   bash benchmarks/gpu_check.sh model profile      # some steps (a kept build is reused)
-# Steps: build tests lif attention model compile profile memcheck model64 sj014 (~9 minutes).
+# Steps: build tests lif attention layers model compile profile memcheck model64 sj014 (~9 min).
 # Results go to $RAW (default /tmp/gpu_raw) and are re-packed into $OUT/gpu_results.tgz (default
 # OUT ./gpu_out) after every step, so a run cut short still brings back what it did;
 # $OUT/summary.txt has the tables. (The device tool brings back at most 8 files from $OUT.)
@@ -13,6 +13,8 @@
 #  lif       LIF fwd and fwd+bwd, T 8 4 x N 16M 4M x fp32 bf16, eager and from CUDA graphs, vs
 #            the reference, SpikingJelly 2.0 and a copy of the same bytes
 #  attention SDSA / SSA at three shapes vs the reference
+#  layers    the encoder's spike-fed linears at batch 128: Triton's bit-reading products vs
+#            dense F.linear vs unpack + dense
 #  model     the paper image encoder's training step, batch 128, bf16 autocast: the reference,
 #            SpikingJelly 2.0, ours (cuda, triton; plain, lossless, low), the no-cost stand-in,
 #            with peak device memory
@@ -85,6 +87,11 @@ run_attention() {
     || fail "bench attention"
 }
 
+run_layers() {
+  timeout 120 $PY -m spikeclip bench layers --device cuda --dtype float32 bfloat16 --rounds 10 \
+    --json "$RAW/bench_layers.json" > "$RAW/bench_layers.log" 2>&1 || fail "bench layers"
+}
+
 run_model() {
   model_bench 128_bf16 "$SJ2" --batch 128 --dtype bfloat16 --memory plain lossless low
 }
@@ -129,7 +136,8 @@ run_sj014() {
 summary() {
   {
     cat "$RAW/steps.txt"
-    for f in "$RAW"/bench_model_*.log "$RAW"/bench_attention.log "$RAW"/bench_lif_*.log; do
+    for f in "$RAW"/bench_model_*.log "$RAW"/bench_attention.log "$RAW"/bench_layers.log \
+        "$RAW"/bench_lif_*.log; do
       [ -e "$f" ] && { echo; echo "### $(basename "$f")"; grep -v "^W1\|^I1" "$f"; }
     done
     [ -e "$RAW/tests.log" ] && { echo; echo "### tests"; tail -5 "$RAW/tests.log"; }
@@ -138,7 +146,7 @@ summary() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(build tests lif attention model compile profile memcheck model64 sj014)
+[ ${#steps[@]} -gt 0 ] || steps=(build tests lif attention layers model compile profile memcheck model64 sj014)
 say "# gpu_check: ${steps[*]}; spikingjelly: ${SJ2:-none} ${SJ14:-none}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
   --format=csv 2>&1 | tee -a "$RAW/steps.txt"

@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
         "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
         "memory: bytes saved for backward and step time of the block stack, every way; "
-        "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate",
+        "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate "
+        "(on CUDA: the linears, Triton's bit-reading products vs dense)",
     )
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
     b.add_argument(
@@ -103,7 +104,7 @@ def _bench(args) -> int:
     from spikeclip.bench.lif_bench import bench_lif
     from spikeclip.bench.memory_bench import bench_memory
     from spikeclip.bench.model_bench import bench_train_step
-    from spikeclip.bench.spike_layers_bench import bench_spike_layers
+    from spikeclip.bench.spike_layers_bench import bench_spike_layers, bench_spike_linears_cuda
 
     dtypes = [getattr(torch, d) for d in args.dtype]
     print(
@@ -121,7 +122,10 @@ def _bench(args) -> int:
             fused=fused,
         )
     elif args.op == "layers":
-        rows = bench_spike_layers(modes=args.mode, rounds=min(args.rounds, 7))
+        if args.device == "cuda":
+            rows = bench_spike_linears_cuda(modes=args.mode, dtypes=dtypes, rounds=args.rounds)
+        else:
+            rows = bench_spike_layers(modes=args.mode, rounds=min(args.rounds, 7))
     elif args.op == "model":
         fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
         if "float16" in args.dtype:

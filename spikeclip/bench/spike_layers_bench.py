@@ -56,10 +56,10 @@ def _conv_case(cin, cout, hw, rate, images=64):
     return run
 
 
-def _linear_case(rows, n, cout, rate):
-    x = (torch.rand(rows, n) < rate).float()
-    w = torch.randn(cout, n) * 0.05
-    g = torch.randn(rows, cout)
+def _linear_case(rows, n, cout, rate, device="cpu", dtype=torch.float32):
+    x = (torch.rand(rows, n, device=device) < rate).to(dtype)
+    w = torch.randn(cout, n, device=device, dtype=dtype) * 0.05
+    g = torch.randn(rows, cout, device=device, dtype=dtype)
 
     def run(backend, backward):
         def fn():
@@ -93,6 +93,45 @@ def _pool_case(channels, hw, rate=None, images=64):
         return fn
 
     return run
+
+
+def bench_spike_linears_cuda(
+    modes=("fwd", "fwd+bwd"),
+    rates=(0.05, 0.15),
+    dtypes=(torch.float32, torch.bfloat16),
+    batch: int = 128,
+    rounds: int = 10,
+) -> list[dict]:
+    """The paper encoder's linears on CUDA at `batch` (T = 4, 64 tokens): the dense layer
+    (F.linear, a float copy of the input kept), the `torch` backend (unpacks the bits, then a
+    dense product) and `triton` (reads the bits inside its tensor-core products); packing
+    included. One row per layer, dtype, rate, mode and contender."""
+    device = torch.device("cuda")
+    rows = []
+    for name, _, n, cout in LINEARS:
+        for dtype in dtypes:
+            for rate in rates:
+                run = _linear_case(4 * batch * 64, n, cout, rate, device, dtype)
+                for mode in modes:
+                    contenders = {
+                        b: run(b, mode == "fwd+bwd") for b in ("dense", "torch", "triton")
+                    }
+                    times = median_times(contenders, device, rounds=rounds, warmup=2)
+                    block = [
+                        {
+                            "layer": name,
+                            "dtype": str(dtype).replace("torch.", ""),
+                            "rate": rate,
+                            "mode": mode,
+                            "contender": b,
+                            "ms": round(t * 1e3, 3),
+                            "vs_dense": round(times["dense"] / t, 2),
+                        }
+                        for b, t in times.items()
+                    ]
+                    rows += block
+                    print(format_table(block, list(block[0])) + "\n")
+    return rows
 
 
 def bench_spike_layers(
