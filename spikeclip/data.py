@@ -10,6 +10,7 @@ CIFAR-10 / CIFAR-100 (python pickles), and a folder of images per class.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -222,6 +223,41 @@ def _load_cifar(name, split, root: Path | None) -> ImageDataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
+def in_test_split(relpath: str, seed: int, test_fraction: float) -> bool:
+    """The seeded train/test split of a folder: decided per file by a hash of its path, so it
+    never depends on what else is in the folder, and train and test never share an image."""
+    h = hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**64 < test_fraction
+
+
+def folder_files(root, split: str = "all", seed: int = 0, test_fraction: float = 0.1):
+    """root/<class>/<image files>: (class names in sorted order, "_" read as a space; an
+    iterator of (label, path, path relative to root) for the files with an image suffix in
+    `split`: "train" or "test" (the seeded share of `in_test_split`), or "all")."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"{root}: no such directory (expected <root>/<class>/<image>)")
+    if split not in ("train", "test", "all"):
+        raise ValueError(f"folder split must be train, test or all, got {split!r}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"{root}: no class folders (expected <root>/<class>/<image>)")
+
+    def files():
+        for label, cls in enumerate(classes):
+            for path in sorted((root / cls).iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                rel = f"{cls}/{path.name}"
+                if split != "all" and in_test_split(rel, seed, test_fraction) != (split == "test"):
+                    continue
+                yield label, path, rel
+
+    return [c.replace("_", " ") for c in classes], files()
+
+
 def load_image_folder(
     root: str | Path, size: int | None = None, name: str = "folder", split: str = "all",
     seed: int = 0, test_fraction: float = 0.1,
@@ -229,23 +265,23 @@ def load_image_folder(
     """root/<class name>/<images>, held in memory (for small sets; shard large ones with
     `spikeclip shards`): classes in sorted order ("_" read as a space); every image converted
     to RGB and, when `size` is given, resized to size x size. split "train" / "test" take the
-    seeded split of `spikeclip.shards.folder_source` (never the same image), "all" every file;
-    unreadable files are skipped (`ds.skipped` says which and why)."""
-    import io
-
+    seeded split of `folder_files` (never the same image), "all" every file; unreadable files
+    are skipped (`ds.skipped` says which and why)."""
     from PIL import Image
 
-    from spikeclip.shards import folder_source
-
-    source = folder_source(root, split, seed, test_fraction, name)
-    images, labels = [], []
-    for sample in source.samples:
-        with Image.open(io.BytesIO(sample.image)) as im:
-            im = im.convert("RGB")
-            if size is not None:
-                im = im.resize((size, size), Image.BILINEAR)
-            images.append(np.asarray(im, dtype=np.uint8))
-        labels.append(sample.label)
+    class_names, files = folder_files(root, split, seed, test_fraction)
+    images, labels, skipped = [], [], []
+    for label, path, rel in files:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+                if size is not None:
+                    im = im.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, dtype=np.uint8))
+        except Exception as exc:  # PIL raises many types for a bad file
+            skipped.append({"path": rel, "why": f"not a readable image ({exc})"})
+            continue
+        labels.append(label)
     if not images:
         raise DatasetNotFoundError(f"{root}: no {split} images in <root>/<class>/ folders")
     shapes = {im.shape for im in images}
@@ -256,9 +292,9 @@ def load_image_folder(
         split,
         torch.from_numpy(np.stack(images)),
         torch.tensor(labels, dtype=torch.int64),
-        source.class_names,
+        class_names,
     )
-    ds.skipped = source.skipped
+    ds.skipped = skipped
     return ds
 
 

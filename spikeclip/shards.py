@@ -92,13 +92,6 @@ def sample_key(relpath: str) -> str:
     return f"{stem}-{zlib.crc32(relpath.encode()):08x}"
 
 
-def in_test_split(relpath: str, seed: int, test_fraction: float) -> bool:
-    """The seeded train/test split of a folder: decided per file by a hash of its path, so it
-    never depends on what else is in the folder, and train and test never share an image."""
-    h = hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
-    return int.from_bytes(h[:8], "little") / 2**64 < test_fraction
-
-
 def _image_file(path: Path, source: Source, relpath: str) -> tuple[bytes, str] | None:
     """A file's bytes if PIL can read it as an image, else None (counted in source.skipped)."""
     from PIL import Image
@@ -118,37 +111,19 @@ def folder_source(
     root, split: str = "all", seed: int = 0, test_fraction: float = 0.1, name: str = "folder"
 ) -> Source:
     """root/<class>/<image files>: classes in sorted order ("_" read as a space). split "train"
-    or "test" takes a seeded share of the files (`in_test_split`), "all" every file. Files are
-    read one at a time: nothing scales with the folder in memory but the list of its paths."""
-    from spikeclip.data import IMAGE_SUFFIXES, DatasetNotFoundError
+    or "test" takes a seeded share of the files (`spikeclip.data.folder_files`), "all" every
+    file. Files are read one at a time: nothing scales with the folder in memory but the list
+    of its paths."""
+    from spikeclip.data import GENERIC_TEMPLATES, folder_files
 
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"{root}: no such directory (expected <root>/<class>/<image>)")
-    if split not in ("train", "test", "all"):
-        raise ValueError(f"folder split must be train, test or all, got {split!r}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
-        raise DatasetNotFoundError(f"{root}: no class folders (expected <root>/<class>/<image>)")
-    from spikeclip.data import GENERIC_TEMPLATES
-
-    source = Source(
-        name, split, iter(()), [c.replace("_", " ") for c in classes], list(GENERIC_TEMPLATES)
-    )
+    classes, files = folder_files(root, split, seed, test_fraction)
+    source = Source(name, split, iter(()), classes, list(GENERIC_TEMPLATES))
 
     def samples():
-        for label, cls in enumerate(classes):
-            for path in sorted((root / cls).iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                rel = f"{cls}/{path.name}"
-                if split != "all" and in_test_split(rel, seed, test_fraction) != (split == "test"):
-                    continue
-                got = _image_file(path, source, rel)
-                if got is not None:
-                    yield Sample(sample_key(rel), got[0], got[1], label, source=rel)
+        for label, path, rel in files:
+            got = _image_file(path, source, rel)
+            if got is not None:
+                yield Sample(sample_key(rel), got[0], got[1], label, source=rel)
 
     source.samples = samples()
     return source

@@ -10,7 +10,7 @@
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
-from spikeclip.kernels import lif_cpp  # noqa: F401  (fake + autograd of the _C LIF ops)
+from spikeclip.kernels import c_ops  # noqa: F401  (fakes and autograd of the _C ops)
 from spikeclip.kernels.attention_op import sdsa, ssa
 from spikeclip.kernels.backends import (
     BACKENDS,

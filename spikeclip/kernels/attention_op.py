@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
+from spikeclip.kernels.attention_autograd import raise_not_spikes
 from spikeclip.kernels.backends import resolve_backend
-from spikeclip.kernels.reference import compute_dtype, sdsa_reference, ssa_reference
+from spikeclip.kernels.reference import sdsa_reference, ssa_reference
 
 # Backends with attention kernels (all of them).
 ATTENTION_BACKENDS = ("torch", "cpp", "cuda", "triton")
@@ -52,14 +52,6 @@ def _run_fused(fwd_name, q, k, v, *args):
 
 
 _REFERENCES = {"sdsa": sdsa_reference, "ssa": ssa_reference}
-
-
-def raise_not_spikes(name: str):
-    """The error of every backend for non-spikes that need a gradient (C++: attention_common)."""
-    raise ValueError(
-        f"{name}: q, k and v must hold spikes (only 0 and 1) when a gradient is needed: the "
-        "backward keeps them packed 1 bit each"
-    )
 
 
 def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend):
@@ -160,71 +152,3 @@ def ssa(
     return _attention(
         "ssa", q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend
     )
-
-
-# ---- fake implementations and autograd of the _C attention ops ---------------------------
-
-
-def _saved_fakes(q, h_shape, h_dtype, save):
-    bits_shape = (*q.shape[:-1], (q.shape[-1] + 7) // 8)
-    h = q.new_empty(h_shape, dtype=h_dtype) if save else q.new_empty(0, dtype=h_dtype)
-    bits = [q.new_empty(bits_shape if save else (0,), dtype=torch.uint8) for _ in range(3)]
-    return (torch.empty_like(q), h, *bits)
-
-
-def _sdsa_fwd_fake(q, k, v, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save):
-    T, B, H, _, D = q.shape
-    return _saved_fakes(q, (T, B, H, D), compute_dtype(q.dtype), save)
-
-
-def _ssa_fwd_fake(
-    q, k, v, scale, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save
-):
-    return _saved_fakes(q, q.shape, q.dtype, save)
-
-
-def _bwd_fake(grad_out, *args):
-    return tuple(torch.empty_like(grad_out) for _ in range(3))
-
-
-def _setup_context(ctx, inputs, output):
-    q, _, _, *options, save = inputs
-    _, h, qb, kb, vb = output
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, qb, kb, vb)
-    ctx.options, ctx.D, ctx.saved = tuple(options), q.shape[-1], save
-
-
-def _backward_with(bwd_op, n_options):
-    def backward(ctx, grad_out, *internal_grads):
-        if not ctx.saved:
-            raise RuntimeError("spiking attention: this forward saved nothing for a backward")
-        if grad_out is None:
-            return (None,) * (3 + n_options + 1)
-        h, qb, kb, vb = ctx.saved_tensors
-        gq, gk, gv = bwd_op(grad_out.contiguous(), h, qb, kb, vb, ctx.D, *ctx.options)
-        needs = ctx.needs_input_grad
-        return (
-            gq if needs[0] else None,
-            gk if needs[1] else None,
-            gv if needs[2] else None,
-            *([None] * (n_options + 1)),
-        )
-
-    return backward
-
-
-def register_attention_ops(suffix: str = "") -> None:
-    """Fakes and autograd for spikeclip::{sdsa,ssa}_{fwd,bwd}{suffix} (one schema per op on
-    every backend: csrc/ops.cpp)."""
-    for name, fake, n_options in (("sdsa", _sdsa_fwd_fake, 7), ("ssa", _ssa_fwd_fake, 8)):
-        fwd, bwd = f"spikeclip::{name}_fwd{suffix}", f"{name}_bwd{suffix}"
-        torch.library.register_fake(fwd)(fake)
-        torch.library.register_fake(f"spikeclip::{bwd}")(_bwd_fake)
-        op_autograd.register(
-            fwd, _backward_with(getattr(torch.ops.spikeclip, bwd), n_options), _setup_context
-        )
-
-
-if extension_loaded():
-    register_attention_ops()

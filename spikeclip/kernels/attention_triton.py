@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.attention_op import raise_not_spikes, register_attention_ops
+from spikeclip.kernels.attention_autograd import raise_not_spikes, register_attention_ops
 from spikeclip.kernels.lif_triton import _lif_dh, _reset
 from spikeclip.kernels.options import SURROGATE_CODES
 from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton

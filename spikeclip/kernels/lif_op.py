@@ -16,9 +16,7 @@ def _fused_op(backend: str) -> str:
         from spikeclip.kernels import lif_triton  # noqa: F401  (registers the ops)
 
         return "spikeclip::lif_fwd_triton"
-    from spikeclip.kernels import lif_cpp  # noqa: F401  (fake + autograd of the _C ops)
-
-    return "spikeclip::lif_fwd"
+    return "spikeclip::lif_fwd"  # registered by c_ops.py
 
 
 def lif(

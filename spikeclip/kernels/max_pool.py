@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels.backends import resolve_backend
 
 MAX_POOL_BACKENDS = ("torch", "cpp")
@@ -46,18 +45,3 @@ def max_pool2x2(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     if not (torch.is_grad_enabled() and x.requires_grad):
         return torch.ops.spikeclip.max_pool2x2(x)[0]
     return _MaxPool2x2.apply(x)
-
-
-def _register_fakes() -> None:
-    @torch.library.register_fake("spikeclip::max_pool2x2")
-    def _fwd_fake(x):
-        shape = (*x.shape[:-2], x.shape[-2] // 2, x.shape[-1] // 2)
-        return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
-
-    @torch.library.register_fake("spikeclip::max_pool2x2_backward")
-    def _bwd_fake(grad_y, where, height, width):
-        return grad_y.new_empty((*grad_y.shape[:-2], height, width))
-
-
-if extension_loaded():
-    _register_fakes()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels.backends import autocast_operands, resolve_backend
 from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
 
@@ -116,17 +115,3 @@ def conv_takes_spikes(conv: torch.nn.Conv2d) -> bool:
         and conv.groups == 1
         and conv.padding_mode == "zeros"
     )
-
-
-def _register_fakes() -> None:
-    @torch.library.register_fake("spikeclip::spike_conv2d")
-    def _fwd_fake(x, weight, padding):
-        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
-
-    @torch.library.register_fake("spikeclip::spike_conv2d_weight_grad")
-    def _wgrad_fake(grad_y, bits, width, kernel_size, padding):
-        return grad_y.new_empty((grad_y.shape[1], bits.shape[1], kernel_size, kernel_size))
-
-
-if extension_loaded():
-    _register_fakes()

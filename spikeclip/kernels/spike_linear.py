@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels.backends import autocast_operands, resolve_backend
 from spikeclip.kernels.spike_pack import unpack_spikes
 
@@ -90,17 +89,3 @@ def spike_linear(
     (weight,) = autocast_operands(weight)
     backend = _backend(backend, weight.device, weight.dtype)
     return _SpikeLinear.apply(x, bits, weight, backend)
-
-
-def _register_fakes() -> None:
-    @torch.library.register_fake("spikeclip::spike_linear")
-    def _fwd_fake(bits, weight_t, n):
-        return weight_t.new_empty((bits.shape[0], weight_t.shape[1]))
-
-    @torch.library.register_fake("spikeclip::spike_linear_weight_grad")
-    def _wgrad_fake(grad_y, bits, n):
-        return grad_y.new_empty((n, grad_y.shape[1]))
-
-
-if extension_loaded():
-    _register_fakes()

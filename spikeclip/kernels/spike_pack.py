@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip._ext import extension_loaded
 from spikeclip.kernels.backends import resolve_backend
 from spikeclip.kernels.options import check_sequence
 from spikeclip.kernels.reference import pack_spikes_reference, unpack_spikes_reference
@@ -55,14 +54,3 @@ def unpack_spikes(
 
         return unpack_triton(bits, n, dtype)
     return torch.ops.spikeclip.unpack_spikes(bits, n, dtype)
-
-
-if extension_loaded():
-
-    @torch.library.register_fake("spikeclip::pack_spikes")
-    def _pack_fake(x):
-        return x.new_empty((*x.shape[:-1], (x.shape[-1] + 7) // 8), dtype=torch.uint8)
-
-    @torch.library.register_fake("spikeclip::unpack_spikes")
-    def _unpack_fake(bits, n, dtype):
-        return bits.new_empty((*bits.shape[:-1], n), dtype=dtype)
