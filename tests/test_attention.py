@@ -236,3 +236,30 @@ def test_bad_inputs(name):
         fn(q, q, q, backend="cuda")
     with pytest.raises(ValueError, match="tau"):
         fn(q, q, q, tau=0.5)
+
+
+def _tau_whose_double_reciprocal_rounds_down():
+    """A non-round tau for which 1/tau rounded from double is one float32 ulp below 1/tau
+    computed in float32 from tau rounded to float32 (what every backend computes)."""
+    import numpy as np
+
+    for tau in np.linspace(1.001, 5.0, 4000):
+        exact = np.float32(1.0) / np.float32(tau)
+        if np.float32(1.0 / float(tau)) < exact:
+            return float(tau), exact
+    raise AssertionError("no such tau")
+
+
+@pytest.mark.parametrize("backend,device", ATTN + [pytest.param("torch", "cpu", id="torch")])
+def test_non_round_tau_rounds_as_every_backend(backend, device):
+    """kv = N, and v_th = N * (1/tau) in float32 exactly: the LIF fires at t = 0 only where
+    1/tau is tau rounded to float32 and divided in float32 (the Triton attention once divided
+    in double and rounded after, and sat one ulp under the threshold)."""
+    import numpy as np
+
+    tau, inv_tau = _tau_whose_double_reciprocal_rounds_down()
+    N, D = 9, 3
+    v_th = float(np.float32(N) * inv_tau)
+    q = torch.ones(1, 1, 1, N, D, device=device)
+    out = sdsa(q, q, q, tau=tau, v_th=v_th, backend=backend)
+    assert out.eq(1).all(), (backend, tau)

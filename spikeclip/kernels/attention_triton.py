@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from spikeclip.kernels.attention_autograd import raise_not_spikes, register_attention_ops
-from spikeclip.kernels.lif_triton import _lif_dh, _reset
+from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset, inv_tau_f32
 from spikeclip.kernels.options import SURROGATE_CODES
 from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton
 
@@ -68,7 +68,7 @@ def _sdsa_fwd_kernel(
             k = tl.load(k_ptr + off, mask=m, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + off, mask=m, other=0.0).to(tl.float32)
             kv += tl.sum(k * v, axis=0)
-        h = state + (kv - (state - rest)) * inv_tau
+        h = _charge(state, kv, inv_tau, rest, True)
         s = (h >= v_th).to(tl.float32)
         tl.store(h_ptr + (t * BH + bh).to(tl.int64) * D + d, h, mask=dmask)
         state = _reset(h, v_th, v_reset, SOFT)
@@ -208,7 +208,7 @@ def _ssa_fwd_kernel(
         q = tl.load(q_ptr + off, mask=m, other=0.0).to(tl.float32)
         a = tl.load(a_ptr + tb * D * D + d[:, None] * D + d[None, :], mask=am, other=0.0)
         y = tl.dot(q, a, input_precision="tf32x3") * scale
-        h = state + (y - (state - rest)) * inv_tau
+        h = _charge(state, y, inv_tau, rest, True)
         s = (h >= v_th).to(tl.float32)
         tl.store(out_ptr + off, s.to(out_ptr.dtype.element_ty), mask=m)
         if SAVE_H:
@@ -313,7 +313,7 @@ def _saved_bits(q, k, v, save, name):
 
 
 def _lif_args(tau, v_reset, soft_reset):
-    return 1.0 / tau, v_reset, 0.0 if soft_reset else v_reset
+    return inv_tau_f32(tau), v_reset, 0.0 if soft_reset else v_reset
 
 
 def _blocks(N, D):
@@ -362,6 +362,7 @@ def sdsa_fwd_triton(
             SOFT=soft_reset,
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
+            enable_fp_fusion=False,
         )
     bits = _saved_bits(q, k, v, save, "sdsa")
     return out, h if save else h.new_empty(0), *bits
@@ -415,6 +416,7 @@ def sdsa_bwd_triton(
             SURR=SURROGATE_CODES[surrogate],
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
+            enable_fp_fusion=False,
         )
     return gq, gk, gv
 
@@ -440,6 +442,7 @@ def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None, spikes=True)
         PREC="tf32" if from_bits or spikes else "tf32x3",
         BLOCK_N=BLOCK_N,
         BLOCK_D=BLOCK_D,
+        enable_fp_fusion=False,
     )
     return a
 
@@ -485,6 +488,7 @@ def ssa_fwd_triton(
             SAVE_H=save,
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
+            enable_fp_fusion=False,
         )
     bits = _saved_bits(q, k, v, save, "ssa")
     return out, h, *bits
@@ -536,9 +540,21 @@ def ssa_bwd_triton(
         SURR=SURROGATE_CODES[surrogate],
         BLOCK_N=BLOCK_N,
         BLOCK_D=BLOCK_D,
+        enable_fp_fusion=False,
     )
     _ssa_bwd_kv_kernel[(T * B * H,)](
-        gy, q_bits, k_bits, v_bits, gk, gv, N, D, (D + 7) // 8, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D
+        gy,
+        q_bits,
+        k_bits,
+        v_bits,
+        gk,
+        gv,
+        N,
+        D,
+        (D + 7) // 8,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
+        enable_fp_fusion=False,
     )
     return gq, gk, gv
 

@@ -14,72 +14,10 @@ import triton
 import triton.language as tl
 
 from spikeclip.kernels.lif_autograd import register_lif_pair
+from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset
 from spikeclip.kernels.options import SURROGATE_CODES
 
 _BLOCK = 1024
-
-
-@triton.jit
-def _surrogate_grad(u, alpha, SURR: tl.constexpr):
-    # sigmoid, atan, triangle, erf: reference.SURROGATES
-    if SURR == 0:
-        # alpha sig (1 - sig) in the symmetric form of lif_math.h: 1 - sig cancels to nothing in
-        # float32 once alpha |u| passes ~16 (SDSA's counted kv does), e / (1 + e)^2 does not
-        e = tl.exp(-tl.abs(alpha * u))
-        g = alpha * e / ((1.0 + e) * (1.0 + e))
-    elif SURR == 1:
-        w = 1.5707963267948966 * alpha * u
-        g = alpha / 2.0 / (1.0 + w * w)
-    elif SURR == 2:
-        g = alpha * tl.maximum(1.0 - tl.abs(alpha * u), 0.0)
-    else:
-        au = alpha * u
-        g = alpha * 0.5641895835477563 * tl.exp(-au * au)
-    return g
-
-
-@triton.jit
-def _reset(h, v_th, v_reset, SOFT: tl.constexpr):
-    s = h >= v_th
-    if SOFT:
-        v = h - v_th * s.to(tl.float32)
-    else:
-        v = tl.where(s, v_reset, h)
-    return v
-
-
-@triton.jit
-def _reset_grad(h, s, g, v_th, v_reset, SOFT: tl.constexpr, DETACH: tl.constexpr):
-    # d v[t] / d h[t] through the reset (csrc/lif_math.h: reset_grad)
-    if SOFT:
-        if DETACH:
-            r = tl.zeros_like(h) + 1.0
-        else:
-            r = 1.0 - v_th * g
-    else:
-        if DETACH:
-            r = 1.0 - s
-        else:
-            r = (1.0 - s) + (v_reset - h) * g
-    return r
-
-
-@triton.jit
-def _lif_dh(
-    h,
-    grad_s,
-    carry,
-    v_th,
-    v_reset,
-    alpha,
-    SOFT: tl.constexpr,
-    DETACH: tl.constexpr,
-    SURR: tl.constexpr,
-):
-    """dL/dh[t] from dL/dspikes[t] and the gradient `carry` reaching v[t] from the future."""
-    g = _surrogate_grad(h - v_th, alpha, SURR)
-    s = (h >= v_th).to(tl.float32)
-    return grad_s * g + carry * _reset_grad(h, s, g, v_th, v_reset, SOFT, DETACH)
 
 
 @triton.jit
@@ -114,10 +52,7 @@ def _lif_fwd_kernel(
     h_ptrs = h_ptr + offs
     for _ in range(T):
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        if DECAY:
-            h = v + (x - (v - rest)) * inv_tau
-        else:
-            h = v - (v - rest) * inv_tau + x
+        h = _charge(v, x, inv_tau, rest, DECAY)
         s = (h >= v_th).to(tl.float32)
         tl.store(s_ptrs, s.to(s_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
