@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "lif_common.h"
 #include "spike_pack.h"
 
 namespace spikeclip {
@@ -62,12 +63,7 @@ LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_r
   o.soft_reset = soft_reset;
   o.decay_input = true;
   o.detach_reset = detach_reset;
-  o.surrogate = surrogate == "sigmoid"    ? kSigmoid
-                : surrogate == "atan"     ? kAtan
-                : surrogate == "triangle" ? kTriangle
-                : surrogate == "erf"      ? kErf
-                                          : -1;
-  TORCH_CHECK(o.surrogate >= 0, "unknown surrogate '", std::string(surrogate), "'");
+  o.surrogate = surrogate_code(surrogate);
   o.alpha = alpha;
   return o;
 }

@@ -17,15 +17,6 @@ namespace {
 // Membrane state and all compute happen in this dtype: float64 for float64, else float32.
 at::ScalarType state_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-int surrogate_code(c10::string_view name) {
-  if (name == "sigmoid") return kSigmoid;
-  if (name == "atan") return kAtan;
-  if (name == "triangle") return kTriangle;
-  if (name == "erf") return kErf;
-  TORCH_CHECK(false, "spikeclip lif: unknown surrogate '", std::string(name),
-              "' (expected sigmoid, atan, triangle or erf)");
-}
-
 LifOptionsView make_options(const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,
                             bool decay_input, bool detach_reset, c10::string_view surrogate,
                             double alpha, bool tau_on_host) {
@@ -69,6 +60,16 @@ void check_sequence(const at::Tensor& t, const char* name) {
 }
 
 }  // namespace
+
+int surrogate_code(c10::string_view name) {
+  if (name == "sigmoid") return kSigmoid;
+  if (name == "atan") return kAtan;
+  if (name == "triangle") return kTriangle;
+  if (name == "erf") return kErf;
+  TORCH_CHECK_VALUE(false, "spikeclip: unknown surrogate '", std::string(name),
+                    "' (expected sigmoid, atan, triangle or erf)");
+}
+
 
 LifForward prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& v0,
                            const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,

@@ -48,16 +48,13 @@ SC_INLINE F charge_rest(const LifOptions<F>& o) {
   return o.soft_reset ? F(0) : o.v_reset;
 }
 
-// Reset after firing, given the spike as 0/1 in F.
-// Both forms are computed and blended by a 0/1 weight (exact: the other term is multiplied by
-// 0), so that loops with a runtime soft_reset vectorise; GCC's AVX2 if-conversion gives up on
-// the equivalent select.
+// Reset after firing, given the spike as 0/1 in F: the reference's formulas as it writes them,
+// so that inf and NaN go where they go there (reference.lif_reference: a hard reset from
+// h = +inf gives NaN, as inf * 0 does). The LIF kernels make soft_reset a compile-time constant
+// (the select folds away and the loops vectorise).
 template <typename F>
 SC_INLINE F lif_reset(F h, F s, const LifOptions<F>& o) {
-  const F w = o.soft_reset ? F(1) : F(0);
-  const F soft = h - o.v_th * s;
-  const F hard = s != F(0) ? o.v_reset : h;
-  return w * soft + (F(1) - w) * hard;
+  return o.soft_reset ? h - o.v_th * s : h * (F(1) - s) + o.v_reset * s;
 }
 
 // exp(x) for x <= 0, written for the CPU vectoriser: GCC does not vectorise calls to expf
@@ -123,6 +120,15 @@ SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
   const F soft = F(1) - through_spike * (o.v_th * g);
   const F hard = (F(1) - s) + through_spike * ((o.v_reset - h) * g);
   return w * soft + (F(1) - w) * hard;
+}
+
+// dL/dh[t] from dL/dspikes[t] (grad_s) and the gradient `carry` reaching v[t] from later
+// steps: the one backward formula of every LIF sweep (CPU, CUDA; Triton: lif_triton_math.py).
+template <int S, typename F>
+SC_INLINE F lif_dh(F h, F grad_s, F carry, const LifOptions<F>& o) {
+  const F s = h >= o.v_th ? F(1) : F(0);
+  const F g = surrogate_grad<S>(h - o.v_th, o.alpha);
+  return grad_s * g + carry * reset_grad(h, s, g, o);
 }
 
 // d h[t] / d tau, with v_prev = v[t-1].

@@ -260,3 +260,17 @@ def test_lif_module_matches_functional(learnable):
 def test_lif_module_rejects_bad_tau():
     with pytest.raises(ValueError, match="tau"):
         LIF(tau=1.0)
+
+
+def test_surrogate_codes_match_the_kernels_enum():
+    """The Triton kernels take the codes of kernels/options.py, the C++ ones the enum of
+    csrc/lif_math.h (names parsed once, in lif_common.cpp): the same numbers."""
+    import pathlib
+    import re
+
+    from spikeclip.kernels.options import SURROGATE_CODES
+
+    header = pathlib.Path(__file__).parents[1] / "csrc" / "lif_math.h"
+    enum = re.search(r"enum Surrogate : int \{([^}]*)\}", header.read_text()).group(1)
+    codes = {name.lower(): int(v) for name, v in re.findall(r"k(\w+) = (\d+)", enum)}
+    assert codes == SURROGATE_CODES

@@ -6,6 +6,8 @@ import torch
 from conftest import FUSED
 from lif_cases import TOL, make_inputs, near_threshold, rel_err, run, truth
 
+from spikeclip.kernels import lif
+
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -145,3 +147,27 @@ def test_no_grad_forward_saves_nothing_and_matches(backend, device):
     with torch.no_grad():
         s = lif(x, backend=backend)
     assert torch.equal(s, lif(x, backend="torch"))
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("decay_input", [True, False])
+def test_non_finite_inputs_behave_as_the_reference(backend, device, soft, decay_input):
+    """inf, -inf and NaN in x (at every step, the last included) and in v0: the spikes and the
+    final membrane of every backend are the reference's, NaN for NaN (reference docstring)."""
+    T, N = 4, 24
+    x = torch.randn(T, N, device=device) * 1.5
+    v0 = torch.rand(N, device=device) * 0.5
+    specials = [float("inf"), float("-inf"), float("nan")]
+    for j in range(N):  # column j: one special value at one step (or in v0)
+        kind, where = specials[j % 3], (j // 3) % (T + 1)
+        if where == T:
+            v0[j] = kind
+        else:
+            x[where, j] = kind
+    opts = dict(v_reset=None if soft else 0.0, decay_input=decay_input, v0=v0, return_v=True)
+    s, v = lif(x, backend=backend, **opts)
+    s_ref, v_ref = lif(x.cpu(), backend="torch", **{**opts, "v0": v0.cpu()})
+    assert torch.equal(s.cpu(), s_ref)
+    torch.testing.assert_close(v.cpu(), v_ref, rtol=0, atol=0, equal_nan=True)
+    assert v_ref.isnan().any() and s_ref.any()  # the cases at stake do occur

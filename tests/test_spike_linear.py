@@ -5,7 +5,7 @@ import torch
 from lif_cases import rel_err
 
 from spikeclip.kernels import pack_spikes, spike_linear
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.backends import BackendUnavailableError, why_unavailable
 
 BACKENDS = [
     b for b in ("torch", "cpp", "triton") if why_unavailable(b, torch.device("cpu")) is None
@@ -89,8 +89,19 @@ def test_triton_reads_bits_in_every_dtype(device, dtype, rows, n, cout, rate):
     assert rel_err(w.grad.double(), g64.t() @ x64) <= tol
 
 
-def test_auto_reads_bits_with_triton_on_cuda_only():
-    from spikeclip.kernels.spike_linear import _backend
+def test_product_backend_choice_by_device_and_dtype():
+    """Backend choice, dtype included, lives in kernels/backends.py: auto on CPU sums with
+    cpp (when built); cpp never sums half precision, Triton never float64; auto on CUDA takes
+    Triton's bit-reading products."""
+    from spikeclip.kernels.backends import spike_product_backend
 
-    assert _backend("auto", torch.device("cpu"), torch.float32) in ("cpp", "torch")
-    assert _backend("triton", torch.device("cpu"), torch.float64) == "torch" or not TRITON
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cpp = "cpp" if why_unavailable("cpp", cpu) is None else "torch"
+    assert spike_product_backend("spike_linear", "auto", cpu, torch.float32) == cpp
+    assert spike_product_backend("spike_linear", "auto", cpu, torch.bfloat16) == "torch"
+    assert spike_product_backend("spike_conv2d", "auto", cpu, torch.float64) == cpp
+    if TRITON:
+        assert spike_product_backend("spike_linear", "triton", cpu, torch.float64) == "torch"
+        assert spike_product_backend("spike_linear", "auto", cuda, torch.bfloat16) == "triton"
+    with pytest.raises(BackendUnavailableError, match="no spike_conv2d kernel"):
+        spike_product_backend("spike_conv2d", "triton", cpu, torch.float32)

@@ -101,9 +101,7 @@ SC_INLINE void lif_step_backward(const G* __restrict grad_spikes, const H* __res
   const F leak = F(1) - o.inv_tau;
   for (int64_t i = 0; i < n; ++i) {
     const F h = static_cast<F>(h_in[i]);
-    const F s = h >= o.v_th ? F(1) : F(0);
-    const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-    const F dh = static_cast<F>(grad_spikes[i]) * g + carry[i] * reset_grad(h, s, g, o);
+    const F dh = lif_dh<kSurr>(h, static_cast<F>(grad_spikes[i]), carry[i], o);
     carry[i] = dh * leak;
     grad_in[i] = dh * out_scale;
   }

@@ -58,9 +58,7 @@ SC_INLINE void backward_step(const S* __restrict ht, const S* __restrict gst, S*
                              const LifOptions<F>& o) {
   for (int64_t i = 0; i < len; ++i) {
     const F h = static_cast<F>(ht[i]);
-    const F s = h >= o.v_th ? F(1) : F(0);
-    const F g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-    const F dh = static_cast<F>(gst[i]) * g + carry[i] * reset_grad(h, s, g, o);
+    const F dh = lif_dh<kSurr>(h, static_cast<F>(gst[i]), carry[i], o);
     gxt[i] = static_cast<S>(kDecay ? dh * o.inv_tau : dh);
     carry[i] = dh * leak;
     if constexpr (kTauGrad) {

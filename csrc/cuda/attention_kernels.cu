@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kWarp* kRowsPerBlock)
       const float sp = h >= o.v_th ? 1.0f : 0.0f;
       if (in_range && h_out) h_out[(t * s.BH + bh) * s.D + d] = h;
       state = lif_reset(h, sp, o);
-      spikes[tx] = sp;
+      spikes[tx] = h >= o.v_th ? 1.0f : 0.0f;
     }
     __syncthreads();
     const float sp = spikes[tx];
@@ -139,12 +139,10 @@ __global__ void __launch_bounds__(kWarp* kRowsPerBlock)
 #pragma unroll
       for (int r = 0; r < kRowsPerBlock; ++r) gs += partial[r][tx];
       const float h = in_range ? h_in[(t * s.BH + bh) * s.D + d] : 0.0f;
-      const float sp = h >= o.v_th ? 1.0f : 0.0f;
-      const float g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-      const float dh = gs * g + carry * reset_grad(h, sp, g, o);
+      const float dh = lif_dh<kSurr>(h, gs, carry, o);
       carry = dh * leak;
       grad_kv[tx] = dh * o.inv_tau;
-      spikes[tx] = sp;
+      spikes[tx] = h >= o.v_th ? 1.0f : 0.0f;
     }
     __syncthreads();
     const float gkv = grad_kv[tx], sp = spikes[tx];
@@ -307,9 +305,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t t = T - 1; t >= 0; --t) {
     const int64_t i = t * per_step + e;
     const float h = load_f(h_in[i]);
-    const float sp = h >= o.v_th ? 1.0f : 0.0f;
-    const float g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-    const float dh = load_f(go[i]) * g + carry * reset_grad(h, sp, g, o);
+    const float dh = lif_dh<kSurr>(h, load_f(go[i]), carry, o);
     carry = dh * leak;
     gy[i] = dh * out_scale;
   }

@@ -136,9 +136,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int j = 0; j < VEC; ++j) {
         const float h = load_f(h_cur.v[j]);
-        const float s = h >= o.v_th ? 1.0f : 0.0f;
-        const float g = surrogate_grad<kSurr>(h - o.v_th, o.alpha);
-        const float dh = load_f(gs.v[j]) * g + carry[j] * reset_grad(h, s, g, o);
+        const float dh = lif_dh<kSurr>(h, load_f(gs.v[j]), carry[j], o);
         gx.v[j] = store_f<S>(kDecay ? dh * o.inv_tau : dh);
         carry[j] = dh * leak;
         if (kTauGrad) {

@@ -13,7 +13,7 @@ import torch
 from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
 from spikeclip.kernels.attention_autograd import raise_not_spikes
-from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.backends import check_dtype_for_backend, resolve_backend
 from spikeclip.kernels.reference import sdsa_reference, ssa_reference
 
 # Backends with attention kernels (all of them).
@@ -60,7 +60,7 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
     tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
     opt.check_flag(detach_reset, "detach_reset")
     backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op=name)
-    opt.check_dtype_for_backend(q, backend, "q")
+    check_dtype_for_backend(q, backend, "q")
     if backend == "torch" or q.numel() == 0:
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         # As the fused backends, so that the backends agree; not in compiled code, where a

@@ -98,6 +98,45 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [b for b in BACKENDS[1:] if why_unavailable(b, device) is None]
 
 
+# Backends whose kernels store float64 (the others compute in float32 only).
+FLOAT64_BACKENDS = ("torch", "cpp")
+
+
+def check_dtype_for_backend(x: torch.Tensor, backend: str, name: str = "x") -> None:
+    """float64 runs on FLOAT64_BACKENDS only (a TypeError naming them elsewhere)."""
+    if x.dtype == torch.float64 and backend not in FLOAT64_BACKENDS:
+        raise TypeError(
+            f"{name} is float64, which the {backend} backend does not take "
+            f"(float64 runs on {', '.join(FLOAT64_BACKENDS)})"
+        )
+
+
+# The spike-fed products (spike_linear, spike_conv2d) and the backends with kernels for them.
+SPIKE_PRODUCT_BACKENDS = {
+    "spike_linear": ("torch", "cpp", "triton"),
+    "spike_conv2d": ("torch", "cpp"),
+}
+
+
+def spike_product_backend(op: str, backend: str, device: torch.device, dtype) -> str:
+    """The backend a spike-fed product runs on: `backend` resolved for the device, then the
+    dense reference where the kernels cannot keep the dtype's bits (cpp sums in the tensor's
+    dtype: float32 / float64 only; Triton has no float64 tensor-core products)."""
+    backend = resolve_backend(backend, device, supported=SPIKE_PRODUCT_BACKENDS[op], op=op)
+    if backend == "cpp" and dtype not in (torch.float32, torch.float64):
+        return "torch"
+    if backend == "triton" and dtype == torch.float64:
+        return "torch"
+    return backend
+
+
+def layer_product_backend(layer_backend: str) -> str:
+    """What a spiking layer set to `layer_backend` asks of its spike-fed product: "torch" the
+    dense reference, "triton" Triton's bit-reading products (on CPU only under the
+    interpreter), anything else what the device has ("auto")."""
+    return layer_backend if layer_backend in ("torch", "triton") else "auto"
+
+
 def runs_cpp_kernels(backend: str, x: torch.Tensor) -> bool:
     """Whether a layer asked for `backend` runs x through the cpp kernels: on CPU tensors with
     "auto" or "cpp", when the extension is built (the model layer asks here, never decides)."""

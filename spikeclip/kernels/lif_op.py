@@ -6,7 +6,7 @@ import torch
 
 from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
-from spikeclip.kernels.backends import resolve_backend
+from spikeclip.kernels.backends import check_dtype_for_backend, resolve_backend
 from spikeclip.kernels.reference import compute_dtype, lif_reference
 
 
@@ -65,7 +65,7 @@ def lif(
         opt.check_flag(flag, name)
     opt.check_state(v0, x)
     backend = resolve_backend(backend, x.device)
-    opt.check_dtype_for_backend(x, backend)
+    check_dtype_for_backend(x, backend)
 
     if backend == "torch" or x.numel() == 0:
         spikes, v = lif_reference(

@@ -49,11 +49,12 @@ def _charge(v, x, inv_tau, rest, DECAY: tl.constexpr):
 
 @triton.jit
 def _reset(h, v_th, v_reset, SOFT: tl.constexpr):
-    s = h >= v_th
+    # lif_math.h: lif_reset, as the reference writes it (inf and NaN go where they go there)
+    s = (h >= v_th).to(tl.float32)
     if SOFT:
-        v = h - v_th * s.to(tl.float32)
+        v = h - v_th * s
     else:
-        v = tl.where(s, v_reset, h)
+        v = h * (1.0 - s) + v_reset * s
     return v
 
 

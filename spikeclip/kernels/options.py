@@ -14,8 +14,6 @@ SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "triangle": 2, "erf": 3}
 assert set(SURROGATE_CODES) == set(SURROGATES)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Backends whose kernels store float64 (the others compute in float32 only).
-FLOAT64_BACKENDS = ("torch", "cpp")
 
 
 def check_sequence(x, name: str = "x") -> None:
@@ -29,14 +27,6 @@ def check_sequence(x, name: str = "x") -> None:
         )
     if x.dim() == 0:
         raise ValueError(f"{name} must have a leading time dimension [T, *], got a 0-d tensor")
-
-
-def check_dtype_for_backend(x: torch.Tensor, backend: str, name: str = "x") -> None:
-    if x.dtype == torch.float64 and backend not in FLOAT64_BACKENDS:
-        raise TypeError(
-            f"{name} is float64, which the {backend} backend does not take "
-            f"(float64 runs on {', '.join(FLOAT64_BACKENDS)})"
-        )
 
 
 def check_number(value, name: str, *, minimum: float | None = None, strict: bool = True) -> float:

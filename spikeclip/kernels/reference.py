@@ -101,6 +101,13 @@ def lif_reference(
                 v = h - v_th * s                       (soft)
     detach_reset stops the gradient through s in the reset. The final v is in the compute
     dtype (float32 for half inputs) so that chunked calls continue exactly.
+
+    Non-finite values (in x or v0) follow IEEE arithmetic through these formulas, on every
+    backend alike: h = +inf fires once, NaN and -inf never fire; the membrane turns NaN (a
+    hard reset of +inf: inf * 0; the next charge of a +-inf membrane: inf - inf) and a NaN
+    membrane stays NaN and silent. A neuron that met a non-finite value is silent from the
+    next step on, its final membrane NaN (or +-inf when the value came at the last step and
+    the reset kept it: soft reset of +inf, either reset of -inf).
     """
     cdt = compute_dtype(x.dtype)
     soft = v_reset is None

@@ -16,16 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from spikeclip.kernels.backends import autocast_operands, resolve_backend
+from spikeclip.kernels.backends import autocast_operands, spike_product_backend
 from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
-
-SPIKE_CONV_BACKENDS = ("torch", "cpp")
-
-
-def _backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    backend = resolve_backend(backend, device, supported=SPIKE_CONV_BACKENDS, op="spike_conv2d")
-    # The cpp kernels sum in the tensor's dtype: half precision would lose the sums' bits.
-    return "torch" if dtype not in (torch.float32, torch.float64) else backend
 
 
 def _weight_grad(grad_y, bits, shape, weight, padding, backend):
@@ -92,7 +84,7 @@ def spike_conv2d(
     x, weight = autocast_operands(x, weight)
     if x.dtype != weight.dtype or x.device != weight.device:
         raise ValueError("spike_conv2d: x and weight must have the same dtype and device")
-    backend = _backend(backend, x.device, x.dtype)
+    backend = spike_product_backend("spike_conv2d", backend, x.device, x.dtype)
     if backend == "cpp" and not (
         torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     ):

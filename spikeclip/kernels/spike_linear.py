@@ -15,19 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels.backends import autocast_operands, resolve_backend
+from spikeclip.kernels.backends import autocast_operands, spike_product_backend
 from spikeclip.kernels.spike_pack import unpack_spikes
-
-SPIKE_LINEAR_BACKENDS = ("torch", "cpp", "triton")
-
-
-def _backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    backend = resolve_backend(backend, device, supported=SPIKE_LINEAR_BACKENDS, op="spike_linear")
-    if backend == "cpp" and dtype not in (torch.float32, torch.float64):
-        return "torch"  # the cpp kernels sum in the tensor's dtype: half would lose bits
-    if backend == "triton" and dtype == torch.float64:
-        return "torch"  # no float64 tensor-core products
-    return backend
 
 
 def _forward(bits, n, weight, backend):
@@ -87,5 +76,5 @@ def spike_linear(
             f"spike_linear: weight must be [C_out, {x.shape[1]}], got {tuple(weight.shape)}"
         )
     (weight,) = autocast_operands(weight)
-    backend = _backend(backend, weight.device, weight.dtype)
+    backend = spike_product_backend("spike_linear", backend, weight.device, weight.dtype)
     return _SpikeLinear.apply(x, bits, weight, backend)

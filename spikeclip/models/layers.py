@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import pack_spikes
-from spikeclip.kernels.backends import runs_cpp_kernels, sums_spikes
+from spikeclip.kernels.backends import layer_product_backend, runs_cpp_kernels, sums_spikes
 from spikeclip.kernels.max_pool import max_pool2x2
 from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
@@ -209,9 +209,7 @@ class SeqLinearBN(_SpikingUnit):
     recompute_reads_bits = True
 
     def op_on(self, x, weight, bits=None):
-        # "torch": dense products of the unpacked bits (the spec); "triton": Triton's
-        # bit-reading products (on CPU only under its interpreter); else what the device has
-        backend = self.backend if self.backend in ("torch", "triton") else "auto"
+        backend = layer_product_backend(self.backend)
         if weight is None:  # through the module: forward hooks (the energy count) see it
             if not self._sums_spikes(x):
                 return self.op(x)
