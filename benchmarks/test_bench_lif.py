@@ -1,6 +1,8 @@
 """pytest-benchmark view of the LIF kernels (pytest benchmarks --benchmark-enable).
 
-Compare columns across backends of one run; absolute times on shared machines wander."""
+Compare columns across backends of one run; absolute times on shared machines wander. Each
+benchmark first checks that what it times computes the reference's result (a fast wrong kernel
+gets no number); the default test run collects these too (one call each, no timing)."""
 
 import os
 
@@ -22,7 +24,9 @@ N = int(os.environ.get("SPIKECLIP_BENCH_N", 1 << 20))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_lif_forward(benchmark, backend, T):
     x = torch.randn(T, N, device=DEVICE) + 0.5
-    benchmark(lambda: lif(x, backend=backend))
+    assert torch.equal(lif(x, backend=backend), lif(x, backend="torch"))
+    out = benchmark(lambda: lif(x, backend=backend))
+    assert out.shape == x.shape
 
 
 @pytest.mark.parametrize("T", [4, 8])
@@ -34,10 +38,15 @@ def test_lif_forward_backward(benchmark, backend, T):
     def step():
         x.grad = None
         lif(x, backend=backend).backward(g)
+        return x.grad
 
+    grad = step().clone()
+    xr = x.detach().clone().requires_grad_(True)
+    lif(xr, backend="torch").backward(g)
+    torch.testing.assert_close(grad, xr.grad, rtol=1e-5, atol=1e-6)
     benchmark(step)
 
 
 def test_copy_same_bytes(benchmark):
     x = torch.randn(4, N, device=DEVICE)
-    benchmark(x.clone)
+    assert torch.equal(benchmark(x.clone), x)

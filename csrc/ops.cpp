@@ -13,20 +13,28 @@ PyObject* PyInit__C(void) {
 }
 }
 
+// The LIF's options in every fused op's schema, spelled once (Python: options.LifOptions and
+// LIF_OPTIONS_SCHEMA, which test_lif_api checks against these); the attention's LIF always
+// decays its input and takes tau as a number.
+#define LIF_OPTIONS \
+  "float v_th, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, " \
+  "str surrogate, float alpha"
+#define ATTENTION_LIF \
+  "float tau, float v_th, float v_reset, bool soft_reset, bool detach_reset, str surrogate, " \
+  "float alpha"
+
 TORCH_LIBRARY(spikeclip, m) {
   // Multi-step LIF over x [T, *]. Returns (spikes [T, *], h [T, *] or empty unless save_h,
   // v_last [*] or empty unless return_v). v0, v_last, tau: float32 (float64 for float64 x).
   // detach_reset, surrogate and alpha are unused by the forward but kept for the backward.
   m.def(
-      "lif_fwd(Tensor x, Tensor? v0, Tensor tau, float v_th, float v_reset, bool soft_reset, "
-      "bool decay_input, bool detach_reset, str surrogate, float alpha, bool save_h, "
-      "bool return_v) -> (Tensor, Tensor, Tensor)",
+      "lif_fwd(Tensor x, Tensor? v0, Tensor tau, " LIF_OPTIONS ", bool save_h, bool return_v) "
+      "-> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   // Backward sweep. Returns (grad_x [T, *], grad_v0 [*], grad_tau 0-d, zero unless need_tau_grad).
   m.def(
       "lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, Tensor? v0, Tensor tau, "
-      "float v_th, float v_reset, bool soft_reset, bool decay_input, bool detach_reset, "
-      "str surrogate, float alpha, bool need_tau_grad) -> (Tensor, Tensor, Tensor)",
+      LIF_OPTIONS ", bool need_tau_grad) -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 
   // Spikes packed 8 per byte along the last dimension (bit j of byte b = x[..., 8 b + j]).
@@ -62,23 +70,19 @@ TORCH_LIBRARY(spikeclip, m) {
   // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the
   // compute dtype; SSA's h is [T, B, H, N, D] in q's dtype.
   m.def(
-      "sdsa_fwd(Tensor q, Tensor k, Tensor v, float tau, float v_th, float v_reset, "
-      "bool soft_reset, bool detach_reset, str surrogate, float alpha, bool save) "
+      "sdsa_fwd(Tensor q, Tensor k, Tensor v, " ATTENTION_LIF ", bool save) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "sdsa_bwd(Tensor grad_out, Tensor h, Tensor q_bits, Tensor k_bits, Tensor v_bits, int D, "
-      "float tau, float v_th, float v_reset, bool soft_reset, bool detach_reset, str surrogate, "
-      "float alpha) -> (Tensor, Tensor, Tensor)",
+      ATTENTION_LIF ") -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def(
-      "ssa_fwd(Tensor q, Tensor k, Tensor v, float scale, float tau, float v_th, float v_reset, "
-      "bool soft_reset, bool detach_reset, str surrogate, float alpha, bool save) "
+      "ssa_fwd(Tensor q, Tensor k, Tensor v, float scale, " ATTENTION_LIF ", bool save) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "ssa_bwd(Tensor grad_out, Tensor h, Tensor q_bits, Tensor k_bits, Tensor v_bits, int D, "
-      "float scale, float tau, float v_th, float v_reset, bool soft_reset, bool detach_reset, "
-      "str surrogate, float alpha) -> (Tensor, Tensor, Tensor)",
+      "float scale, " ATTENTION_LIF ") -> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 }

@@ -21,9 +21,20 @@ def write_idx(path, array, compress=True):
         path.write_bytes(data)
 
 
-def fake_idx_dataset(root, n=7, compress=True, n_test=None, seed=0):
-    """Random 28x28 images with random labels 0..9 as train and t10k idx files under root
-    (the same images in both unless n_test is given); returns the training arrays."""
+def learnable_images(labels, rng):
+    """28x28 images a network can learn to classify: class k is a bright vertical band, 3
+    columns wide from column 1 + 2.6 k (1 .. 24), over dim noise."""
+    images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+    for i, k in enumerate(labels):
+        c = 1 + int(2.6 * int(k))
+        images[i, :, c : c + 3] = rng.integers(200, 256, (28, 3), dtype=np.uint8)
+    return images
+
+
+def fake_idx_dataset(root, n=7, compress=True, n_test=None, seed=0, learnable=False):
+    """28x28 images with labels 0..9 as train and t10k idx files under root (the same images
+    in both unless n_test is given): random ones, or with learnable=True images whose class
+    shows (learnable_images); returns the training arrays."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     suffix = ".gz" if compress else ""
@@ -32,8 +43,11 @@ def fake_idx_dataset(root, n=7, compress=True, n_test=None, seed=0):
         if count is None:
             images, labels = out["train"]
         else:
-            images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
             labels = rng.integers(0, 10, count, dtype=np.uint8)
+            if learnable:
+                images = learnable_images(labels, rng)
+            else:
+                images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
         write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
         write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, compress)
         out[prefix] = (images, labels)

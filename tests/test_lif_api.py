@@ -274,3 +274,39 @@ def test_surrogate_codes_match_the_kernels_enum():
     enum = re.search(r"enum Surrogate : int \{([^}]*)\}", header.read_text()).group(1)
     codes = {name.lower(): int(v) for name, v in re.findall(r"k(\w+) = (\d+)", enum)}
     assert codes == SURROGATE_CODES
+
+
+def test_lif_option_schema_spelled_once_per_language():
+    """csrc/ops.cpp's LIF_OPTIONS / ATTENTION_LIF fragments are options.LifOptions's."""
+    import pathlib
+    import re
+
+    from spikeclip.kernels.options import ATTENTION_LIF_SCHEMA, LIF_OPTIONS_SCHEMA
+
+    ops = (pathlib.Path(__file__).parents[1] / "csrc" / "ops.cpp").read_text()
+
+    def macro(name):
+        body = re.search(rf"#define {name} \\\n((?:.*\\\n)*.*\n)", ops).group(1)
+        return "".join(re.findall(r'"([^"]*)"', body))
+
+    assert macro("LIF_OPTIONS") == LIF_OPTIONS_SCHEMA
+    assert macro("ATTENTION_LIF") == ATTENTION_LIF_SCHEMA
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err"),
+    [
+        ({"v_th": "1"}, TypeError),
+        ({"v_th": float("nan")}, ValueError),
+        ({"decay_input": "no"}, TypeError),
+        ({"surrogate": "relu"}, ValueError),
+        ({"alpha": -1.0}, ValueError),
+        ({"v_reset": float("inf")}, ValueError),
+        ({"learnable_tau": 1}, TypeError),
+    ],
+)
+def test_lif_module_checks_options_at_construction(kwargs, err):
+    from spikeclip.models import LIF
+
+    with pytest.raises(err):
+        LIF(**kwargs)

@@ -115,6 +115,7 @@ def test_packed_unit_rejects_non_spikes():
         layer(torch.randn(2, 3, 8, requires_grad=True))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("backend", "device"), CPU_FUSED)
 def test_low_mode_and_checkpointing(backend, device):
     torch.manual_seed(0)

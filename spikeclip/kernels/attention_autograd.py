@@ -1,11 +1,11 @@
 """Fake (meta) implementations and autograd for the fused attention ops.
 
 Every fused backend exposes the same ops with the same schemas (csrc/ops.cpp):
-`{sdsa,ssa}_fwd(q, k, v, [scale,] tau, v_th, v_reset, soft_reset, detach_reset, surrogate,
-alpha, save) -> (out, h, q_bits, k_bits, v_bits)` and `{sdsa,ssa}_bwd(grad_out, h, q_bits,
-k_bits, v_bits, D, [scale,] tau, ...) -> (grad_q, grad_k, grad_v)`. The C++/CUDA ones live in
-spikeclip._C (registered by c_ops.py), the Triton ones in attention_triton.py (suffix
-"_triton"); both register here. The twin of lif_autograd.py.
+`{sdsa,ssa}_fwd(q, k, v, [scale,] tau, *LifOptions.attention_args(), save) -> (out, h, q_bits,
+k_bits, v_bits)` and `{sdsa,ssa}_bwd(grad_out, h, q_bits, k_bits, v_bits, D, [scale,] tau,
+*LifOptions.attention_args()) -> (grad_q, grad_k, grad_v)` (options.ATTENTION_LIF_SCHEMA).
+The C++/CUDA ones live in spikeclip._C (registered by c_ops.py), the Triton ones in
+attention_triton.py (suffix "_triton"); both register here. The twin of lif_autograd.py.
 """
 
 from __future__ import annotations
@@ -31,15 +31,13 @@ def _saved_fakes(q, h_shape, h_dtype, save):
     return (torch.empty_like(q), h, *bits)
 
 
-def _sdsa_fwd_fake(q, k, v, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save):
+def _sdsa_fwd_fake(q, k, v, tau, *lif_and_save):
     T, B, H, _, D = q.shape
-    return _saved_fakes(q, (T, B, H, D), compute_dtype(q.dtype), save)
+    return _saved_fakes(q, (T, B, H, D), compute_dtype(q.dtype), lif_and_save[-1])
 
 
-def _ssa_fwd_fake(
-    q, k, v, scale, tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha, save
-):
-    return _saved_fakes(q, q.shape, q.dtype, save)
+def _ssa_fwd_fake(q, k, v, scale, tau, *lif_and_save):
+    return _saved_fakes(q, q.shape, q.dtype, lif_and_save[-1])
 
 
 def _bwd_fake(grad_out, *args):

@@ -34,15 +34,6 @@ def _check_qkv(q, k, v, op: str) -> None:
             raise ValueError(f"{op}: {name} is on {t.device}, q is on {q.device}")
 
 
-def _lif_options(tau, v_th, v_reset, surrogate, alpha):
-    tau = opt.check_number(tau, "tau", minimum=1.0)
-    v_th = opt.check_number(v_th, "v_th")
-    if v_reset is not None:
-        v_reset = opt.check_number(v_reset, "v_reset")
-    alpha = opt.check_surrogate(surrogate, alpha)
-    return tau, v_th, v_reset, alpha
-
-
 def _run_fused(fwd_name, q, k, v, *args):
     save = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     # non-spikes that need a gradient: a ValueError from the kernel (they are kept packed)
@@ -57,8 +48,8 @@ _REFERENCES = {"sdsa": sdsa_reference, "ssa": ssa_reference}
 def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate, alpha, backend):
     """Checks, then the reference or the fused op `name`; `extra`: the op's own arguments."""
     _check_qkv(q, k, v, name)
-    tau, v_th, v_reset, alpha = _lif_options(tau, v_th, v_reset, surrogate, alpha)
-    opt.check_flag(detach_reset, "detach_reset")
+    tau = opt.check_number(tau, "tau", minimum=1.0)
+    options = opt.lif_options(v_th, v_reset, True, detach_reset, surrogate, alpha)
     backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op=name)
     check_dtype_for_backend(q, backend, "q")
     if backend == "torch" or q.numel() == 0:
@@ -73,34 +64,20 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
             k,
             v,
             **extra,
-            v_th=v_th,
+            v_th=options.v_th,
             tau=tau,
-            v_reset=v_reset,
-            detach_reset=detach_reset,
-            surrogate=surrogate,
-            alpha=alpha,
+            v_reset=None if options.soft_reset else options.v_reset,
+            detach_reset=options.detach_reset,
+            surrogate=options.surrogate,
+            alpha=options.alpha,
         )
-    soft = v_reset is None
     if backend == "triton":
         from spikeclip.kernels import attention_triton  # noqa: F401  (registers the ops)
 
         fwd = f"spikeclip::{name}_fwd_triton"
     else:
         fwd = f"spikeclip::{name}_fwd"
-    return _run_fused(
-        fwd,
-        q,
-        k,
-        v,
-        *extra.values(),
-        tau,
-        v_th,
-        0.0 if soft else v_reset,
-        soft,
-        bool(detach_reset),
-        surrogate,
-        alpha,
-    )
+    return _run_fused(fwd, q, k, v, *extra.values(), tau, *options.attention_args())
 
 
 def sdsa(

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from spikeclip.kernels.attention_autograd import raise_not_spikes, register_attention_ops
 from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset, inv_tau_f32
-from spikeclip.kernels.options import SURROGATE_CODES
+from spikeclip.kernels.options import ATTENTION_LIF_SCHEMA, SURROGATE_CODES, LifOptions
 from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton
 
 
@@ -312,8 +312,9 @@ def _saved_bits(q, k, v, save, name):
     return tuple(bits for bits, _ in packed)
 
 
-def _lif_args(tau, v_reset, soft_reset):
-    return inv_tau_f32(tau), v_reset, 0.0 if soft_reset else v_reset
+def _lif_args(tau, o: LifOptions):
+    """(1/tau as every backend rounds it, the hard reset's value, the rest potential)."""
+    return inv_tau_f32(tau), o.v_reset, 0.0 if o.soft_reset else o.v_reset
 
 
 def _blocks(N, D):
@@ -322,26 +323,13 @@ def _blocks(N, D):
     return BLOCK_N, BLOCK_D
 
 
-@torch.library.custom_op(
-    "spikeclip::sdsa_fwd_triton", mutates_args=(), device_types=("cuda", "cpu")
-)
-def sdsa_fwd_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    tau: float,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    save: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sdsa_fwd_triton(q, k, v, tau, *lif_and_save):
+    *lif, save = lif_and_save
+    o = LifOptions.from_attention_args(lif)
     T, B, H, N, D = q.shape
     out = torch.empty_like(q)
     h = q.new_empty((T, B, H, D), dtype=torch.float32)
-    inv_tau, v_reset, rest = _lif_args(tau, v_reset, soft_reset)
+    inv_tau, v_reset, rest = _lif_args(tau, o)
     BLOCK_N, _ = _blocks(N, D)
     BLOCK_D = min(_pow2(D), 64)
     if q.numel():
@@ -356,10 +344,10 @@ def sdsa_fwd_triton(
             N,
             D,
             inv_tau,
-            v_th,
+            o.v_th,
             v_reset,
             rest,
-            SOFT=soft_reset,
+            SOFT=o.soft_reset,
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
             enable_fp_fusion=False,
@@ -368,28 +356,12 @@ def sdsa_fwd_triton(
     return out, h if save else h.new_empty(0), *bits
 
 
-@torch.library.custom_op(
-    "spikeclip::sdsa_bwd_triton", mutates_args=(), device_types=("cuda", "cpu")
-)
-def sdsa_bwd_triton(
-    grad_out: torch.Tensor,
-    h: torch.Tensor,
-    q_bits: torch.Tensor,
-    k_bits: torch.Tensor,
-    v_bits: torch.Tensor,
-    D: int,
-    tau: float,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sdsa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, tau, *lif):
+    o = LifOptions.from_attention_args(lif)
     go = grad_out.contiguous()
     T, B, H, N, _ = go.shape
     gq, gk, gv = (torch.empty_like(go) for _ in range(3))
-    inv_tau, v_reset, _ = _lif_args(tau, v_reset, soft_reset)
+    inv_tau, v_reset, _ = _lif_args(tau, o)
     BLOCK_N, _ = _blocks(N, D)
     BLOCK_D = min(_pow2(D), 64)
     if go.numel():
@@ -408,12 +380,12 @@ def sdsa_bwd_triton(
             D,
             (D + 7) // 8,
             inv_tau,
-            v_th,
+            o.v_th,
             v_reset,
-            alpha,
-            SOFT=soft_reset,
-            DETACH=detach_reset,
-            SURR=SURROGATE_CODES[surrogate],
+            o.alpha,
+            SOFT=o.soft_reset,
+            DETACH=o.detach_reset,
+            SURR=SURROGATE_CODES[o.surrogate],
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
             enable_fp_fusion=False,
@@ -447,25 +419,13 @@ def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None, spikes=True)
     return a
 
 
-@torch.library.custom_op("spikeclip::ssa_fwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def ssa_fwd_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    scale: float,
-    tau: float,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    save: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def ssa_fwd_triton(q, k, v, scale, tau, *lif_and_save):
+    *lif, save = lif_and_save
+    o = LifOptions.from_attention_args(lif)
     T, B, H, N, D = q.shape
     out = torch.empty_like(q)
     h = torch.empty_like(q) if save else q.new_empty(0)
-    inv_tau, v_reset, rest = _lif_args(tau, v_reset, soft_reset)
+    inv_tau, v_reset, rest = _lif_args(tau, o)
     if q.numel():
         # with save, k and v must be spikes (checked below: a ValueError otherwise)
         a = _kt_v(T, B * H, N, D, k=k, v=v, like=q, spikes=save)
@@ -481,10 +441,10 @@ def ssa_fwd_triton(
             D,
             scale,
             inv_tau,
-            v_th,
+            o.v_th,
             v_reset,
             rest,
-            SOFT=soft_reset,
+            SOFT=o.soft_reset,
             SAVE_H=save,
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
@@ -494,29 +454,14 @@ def ssa_fwd_triton(
     return out, h, *bits
 
 
-@torch.library.custom_op("spikeclip::ssa_bwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def ssa_bwd_triton(
-    grad_out: torch.Tensor,
-    h: torch.Tensor,
-    q_bits: torch.Tensor,
-    k_bits: torch.Tensor,
-    v_bits: torch.Tensor,
-    D: int,
-    scale: float,
-    tau: float,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ssa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, *lif):
+    o = LifOptions.from_attention_args(lif)
     go = grad_out.contiguous()
     T, B, H, N, _ = go.shape
     gq, gk, gv = (torch.empty_like(go) for _ in range(3))
     if go.numel() == 0:
         return gq, gk, gv
-    inv_tau, v_reset, _ = _lif_args(tau, v_reset, soft_reset)
+    inv_tau, v_reset, _ = _lif_args(tau, o)
     BLOCK_N, BLOCK_D = _blocks(N, D)
     a = _kt_v(T, B * H, N, D, kb=k_bits, vb=v_bits, like=go)
     gy = go.new_empty(go.shape, dtype=torch.float32)
@@ -532,12 +477,12 @@ def ssa_bwd_triton(
         D,
         scale,
         inv_tau,
-        v_th,
+        o.v_th,
         v_reset,
-        alpha,
-        SOFT=soft_reset,
-        DETACH=detach_reset,
-        SURR=SURROGATE_CODES[surrogate],
+        o.alpha,
+        SOFT=o.soft_reset,
+        DETACH=o.detach_reset,
+        SURR=SURROGATE_CODES[o.surrogate],
         BLOCK_N=BLOCK_N,
         BLOCK_D=BLOCK_D,
         enable_fp_fusion=False,
@@ -559,4 +504,20 @@ def ssa_bwd_triton(
     return gq, gk, gv
 
 
+# The same schemas as the _C ops (csrc/ops.cpp), the LIF's options spelled by LifOptions.
+_BITS = "Tensor grad_out, Tensor h, Tensor q_bits, Tensor k_bits, Tensor v_bits, int D"
+_OUT5 = "(Tensor, Tensor, Tensor, Tensor, Tensor)"
+for _name, _schema, _impl in (
+    ("sdsa_fwd", f"(Tensor q, Tensor k, Tensor v, {ATTENTION_LIF_SCHEMA}, bool save) -> {_OUT5}",
+     sdsa_fwd_triton),
+    ("sdsa_bwd", f"({_BITS}, {ATTENTION_LIF_SCHEMA}) -> (Tensor, Tensor, Tensor)",
+     sdsa_bwd_triton),
+    ("ssa_fwd", f"(Tensor q, Tensor k, Tensor v, float scale, {ATTENTION_LIF_SCHEMA}, bool save) "
+     f"-> {_OUT5}", ssa_fwd_triton),
+    ("ssa_bwd", f"({_BITS}, float scale, {ATTENTION_LIF_SCHEMA}) -> (Tensor, Tensor, Tensor)",
+     ssa_bwd_triton),
+):  # fmt: skip
+    torch.library.define(f"spikeclip::{_name}_triton", _schema)
+    for _device in ("cpu", "cuda"):
+        torch.library.impl(f"spikeclip::{_name}_triton", _device)(_impl)
 register_attention_ops("_triton")

@@ -1,8 +1,9 @@
 """Fake (meta) implementations and autograd for the fused LIF ops.
 
 Every fused backend exposes the same pair of ops with the same schema (csrc/ops.cpp):
-`lif_fwd(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha,
-save_h, return_v) -> (spikes, h, v_last)` and `lif_bwd(...) -> (grad_x, grad_v0, grad_tau)`.
+`lif_fwd(x, v0, tau, *LifOptions, save_h, return_v) -> (spikes, h, v_last)` and
+`lif_bwd(grad_spikes, grad_v_last, h, v0, tau, *LifOptions, need_tau_grad) -> (grad_x, grad_v0,
+grad_tau)` (options.LifOptions, LIF_OPTIONS_SCHEMA).
 The C++/CUDA pair lives in spikeclip._C, the Triton pair in lif_triton.py; both register here.
 The forward saves h (and v0, tau) only: spikes are recomputed from h in the backward.
 """
@@ -15,41 +16,15 @@ from spikeclip.kernels import op_autograd
 from spikeclip.kernels.reference import compute_dtype
 
 
-def lif_fwd_fake(
-    x,
-    v0,
-    tau,
-    v_th,
-    v_reset,
-    soft_reset,
-    decay_input,
-    detach_reset,
-    surrogate,
-    alpha,
-    save_h,
-    return_v,
-):
+def lif_fwd_fake(x, v0, tau, *options_and_flags):
+    *_, save_h, return_v = options_and_flags  # LifOptions, then save_h and return_v
     sdt = compute_dtype(x.dtype)
     h = torch.empty_like(x) if save_h else x.new_empty(0)
     v_last = x.new_empty(x.shape[1:], dtype=sdt) if return_v else x.new_empty(0, dtype=sdt)
     return torch.empty_like(x), h, v_last
 
 
-def lif_bwd_fake(
-    grad_spikes,
-    grad_v_last,
-    h,
-    v0,
-    tau,
-    v_th,
-    v_reset,
-    soft_reset,
-    decay_input,
-    detach_reset,
-    surrogate,
-    alpha,
-    need_tau_grad,
-):
+def lif_bwd_fake(grad_spikes, grad_v_last, h, v0, tau, *options_and_flag):
     sdt = compute_dtype(h.dtype)
     return torch.empty_like(h), h.new_empty(h.shape[1:], dtype=sdt), h.new_empty((), dtype=sdt)
 
@@ -60,7 +35,7 @@ def _setup_context(ctx, inputs, output):
     # h is an internal output: without this, autograd would fill a [T, *] zero gradient for it.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(h, v0, tau)
-    ctx.options = tuple(options)  # v_th, v_reset, soft_reset, decay_input, detach_reset, ...
+    ctx.options = tuple(options)  # the LifOptions
     ctx.saved_h, ctx.return_v = save_h, return_v
 
 
@@ -86,7 +61,7 @@ def _backward_with(bwd_op):
             grad_x,
             grad_v0 if ctx.needs_input_grad[1] else None,
             grad_tau if need_tau else None,
-            *([None] * 9),
+            *([None] * (len(ctx.options) + 2)),  # the options, save_h and return_v
         )
 
     return backward

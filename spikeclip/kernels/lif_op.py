@@ -56,13 +56,8 @@ def lif(
     """
     opt.check_sequence(x)
     opt.check_tau(tau, x)
-    v_th = opt.check_number(v_th, "v_th")
-    if v_reset is not None:
-        v_reset = opt.check_number(v_reset, "v_reset")
-    alpha = opt.check_surrogate(surrogate, alpha)
-    for flag, name in ((decay_input, "decay_input"), (detach_reset, "detach_reset"),
-                       (return_v, "return_v")):  # fmt: skip
-        opt.check_flag(flag, name)
+    options = opt.lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+    opt.check_flag(return_v, "return_v")
     opt.check_state(v0, x)
     backend = resolve_backend(backend, x.device)
     check_dtype_for_backend(x, backend)
@@ -71,12 +66,12 @@ def lif(
         spikes, v = lif_reference(
             x,
             tau=tau,
-            v_th=v_th,
-            v_reset=v_reset,
-            decay_input=decay_input,
-            detach_reset=detach_reset,
-            surrogate=surrogate,
-            alpha=alpha,
+            v_th=options.v_th,
+            v_reset=None if options.soft_reset else options.v_reset,
+            decay_input=options.decay_input,
+            detach_reset=options.detach_reset,
+            surrogate=options.surrogate,
+            alpha=options.alpha,
             v0=v0,
         )
         return (spikes, v) if return_v else spikes
@@ -100,22 +95,8 @@ def lif(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or tau_t.requires_grad or (v0c is not None and v0c.requires_grad)
     )
-    soft = v_reset is None
-    spikes, _, v_last = op_autograd.apply(
-        _fused_op(backend),
-        needs_grad,
-        x.contiguous(),
-        v0c,
-        tau_t,
-        v_th,
-        0.0 if soft else v_reset,
-        soft,
-        bool(decay_input),
-        bool(detach_reset),
-        surrogate,
-        alpha,
-        needs_grad,
-        bool(return_v),
-    )
+    fused = _fused_op(backend)
+    args = (x.contiguous(), v0c, tau_t, *options, needs_grad, return_v)
+    spikes, _, v_last = op_autograd.apply(fused, needs_grad, *args)
     spikes = spikes.to(out_dtype)
     return (spikes, v_last) if return_v else spikes

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from spikeclip.kernels.lif_autograd import register_lif_pair
 from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset
-from spikeclip.kernels.options import SURROGATE_CODES
+from spikeclip.kernels.options import LIF_OPTIONS_SCHEMA, SURROGATE_CODES, LifOptions
 
 _BLOCK = 1024
 
@@ -143,21 +143,22 @@ def _flat(t: torch.Tensor) -> tuple[int, int]:
     return t.shape[0], torch.Size(t.shape[1:]).numel()
 
 
-@torch.library.custom_op("spikeclip::lif_fwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def lif_fwd_triton(
-    x: torch.Tensor,
-    v0: torch.Tensor | None,
-    tau: torch.Tensor,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    decay_input: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    save_h: bool,
-    return_v: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+# The same schemas as the _C ops (csrc/ops.cpp), the options spelled by options.LifOptions.
+torch.library.define(
+    "spikeclip::lif_fwd_triton",
+    f"(Tensor x, Tensor? v0, Tensor tau, {LIF_OPTIONS_SCHEMA}, bool save_h, bool return_v) "
+    "-> (Tensor, Tensor, Tensor)",
+)
+torch.library.define(
+    "spikeclip::lif_bwd_triton",
+    "(Tensor grad_spikes, Tensor? grad_v_last, Tensor h, Tensor? v0, Tensor tau, "
+    f"{LIF_OPTIONS_SCHEMA}, bool need_tau_grad) -> (Tensor, Tensor, Tensor)",
+)
+
+
+def lif_fwd_triton(x, v0, tau, *options_and_flags):
+    *options, save_h, return_v = options_and_flags
+    v_th, v_reset, soft_reset, decay_input, _, _, _ = LifOptions(*options)
     T, N = _flat(x)
     spikes = torch.empty_like(x)
     h = torch.empty_like(x) if save_h else x.new_empty(0)
@@ -192,22 +193,9 @@ def lif_fwd_triton(
     return spikes, h, v_last
 
 
-@torch.library.custom_op("spikeclip::lif_bwd_triton", mutates_args=(), device_types=("cuda", "cpu"))
-def lif_bwd_triton(
-    grad_spikes: torch.Tensor,
-    grad_v_last: torch.Tensor | None,
-    h: torch.Tensor,
-    v0: torch.Tensor | None,
-    tau: torch.Tensor,
-    v_th: float,
-    v_reset: float,
-    soft_reset: bool,
-    decay_input: bool,
-    detach_reset: bool,
-    surrogate: str,
-    alpha: float,
-    need_tau_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def lif_bwd_triton(grad_spikes, grad_v_last, h, v0, tau, *options_and_flag):
+    *options, need_tau_grad = options_and_flag
+    v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate, alpha = LifOptions(*options)
     T, N = _flat(h)
     grad_x = torch.empty_like(h)
     grad_v0 = h.new_empty(h.shape[1:], dtype=torch.float32)
@@ -246,6 +234,9 @@ def lif_bwd_triton(
     return grad_x, grad_v0, partials.sum()
 
 
+for _device in ("cpu", "cuda"):
+    torch.library.impl("spikeclip::lif_fwd_triton", _device)(lif_fwd_triton)
+    torch.library.impl("spikeclip::lif_bwd_triton", _device)(lif_bwd_triton)
 register_lif_pair(
     "spikeclip::lif_fwd_triton", "spikeclip::lif_bwd_triton", torch.ops.spikeclip.lif_bwd_triton
 )

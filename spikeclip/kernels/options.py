@@ -4,6 +4,7 @@ the given value, raised before any kernel runs."""
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 
@@ -92,3 +93,57 @@ def check_state(v0, x: torch.Tensor, name: str = "v0") -> None:
         raise TypeError(
             f"{name} must have dtype {' or '.join(sorted(map(str, allowed)))}, got {v0.dtype}"
         )
+
+
+class LifOptions(NamedTuple):
+    """One LIF's options, checked once (`lif_options`) and then passed around as one value;
+    `*options` spreads them into a fused op's arguments, in the order of LIF_OPTIONS_SCHEMA
+    (the ops' schemas: csrc/ops.cpp, the Triton ops)."""
+
+    v_th: float
+    v_reset: float  # the hard reset's value; 0.0 (unused) with soft_reset
+    soft_reset: bool  # v -= v_th on a spike (v_reset=None in the public API)
+    decay_input: bool
+    detach_reset: bool
+    surrogate: str
+    alpha: float
+
+    def attention_args(self) -> tuple:
+        """The arguments of the attention ops' LIF (ATTENTION_LIF_SCHEMA after tau): these
+        options but decay_input, which their LIF always has."""
+        if not self.decay_input:
+            raise ValueError("the attention's LIF decays its input (decay_input=True)")
+        return (self.v_th, self.v_reset, self.soft_reset, self.detach_reset, self.surrogate,
+                self.alpha)  # fmt: skip
+
+    @classmethod
+    def from_attention_args(cls, args) -> LifOptions:
+        """The inverse of attention_args."""
+        v_th, v_reset, soft_reset, detach_reset, surrogate, alpha = args
+        return cls(v_th, v_reset, soft_reset, True, detach_reset, surrogate, alpha)
+
+
+# The schema fragment of LifOptions, for the fused ops' schemas (the Triton ops are defined
+# from it; csrc/ops.cpp spells the same fragment once, as LIF_OPTIONS).
+LIF_OPTIONS_SCHEMA = ", ".join(
+    f"{'str' if t is str else t.__name__} {name}"
+    for name, t in zip(
+        LifOptions._fields, (float, float, bool, bool, bool, str, float), strict=True
+    )
+)
+ATTENTION_LIF_SCHEMA = "float tau, " + LIF_OPTIONS_SCHEMA.replace("bool decay_input, ", "")
+
+
+def lif_options(
+    v_th=1.0, v_reset=0.0, decay_input=True, detach_reset=False, surrogate="sigmoid", alpha=None
+) -> LifOptions:
+    """The checked options of one LIF (a clear error naming the bad one)."""
+    v_th = check_number(v_th, "v_th")
+    if v_reset is not None:
+        v_reset = check_number(v_reset, "v_reset")
+    alpha = check_surrogate(surrogate, alpha)
+    check_flag(decay_input, "decay_input")
+    check_flag(detach_reset, "detach_reset")
+    soft = v_reset is None
+    return LifOptions(v_th, 0.0 if soft else v_reset, soft, decay_input, detach_reset,
+                      surrogate, alpha)  # fmt: skip

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import lif
+from spikeclip.kernels.options import check_flag, lif_options
 from spikeclip.memory import check_memory_mode, low_memory_saves
 
 
@@ -36,6 +37,9 @@ class LIF(nn.Module):
         self.memory = check_memory_mode(memory)
         if not tau > 1:
             raise ValueError(f"tau must be > 1, got {tau}")
+        # checked here, at construction, not at the first forward
+        lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
+        check_flag(learnable_tau, "learnable_tau")
         self.v_th, self.v_reset = v_th, v_reset
         self.decay_input, self.detach_reset = decay_input, detach_reset
         self.surrogate, self.alpha, self.backend = surrogate, alpha, backend
