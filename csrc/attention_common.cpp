@@ -54,8 +54,7 @@ Heads check_backward(const at::Tensor& go, const at::Tensor& h, const at::Tensor
   return s;
 }
 
-LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
-                            bool detach_reset, c10::string_view surrogate, double alpha) {
+LifOptionsView attn_options(SPIKECLIP_ATTN_LIF_PARAMS) {
   LifOptionsView o;
   o.tau = tau;
   o.v_th = v_th;

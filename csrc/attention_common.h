@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include "lif_options.h"
+
 #include <string_view>
 
 #include "attention_launch.h"
@@ -24,8 +26,7 @@ Heads check_backward(const at::Tensor& go, const at::Tensor& h, const at::Tensor
                      const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, bool sdsa,
                      const char* op);
 
-LifOptionsView attn_options(double tau, double v_th, double v_reset, bool soft_reset,
-                            bool detach_reset, c10::string_view surrogate, double alpha);
+LifOptionsView attn_options(SPIKECLIP_ATTN_LIF_PARAMS);
 
 void raise_if_not_spikes(bool ok, const char* op);
 

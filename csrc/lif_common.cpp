@@ -17,9 +17,7 @@ namespace {
 // Membrane state and all compute happen in this dtype: float64 for float64, else float32.
 at::ScalarType state_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
-LifOptionsView make_options(const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,
-                            bool decay_input, bool detach_reset, c10::string_view surrogate,
-                            double alpha, bool tau_on_host) {
+LifOptionsView make_options(const at::Tensor& tau, SPIKECLIP_LIF_PARAMS, bool tau_on_host) {
   LifOptionsView o;
   o.tau = tau_on_host ? tau.item<double>() : 0.0;
   o.v_th = v_th;
@@ -72,9 +70,8 @@ int surrogate_code(c10::string_view name) {
 
 
 LifForward prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& v0,
-                           const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,
-                           bool decay_input, bool detach_reset, c10::string_view surrogate,
-                           double alpha, bool save_h, bool return_v, bool tau_on_host) {
+                           const at::Tensor& tau, SPIKECLIP_LIF_PARAMS, bool save_h,
+                           bool return_v, bool tau_on_host) {
   check_sequence(x, "x");
   const auto sdt = state_dtype(x.scalar_type());
   check_state(v0, "v0", x, sdt);
@@ -94,17 +91,15 @@ LifForward prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>&
   v.spikes = f.spikes.data_ptr();
   v.h = save_h ? f.h.data_ptr() : nullptr;
   v.v_last = return_v ? f.v_last.data_ptr() : nullptr;
-  v.opts = make_options(tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate,
-                        alpha, tau_on_host);
+  v.opts = make_options(tau, SPIKECLIP_LIF_ARGS, tau_on_host);
   return f;
 }
 
 LifBackward prepare_backward(const at::Tensor& grad_spikes,
                              const std::optional<at::Tensor>& grad_v_last, const at::Tensor& h,
                              const std::optional<at::Tensor>& v0, const at::Tensor& tau,
-                             double v_th, double v_reset, bool soft_reset, bool decay_input,
-                             bool detach_reset, c10::string_view surrogate, double alpha,
-                             bool need_tau_grad, bool tau_on_host, int64_t grad_tau_partials) {
+                             SPIKECLIP_LIF_PARAMS, bool need_tau_grad, bool tau_on_host,
+                             int64_t grad_tau_partials) {
   check_sequence(h, "h");
   check_sequence(grad_spikes, "grad_spikes");
   TORCH_CHECK(grad_spikes.sizes() == h.sizes() && grad_spikes.scalar_type() == h.scalar_type() &&
@@ -133,8 +128,7 @@ LifBackward prepare_backward(const at::Tensor& grad_spikes,
   v.grad_x = b.grad_x.data_ptr();
   v.grad_v0 = b.grad_v0.data_ptr();
   v.grad_tau = need_tau_grad ? b.grad_tau.data_ptr() : nullptr;
-  v.opts = make_options(tau, v_th, v_reset, soft_reset, decay_input, detach_reset, surrogate,
-                        alpha, tau_on_host);
+  v.opts = make_options(tau, SPIKECLIP_LIF_ARGS, tau_on_host);
   return b;
 }
 

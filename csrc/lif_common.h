@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include "lif_options.h"
+
 #include <optional>
 #include <string_view>
 
@@ -38,15 +40,13 @@ struct LifBackward {
 // tau_on_host: read tau's value now (CPU); otherwise the kernel reads it from the device.
 // grad_tau_partials: size of grad_tau when the device writes per-block partials (0: a scalar).
 LifForward prepare_forward(const at::Tensor& x, const std::optional<at::Tensor>& v0,
-                           const at::Tensor& tau, double v_th, double v_reset, bool soft_reset,
-                           bool decay_input, bool detach_reset, c10::string_view surrogate,
-                           double alpha, bool save_h, bool return_v, bool tau_on_host);
+                           const at::Tensor& tau, SPIKECLIP_LIF_PARAMS, bool save_h,
+                           bool return_v, bool tau_on_host);
 
 LifBackward prepare_backward(const at::Tensor& grad_spikes,
                              const std::optional<at::Tensor>& grad_v_last, const at::Tensor& h,
                              const std::optional<at::Tensor>& v0, const at::Tensor& tau,
-                             double v_th, double v_reset, bool soft_reset, bool decay_input,
-                             bool detach_reset, c10::string_view surrogate, double alpha,
-                             bool need_tau_grad, bool tau_on_host, int64_t grad_tau_partials = 0);
+                             SPIKECLIP_LIF_PARAMS, bool need_tau_grad, bool tau_on_host,
+                             int64_t grad_tau_partials = 0);
 
 }  // namespace spikeclip

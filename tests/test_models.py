@@ -214,3 +214,89 @@ def test_bad_inputs():
         set_backend(model, "gpu")
     with pytest.raises(ValueError, match="token embeddings"):
         model.text_encoder.load_embeddings(torch.randn(3, 8), torch.randn(5, 8))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_image_encoder_equals_an_independent_composition(mode):
+    """The tiny image encoder against its layers composed by hand from torch.nn.functional and
+    the reference neurons (the paper's layout, SPIKECLIP.md: conv+BN stages with LIFs, two
+    2x2 pools, the membrane shortcut of stage 5, blocks of SSA and MLP, token mean, temporal
+    weighted readout, projection): the same outputs and gradients."""
+    import torch.nn.functional as F
+
+    from spikeclip.kernels.reference import lif_reference, ssa_reference
+
+    cfg = SpikeCLIPConfig.named("tiny", depth=2)
+    torch.manual_seed(5)
+    enc = ImageEncoder(cfg)
+    set_backend(enc, "torch")
+    for m in enc.modules():  # non-trivial BN statistics and affine parameters
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    enc.train(mode == "train")
+    images = torch.rand(3, 3, 28, 28)
+    T, P = cfg.time_steps, dict(enc.named_parameters())
+    train = mode == "train"
+    stats = {n: b.clone() for n, b in enc.named_buffers()}  # the composition's own copies
+
+    def bn(x, name):
+        return F.batch_norm(x, stats[f"{name}.running_mean"], stats[f"{name}.running_var"],
+                            P[f"{name}.weight"], P[f"{name}.bias"], train, 0.1, 1e-5)  # fmt: skip
+
+    def lif(x, v_th=cfg.v_th):
+        return lif_reference(x, tau=cfg.tau, v_th=v_th, v_reset=cfg.v_reset, detach_reset=True,
+                             surrogate=cfg.surrogate, alpha=cfg.alpha)[0]  # fmt: skip
+
+    def conv_bn(x, i):  # x [T', B, C, H, W]
+        name = f"tokenizer.stages.{i}"
+        y = F.conv2d(x.flatten(0, 1), P[f"{name}.op.weight"], padding=1)
+        return bn(y, f"{name}.bn").unflatten(0, x.shape[:2])
+
+    def pool(x):
+        return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])
+
+    def linear_bn(x, name):  # x [T, B, N, C]
+        y = F.linear(x, P[f"{name}.op.weight"])
+        return bn(y.reshape(-1, y.shape[-1]), f"{name}.bn").view(y.shape)
+
+    def composed(images):
+        x = conv_bn(images.unsqueeze(0), 0).expand(T, -1, -1, -1, -1)
+        x = conv_bn(lif(x), 1)
+        x = pool(conv_bn(lif(x), 2))
+        x = pool(conv_bn(lif(x), 3))
+        x = x + conv_bn(lif(x), 4)
+        x = x.flatten(3).transpose(2, 3)  # [T, B, N, C]
+        Tn, B, N, C = x.shape
+        H = cfg.heads
+        for b in range(cfg.depth):
+            a = f"blocks.{b}.attn"
+            s = lif(x)
+
+            def heads(y):
+                return y.view(Tn, B, N, H, C // H).transpose(2, 3)
+
+            q, k, v = (heads(lif(linear_bn(s, f"{a}.{n}"))) for n in "qkv")
+            y = ssa_reference(q, k, v, scale=cfg.attn_scale, v_th=cfg.attn_v_th, tau=cfg.tau,
+                              v_reset=cfg.v_reset, detach_reset=True, surrogate=cfg.surrogate,
+                              alpha=cfg.alpha)  # fmt: skip
+            x = x + linear_bn(y.transpose(2, 3).reshape(Tn, B, N, C), f"{a}.proj")
+            m = f"blocks.{b}.mlp"
+            h = lif(linear_bn(lif(x), f"{m}.fc1"))
+            x = x + linear_bn(h, f"{m}.fc2")
+        w = P["readout.weight"].view(-1, 1, 1)
+        return F.linear((w * x.mean(2)).sum(0), P["proj.weight"], P["proj.bias"])
+
+    x1 = images.clone().requires_grad_(True)
+    x2 = images.clone().requires_grad_(True)
+    out = enc(x1)
+    ref = composed(x2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x1, *enc.parameters()], g)
+    grads_ref = torch.autograd.grad(ref, [x2, *enc.parameters()], g)
+    for (name, _), a, b in zip([("input", None), *enc.named_parameters()], grads, grads_ref,
+                               strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

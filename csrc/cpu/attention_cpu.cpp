@@ -359,11 +359,10 @@ void dispatch_head_dim(int64_t D, Fn&& fn) {
 using Outputs5 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Grads3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
-Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double tau,
-                      double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                      c10::string_view surrogate, double alpha, bool save) {
+Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      SPIKECLIP_ATTN_LIF_PARAMS, bool save) {
   const Heads s = check_qkv(q, k, v, "sdsa");
-  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  const auto ov = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   at::Tensor out = at::empty_like(q);
   const auto hdt = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor h = at::empty({s.T, q.size(1), q.size(2), s.D}, q.options().dtype(hdt));
@@ -391,12 +390,11 @@ Outputs5 sdsa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }
 
 Grads3 sdsa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
-                    const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double tau,
-                    double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                    c10::string_view surrogate, double alpha) {
+                    const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D,
+                    SPIKECLIP_ATTN_LIF_PARAMS) {
   const at::Tensor go = grad_out.contiguous();
   const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, true, "sdsa_bwd");
-  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  const auto ov = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),
                             v_bits.data_ptr<uint8_t>()};
@@ -417,10 +415,9 @@ Grads3 sdsa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::T
 }
 
 Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-                     double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                     c10::string_view surrogate, double alpha, bool save) {
+                     SPIKECLIP_ATTN_LIF_PARAMS, bool save) {
   const Heads s = check_qkv(q, k, v, "ssa");
-  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  const auto ov = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   at::Tensor out = at::empty_like(q);
   at::Tensor h = save ? at::empty_like(q) : at::empty({0}, q.options());
   Saved saved(q, save);
@@ -453,11 +450,10 @@ Outputs5 ssa_fwd_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
 Grads3 ssa_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
                    const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double scale,
-                   double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                   c10::string_view surrogate, double alpha) {
+                   SPIKECLIP_ATTN_LIF_PARAMS) {
   const at::Tensor go = grad_out.contiguous();
   const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, false, "ssa_bwd");
-  const auto ov = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  const auto ov = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   at::Tensor gq = at::empty_like(go), gk = at::empty_like(go), gv = at::empty_like(go);
   const at::Tensor hc = h.contiguous();
   const uint8_t* bits[3] = {q_bits.data_ptr<uint8_t>(), k_bits.data_ptr<uint8_t>(),

@@ -169,11 +169,10 @@ void backward_cpu(const LifBackwardView& a) {
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
-    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    c10::string_view surrogate, double alpha, bool save_h, bool return_v) {
-  LifForward f = prepare_forward(x, v0, tau, v_th, v_reset, soft_reset, decay_input, detach_reset,
-                                 surrogate, alpha, save_h, return_v, /*tau_on_host=*/true);
+    const at::Tensor& x, const std::optional<at::Tensor>& v0, const at::Tensor& tau,
+    SPIKECLIP_LIF_PARAMS, bool save_h, bool return_v) {
+  LifForward f =
+      prepare_forward(x, v0, tau, SPIKECLIP_LIF_ARGS, save_h, return_v, /*tau_on_host=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lif_fwd_cpu",
                                   [&] { forward_cpu<scalar_t>(f.view); });
   return {f.spikes, f.h, f.v_last};
@@ -181,11 +180,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_fwd_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lif_bwd_cpu(
     const at::Tensor& grad_spikes, const std::optional<at::Tensor>& grad_v_last,
-    const at::Tensor& h, const std::optional<at::Tensor>& v0, const at::Tensor& tau, double v_th,
-    double v_reset, bool soft_reset, bool decay_input, bool detach_reset,
-    c10::string_view surrogate, double alpha, bool need_tau_grad) {
-  LifBackward b = prepare_backward(grad_spikes, grad_v_last, h, v0, tau, v_th, v_reset,
-                                   soft_reset, decay_input, detach_reset, surrogate, alpha,
+    const at::Tensor& h, const std::optional<at::Tensor>& v0, const at::Tensor& tau,
+    SPIKECLIP_LIF_PARAMS, bool need_tau_grad) {
+  LifBackward b = prepare_backward(grad_spikes, grad_v_last, h, v0, tau, SPIKECLIP_LIF_ARGS,
                                    need_tau_grad, /*tau_on_host=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(), "lif_bwd_cpu",
                                   [&] { backward_cpu<scalar_t>(b.view); });

@@ -20,9 +20,8 @@ cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(
 // float32, SSA's has q's shape and dtype.
 template <typename Launch>
 Outputs5 attention_fwd(const char* op, bool sdsa, const at::Tensor& q, const at::Tensor& k,
-                       const at::Tensor& v, double scale, double tau, double v_th,
-                       double v_reset, bool soft_reset, bool detach_reset,
-                       c10::string_view surrogate, double alpha, bool save, Launch&& launch) {
+                       const at::Tensor& v, double scale, SPIKECLIP_ATTN_LIF_PARAMS, bool save,
+                       Launch&& launch) {
   const Heads s = check_qkv(q, k, v, op);
   check_cuda_float(q.scalar_type(), op);
   const c10::cuda::CUDAGuard guard(q.device());
@@ -43,7 +42,7 @@ Outputs5 attention_fwd(const char* op, bool sdsa, const at::Tensor& q, const at:
   saved.pointers(view.bits);
   view.not_spikes = not_spikes.data_ptr<int>();
   view.scale = scale;
-  view.opts = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  view.opts = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   launch(view, current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (save) raise_if_not_spikes(not_spikes.item<int>() == 0, op);  // one sync, only with grad
@@ -53,9 +52,8 @@ Outputs5 attention_fwd(const char* op, bool sdsa, const at::Tensor& q, const at:
 template <typename Launch>
 Grads3 attention_bwd(const char* op, bool sdsa, const at::Tensor& grad_out, const at::Tensor& h,
                      const at::Tensor& q_bits, const at::Tensor& k_bits, const at::Tensor& v_bits,
-                     int64_t D, double scale, double tau, double v_th, double v_reset,
-                     bool soft_reset, bool detach_reset, c10::string_view surrogate,
-                     double alpha, int64_t workspace_floats_of_heads, Launch&& launch) {
+                     int64_t D, double scale, SPIKECLIP_ATTN_LIF_PARAMS,
+                     int64_t workspace_floats_of_heads, Launch&& launch) {
   const at::Tensor go = grad_out.contiguous();
   const Heads s = check_backward(go, h, q_bits, k_bits, v_bits, D, sdsa, op);
   check_cuda_float(go.scalar_type(), op);
@@ -76,38 +74,35 @@ Grads3 attention_bwd(const char* op, bool sdsa, const at::Tensor& grad_out, cons
   view.gv = gv.data_ptr();
   view.workspace = workspace.numel() ? workspace.data_ptr<float>() : nullptr;
   view.scale = scale;
-  view.opts = attn_options(tau, v_th, v_reset, soft_reset, detach_reset, surrogate, alpha);
+  view.opts = attn_options(SPIKECLIP_ATTN_LIF_ARGS);
   launch(view, current_stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {gq, gk, gv};
 }
 
 Outputs5 sdsa_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                       double tau, double v_th, double v_reset, bool soft_reset,
-                       bool detach_reset, c10::string_view surrogate, double alpha, bool save) {
-  return attention_fwd("sdsa", true, q, k, v, 1.0, tau, v_th, v_reset, soft_reset, detach_reset,
-                       surrogate, alpha, save, [](const AttentionForwardView& view, auto st) {
+                       SPIKECLIP_ATTN_LIF_PARAMS, bool save) {
+  return attention_fwd("sdsa", true, q, k, v, 1.0, SPIKECLIP_ATTN_LIF_ARGS, save,
+                       [](const AttentionForwardView& view, auto st) {
                          sdsa_cuda_forward(view, st);
                        });
 }
 
 Grads3 sdsa_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
-                     const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double tau,
-                     double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                     c10::string_view surrogate, double alpha) {
-  return attention_bwd("sdsa_bwd", true, grad_out, h, q_bits, k_bits, v_bits, D, 1.0, tau, v_th,
-                       v_reset, soft_reset, detach_reset, surrogate, alpha, 0,
+                     const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D,
+                     SPIKECLIP_ATTN_LIF_PARAMS) {
+  return attention_bwd("sdsa_bwd", true, grad_out, h, q_bits, k_bits, v_bits, D, 1.0,
+                       SPIKECLIP_ATTN_LIF_ARGS, 0,
                        [](const AttentionBackwardView& view, auto st) {
                          sdsa_cuda_backward(view, st);
                        });
 }
 
 Outputs5 ssa_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                      double scale, double tau, double v_th, double v_reset, bool soft_reset,
-                      bool detach_reset, c10::string_view surrogate, double alpha, bool save) {
+                      double scale, SPIKECLIP_ATTN_LIF_PARAMS, bool save) {
   return attention_fwd(
-      "ssa", false, q, k, v, scale, tau, v_th, v_reset, soft_reset, detach_reset, surrogate,
-      alpha, save, [&](const AttentionForwardView& view, auto st) {
+      "ssa", false, q, k, v, scale, SPIKECLIP_ATTN_LIF_ARGS, save,
+      [&](const AttentionForwardView& view, auto st) {
         const Heads& s = view.s;
         at::Tensor A = at::empty({s.T * s.BH * s.D * s.D}, q.options().dtype(at::kFloat));
         ssa_cuda_forward(view, A.numel() ? A.data_ptr<float>() : nullptr, st);
@@ -116,11 +111,10 @@ Outputs5 ssa_fwd_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 
 Grads3 ssa_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& h, const at::Tensor& q_bits,
                     const at::Tensor& k_bits, const at::Tensor& v_bits, int64_t D, double scale,
-                    double tau, double v_th, double v_reset, bool soft_reset, bool detach_reset,
-                    c10::string_view surrogate, double alpha) {
+                    SPIKECLIP_ATTN_LIF_PARAMS) {
   const Heads s = check_grad_out(grad_out, D, "ssa_bwd");  // for the workspace; the rest below
-  return attention_bwd("ssa_bwd", false, grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, v_th,
-                       v_reset, soft_reset, detach_reset, surrogate, alpha,
+  return attention_bwd("ssa_bwd", false, grad_out, h, q_bits, k_bits, v_bits, D, scale,
+                       SPIKECLIP_ATTN_LIF_ARGS,
                        ssa_cuda_workspace_floats(s),
                        [](const AttentionBackwardView& view, auto st) {
                          ssa_cuda_backward(view, st);
