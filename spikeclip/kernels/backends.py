@@ -137,6 +137,17 @@ def layer_product_backend(layer_backend: str) -> str:
     return layer_backend if layer_backend in ("torch", "triton") else "auto"
 
 
+def bn_lif_backend(layer_backend: str, x: torch.Tensor) -> str | None:
+    """The backend of the fused BatchNorm + LIF (kernels/bn_lif.py) for a layer set to
+    `layer_backend` on x, or None for the unfused pair: Triton, where the layer's neurons run
+    fused on CUDA ("auto", "cuda") or where "triton" is asked for (on CPU only under the
+    interpreter); never in compiled code (torch.compile fuses the pair itself)."""
+    if torch.compiler.is_compiling():
+        return None
+    wants = layer_backend == "triton" or (x.is_cuda and layer_backend in ("auto", "cuda"))
+    return "triton" if wants and why_unavailable("triton", x.device) is None else None
+
+
 def runs_cpp_kernels(backend: str, x: torch.Tensor) -> bool:
     """Whether a layer asked for `backend` runs x through the cpp kernels: on CPU tensors with
     "auto" or "cpp", when the extension is built (the model layer asks here, never decides)."""

@@ -10,13 +10,32 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import pack_spikes
-from spikeclip.kernels.backends import layer_product_backend, runs_cpp_kernels, sums_spikes
+from spikeclip.kernels.backends import (
+    bn_lif_backend,
+    layer_product_backend,
+    runs_cpp_kernels,
+    sums_spikes,
+)
+from spikeclip.kernels.bn_lif import batch_norm_args, bn_lif
 from spikeclip.kernels.max_pool import max_pool2x2
+from spikeclip.kernels.options import lif_options
 from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.neurons import LIF
 from spikeclip.models.recompute import packed_recompute
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook watches `module` (its own, or a global one)."""
+    from torch.nn.modules import module as nn_module
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or nn_module._global_forward_hooks
+        or nn_module._global_forward_pre_hooks
+    )
 
 
 def make_neuron(
@@ -92,21 +111,42 @@ class _SpikingUnit(nn.Module):
         T, B = x.shape[:2]
         if params is None:
             y = self.op_on(x.flatten(0, 1), None, bits)
-            y = self.normalise(y, self.bn)
         else:
             weight, *affine = params
             y = self.op_on(x.flatten(0, 1), weight, bits)
+        fused = self._fused_bn_lif(y)
+        if params is None:
+            bn_args = batch_norm_args(self.bn) if fused else None
+            bn = self.bn
+        else:
             gamma, beta = affine if affine else (None, None)
             training, mean, var = state
             # Batch statistics again (not updated twice), or the forward's running statistics.
-            y = self.normalise(
-                y,
-                lambda z: torch.nn.functional.batch_norm(
-                    z, mean, var, gamma, beta, training, 0.0, self.bn.eps
-                ),
-            )
-        y = y.unflatten(0, (T, B))
+            bn_args = (mean, var, gamma, beta, training, 0.0, self.bn.eps)
+
+            def bn(z):
+                return torch.nn.functional.batch_norm(z, *bn_args)
+
+        if fused:
+            n = self.neuron
+            options = lif_options(n.v_th, n.v_reset, n.decay_input, n.detach_reset,
+                                  n.surrogate, n.alpha)  # fmt: skip
+            spikes = bn_lif(self.channels_second(y), T, *bn_args, tau=n.tau, options=options,
+                            backend=fused)  # fmt: skip
+            return spikes.view(y.shape).unflatten(0, (T, B))
+        y = self.normalise(y, bn).unflatten(0, (T, B))
         return self.neuron(y) if self.neuron is not None else y
+
+    def _fused_bn_lif(self, y: torch.Tensor) -> str | None:
+        """The backend of BN + LIF fused (kernels/bn_lif.py) for this unit, or None: a LIF
+        with a fixed tau, memory not "low" (bfloat16 membranes), nobody watching either module
+        (forward hooks: the energy count), and a backend that has the fused kernels."""
+        n = self.neuron
+        if not isinstance(n, LIF) or n.w is not None or n.memory == "low":
+            return None
+        if _hooked(n) or _hooked(self.bn):
+            return None
+        return bn_lif_backend(self.backend, y)
 
 
 class _SpikeSumsConv2d(nn.Conv2d):
@@ -164,6 +204,10 @@ class SeqConvBN(_SpikingUnit):
     @staticmethod
     def normalise(y, bn):
         return bn(y)
+
+    @staticmethod
+    def channels_second(y):
+        return y  # [T*B, C, H, W]
 
 
 def _spike_product(x, bits, weight, backend):
@@ -223,6 +267,10 @@ class SeqLinearBN(_SpikingUnit):
     @staticmethod
     def normalise(y, bn):
         return bn(y.reshape(-1, y.shape[-1])).view(y.shape)
+
+    @staticmethod
+    def channels_second(y):
+        return y.reshape(-1, y.shape[-1])  # [T*B*N, C]
 
 
 class SeqMaxPool2x2(nn.Module):
