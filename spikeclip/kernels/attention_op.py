@@ -59,18 +59,8 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
         checks = needs_grad and not torch.compiler.is_compiling()
         if checks and not all(bool(((t == 0) | (t == 1)).all()) for t in (q, k, v)):
             raise_not_spikes(name)
-        return _REFERENCES[name](
-            q,
-            k,
-            v,
-            **extra,
-            v_th=options.v_th,
-            tau=tau,
-            v_reset=None if options.soft_reset else options.v_reset,
-            detach_reset=options.detach_reset,
-            surrogate=options.surrogate,
-            alpha=options.alpha,
-        )
+        kwargs = options.reference_kwargs(with_decay_input=False)
+        return _REFERENCES[name](q, k, v, **extra, tau=tau, **kwargs)
     if backend == "triton":
         from spikeclip.kernels import attention_triton  # noqa: F401  (registers the ops)
 

@@ -138,16 +138,8 @@ def bn_lif(
         z = torch.nn.functional.batch_norm(
             y, running_mean, running_var, weight, bias, training, momentum, eps
         )
-        spikes, _ = lif_reference(
-            z.unflatten(0, (T, outer // T)),
-            tau=tau,
-            v_th=options.v_th,
-            v_reset=None if options.soft_reset else options.v_reset,
-            decay_input=options.decay_input,
-            detach_reset=options.detach_reset,
-            surrogate=options.surrogate,
-            alpha=options.alpha,
-        )
+        z = z.unflatten(0, (T, outer // T))
+        spikes, _ = lif_reference(z, tau=tau, **options.reference_kwargs())
         return spikes.flatten(0, 1)
     mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps)
     return _BnLif.apply(y.contiguous(), weight, bias, mean, invstd, T, float(tau), options,

@@ -63,17 +63,7 @@ def lif(
     check_dtype_for_backend(x, backend)
 
     if backend == "torch" or x.numel() == 0:
-        spikes, v = lif_reference(
-            x,
-            tau=tau,
-            v_th=options.v_th,
-            v_reset=None if options.soft_reset else options.v_reset,
-            decay_input=options.decay_input,
-            detach_reset=options.detach_reset,
-            surrogate=options.surrogate,
-            alpha=options.alpha,
-            v0=v0,
-        )
+        spikes, v = lif_reference(x, tau=tau, v0=v0, **options.reference_kwargs())
         return (spikes, v) if return_v else spikes
 
     out_dtype = x.dtype

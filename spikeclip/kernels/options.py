@@ -116,6 +116,19 @@ class LifOptions(NamedTuple):
         return (self.v_th, self.v_reset, self.soft_reset, self.detach_reset, self.surrogate,
                 self.alpha)  # fmt: skip
 
+    def reference_kwargs(self, with_decay_input: bool = True) -> dict:
+        """These options as the reference functions take them (v_reset None: soft reset)."""
+        kwargs = dict(
+            v_th=self.v_th,
+            v_reset=None if self.soft_reset else self.v_reset,
+            detach_reset=self.detach_reset,
+            surrogate=self.surrogate,
+            alpha=self.alpha,
+        )
+        if with_decay_input:
+            kwargs["decay_input"] = self.decay_input
+        return kwargs
+
     @classmethod
     def from_attention_args(cls, args) -> LifOptions:
         """The inverse of attention_args."""

@@ -97,6 +97,25 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
+def _launch(kernel, grid, a, b, out, rows, n, cout):
+    """kernel[grid](a, b, out, ...); the output's dtype sets the dot's precision."""
+    dtype = out.dtype
+    kernel[grid](
+        a.contiguous(),
+        b.contiguous(),
+        out,
+        rows,
+        n,
+        cout,
+        (n + 7) // 8,
+        PREC=_precision(dtype),
+        UPCAST=_upcast(dtype),
+        BLOCK_R=_BLOCK,
+        BLOCK_O=_BLOCK,
+        BLOCK_K=_BLOCK,
+    )
+
+
 def _check(bits: torch.Tensor, rows: int, n: int, name: str) -> None:
     if bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, (n + 7) // 8):
         raise ValueError(
@@ -121,20 +140,7 @@ def spike_linear_triton(bits: torch.Tensor, weight: torch.Tensor, n: int) -> tor
     if n == 0:
         return y.zero_()
     grid = (triton.cdiv(rows, _BLOCK), triton.cdiv(cout, _BLOCK))
-    _forward_kernel[grid](
-        bits.contiguous(),
-        weight.contiguous(),
-        y,
-        rows,
-        n,
-        cout,
-        (n + 7) // 8,
-        PREC=_precision(weight.dtype),
-        UPCAST=_upcast(weight.dtype),
-        BLOCK_R=_BLOCK,
-        BLOCK_O=_BLOCK,
-        BLOCK_K=_BLOCK,
-    )
+    _launch(_forward_kernel, grid, bits, weight, y, rows, n, cout)
     return y
 
 
@@ -159,20 +165,7 @@ def spike_linear_weight_grad_triton(
     if rows == 0:
         return gw.zero_()
     grid = (triton.cdiv(cout, _BLOCK), triton.cdiv(n, _BLOCK))
-    _weight_grad_kernel[grid](
-        grad_y.contiguous(),
-        bits.contiguous(),
-        gw,
-        rows,
-        n,
-        cout,
-        (n + 7) // 8,
-        PREC=_precision(grad_y.dtype),
-        UPCAST=_upcast(grad_y.dtype),
-        BLOCK_R=_BLOCK,
-        BLOCK_O=_BLOCK,
-        BLOCK_K=_BLOCK,
-    )
+    _launch(_weight_grad_kernel, grid, grad_y, bits, gw, rows, n, cout)
     return gw
 
 
