@@ -310,3 +310,36 @@ def test_lif_module_checks_options_at_construction(kwargs, err):
 
     with pytest.raises(err):
         LIF(**kwargs)
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("torch", "cpu", id="torch"), *FUSED])
+@pytest.mark.parametrize("learnable", [False, True])
+@pytest.mark.parametrize("soft", [False, True])
+def test_single_steps_equal_one_multi_step_call(backend, device, learnable, soft):
+    """LIF(step_mode="s") called once per step keeps its membrane: T calls give the spikes of
+    one multi-step call, and the same gradients for x and a learnable tau; reset_net restarts."""
+    from spikeclip.models import LIF, reset_net
+
+    kw = dict(tau=1.7, v_th=0.8, v_reset=None if soft else 0.1, learnable_tau=learnable,
+              backend=backend)  # fmt: skip
+    multi, single = LIF(**kw).to(device), LIF(**kw, step_mode="s").to(device)
+    x = (torch.randn(5, 3, 7, device=device) * 1.5).requires_grad_(True)
+    xs = x.detach().clone().requires_grad_(True)
+    g = torch.randn_like(x)
+    out = multi(x)
+    steps = torch.stack([single(xs[t]) for t in range(x.shape[0])])
+    assert torch.equal(steps, out)
+    out.backward(g)
+    steps.backward(g)
+    torch.testing.assert_close(xs.grad, x.grad, rtol=1e-5, atol=1e-6)
+    if learnable:
+        torch.testing.assert_close(single.w.grad, multi.w.grad, rtol=1e-5, atol=1e-6)
+    model = torch.nn.Sequential(single)
+    reset_net(model)
+    assert single.v is None
+    with torch.no_grad():
+        assert torch.equal(single(x[0]), out[0])  # from rest again
+        with pytest.raises(ValueError, match="v0 must have shape"):
+            single(x[0, :2])  # another batch without reset_net
+    with pytest.raises(ValueError, match="step_mode"):
+        LIF(step_mode="x")

@@ -5,7 +5,7 @@ from spikeclip.models.blocks import MLP, AttentionCore, Block, SelfAttention
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ConvTokenizer, ImageEncoder
 from spikeclip.models.layers import SeqConvBN, SeqLinearBN, TemporalReadout, make_neuron
-from spikeclip.models.neurons import LIF
+from spikeclip.models.neurons import LIF, reset_net
 from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend, set_memory
 from spikeclip.models.text_encoder import TextEncoder
 
@@ -24,6 +24,7 @@ __all__ = [
     "TemporalReadout",
     "TextEncoder",
     "make_neuron",
+    "reset_net",
     "set_backend",
     "set_memory",
 ]

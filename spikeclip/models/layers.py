@@ -142,7 +142,7 @@ class _SpikingUnit(nn.Module):
         with a fixed tau, memory not "low" (bfloat16 membranes), nobody watching either module
         (forward hooks: the energy count), and a backend that has the fused kernels."""
         n = self.neuron
-        if not isinstance(n, LIF) or n.w is not None or n.memory == "low":
+        if not isinstance(n, LIF) or n.w is not None or n.memory == "low" or n.step_mode != "m":
             return None
         if _hooked(n) or _hooked(self.bn):
             return None

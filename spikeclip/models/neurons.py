@@ -13,11 +13,16 @@ from spikeclip.memory import check_memory_mode, low_memory_saves
 
 
 class LIF(nn.Module):
-    """Multi-step LIF neuron on `[T, B, ...]` (spikeclip.kernels.lif holds the math).
+    """LIF neuron (spikeclip.kernels.lif holds the math).
+
+    step_mode "m" (default): each call takes a whole sequence `[T, B, ...]` and starts from the
+    rest potential (stateless). step_mode "s": each call is one time step `[B, ...]`; the
+    membrane is kept in the module between calls (gradients flow through it, as through the
+    steps of a sequence) until `reset()` (or `reset_net(model)`), so T single steps give the
+    spikes and gradients of one multi-step call.
 
     learnable_tau=True makes it a PLIF: tau = 1 / sigmoid(w) with w learnable, so tau > 1
-    always; w starts where tau equals `tau`. Stateless between calls: each call starts from
-    the rest potential (use spikeclip.kernels.lif with v0/return_v to carry state).
+    always; w starts where tau equals `tau`.
     """
 
     def __init__(
@@ -32,9 +37,16 @@ class LIF(nn.Module):
         learnable_tau: bool = False,
         backend: str = "auto",
         memory: str = "lossless",
+        step_mode: str = "m",
     ):
         super().__init__()
         self.memory = check_memory_mode(memory)
+        if step_mode not in ("m", "s"):
+            raise ValueError(
+                f"step_mode must be 'm' (multi-step) or 's' (one step), got {step_mode!r}"
+            )
+        self.step_mode = step_mode
+        self.v: torch.Tensor | None = None  # the membrane between single steps
         if not tau > 1:
             raise ValueError(f"tau must be > 1, got {tau}")
         # checked here, at construction, not at the first forward
@@ -53,12 +65,22 @@ class LIF(nn.Module):
     def current_tau(self) -> float | torch.Tensor:
         return self.tau if self.w is None else 1.0 / torch.sigmoid(self.w)
 
+    def reset(self) -> None:
+        """Back to the rest potential (single-step mode keeps the membrane between calls)."""
+        self.v = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: `[T, B, ...]` input current -> spikes of the same shape and dtype."""
+        """x: `[T, B, ...]` input current (step_mode "m"), or one step `[B, ...]` ("s") ->
+        spikes of the same shape and dtype."""
+        if self.step_mode == "s":
+            seq = x.unsqueeze(0)
+            with low_memory_saves(self.memory, seq.shape, self.v_th):
+                spikes, self.v = self._lif(seq, v0=self.v, return_v=True)
+            return spikes[0]
         with low_memory_saves(self.memory, x.shape, self.v_th):
             return self._lif(x)
 
-    def _lif(self, x: torch.Tensor) -> torch.Tensor:
+    def _lif(self, x: torch.Tensor, **state):
         return lif(
             x,
             tau=self.current_tau(),
@@ -69,6 +91,7 @@ class LIF(nn.Module):
             surrogate=self.surrogate,
             alpha=self.alpha,
             backend=self.backend,
+            **state,
         )
 
     def extra_repr(self) -> str:
@@ -76,5 +99,12 @@ class LIF(nn.Module):
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
         return (
             f"tau={tau}, v_th={self.v_th}, {reset}, surrogate={self.surrogate}, "
-            f"backend={self.backend}"
+            f"backend={self.backend}, step_mode={self.step_mode}"
         )
+
+
+def reset_net(model: nn.Module) -> None:
+    """reset() every neuron of `model` that keeps state between calls (single-step LIFs)."""
+    for m in model.modules():
+        if isinstance(m, LIF):
+            m.reset()
