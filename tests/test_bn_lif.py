@@ -83,3 +83,36 @@ def test_bf16_and_bad_input(device):
         bn_lif(y[:-1], T, *args, tau=2.0, options=options, backend="triton")
     with pytest.raises(ValueError, match="backend"):
         bn_lif(y, T, *args, tau=2.0, options=options, backend="cpp")
+
+
+@pytest.mark.parametrize("device", TRITON)
+def test_inconsistent_and_edge_input(device):
+    """Shapes that disagree are refused before a kernel reads; empty input gives empty spikes;
+    inf and NaN in y give the reference's spikes; too few values per channel to train on is
+    the error F.batch_norm gives."""
+    y, bn = case("linear", device)
+    options = lif_options()
+    args = list(batch_norm_args(bn.train()))
+    for i, name in ((0, "running_mean"), (2, "weight"), (3, "bias")):
+        bad = list(args)
+        bad[i] = args[i][:-1]
+        with pytest.raises(ValueError, match=name):
+            bn_lif(y, T, *bad, tau=2.0, options=options, backend="triton")
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn_lif(y[:1], 1, *args, tau=2.0, options=options, backend="triton")
+    with pytest.raises(TypeError, match="floating"):
+        bn_lif(y.long(), T, *args, tau=2.0, options=options, backend="triton")
+    with pytest.raises(ValueError, match="multiple of T"):
+        bn_lif(y, 0, *args, tau=2.0, options=options, backend="triton")
+    ev = batch_norm_args(copy.deepcopy(bn).eval())
+    empty = y[:0]
+    assert bn_lif(empty, T, *ev, tau=2.0, options=options, backend="triton").shape == (0, 12)
+    y = y.clone()
+    y[3, 2], y[7, 5], y[11, 0] = float("inf"), float("nan"), float("-inf")
+    for mode_args in (ev, None):
+        got, ref = [
+            bn_lif(y, T, *(mode_args or batch_norm_args(copy.deepcopy(bn).train())), tau=2.0,
+                   options=options, backend=b)
+            for b in ("triton", "torch")
+        ]  # fmt: skip
+        assert torch.equal(got, ref)

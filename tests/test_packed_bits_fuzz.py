@@ -172,3 +172,28 @@ def test_attention_with_empty_dimensions(shape, op, device):
     out = getattr(k, op)(q, kk, v, backend="cpp" if device == "cpu" else "cuda")
     out.sum().backward()
     assert out.shape == shape and q.grad.shape == shape
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_triton_spike_linear_refuses_what_it_cannot_read(device):
+    bits = random_bits(6, 20, 0.3, garbage=False).to(device)
+    w, g = torch.randn(4, 20, device=device), torch.randn(6, 4, device=device)
+    op, wgrad = (
+        torch.ops.spikeclip.spike_linear_triton,
+        torch.ops.spikeclip.spike_linear_weight_grad_triton,
+    )
+    with pytest.raises(ValueError, match="bits must be"):
+        op(bits[:, :2], w, 20)  # a row one byte short
+    with pytest.raises(ValueError, match="bits must be"):
+        op(bits.to(torch.int16), w, 20)
+    with pytest.raises(ValueError, match="weight must be"):
+        op(bits, w[:, :19], 20)
+    with pytest.raises(TypeError, match="float operand"):
+        op(bits, w.double(), 20)
+    with pytest.raises(ValueError, match="bits must be"):
+        wgrad(g[:5], bits, 20)
+    with pytest.raises(TypeError, match="float operand"):
+        wgrad(g.half().int(), bits, 20)
+    assert op(bits[:0], w, 20).shape == (0, 4)
+    assert torch.equal(wgrad(g[:0], bits[:0], 20), torch.zeros(4, 20, device=device))
+    assert torch.equal(op(bits[:, :0], w[:, :0], 0), torch.zeros(6, 4, device=device))

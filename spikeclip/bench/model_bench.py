@@ -25,7 +25,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from spikeclip.bench.peers import spikingjelly_label, with_spikingjelly
+from spikeclip.bench.peers import spikingjelly_label, spikingjelly_node, with_spikingjelly
 from spikeclip.bench.timing import format_table, median_times
 from spikeclip.memory import MEMORY_MODES, peak_device_memory, saved_tensor_bytes
 from spikeclip.models import (
@@ -100,12 +100,9 @@ def _contender_models(base, device, backends, memories, compile_reference, peers
     builds = {REFERENCE: ours("torch", "plain")}
     if compile_reference:
         builds[COMPILED] = lambda: torch.compile(ours("torch", "plain")())
-    if peers:
-        sj = with_spikingjelly(copy.deepcopy(base), device)
-        if sj is not None:
-            builds[spikingjelly_label(device)] = lambda: with_spikingjelly(
-                copy.deepcopy(base), device
-            )
+    if peers and spikingjelly_node(device) is not None:  # SpikingJelly imports here
+        label = spikingjelly_label(device)
+        builds[label] = lambda: with_spikingjelly(copy.deepcopy(base), device)
     for b in backends:
         for mem in memories:
             builds[b if mem == "plain" else f"{b} {mem}"] = ours(b, mem)

@@ -31,6 +31,30 @@ def _channels_view(y: torch.Tensor) -> tuple[int, int, int]:
     return y.shape[0], y.shape[1], inner
 
 
+def _check(y, T, running_mean, running_var, weight, bias, training) -> None:
+    """What the fused kernels rely on, refused with a clear error before they read anything:
+    y floating `[T*B', C, ...]`, every per-channel tensor C long on y's device, more than one
+    value per channel to normalise over in training mode (as F.batch_norm asks)."""
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
+        raise TypeError(f"bn_lif: y must be a floating tensor, got {getattr(y, 'dtype', y)}")
+    outer, C, inner = _channels_view(y)
+    if isinstance(T, bool) or not isinstance(T, int) or T <= 0 or outer % T:
+        raise ValueError(f"bn_lif: y's first dimension ({outer}) must be a multiple of T={T}")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):  # fmt: skip
+        if t is not None and (t.dim() != 1 or t.numel() != C or t.device != y.device):
+            raise ValueError(
+                f"bn_lif: {name} must be [{C}] on {y.device}, got {tuple(t.shape)} on {t.device}"
+            )
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("bn_lif: eval mode normalises with running_mean and running_var")
+    if training and outer * inner <= 1:
+        raise ValueError(
+            f"bn_lif: more than 1 value per channel is needed in training mode, got y of shape "
+            f"{tuple(y.shape)}"
+        )
+
+
 def batch_norm_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
     """The arguments nn.BatchNorm's forward gives F.batch_norm (after counting the batch):
     (running_mean, running_var, weight, bias, training, momentum, eps)."""
@@ -131,14 +155,12 @@ def bn_lif(
     "triton": the fused kernels."""
     if backend not in BN_LIF_BACKENDS:
         raise ValueError(f"bn_lif: backend must be one of {BN_LIF_BACKENDS}, got {backend!r}")
-    outer = y.shape[0]
-    if T <= 0 or outer % T:
-        raise ValueError(f"bn_lif: y's first dimension ({outer}) must be a multiple of T={T}")
+    _check(y, T, running_mean, running_var, weight, bias, training)
     if backend == "torch":
         z = torch.nn.functional.batch_norm(
             y, running_mean, running_var, weight, bias, training, momentum, eps
         )
-        z = z.unflatten(0, (T, outer // T))
+        z = z.unflatten(0, (T, y.shape[0] // T))
         spikes, _ = lif_reference(z, tau=tau, **options.reference_kwargs())
         return spikes.flatten(0, 1)
     mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps)

@@ -116,12 +116,21 @@ def _launch(kernel, grid, a, b, out, rows, n, cout):
     )
 
 
-def _check(bits: torch.Tensor, rows: int, n: int, name: str) -> None:
-    if bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, (n + 7) // 8):
+def _check(bits: torch.Tensor, rows: int, n: int, name: str, other: torch.Tensor) -> None:
+    """bits uint8 [rows, ceil(n/8)] on other's device; other (the float operand) a 2-d
+    float32 / float16 / bfloat16 tensor: anything else is refused before a kernel reads it."""
+    if bits.dim() != 2 or bits.dtype != torch.uint8 or tuple(bits.shape) != (rows, (n + 7) // 8):
         raise ValueError(
             f"{name}: bits must be uint8 [{rows}, {(n + 7) // 8}], got {bits.dtype} "
             f"{tuple(bits.shape)}"
         )
+    if other.dim() != 2 or other.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"{name}: the float operand must be a 2-d float32, float16 or bfloat16 tensor, got "
+            f"{other.dtype} {tuple(other.shape)}"
+        )
+    if bits.device != other.device:
+        raise ValueError(f"{name}: bits are on {bits.device}, the float operand on {other.device}")
 
 
 @torch.library.custom_op(
@@ -130,9 +139,10 @@ def _check(bits: torch.Tensor, rows: int, n: int, name: str) -> None:
 def spike_linear_triton(bits: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
     """x @ weight^T for x given by its bits `[rows, ceil(n/8)]`; weight `[C_out, n]` (float32,
     float16 or bfloat16). Returns `[rows, C_out]` in weight's dtype."""
-    rows, cout = bits.shape[0], weight.shape[0]
-    _check(bits, rows, n, "spike_linear_triton")
-    if weight.dim() != 2 or weight.shape[1] != n:
+    rows = bits.shape[0] if bits.dim() else 0
+    _check(bits, rows, n, "spike_linear_triton", weight)
+    cout = weight.shape[0]
+    if weight.shape[1] != n:
         raise ValueError(f"spike_linear_triton: weight must be [C_out, {n}]")
     y = weight.new_empty((rows, cout))
     if y.numel() == 0:
@@ -157,8 +167,12 @@ def spike_linear_weight_grad_triton(
 ) -> torch.Tensor:
     """grad_y^T @ x `[C_out, n]` for x given by its bits `[rows, ceil(n/8)]`, in grad_y's
     dtype."""
+    if grad_y.dim() != 2:
+        raise ValueError(
+            f"spike_linear_weight_grad_triton: grad_y must be 2-d, got {grad_y.dim()}-d"
+        )
     rows, cout = grad_y.shape
-    _check(bits, rows, n, "spike_linear_weight_grad_triton")
+    _check(bits, rows, n, "spike_linear_weight_grad_triton", grad_y)
     gw = grad_y.new_empty((cout, n))
     if gw.numel() == 0:
         return gw
