@@ -163,11 +163,11 @@ def _info() -> int:
     import torch
 
     import spikeclip
-    from spikeclip._ext import EXTENSION_ERROR
+    from spikeclip._ext import extension_status
     from spikeclip.kernels import available_backends
 
     print(f"spikeclip {spikeclip.__version__}, torch {torch.__version__}")
-    print(f"extension: {'loaded' if EXTENSION_ERROR is None else EXTENSION_ERROR}")
+    print(f"extension spikeclip._C: {extension_status()}")
     print(f"backends on cpu: {available_backends('cpu')}")
     if torch.cuda.is_available():
         print(f"backends on cuda: {available_backends('cuda')}")

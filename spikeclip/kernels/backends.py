@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import torch
 
-from spikeclip._ext import EXTENSION_ERROR, extension_has_cuda, extension_loaded
+from spikeclip._ext import (
+    EXTENSION_ERROR,
+    EXTENSION_LOAD_FAILED,
+    extension_has_cuda,
+    extension_loaded,
+)
 
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
 
@@ -80,6 +86,8 @@ def resolve_backend(
         for candidate in order:
             if candidate in supported and why_unavailable(candidate, device) is None:
                 return candidate
+        if EXTENSION_LOAD_FAILED and not torch.compiler.is_compiling():
+            _warn_extension_failed()
         return "torch"
     if backend not in supported:
         raise BackendUnavailableError(
@@ -90,6 +98,24 @@ def resolve_backend(
     if reason is not None:
         raise BackendUnavailableError(f"backend={backend!r} is not available: {reason}")
     return backend
+
+
+_warned_extension = False
+
+
+def _warn_extension_failed() -> None:
+    """Once per process: _C exists but does not load, so `auto` runs the slow reference."""
+    global _warned_extension
+    if not _warned_extension:
+        _warned_extension = True
+        warnings.warn(
+            f"spikeclip._C is built but failed to load ({EXTENSION_ERROR}); backend='auto' "
+            "falls back to the pure-PyTorch reference (slow). Rebuild it against this torch: "
+            "pip install --no-build-isolation --force-reinstall --no-deps spikeclip "
+            "(or python setup.py build_ext --inplace in a checkout)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

@@ -6,7 +6,7 @@ import torch
 
 from spikeclip.kernels import op_autograd
 from spikeclip.kernels import options as opt
-from spikeclip.kernels.backends import check_dtype_for_backend, resolve_backend
+from spikeclip.kernels.backends import BACKENDS, check_dtype_for_backend, resolve_backend
 from spikeclip.kernels.reference import compute_dtype, lif_reference
 
 
@@ -39,12 +39,16 @@ def lif(
         x: input current `[T, *]` (time first, any trailing shape), float32/float16/bfloat16
             (float64 on the torch and cpp backends).
         tau: membrane time constant, a number > 1 or a learnable one-element tensor (PLIF;
-            its gradient comes from the same backward sweep).
+            its gradient comes from the same backward sweep); math.inf with
+            decay_input=False is the IF neuron (h = v + x, no leak).
         v_th: firing threshold. v_reset: hard-reset value, or None for soft reset
             (v -= v_th on a spike; the charge then leaks towards 0).
         decay_input: divide the input by tau in the charge.
         detach_reset: no gradient through the spike's effect on the reset.
-        surrogate, alpha: surrogate gradient ("sigmoid" 4, "atan" 2, "triangle" 1, "erf" 2).
+        surrogate, alpha: surrogate gradient ("sigmoid" 4, "atan" 2, "triangle" 1, "erf" 2),
+            or a callable g(u) -> the derivative of the spike at u = h - v_th (alpha None;
+            runs on the torch backend, which "auto" then picks: the fused kernels compile the
+            four named ones in).
         v0: initial membrane `[*]`, default the rest potential (v_reset, or 0 for soft reset).
         return_v: also return the final membrane `[*]`; passing it as v0 of the next call
             continues the sequence exactly as one long call would.
@@ -55,11 +59,14 @@ def lif(
         compute dtype (float32, or float64 for float64 x).
     """
     opt.check_sequence(x)
-    opt.check_tau(tau, x)
+    opt.check_tau(tau, x, allow_inf=decay_input is False)
     options = opt.lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
     opt.check_flag(return_v, "return_v")
     opt.check_state(v0, x)
-    backend = resolve_backend(backend, x.device)
+    backend = resolve_backend(
+        backend, x.device, supported=("torch",) if callable(surrogate) else BACKENDS[1:],
+        op="lif (callable surrogate)" if callable(surrogate) else "lif",
+    )  # fmt: skip
     check_dtype_for_backend(x, backend)
 
     if backend == "torch" or x.numel() == 0:

@@ -48,8 +48,9 @@ def check_flag(value, name: str) -> bool:
     return value
 
 
-def check_tau(tau, x: torch.Tensor) -> None:
-    """tau: a number > 1, or a (learnable) one-element floating tensor on x's device."""
+def check_tau(tau, x: torch.Tensor, *, allow_inf: bool = False) -> None:
+    """tau: a number > 1, or a (learnable) one-element floating tensor on x's device;
+    allow_inf: also tau = inf (no leak: the IF neuron, with decay_input=False)."""
     if isinstance(tau, torch.Tensor):
         if tau.numel() != 1 or not tau.is_floating_point():
             raise ValueError(
@@ -62,13 +63,20 @@ def check_tau(tau, x: torch.Tensor) -> None:
         on_cpu = tau.device.type == "cpu" and not torch.compiler.is_compiling()
         if on_cpu and not float(tau.detach()) > 1.0:
             raise ValueError(f"tau must be > 1, got {float(tau.detach())}")
-    else:
+    elif not (allow_inf and not isinstance(tau, bool) and tau == float("inf")):
         check_number(tau, "tau", minimum=1.0)
 
 
 def check_surrogate(surrogate, alpha) -> float:
-    """Returns alpha, defaulted per surrogate."""
-    if surrogate not in SURROGATES:
+    """Returns alpha, defaulted per surrogate (0.0, unused, for a callable surrogate)."""
+    if callable(surrogate):
+        if alpha is not None:
+            raise ValueError(
+                "alpha goes with a named surrogate; a callable surrogate g(u) closes over "
+                "its own shape parameters (pass alpha=None)"
+            )
+        return 0.0
+    if not isinstance(surrogate, str) or surrogate not in SURROGATES:
         raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
     if alpha is None:
         return SURROGATES[surrogate][1]
@@ -105,7 +113,7 @@ class LifOptions(NamedTuple):
     soft_reset: bool  # v -= v_th on a spike (v_reset=None in the public API)
     decay_input: bool
     detach_reset: bool
-    surrogate: str
+    surrogate: str  # or a callable g(u) (the torch backend only)
     alpha: float
 
     def attention_args(self) -> tuple:

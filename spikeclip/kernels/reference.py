@@ -63,12 +63,30 @@ class _SpikeFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (u,) = ctx.saved_tensors
-        return grad * SURROGATES[ctx.surrogate][0](u, ctx.alpha), None, None
+        return grad * surrogate_grad(ctx.surrogate, u, ctx.alpha), None, None
 
 
-def spike_fn(u: torch.Tensor, surrogate: str = "sigmoid", alpha: float | None = None):
-    """Spikes (u >= 0) as u's dtype, with the surrogate gradient of `surrogate`."""
-    return _SpikeFn.apply(u, surrogate, SURROGATES[surrogate][1] if alpha is None else alpha)
+def surrogate_grad(surrogate, u: torch.Tensor, alpha: float | None) -> torch.Tensor:
+    """g(u): a named surrogate's derivative at alpha, or a callable's g(u) (its own shape
+    closed over), checked to give a tensor of u's shape."""
+    if not callable(surrogate):
+        return SURROGATES[surrogate][0](u, alpha)
+    g = surrogate(u)
+    if not isinstance(g, torch.Tensor) or g.shape != u.shape:
+        raise ValueError(
+            f"a callable surrogate must return a tensor of its input's shape {tuple(u.shape)} "
+            f"(the derivative g(u)), got {type(g).__name__} "
+            f"{tuple(g.shape) if isinstance(g, torch.Tensor) else ''}"
+        )
+    return g.to(u.dtype)
+
+
+def spike_fn(u: torch.Tensor, surrogate="sigmoid", alpha: float | None = None):
+    """Spikes (u >= 0) as u's dtype, with the surrogate gradient of `surrogate`: one of
+    SURROGATES' names (alpha defaulted per name), or a callable g(u) -> dspike/du."""
+    if alpha is None and not callable(surrogate):
+        alpha = SURROGATES[surrogate][1]
+    return _SpikeFn.apply(u, surrogate, alpha)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -5,11 +5,13 @@ from spikeclip.models.blocks import MLP, AttentionCore, Block, SelfAttention
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ConvTokenizer, ImageEncoder
 from spikeclip.models.layers import SeqConvBN, SeqLinearBN, TemporalReadout, make_neuron
-from spikeclip.models.neurons import LIF, reset_net
+from spikeclip.models.neurons import IF, LIF, reset_net
 from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend, set_memory
+from spikeclip.models.spiking_layers import SeqToANN, SpikingConv2d, SpikingLinear
 from spikeclip.models.text_encoder import TextEncoder
 
 __all__ = [
+    "IF",
     "LIF",
     "MLP",
     "AttentionCore",
@@ -19,8 +21,11 @@ __all__ = [
     "SelfAttention",
     "SeqConvBN",
     "SeqLinearBN",
+    "SeqToANN",
     "SpikeCLIP",
     "SpikeCLIPConfig",
+    "SpikingConv2d",
+    "SpikingLinear",
     "TemporalReadout",
     "TextEncoder",
     "make_neuron",

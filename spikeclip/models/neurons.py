@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,6 +50,10 @@ class LIF(nn.Module):
         self.v: torch.Tensor | None = None  # the membrane between single steps
         if not tau > 1:
             raise ValueError(f"tau must be > 1, got {tau}")
+        if tau == math.inf and (decay_input or learnable_tau):
+            raise ValueError(
+                "tau=inf (no leak) needs decay_input=False and a fixed tau (or use IF())"
+            )
         # checked here, at construction, not at the first forward
         lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
         check_flag(learnable_tau, "learnable_tau")
@@ -101,6 +106,32 @@ class LIF(nn.Module):
             f"tau={tau}, v_th={self.v_th}, {reset}, surrogate={self.surrogate}, "
             f"backend={self.backend}, step_mode={self.step_mode}"
         )
+
+
+class IF(LIF):
+    """Integrate-and-fire neuron: no leak, h = v + x, then fire and reset as the LIF (the
+    LIF's charge with 1/tau = 0 and the input not divided, so every backend runs it).
+    Same options, step modes and state as LIF."""
+
+    def __init__(
+        self,
+        v_th: float = 1.0,
+        v_reset: float | None = 0.0,
+        detach_reset: bool = False,
+        surrogate: str | Callable = "sigmoid",
+        alpha: float | None = None,
+        backend: str = "auto",
+        memory: str = "lossless",
+        step_mode: str = "m",
+    ):
+        super().__init__(
+            tau=math.inf, v_th=v_th, v_reset=v_reset, decay_input=False,
+            detach_reset=detach_reset, surrogate=surrogate, alpha=alpha, backend=backend,
+            memory=memory, step_mode=step_mode,
+        )  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return super().extra_repr().replace("tau=inf, ", "")
 
 
 def reset_net(model: nn.Module) -> None:
