@@ -57,9 +57,12 @@ def test_spiking_linear_equals_linear(backend, bias):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "geometry",
-    [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1),
-     dict(kernel_size=(2, 4), stride=(1, 2), padding=(1, 0), dilation=(2, 1)),
-     dict(kernel_size=3, padding=1, groups=2)],  # fmt: skip
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=(2, 4), stride=(1, 2), padding=(1, 0), dilation=(2, 1)),
+        dict(kernel_size=3, padding=1, groups=2),
+    ],
 )
 @pytest.mark.parametrize("bias", [True, False])
 def test_spiking_conv2d_equals_conv2d(backend, geometry, bias):

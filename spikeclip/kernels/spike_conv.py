@@ -60,9 +60,7 @@ def _weight_grad(grad_y, bits, shape, weight, geometry, backend):
     if backend == "cpp":
         view = bits.view(B, C, H, -1)
         k = weight.shape[-1]
-        return torch.ops.spikeclip.spike_conv2d_weight_grad(
-            grad_y, view, W, k, geometry.padding[0]
-        )
+        return torch.ops.spikeclip.spike_conv2d_weight_grad(grad_y, view, W, k, geometry.padding[0])
     x = unpack_spikes(bits, W, grad_y.dtype, backend="torch").view(shape)
     return geometry.backward(grad_y, x, weight, [False, True, False])[1]
 
