@@ -2,7 +2,8 @@
 
     spikeclip demo                    # the whole recipe on Fashion-MNIST, offline teacher
     spikeclip train --dataset fashion-mnist --config tiny --teacher lit --out DIR [--resume]
-    spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"]
+    spikeclip classify --checkpoint DIR --labels "cat,dog,car" [--top-k K] [--json] PATH...
+    spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"] [--out D]
     spikeclip eval --checkpoint DIR (--dataset NAME | --data SHARDS)   # any set: top-1/5, per class
     spikeclip shards --dataset NAME|folder|tsv [--data-dir D] [--split S] --out SHARDS
     spikeclip features --data SHARDS --teacher T --out FEAT            # torchrun: shards by rank
@@ -24,15 +25,41 @@ import os
 import sys
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (choices show in the usage)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default == argparse.SUPPRESS
+        if "%(default)" not in text and not unset:
+            shown = " ".join(map(str, default)) if isinstance(default, list) else "%(default)s"
+            text += f" (default: {shown})"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line on stderr (what to change, and where the help is), status 2."""
+    """Usage errors as one line on stderr (what to change, and where the help is), status 2;
+    help that names every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and args and args[0].startswith("--"):
+            kwargs["help"] = args[0][2:].replace("-", " ")  # a name at least, for its default
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from spikeclip import __version__
+
     p = _Parser(prog="spikeclip", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"spikeclip {__version__}")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of failures")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -52,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--batch", type=int, nargs="+", help="model / memory: samples per step (16 / 32)"
     )
-    b.add_argument("--device", default="cpu")
+    b.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when there is one)")
     b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
     b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
     b.add_argument(
@@ -208,15 +235,27 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def resolve_device(device: str) -> str:
+    """ "auto": cuda when torch sees a GPU, else cpu; any other name as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _run(args) -> int:
     if args.command == "bench":
         # Huge pages pay off for the kernel sweeps' large tensors; in a training step (many
         # mid-sized tensors) this machine's page compaction made every contender slower.
         if not args.no_thp and args.op not in ("model", "memory"):
             os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+        args.device = resolve_device(args.device)
         return _bench(args)
     if args.command == "info":
         return _info()
+    if isinstance(getattr(args, "device", None), str):
+        args.device = resolve_device(args.device)
     from spikeclip.train.commands import dispatch
 
     return dispatch(args)

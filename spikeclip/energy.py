@@ -104,6 +104,8 @@ class EnergyReport:
         import matplotlib.pyplot as plt
 
         rates = self.firing_rates
+        if not rates:
+            raise ValueError("no firing rates to plot: the network has no spiking neurons")
         fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(rates)), 4.0))
         ax.bar(range(len(rates)), list(rates.values()), color="#3b6ea8")
         ax.set_xticks(range(len(rates)), list(rates), rotation=90, fontsize=7)
@@ -132,6 +134,7 @@ def _conv_ops(m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]
         # Each output position sums over its receptive field: count the spikes inside it,
         # per group, and multiply by the group's output channels.
         ones = torch.ones(g, cin_g, kh, kw, dtype=torch.float64, device=x.device)
+        x = x.flatten(0, -4) if x.dim() > 4 else x  # [T, B, C, H, W] (SpikingConv2d)
         fed = F.conv2d((x != 0).double(), ones, None, m.stride, m.padding, m.dilation, g)
         return int(fed.sum().item()) * (m.out_channels // g), 0
     return 0, y.numel() * cin_g * kh * kw
@@ -155,19 +158,48 @@ def _attention_ops(m, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
     return 0, 2 * q.numel()
 
 
+def takes_sequences(module: nn.Module) -> bool:
+    """Whether `module` is fed `[T, B, ...]`: it holds multi-step neurons and is not one of
+    SpikeCLIP's encoders (which take `[B, ...]` and repeat it over T themselves)."""
+    from spikeclip.models.image_encoder import ImageEncoder
+    from spikeclip.models.neurons import LIF
+    from spikeclip.models.spikeclip_model import SpikeCLIP
+    from spikeclip.models.text_encoder import TextEncoder
+
+    if isinstance(module, ImageEncoder | TextEncoder | SpikeCLIP):
+        return False
+    return any(isinstance(m, LIF) and m.step_mode == "m" for m in module.modules())
+
+
 @torch.no_grad()
-def estimate(module: nn.Module, inputs, *, images: int | None = None) -> EnergyReport:
+def estimate(
+    module: nn.Module, inputs, *, images: int | None = None, time_major: bool | None = None
+) -> EnergyReport:
     """Run module(*inputs) once and count its SOPs and MACs (see the module docstring).
 
-    inputs: a tensor or a tuple of positional arguments; `images` (default: the first input's
-    leading dimension) divides the totals into per-image figures."""
+    inputs: a tensor or a tuple of positional arguments. Figures are per image: `images`
+    divides the totals; by default the batch size of the first input, its dim 1 when the
+    input is a sequence `[T, B, ...]` (time_major; None: `takes_sequences(module)`, true for
+    a network of multi-step neurons other than SpikeCLIP's encoders), else its dim 0."""
     from spikeclip.models.blocks import AttentionCore
     from spikeclip.models.neurons import LIF
 
     args = inputs if isinstance(inputs, tuple | list) else (inputs,)
+    if time_major is None:
+        time_major = takes_sequences(module)
     if images is None:
         first = args[0]
-        images = len(first) if not isinstance(first, torch.Tensor) else int(first.shape[0])
+        if not isinstance(first, torch.Tensor):
+            images = len(first)
+        elif time_major:
+            if first.dim() < 2:
+                raise ValueError(
+                    f"energy.estimate: a sequence input must be [T, B, ...], got shape "
+                    f"{tuple(first.shape)} (time_major=False for batch-first input)"
+                )
+            images = int(first.shape[1])
+        else:
+            images = int(first.shape[0])
     if images < 1:
         raise ValueError(f"energy.estimate needs at least one input, got {images}")
 

@@ -131,6 +131,22 @@ class HFTokenizer:
     def __init__(self, hf_tokenizer, context_length: int):
         self.hf, self.length = hf_tokenizer, int(context_length)
 
+    def save(self, path: str | Path) -> None:
+        """The Hugging Face tokenizer's files in the directory `path` (save_pretrained)."""
+        self.hf.save_pretrained(str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, context_length: int) -> HFTokenizer:
+        """A tokenizer saved by `save`; transformers is needed to read it."""
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ImportError(
+                f"{path}: reading a checkpoint's tokenizer needs transformers: pip install "
+                "'spikeclip[teachers]' (or pip install transformers)"
+            ) from None
+        return cls(AutoTokenizer.from_pretrained(str(path)), context_length)
+
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         out = self.hf(
             list(texts),

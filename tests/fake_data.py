@@ -54,6 +54,25 @@ def fake_idx_dataset(root, n=7, compress=True, n_test=None, seed=0, learnable=Fa
     return out["train"]
 
 
+def export_test_pngs(root, out) -> list:
+    """The test split of a fake_idx_dataset under root written as grey PNG files (sorted
+    names in test order); returns [(path, label)]."""
+    from PIL import Image
+
+    from spikeclip.data import read_idx
+
+    root, out = Path(root), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = read_idx(next(root.glob("t10k-images-idx3-ubyte*")))
+    labels = read_idx(next(root.glob("t10k-labels-idx1-ubyte*")))
+    files = []
+    for i, (im, label) in enumerate(zip(images, labels, strict=True)):
+        path = out / f"{i:05d}.png"
+        Image.fromarray(im).save(path)
+        files.append((path, int(label)))
+    return files
+
+
 def make_tiny_clip(path):
     """A CLIPModel with random weights (2 small towers, 24-d embeddings) and a character-level
     CLIP tokenizer (a byte-level BPE vocabulary without merges), saved with save_pretrained."""

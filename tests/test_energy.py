@@ -81,3 +81,25 @@ def test_image_encoder_report(tmp_path):
     snn.plot_firing_rates(tmp_path / "rates.png")
     assert (tmp_path / "rates.png").read_bytes()[:4] == b"\x89PNG"
     assert snn.to_dict()["total_mJ"] == snn.total_mJ
+
+
+def test_sequence_input_is_per_image():
+    """A user's network of multi-step neurons takes [T, B, ...]: figures per image (B), not
+    per time step; the same network's counts on B = 1 and B = 3 copies agree per image."""
+    from spikeclip.models import SpikingConv2d, SpikingLinear
+
+    net = nn.Sequential(LIF(), SpikingConv2d(2, 3, 3, padding=1), LIF(), nn.Flatten(2),
+                        SpikingLinear(3 * 5 * 5, 4))  # fmt: skip
+    one = torch.rand(4, 1, 2, 5, 5) * 3  # [T, B=1, C, H, W]
+    three = one.expand(4, 3, 2, 5, 5).contiguous()
+    r1, r3 = energy.estimate(net, one), energy.estimate(net, three)
+    assert r1.images == 1 and r3.images == 3
+    assert r3.sops_per_image == r1.sops_per_image > 0
+    assert energy.estimate(net, three, time_major=False).images == 4  # as asked
+    assert energy.takes_sequences(net) and not energy.takes_sequences(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"\[T, B"):
+        energy.estimate(nn.Sequential(LIF()), torch.rand(3))
+    ann = energy.estimate(nn.Linear(2, 2), torch.rand(5, 2))
+    assert ann.firing_rates == {}
+    with pytest.raises(ValueError, match="no spiking neurons"):
+        ann.plot_firing_rates("unused.png")

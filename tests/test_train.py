@@ -102,8 +102,9 @@ def test_recipe_end_to_end(tmp_path, data_dir, clip_dir, cache_dir, teacher, cap
     names = "T-shirt,trouser,pullover,dress,coat,sandal,shirt,sneaker,bag,ankle boot"
     ckpt = out / "checkpoint"
     assert cli(["eval", "--checkpoint", str(ckpt), "--class-names", names, "--no-progress",
-                "--data-dir", str(data_dir)]) == 0  # fmt: skip
-    evaluated = json.loads((ckpt / "eval.json").read_text())
+                "--data-dir", str(data_dir), "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
+    evaluated = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert not (ckpt / "eval.json").exists()  # the checkpoint is not written to
     assert evaluated["top1"] == pytest.approx(results["spikeclip_acc"], abs=1e-6)
     assert evaluated["images"] == 24
     assert cli(["eval", "--checkpoint", str(ckpt), "--extra-names", "hat,scarf", "--json",
@@ -119,6 +120,44 @@ def test_recipe_end_to_end(tmp_path, data_dir, clip_dir, cache_dir, teacher, cap
     assert cli(args) == 0
     assert (energy_out / "firing_rates.png").is_file()
     capsys.readouterr()
+    # no firing-rate plot for the ANN (it has no spiking neurons)
+    ann_out = tmp_path / "energy" / "ann"
+    assert cli(["energy", "--checkpoint", str(out / "ann_checkpoint"), "--images", "4",
+                "--out", str(ann_out)]) == 0  # fmt: skip
+    assert not (ann_out / "firing_rates.png").exists()
+    assert "no firing-rate plot" in capsys.readouterr().out
+
+    # `spikeclip classify` on the test images exported as PNG files agrees with `eval`
+    # (the same pixels: grey PNGs read as RGB in [0, 1]); SNN and ANN checkpoints alike.
+    from fake_data import export_test_pngs
+
+    pngs = export_test_pngs(data_dir, tmp_path / "pngs")
+    for checkpoint in (ckpt, out / "ann_checkpoint"):
+        assert cli(["classify", "--checkpoint", str(checkpoint), "--labels", names, "--top-k",
+                    "10", "--json", str(tmp_path / "pngs")]) == 0  # fmt: skip
+        records = json.loads(capsys.readouterr().out)
+        assert [r["path"] for r in records] == [str(p) for p, _ in pngs]
+        label_names = names.split(",")
+        hits = 0
+        for r, (_, label) in zip(records, pngs, strict=True):
+            probs = [p["probability"] for p in r["predictions"]]
+            assert probs == sorted(probs, reverse=True) and len(probs) == 10
+            assert sum(probs) == pytest.approx(1.0, abs=1e-5)
+            hits += r["predictions"][0]["label"] == label_names[label]
+        if checkpoint == ckpt:
+            assert hits / len(records) == pytest.approx(evaluated["top1"], abs=1e-6)
+    # labels it never saw (synonyms): sensible probabilities, top-k of them
+    synonyms = "tee,pants,sweater,gown,jacket,flip-flop,blouse,trainer,handbag,boot"
+    assert cli(["classify", "--checkpoint", str(ckpt), "--labels", synonyms, "--json",
+                str(pngs[0][0])]) == 0  # fmt: skip
+    (record,) = json.loads(capsys.readouterr().out)
+    assert len(record["predictions"]) == 3
+    assert (
+        0 < record["predictions"][-1]["probability"] <= record["predictions"][0]["probability"] < 1
+    )
+    assert cli(["classify", "--checkpoint", str(ckpt), "--labels", "cat,dog",
+                str(pngs[0][0])]) == 0  # fmt: skip
+    assert "%" in capsys.readouterr().out  # the table
 
 
 def test_resume_after_kills_gives_the_same_weights(tmp_path, data_dir, clip_dir, cache_dir):

@@ -3,6 +3,7 @@ classification by class names, save/load."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from spikeclip.models.text_encoder import TextEncoder
 
 CHECKPOINT_FORMAT = "spikeclip.SpikeCLIP/1"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+TOKENIZER_DIR = "tokenizer"
+# classify's logit scale when a checkpoint has none saved (CLIP's): probabilities of a student
+# trained at another scale come out too sharp or too flat.
+FALLBACK_LOGIT_SCALE = 100.0
 
 # A tokenizer maps strings to token ids `[B, context_length]` (int64).
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -79,6 +84,11 @@ class SpikeCLIP(nn.Module):
         self.image_encoder = ImageEncoder(self.config, backend=backend)
         self.text_encoder = TextEncoder(self.config, backend=backend)
         self.tokenizer = tokenizer
+        # What inference needs beside the weights, saved in config.json: the scale of the
+        # cosine logits training used (classify's softmax), and what it was trained on
+        # (teacher, class names, templates), set by the recipe.
+        self.logit_scale: float | None = None
+        self.training_info: dict = {}
         set_backend(self, backend)
 
     # ---- encoders ---------------------------------------------------------------------------
@@ -144,14 +154,68 @@ class SpikeCLIP(nn.Module):
         sims = self.encode_image(images) @ F.normalize(class_embeddings, dim=-1).t()
         return sims if temperature is None else sims * temperature
 
+    @property
+    def preprocess(self):
+        """image (file, PIL, array, tensor) -> `[3, S, S]` as training fed the encoder."""
+        from spikeclip.preprocess import Preprocess
+
+        return Preprocess.for_config(self.config)
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        """The prompt templates of training (saved with the checkpoint), else the default."""
+        return tuple(self.training_info.get("templates") or DEFAULT_TEMPLATES)
+
+    @torch.no_grad()
+    def classify(
+        self,
+        images,
+        labels: Sequence[str],
+        templates: Sequence[str] | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """Zero-shot probabilities `[B, K]` (rows sum to 1) of each image over `labels`:
+        softmax of the trained logit scale times the cosine to each label's prompts
+        (`templates`, default those of training). images: `[B, 3, H, W]` floats in [0, 1], or
+        a list of files / PIL images / arrays / tensors (preprocessed here)."""
+        if isinstance(labels, str) or len(labels) == 0:
+            raise ValueError("labels must be a non-empty list of strings")
+        if not isinstance(images, torch.Tensor):
+            if len(images) == 0:
+                raise ValueError("classify: got no images")
+            images = torch.stack([self.preprocess(im) for im in images])
+        device = self.text_encoder.token_embedding.weight.device
+        classes = self.classifier(list(labels), templates or self.templates)
+        scale = self.logit_scale if self.logit_scale is not None else FALLBACK_LOGIT_SCALE
+        probs = [
+            (self.logits(chunk.to(device), classes, scale).float()).softmax(-1).cpu()
+            for chunk in images.split(batch_size)
+        ]
+        return torch.cat(probs)
+
     # ---- save / load --------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Directory `path`: model.safetensors (every parameter and buffer) + config.json."""
+        """Directory `path`: model.safetensors (every parameter and buffer), config.json (the
+        config, logit scale, preprocessing, what training used, spikeclip and torch versions)
+        and tokenizer/ when the tokenizer can save itself."""
+        import spikeclip
+
         path = Path(path)
         save_tensors(path / WEIGHTS, self.state_dict())
+        if hasattr(self.tokenizer, "save"):
+            self.tokenizer.save(path / TOKENIZER_DIR)
         atomic_write_json(
-            path / CONFIG, {"format": CHECKPOINT_FORMAT, "config": self.config.to_dict()}
+            path / CONFIG,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "config": self.config.to_dict(),
+                "logit_scale": self.logit_scale,
+                "preprocess": self.preprocess.to_dict(),
+                "training": self.training_info,
+                "tokenizer": TOKENIZER_DIR if hasattr(self.tokenizer, "save") else None,
+                "versions": {"spikeclip": spikeclip.__version__, "torch": torch.__version__},
+            },
         )
 
     @classmethod
@@ -177,4 +241,45 @@ class SpikeCLIP(nn.Module):
             raise CheckpointError(f"{path / CONFIG}: bad config ({exc})") from None
         model = cls(config, backend=backend, tokenizer=tokenizer)
         load_state_into(model, load_tensors(path / WEIGHTS), path / WEIGHTS)
+        missing = model._restore_inference_state(path, meta, tokenizer is not None)
+        if missing:
+            warnings.warn(
+                f"{path} lacks what inference needs: {'; '.join(missing)} (written by an "
+                "older spikeclip; saving it again with this one records what the model holds)",
+                UserWarning,
+                stacklevel=2,
+            )
         return model.to(map_location)
+
+    def _restore_inference_state(self, path: Path, meta: dict, has_tokenizer: bool) -> list:
+        """Logit scale, training record and tokenizer from a checkpoint's config.json and
+        tokenizer/; returns what is missing, each with its consequence."""
+        missing = []
+        scale = meta.get("logit_scale")
+        if scale is None:
+            missing.append(
+                f"the trained logit scale (classify uses {FALLBACK_LOGIT_SCALE:g}, CLIP's: "
+                "probabilities may be too sharp or too flat)"
+            )
+        else:
+            self.logit_scale = float(scale)
+        self.training_info = dict(meta.get("training") or {})
+        if not self.training_info:
+            missing.append("the teacher, class names and templates of training")
+        if not has_tokenizer:
+            if (path / TOKENIZER_DIR).is_dir():
+                from spikeclip.teachers import HFTokenizer
+
+                try:
+                    self.tokenizer = HFTokenizer.load(
+                        path / TOKENIZER_DIR, self.config.context_length
+                    )
+                except (OSError, ValueError) as exc:
+                    raise CheckpointError(
+                        f"{path / TOKENIZER_DIR}: unreadable tokenizer ({exc})"
+                    ) from None
+            else:
+                missing.append("the tokenizer (pass tokenizer= or set model.tokenizer)")
+        if "versions" not in meta:
+            missing.append("the spikeclip and torch versions it was written with")
+        return missing

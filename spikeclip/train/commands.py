@@ -29,7 +29,7 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
         help="run directory (checkpoints, metrics, plots, results.json)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (cuda if any)")
     p.add_argument("--backend", default=d.backend, help="kernel backend (auto, torch, cpp, ...)")
     p.add_argument("--data-dir", help="where the dataset's files are (default: found)")
     p.add_argument("--cache-dir", help="teacher feature cache ($SPIKECLIP_CACHE, ~/.cache)")
@@ -170,6 +170,15 @@ def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir
     return model.eval(), test.subset(n, recipe.get("seed", 0)), recipe
 
 
+EVAL_OUT = "spikeclip_out/eval"
+
+
+def eval_json_path(args) -> Path:
+    """Where `spikeclip eval` writes its result: --json FILE, else --out DIR / eval.json
+    (never into the checkpoint, which may be read-only or shared)."""
+    return Path(args.json) if args.json else Path(args.out) / "eval.json"
+
+
 def run_eval(args) -> int:
     from spikeclip.train.evaluate import embed_images, top1
 
@@ -191,7 +200,7 @@ def run_eval(args) -> int:
         "checkpoint": str(args.checkpoint), "dataset": recipe["dataset"], "images": len(test),
         "class_names": names, "extra_names": extra, "top1": acc,
     }  # fmt: skip
-    out = Path(args.json) if args.json else Path(args.checkpoint) / "eval.json"
+    out = eval_json_path(args)
     from spikeclip.checkpoint import atomic_write_json
 
     atomic_write_json(out, result)
@@ -212,11 +221,14 @@ def run_energy(args) -> int:
     print(report.table())
     out = Path(args.out or args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    report.plot_firing_rates(out / "firing_rates.png")
+    plot = "no firing-rate plot (no spiking neurons: an ANN)"
+    if report.firing_rates:
+        report.plot_firing_rates(out / "firing_rates.png")
+        plot = "plot firing_rates.png"
     from spikeclip.checkpoint import atomic_write_json
 
     atomic_write_json(out / "energy.json", report.to_dict())
-    print(f"{report.total_mJ:.4f} mJ per image; table in {out}/energy.json, plot firing_rates.png")
+    print(f"{report.total_mJ:.4f} mJ per image; table in {out}/energy.json, {plot}")
     return 0
 
 
@@ -231,8 +243,9 @@ def add_commands(sub) -> None:
     e.add_argument("--extra-names", help="distractor names added to the candidates")
     e.add_argument("--test-images", type=int)
     e.add_argument("--data-dir")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--json", help="where to write the result (default CHECKPOINT/eval.json)")
+    e.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
+    e.add_argument("--out", default=EVAL_OUT, help="directory for eval.json")
+    e.add_argument("--json", help="write the result to this file instead of OUT/eval.json")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument(
         "--dataset", help="evaluate on this dataset of spikeclip.data instead of the training one "
@@ -241,14 +254,16 @@ def add_commands(sub) -> None:
     e.add_argument("--split", default="test", help="with --dataset (default %(default)s)")
     e.add_argument("--data", help="evaluate on labelled shards (spikeclip shards)")
     e.add_argument("--teacher", action="store_true", help="with --dataset: the teacher's top-1 too")
+    from spikeclip.inference import add_classify_command
     from spikeclip.train.stage_commands import add_stage_commands
 
+    add_classify_command(sub)
     add_stage_commands(sub)
     n = sub.add_parser("energy", help="per-layer SOPs/MACs and energy per image of a checkpoint")
     n.add_argument("--checkpoint", required=True)
     n.add_argument("--images", type=int, default=64, help="test images to measure on")
     n.add_argument("--data-dir")
-    n.add_argument("--device", default="cpu")
+    n.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
     n.add_argument("--out", help="where energy.json and firing_rates.png go (CHECKPOINT)")
 
 
@@ -262,6 +277,10 @@ def dispatch(args) -> int:
         return run_train(args, demo=False)
     from spikeclip.train.stage_commands import STAGE_COMMANDS, run_stage_eval
 
+    if args.command == "classify":
+        from spikeclip.inference import run_classify
+
+        return run_classify(args)
     if args.command in STAGE_COMMANDS:
         return STAGE_COMMANDS[args.command](args)
     if args.command == "eval":

@@ -28,7 +28,6 @@ from spikeclip.train.losses import alignment_loss, cosine_logits, dual_loss
 from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
 
 RECIPE_JSON = "recipe.json"
-TOKENIZER_DIR = "tokenizer"
 # Fields that may differ between a run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"progress", "resume", "overwrite", "stop_after_steps", "cache_dir", "device"}
 
@@ -207,9 +206,21 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
     return summaries
 
 
-def save_student(model, teacher, path: Path, cfg: RecipeConfig, kind: str) -> None:
+def save_student(
+    model, teacher, path: Path, cfg: RecipeConfig, kind: str, class_names, templates
+) -> None:
+    """The checkpoint: SpikeCLIP.save (weights, tokenizer, the logit scale the student's
+    logits were trained with, what it was trained on) + recipe.json (the run's settings)."""
+    model.logit_scale = float(cfg.logit_scale or teacher.logit_scale)
+    model.training_info = {
+        "kind": kind,
+        "teacher": {"name": cfg.teacher, "class": type(teacher).__name__,
+                    "backbone": teacher.backbone_key},
+        "dataset": cfg.dataset,
+        "class_names": list(class_names),
+        "templates": list(templates),
+    }  # fmt: skip
     model.save(path)
-    teacher.save_tokenizer(path / TOKENIZER_DIR)
     atomic_write_json(path / RECIPE_JSON, {**cfg.to_dict(), "kind": kind})
 
 
@@ -297,6 +308,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
                 out / ("checkpoint" if name == "spikeclip" else f"{name}_checkpoint"),
                 cfg,
                 name,
+                train.class_names,
+                train.templates,
             )
         acc = evaluate_all(cfg, teacher, models, test, ctx)
         energy = {name: energy_of(m, test, cfg.energy_images, device) for name, m in models.items()}

@@ -30,7 +30,7 @@ def _stage_args(p, d, epochs: str) -> None:
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--config", default=d.config, help="tiny or paper (default %(default)s)")
-    p.add_argument("--device", default=d.device, help="cpu, cuda, ... (default %(default)s)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if any)")
     p.add_argument("--backend", default=d.backend, help="kernel backend (default %(default)s)")
     p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
     p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")
@@ -70,7 +70,7 @@ def add_stage_commands(sub) -> None:
     f.add_argument("--batch", type=_positive(), default=256)
     f.add_argument("--teacher-steps", type=_positive(), default=d.teacher_steps)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="cpu")
+    f.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
     f.add_argument("--no-progress", action="store_true")
 
     a = sub.add_parser("align", help="text + image alignment on shards (no labels)")
@@ -189,9 +189,9 @@ def run_finetune(args) -> int:
 
 
 def run_stage_eval(args) -> int:
-    from pathlib import Path
 
     from spikeclip.checkpoint import atomic_write_json
+    from spikeclip.train.commands import eval_json_path
     from spikeclip.train.stages import evaluate, result_lines
 
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
@@ -202,7 +202,7 @@ def run_stage_eval(args) -> int:
         progress=not args.no_progress,
     )  # fmt: skip
     print(result_lines(result))
-    out = Path(args.json) if args.json else Path(args.checkpoint) / "eval.json"
+    out = eval_json_path(args)
     atomic_write_json(out, result)
     print(f"written to {out}")
     return 0

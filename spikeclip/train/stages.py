@@ -120,6 +120,8 @@ def align(
             out / "checkpoint",
             replace(cfg, teacher=str(out / TEACHER_DIR)),
             "spikeclip",
+            Names.class_names,
+            Names.templates,
         )
         atomic_write_json(out / "results.json", {"stages": summaries, "data": str(data)})
     distributed.barrier(ctx.dist)
@@ -132,8 +134,9 @@ def load_trained(checkpoint, device="cpu", with_teacher: bool = True):
     checkpoint; a directory that lacks a part says which."""
     from spikeclip.checkpoint import CheckpointError
     from spikeclip.models import SpikeCLIP
-    from spikeclip.teachers import HFTokenizer, load_teacher
-    from spikeclip.train.recipe import RECIPE_JSON, TOKENIZER_DIR
+    from spikeclip.models.spikeclip_model import TOKENIZER_DIR
+    from spikeclip.teachers import load_teacher
+    from spikeclip.train.recipe import RECIPE_JSON
 
     path = Path(checkpoint)
     for part in (RECIPE_JSON, TOKENIZER_DIR):
@@ -143,14 +146,7 @@ def load_trained(checkpoint, device="cpu", with_teacher: bool = True):
                 "align / finetune write model.safetensors, config.json, recipe.json, tokenizer/)"
             )
     recipe = load_json(path / RECIPE_JSON)
-    model = SpikeCLIP.load(path, map_location=device)
-    from transformers import AutoTokenizer
-
-    try:
-        hf = AutoTokenizer.from_pretrained(str(path / TOKENIZER_DIR))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / TOKENIZER_DIR}: unreadable tokenizer ({exc})") from None
-    model.tokenizer = HFTokenizer(hf, model.config.context_length)
+    model = SpikeCLIP.load(path, map_location=device)  # its tokenizer too
     teacher = None
     if with_teacher:
         teacher_dir = path.parent / TEACHER_DIR
@@ -233,7 +229,7 @@ def finetune(
     if ctx.dist.main:
         teacher.save(out / TEACHER_DIR)
         cfg_saved = replace(cfg, teacher=str(out / TEACHER_DIR), dataset=dataset or str(data))
-        save_student(model, teacher, out / "checkpoint", cfg_saved, "spikeclip")
+        save_student(model, teacher, out / "checkpoint", cfg_saved, "spikeclip", names, templates)
         atomic_write_json(out / "results.json", {"stages": {"finetune": summary}})
     distributed.barrier(ctx.dist)
     distributed.shutdown(ctx.dist)
