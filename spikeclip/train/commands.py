@@ -170,15 +170,6 @@ def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir
     return model.eval(), test.subset(n, recipe.get("seed", 0)), recipe
 
 
-EVAL_OUT = "spikeclip_out/eval"
-
-
-def eval_json_path(args) -> Path:
-    """Where `spikeclip eval` writes its result: --json FILE, else --out DIR / eval.json
-    (never into the checkpoint, which may be read-only or shared)."""
-    return Path(args.json) if args.json else Path(args.out) / "eval.json"
-
-
 def run_eval(args) -> int:
     from spikeclip.train.evaluate import embed_images, top1
 
@@ -200,8 +191,10 @@ def run_eval(args) -> int:
         "checkpoint": str(args.checkpoint), "dataset": recipe["dataset"], "images": len(test),
         "class_names": names, "extra_names": extra, "top1": acc,
     }  # fmt: skip
-    out = eval_json_path(args)
     from spikeclip.checkpoint import atomic_write_json
+    from spikeclip.train.stage_commands import eval_json_path
+
+    out = eval_json_path(args)
 
     atomic_write_json(out, result)
     print(f"top-1 {100 * acc:.2f}% on {len(test)} {recipe['dataset']} test images "
@@ -244,7 +237,7 @@ def add_commands(sub) -> None:
     e.add_argument("--test-images", type=int)
     e.add_argument("--data-dir")
     e.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
-    e.add_argument("--out", default=EVAL_OUT, help="directory for eval.json")
+    e.add_argument("--out", default="spikeclip_out/eval", help="directory for eval.json")
     e.add_argument("--json", help="write the result to this file instead of OUT/eval.json")
     e.add_argument("--no-progress", action="store_true")
     e.add_argument(

@@ -188,10 +188,17 @@ def run_finetune(args) -> int:
     return 0
 
 
+def eval_json_path(args):
+    """Where `spikeclip eval` writes its result: --json FILE, else --out DIR / eval.json
+    (never into the checkpoint, which may be read-only or shared)."""
+    from pathlib import Path
+
+    return Path(args.json) if args.json else Path(args.out) / "eval.json"
+
+
 def run_stage_eval(args) -> int:
 
     from spikeclip.checkpoint import atomic_write_json
-    from spikeclip.train.commands import eval_json_path
     from spikeclip.train.stages import evaluate, result_lines
 
     names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
