@@ -227,6 +227,9 @@ def estimate(
             elif isinstance(mod, AttentionCore):
                 s, a = _attention_ops(mod, *inp)
                 kind = "attention"
+            elif hasattr(mod, "energy_ops"):  # a module that counts itself
+                s, a = mod.energy_ops(inp, out)
+                kind = "attention"
             else:
                 rows[name].calls += 1
                 return
@@ -239,7 +242,7 @@ def estimate(
 
     handles = []
     for name, m in module.named_modules():
-        if isinstance(m, nn.Linear | nn.Conv2d | LIF | AttentionCore):
+        if isinstance(m, nn.Linear | nn.Conv2d | LIF | AttentionCore) or hasattr(m, "energy_ops"):
             handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, m)))
     try:
         module(*args)

@@ -18,7 +18,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 class Preprocess:
     """image -> float32 `[3, image_size, image_size]`: converted to RGB (grey repeated over
     the three channels, as the datasets are), scaled to [0, 1], resized with bilinear
-    interpolation (antialiased when shrinking). The encoder's own resize is then a no-op."""
+    interpolation (antialiased when shrinking if `antialias`). The encoder's own resize is then
+    a no-op; it normalises itself (config.image_normalize)."""
 
     image_size: int
     interpolation: str = "bilinear"
@@ -27,7 +28,7 @@ class Preprocess:
 
     @classmethod
     def for_config(cls, config) -> Preprocess:
-        return cls(image_size=config.image_size)
+        return cls(image_size=config.image_size, antialias=config.resize_antialias)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "value_range": list(self.value_range)}
@@ -49,7 +50,7 @@ class Preprocess:
         lo, hi = self.value_range
         if (lo, hi) != (0.0, 1.0):
             x = x * (hi - lo) + lo
-        return resize_images(x.unsqueeze(0), self.image_size)[0]
+        return resize_images(x.unsqueeze(0), self.image_size, self.antialias)[0]
 
 
 def to_tensor(image) -> torch.Tensor:

@@ -35,12 +35,13 @@ from spikeclip.shards import (
 )
 
 
-def resize(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """`[3, H, W]` -> `[3, size, size]` exactly as the image encoder resizes its input, so that a
-    resized image then passes through it unchanged (None: keep the size)."""
+def resize(image: torch.Tensor, size: int | None, antialias: bool = True) -> torch.Tensor:
+    """`[3, H, W]` -> `[3, size, size]` exactly as the image encoder resizes its input (pass its
+    config.resize_antialias), so that a resized image then passes through it unchanged (None:
+    keep the size)."""
     from spikeclip.models.image_encoder import resize_images
 
-    return image if size is None else resize_images(image, size)
+    return image if size is None else resize_images(image, size, antialias)
 
 
 def _seed(*parts) -> int:
@@ -60,6 +61,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         root,
         *,
         image_size: int | None,
+        antialias: bool = True,
         seed: int = 0,
         stage: str = "",
         shuffle_buffer: int = 1000,
@@ -69,7 +71,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.root = Path(root)
         self.meta = read_meta(self.root)
-        self.image_size = image_size
+        self.image_size, self.antialias = image_size, antialias
         self.seed, self.stage = seed, stage
         self.shuffle_buffer = max(1, int(shuffle_buffer)) if shuffle else 1
         self.shuffle = shuffle
@@ -166,7 +168,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if ext is None:
             raise ShardError(f"{where}: sample {key!r} has no image (fields {sorted(sample)})")
         try:
-            image = resize(decode_image(sample, ext), self.image_size)
+            image = resize(decode_image(sample, ext), self.image_size, self.antialias)
         except ShardError:
             raise
         except Exception as exc:  # PIL raises many types for a bad image

@@ -33,6 +33,7 @@ SMALL = SpikeCLIPConfig.named(
     text_hidden=24,
     embed_dim=12,
     time_steps=3,
+    text_embeddings="frozen-layernorm",  # fires at initialisation (trained ones start silent)
 )
 
 
@@ -216,17 +217,20 @@ def test_bad_inputs():
         model.text_encoder.load_embeddings(torch.randn(3, 8), torch.randn(5, 8))
 
 
+@pytest.mark.parametrize("layout", ["paper", "legacy"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_image_encoder_equals_an_independent_composition(mode):
+def test_image_encoder_equals_an_independent_composition(mode, layout):
     """The tiny image encoder against its layers composed by hand from torch.nn.functional and
-    the reference neurons (the paper's layout, SPIKECLIP.md: conv+BN stages with LIFs, two
-    2x2 pools, the membrane shortcut of stage 5, blocks of SSA and MLP, token mean, temporal
-    weighted readout, projection): the same outputs and gradients."""
+    the reference neurons (the paper's layout, SPIKECLIP.md: CLIP normalisation, conv+BN
+    stages with LIFs, two 3x3 stride-2 pools, plain stage 5, blocks of SSA and MLP, token
+    mean, temporal weighted readout, projection; or the legacy options: 2x2 pools, the
+    membrane shortcut of stage 5, no normalisation): the same outputs and gradients."""
     import torch.nn.functional as F
 
     from spikeclip.kernels.reference import lif_reference, ssa_reference
+    from spikeclip.models.config import CLIP_MEAN, CLIP_STD, LEGACY_VALUES
 
-    cfg = SpikeCLIPConfig.named("tiny", depth=2)
+    cfg = SpikeCLIPConfig.named("tiny", depth=2, **(LEGACY_VALUES if layout == "legacy" else {}))
     torch.manual_seed(5)
     enc = ImageEncoder(cfg)
     set_backend(enc, "torch")
@@ -256,18 +260,23 @@ def test_image_encoder_equals_an_independent_composition(mode):
         return bn(y, f"{name}.bn").unflatten(0, x.shape[:2])
 
     def pool(x):
-        return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])
+        if layout == "legacy":
+            return F.max_pool2d(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])
+        return F.max_pool2d(x.flatten(0, 1), 3, 2, 1).unflatten(0, x.shape[:2])
 
     def linear_bn(x, name):  # x [T, B, N, C]
         y = F.linear(x, P[f"{name}.op.weight"])
         return bn(y.reshape(-1, y.shape[-1]), f"{name}.bn").view(y.shape)
 
     def composed(images):
+        if layout == "paper":
+            mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+            images = (images - mean) / std
         x = conv_bn(images.unsqueeze(0), 0).expand(T, -1, -1, -1, -1)
         x = conv_bn(lif(x), 1)
         x = pool(conv_bn(lif(x), 2))
         x = pool(conv_bn(lif(x), 3))
-        x = x + conv_bn(lif(x), 4)
+        x = x + conv_bn(lif(x), 4) if layout == "legacy" else conv_bn(lif(x), 4)
         x = x.flatten(3).transpose(2, 3)  # [T, B, N, C]
         Tn, B, N, C = x.shape
         H = cfg.heads

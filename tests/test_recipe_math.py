@@ -65,10 +65,18 @@ def test_label_experiments_and_the_vocabulary_leave_replace_names_out():
     fm = label_experiment("fashion-mnist", FASHION_MNIST_CLASSES)
     assert fm["replace"][FASHION_MNIST_CLASSES.index("sneaker")] == "running shoe"
     assert fm["replace"][FASHION_MNIST_CLASSES.index("trouser")] == "trouser"
-    c10 = label_experiment("cifar10", CIFAR10_CLASSES)
+    c10 = label_experiment("cifar10", CIFAR10_CLASSES)  # the paper's, as the official code
+    assert c10["name"] == "paper" and c10["renamed"] == {"horse": "zebra", "ship": "boat"}
     assert c10["replace"][CIFAR10_CLASSES.index("horse")] == "zebra"
     assert c10["replace"][CIFAR10_CLASSES.index("ship")] == "boat"
-    assert len(c10["expand"]) == 10 and not set(c10["expand"]) & set(CIFAR10_CLASSES)
+    assert c10["expand"] == ["apple", "aquarium fish", "bear", "beaver", "bed", "bee", "beetle",
+                             "bicycle", "bottle", "bowl"]  # fmt: skip
+    from spikeclip.train.vocabulary import label_experiments
+
+    both = label_experiments("cifar10", CIFAR10_CLASSES)
+    assert [e["name"] for e in both] == ["paper", "ours"]
+    assert both[1]["renamed"]["automobile"] == "car"  # our extra row
+    assert "car" not in alignment_vocabulary(CIFAR10_CLASSES, "cifar10")
     for dataset, names, exp in (("fashion-mnist", FASHION_MNIST_CLASSES, fm),
                                 ("cifar10", CIFAR10_CLASSES, c10)):  # fmt: skip
         vocab = alignment_vocabulary(names, dataset)

@@ -6,6 +6,7 @@ from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ConvTokenizer, ImageEncoder
 from spikeclip.models.layers import SeqConvBN, SeqLinearBN, TemporalReadout, make_neuron
 from spikeclip.models.neurons import IF, LIF, reset_net
+from spikeclip.models.official import from_official
 from spikeclip.models.spikeclip_model import SpikeCLIP, set_backend, set_memory
 from spikeclip.models.spiking_layers import SeqToANN, SpikingConv2d, SpikingLinear
 from spikeclip.models.text_encoder import TextEncoder
@@ -28,6 +29,7 @@ __all__ = [
     "SpikingLinear",
     "TemporalReadout",
     "TextEncoder",
+    "from_official",
     "make_neuron",
     "reset_net",
     "set_backend",

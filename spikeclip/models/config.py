@@ -8,20 +8,34 @@ from dataclasses import dataclass
 
 from spikeclip.kernels.reference import SURROGATES
 
-IMAGE_NEURONS = ("lif", "relu")  # relu: the ANN counterpart of the image encoder (T = 1)
+# relu: our ANN twin of the image encoder (T = 1); clip-ann: the official code's ANN
+# counterpart (spikeclip.models.official_ann: softmax attention, LayerNorm, QuickGELU)
+IMAGE_NEURONS = ("lif", "relu", "clip-ann")
 ATTENTIONS = ("ssa", "sdsa")
+TOKENIZER_POOLS = ("3x3", "2x2")  # 3x3 stride 2 padding 1 (SpikeCLIP's), or 2x2 stride 2
+TEXT_EMBEDDINGS = ("trained", "frozen-layernorm")
+IMAGE_NORMALIZE = ("clip", "none")
+# CLIP's per-channel image mean and std (the official preprocessing normalises with them)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
 class SpikeCLIPConfig:
     """Sizes of SpikeCLIP's image encoder (Spikingformer-style) and text encoder.
 
-    Image: `[B, in_channels, H, W]` resized to `image_size`, repeated over `time_steps`;
-    tokenizer channels width/8, width/4, width/2, width, width with two 2x2 max-pools, giving
-    (image_size/4)^2 tokens of `width`; `depth` blocks of attention (`heads`, `attention`) + MLP
-    (`mlp_ratio`); mean over tokens, temporal weighted readout, Linear(width, embed_dim).
-    Text: frozen token + position embeddings (`vocab_size` x `text_width`, `context_length`),
-    flattened, LIF -> Linear(-> text_hidden) -> LIF -> Linear(-> embed_dim), temporal readout.
+    Image: `[B, in_channels, H, W]` in [0, 1] resized to `image_size` (bilinear; antialiased
+    when shrinking if `resize_antialias`), normalised (`image_normalize`: "clip" mean/std, or
+    "none"), repeated over `time_steps`; tokenizer channels width/8, width/4, width/2, width,
+    width with two max-pools (`tokenizer_pool`: "3x3" stride 2 padding 1, SpikeCLIP's, or
+    "2x2"), giving (image_size/4)^2 tokens of `width`; its last stage plain conv + BN, or with
+    `tokenizer_shortcut` added to its own input; `depth` blocks of attention (`heads`,
+    `attention`) + MLP (`mlp_ratio`); mean over tokens, temporal weighted readout,
+    Linear(width, embed_dim).
+    Text: token + position embeddings (`vocab_size` x `text_width`, `context_length`; copied
+    from the teacher), flattened, LIF -> Linear(-> text_hidden) -> LIF -> Linear(-> embed_dim),
+    temporal readout. `text_embeddings`: "trained" (SpikeCLIP's: trained with the rest, no
+    LayerNorm) or "frozen-layernorm" (frozen, then a LayerNorm: see TextEncoder).
     Neurons: LIF(tau, v_th, hard reset to v_reset, detach_reset, surrogate(alpha)); the
     attention's LIF fires at attn_v_th.
     """
@@ -47,6 +61,11 @@ class SpikeCLIPConfig:
     context_length: int = 20
     text_width: int = 512
     text_hidden: int = 2048
+    tokenizer_pool: str = "3x3"
+    tokenizer_shortcut: bool = False
+    text_embeddings: str = "trained"
+    image_normalize: str = "clip"
+    resize_antialias: bool = False
 
     def __post_init__(self):
         positive = (
@@ -83,6 +102,14 @@ class SpikeCLIPConfig:
             raise ValueError(
                 f"image_neuron must be one of {IMAGE_NEURONS}, got {self.image_neuron!r}"
             )
+        for name, choices in (("tokenizer_pool", TOKENIZER_POOLS),
+                              ("text_embeddings", TEXT_EMBEDDINGS),
+                              ("image_normalize", IMAGE_NORMALIZE)):  # fmt: skip
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("tokenizer_shortcut", "resize_antialias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}")
         from spikeclip.kernels.options import check_number
@@ -124,12 +151,23 @@ class SpikeCLIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SpikeCLIPConfig:
+        """A saved config; fields it predates take the values that were built in then
+        (LEGACY_VALUES), so an old checkpoint keeps computing the function it was trained as."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown SpikeCLIPConfig fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{**LEGACY_VALUES, **d})
 
+
+# What spikeclip 0.1 built before these were options (checkpoints it wrote lack the fields).
+LEGACY_VALUES = dict(
+    tokenizer_pool="2x2",
+    tokenizer_shortcut=True,
+    text_embeddings="frozen-layernorm",
+    image_normalize="none",
+    resize_antialias=True,
+)
 
 NAMED_CONFIGS = {
     # SpikeCLIP as published (../shared/SPIKECLIP.md): about 9.5M image-encoder parameters.

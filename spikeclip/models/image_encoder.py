@@ -7,17 +7,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeclip.models.blocks import Block
-from spikeclip.models.config import SpikeCLIPConfig
-from spikeclip.models.layers import SeqConvBN, SeqMaxPool2x2, TemporalReadout, make_neuron
+from spikeclip.models.config import CLIP_MEAN, CLIP_STD, SpikeCLIPConfig
+from spikeclip.models.layers import (
+    SeqConvBN,
+    SeqMaxPool2x2,
+    SeqMaxPool3x3,
+    TemporalReadout,
+    make_neuron,
+)
 
 
 class ConvTokenizer(nn.Module):
     """Convolutional tokenizer: `[T, B, 3, S, S]` -> tokens `[T, B, (S/4)^2, C]`.
 
     Five 3x3 conv + BN stages with C/8, C/4, C/2, C, C channels and a neuron before each stage
-    after the first; 2x2 max-pools after the third and fourth stages (S -> S/4); the fifth
-    stage is a relative position embedding added to its own input (membrane shortcut).
-    The first stage sees the same image at every step, so it runs once and is repeated.
+    after the first; max-pools on the BN outputs of the third and fourth stages, before their
+    neurons (S -> S/4): 3x3 stride 2 padding 1 (config.tokenizer_pool "3x3", SpikeCLIP's and
+    Spikformer's) or 2x2; the fifth stage is plain conv + BN (SpikeCLIP), or with
+    config.tokenizer_shortcut added to its own input (a membrane shortcut, as a relative
+    position embedding). The first stage sees the same image at every step, so it runs once and
+    is repeated.
     """
 
     def __init__(self, config: SpikeCLIPConfig, *, spiking: bool = True, backend: str = "auto"):
@@ -32,7 +41,8 @@ class ConvTokenizer(nn.Module):
         self.neurons = nn.ModuleList(
             make_neuron(config, spiking=spiking, backend=backend) for _ in range(4)
         )
-        self.pool = SeqMaxPool2x2(backend)
+        self.pool = SeqMaxPool3x3() if config.tokenizer_pool == "3x3" else SeqMaxPool2x2(backend)
+        self.shortcut = config.tokenizer_shortcut
 
     def forward(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
         x = self.stages[0](images.unsqueeze(0))  # [1, B, C/8, S, S]
@@ -40,28 +50,62 @@ class ConvTokenizer(nn.Module):
         x = self.stages[1](self.neurons[0](x))
         x = self.pool(self.stages[2](self.neurons[1](x)))
         x = self.pool(self.stages[3](self.neurons[2](x)))  # [T, B, C, S/4, S/4]
-        x = x + self.stages[4](self.neurons[3](x))
+        y = self.stages[4](self.neurons[3](x))
+        x = x + y if self.shortcut else y
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]
 
 
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
     """`[..., 3, H, W]` -> `[..., 3, size, size]` as the encoder sees its input (bilinear,
-    antialiased); an image already of that size passes unchanged. Data loaders that resize
-    ahead (spikeclip.streaming) call this, so that both paths give the encoder the same pixels."""
+    align_corners=False; antialiased when shrinking if `antialias`: config.resize_antialias);
+    an image already of that size passes unchanged. Data loaders that resize ahead
+    (spikeclip.streaming) call this, so that both paths give the encoder the same pixels."""
     if tuple(images.shape[-2:]) == (size, size):
         return images
     lead = images.shape[:-3]
     flat = images.reshape(-1, *images.shape[-3:])
     out = F.interpolate(
-        flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        flat, size=(size, size), mode="bilinear", antialias=antialias, align_corners=False
     )
     return out.reshape(*lead, *out.shape[-3:])
+
+
+def normalize_images(images: torch.Tensor, how: str) -> torch.Tensor:
+    """config.image_normalize: "clip" subtracts CLIP's per-channel mean and divides by its std
+    (3-channel images), "none" passes them as they are."""
+    if how == "none":
+        return images
+    if images.shape[-3] != 3:
+        raise ValueError("image_normalize='clip' needs 3-channel images")
+    mean = torch.tensor(CLIP_MEAN, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=images.dtype, device=images.device).view(3, 1, 1)
+    return (images - mean) / std
+
+
+def check_images(config: SpikeCLIPConfig, images, check_finite: bool = True) -> None:
+    """images must be a floating `[B, in_channels, H, W]` tensor, non-empty; with check_finite
+    one cheap pass (a device sync on GPU) refuses NaN / inf pixels, which would otherwise give
+    a finite, normalised embedding (`encoder.check_finite = False` skips it)."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating tensor, got dtype {images.dtype}")
+    if images.dim() != 4 or images.shape[1] != config.in_channels:
+        raise ValueError(
+            f"images must be [B, {config.in_channels}, H, W], got shape {tuple(images.shape)}"
+        )
+    if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
+        raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+    checking = check_finite and not torch.compiler.is_compiling()
+    if checking and not bool(torch.isfinite(images).all()):
+        raise ValueError("images hold NaN or inf values")
 
 
 class ImageEncoder(nn.Module):
     """`[B, in_channels, H, W]` float images -> features `[B, embed_dim]` (not normalised).
 
-    images -> resized to image_size (bilinear) -> repeated over T steps (direct encoding)
+    images in [0, 1] -> resized to image_size (bilinear) -> normalised (config.image_normalize)
+    -> repeated over T steps (direct encoding)
     -> ConvTokenizer `[T, B, N, C]` -> depth x Block `[T, B, N, C]` -> mean over tokens `[T, B, C]`
     -> TemporalReadout `[B, C]` -> Linear `[B, embed_dim]`.
     spiking=False (config.image_neuron == "relu") is the ANN counterpart: ReLU for every LIF,
@@ -82,26 +126,13 @@ class ImageEncoder(nn.Module):
         self.check_finite = True  # refuse NaN / inf images (see check_images)
 
     def check_images(self, images) -> None:
-        c = self.config
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be a floating tensor, got dtype {images.dtype}")
-        if images.dim() != 4 or images.shape[1] != c.in_channels:
-            raise ValueError(
-                f"images must be [B, {c.in_channels}, H, W], got shape {tuple(images.shape)}"
-            )
-        if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
-            raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
-        # one cheap pass (a device sync on GPU): a NaN or inf pixel would otherwise give a
-        # finite, normalised embedding; `encoder.check_finite = False` skips it
-        checking = self.check_finite and not torch.compiler.is_compiling()
-        if checking and not bool(torch.isfinite(images).all()):
-            raise ValueError("images hold NaN or inf values")
+        check_images(self.config, images, self.check_finite)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.check_images(images)
-        x = self.tokenizer(resize_images(images, self.config.image_size), self.time_steps)
+        c = self.config
+        x = resize_images(images, c.image_size, c.resize_antialias)
+        x = self.tokenizer(normalize_images(x, c.image_normalize), self.time_steps)
         for block in self.blocks:
             x = block(x)
         return self.proj(self.readout(x.mean(2)))

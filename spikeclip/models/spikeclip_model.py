@@ -81,7 +81,12 @@ class SpikeCLIP(nn.Module):
         self.config = config or SpikeCLIPConfig()
         if not isinstance(self.config, SpikeCLIPConfig):
             raise TypeError(f"config must be a SpikeCLIPConfig, got {type(config).__name__}")
-        self.image_encoder = ImageEncoder(self.config, backend=backend)
+        if self.config.image_neuron == "clip-ann":
+            from spikeclip.models.official_ann import OfficialANNEncoder
+
+            self.image_encoder = OfficialANNEncoder(self.config, backend=backend)
+        else:
+            self.image_encoder = ImageEncoder(self.config, backend=backend)
         self.text_encoder = TextEncoder(self.config, backend=backend)
         self.tokenizer = tokenizer
         # What inference needs beside the weights, saved in config.json: the scale of the
@@ -118,10 +123,14 @@ class SpikeCLIP(nn.Module):
 
     @torch.no_grad()
     def classifier(
-        self, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+        self,
+        class_names: Sequence[str],
+        templates: Sequence[str] = DEFAULT_TEMPLATES,
+        renormalize: bool = True,
     ) -> torch.Tensor:
-        """Class embeddings `[K, E]`: per class the normalised mean over templates of the
-        normalised text features of template.format(name)."""
+        """Class embeddings `[K, E]`: per class the mean over templates of the normalised text
+        features of template.format(name), normalised again (renormalize=False: as it is, as
+        SpikeCLIP's official fine-tuning uses it)."""
         if isinstance(class_names, str) or len(class_names) == 0:
             raise ValueError("class_names must be a non-empty list of strings")
         if isinstance(templates, str) or len(templates) == 0:
@@ -131,7 +140,8 @@ class SpikeCLIP(nn.Module):
                 raise ValueError(f"template {t!r} has no '{{}}' for the class name")
         prompts = [t.format(name) for name in class_names for t in templates]
         features = self.encode_text(prompts).view(len(class_names), len(templates), -1)
-        return F.normalize(features.mean(1), dim=-1)
+        mean = features.mean(1)
+        return F.normalize(mean, dim=-1) if renormalize else mean
 
     def logits(
         self,
@@ -244,8 +254,8 @@ class SpikeCLIP(nn.Module):
         missing = model._restore_inference_state(path, meta, tokenizer is not None)
         if missing:
             warnings.warn(
-                f"{path} lacks what inference needs: {'; '.join(missing)} (written by an "
-                "older spikeclip; saving it again with this one records what the model holds)",
+                f"{path} lacks what inference needs: {'; '.join(missing)} (a checkpoint of an "
+                "older spikeclip, or of a model saved before training recorded them)",
                 UserWarning,
                 stacklevel=2,
             )

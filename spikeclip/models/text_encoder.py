@@ -1,4 +1,4 @@
-"""SpikeCLIP's text encoder: frozen teacher embeddings -> two spiking linear layers."""
+"""SpikeCLIP's text encoder: the teacher's embeddings -> two spiking linear layers."""
 
 from __future__ import annotations
 
@@ -12,13 +12,17 @@ from spikeclip.models.layers import TemporalReadout, make_neuron
 class TextEncoder(nn.Module):
     """Token ids `[B, L]` (L = context_length) -> features `[B, embed_dim]` (not normalised).
 
-    ids -> frozen token + position embeddings `[B, L, W]` -> LayerNorm over W -> flattened
-    `[B, L*W]` -> repeated
-    over T `[T, B, L*W]` -> LIF -> Linear(L*W, text_hidden) -> LIF -> Linear(text_hidden,
-    embed_dim) `[T, B, E]` -> TemporalReadout `[B, E]`.
-    The embeddings are the teacher's (load them with `load_embeddings`); they stay frozen.
-    The LayerNorm (learnable affine) is ours: teacher embeddings are small (std ~0.02 in CLIP),
-    and a LIF with threshold 1 would never fire on them, leaving nothing to train before it.
+    ids -> token + position embeddings `[B, L, W]` (the teacher's: `load_embeddings`) ->
+    flattened `[B, L*W]` -> repeated over T `[T, B, L*W]` -> LIF -> Linear(L*W, text_hidden) ->
+    LIF -> Linear(text_hidden, embed_dim) `[T, B, E]` -> TemporalReadout `[B, E]`.
+
+    config.text_embeddings "trained" (SpikeCLIP's): the embeddings are trained with the rest,
+    no normalisation; teacher embeddings are small (std ~0.02 in CLIP), so the first LIF is
+    nearly silent at first and the surrogate gradient grows them. "frozen-layernorm" (ours):
+    the embeddings stay frozen and a LayerNorm (learnable affine) over W comes after them: it
+    exists for teachers whose embedding scale leaves the first LIF silent (the offline
+    teacher's MiniLM embeddings: std 0.056, positions 0.025), which it fires at once without
+    moving the teacher's embeddings, and it keeps the trainable parameters to the two layers.
     """
 
     def __init__(self, config: SpikeCLIPConfig, backend: str = "auto"):
@@ -28,9 +32,10 @@ class TextEncoder(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, W)
         self.position_embedding = nn.Parameter(torch.randn(L, W) * 0.01)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
+        trained = config.text_embeddings == "trained"
         for p in (self.token_embedding.weight, self.position_embedding):
-            p.requires_grad_(False)
-        self.norm = nn.LayerNorm(W)
+            p.requires_grad_(trained)
+        self.norm = nn.Identity() if trained else nn.LayerNorm(W)
         self.input_neuron = make_neuron(config, spiking=True, backend=backend)
         self.fc1 = nn.Linear(L * W, config.text_hidden)
         self.hidden_neuron = make_neuron(config, spiking=True, backend=backend)

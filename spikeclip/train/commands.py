@@ -63,6 +63,16 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
     p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="adamw only")
+    from spikeclip.train.stage_commands import add_dual_loss_args, add_optimizer_arg
+
+    add_dual_loss_args(p, d)
+    add_optimizer_arg(p, d)
+    p.add_argument(
+        "--ann", default=d.ann_kind, choices=["relu-twin", "official"],
+        help="the ANN counterpart: relu-twin (our encoder with ReLU, one step) or official "
+        "(the official code's: softmax attention, LayerNorm, QuickGELU)",
+    )  # fmt: skip
     p.add_argument("--no-ann", action="store_true", help="skip the ANN counterpart")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (CUDA)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
@@ -107,6 +117,11 @@ def recipe_from_args(args, demo: bool):
         memory=args.memory,
         amp=args.amp,
         ann=not args.no_ann,
+        ann_kind=args.ann,
+        dual_loss=args.dual_loss,
+        angle_boundary=args.angle_boundary,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
         sync_bn=args.sync_bn,
         checkpoint_every=args.checkpoint_every,
     )

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 # checks them against spikeclip.models.config.NAMED_CONFIGS, spikeclip.memory.MEMORY_MODES
 # and spikeclip.kernels.backends.BACKENDS.
 CONFIG_NAMES = ("paper", "tiny")
+DUAL_LOSSES = ("auto", "ours", "official")
+OPTIMIZER_NAMES = ("auto", "adamw", "adam")
+ANN_KINDS = ("relu-twin", "official")
 MEMORY_MODES = ("plain", "lossless", "low")
 BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpp")
 
@@ -42,7 +45,16 @@ class RecipeConfig:
     kl_weight: float = 1.0
     kd_temperature: float = 1.0
     logit_scale: float | None = None  # student's cosine-logit scale; None: the teacher's
-    ann: bool = True  # also train the ANN counterpart (ReLU image encoder, T=1)
+    # fine-tuning loss: "official" (SpikeCLIP's code: scale 1, summed KL against the teacher's
+    # image features on the SNN's class features), "ours" (CE + KL to the teacher's own
+    # logits at its logit scale, batch mean); "auto": official for `paper`, ours for `tiny`
+    dual_loss: str = "auto"
+    angle_boundary: float = -90.0  # official loss: > 0 turns on the gradient-angle rule
+    # "adam": Adam (amsgrad, no weight decay, cosine per epoch) as the official code; "adamw":
+    # AdamW (amsgrad, weight_decay, cosine per step); "auto": adam for `paper`, adamw for `tiny`
+    optimizer: str = "auto"
+    ann: bool = True  # also train the ANN counterpart
+    ann_kind: str = "relu-twin"  # or "official": softmax attention, LayerNorm, QuickGELU
     backend: str = "auto"
     memory: str = "plain"
     device: str = "cpu"
@@ -102,6 +114,11 @@ class RecipeConfig:
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
         need(self.config in CONFIG_NAMES, "config", f"one of {CONFIG_NAMES}")
+        need(self.dual_loss in DUAL_LOSSES, "dual_loss", f"one of {DUAL_LOSSES}")
+        need(self.optimizer in OPTIMIZER_NAMES, "optimizer", f"one of {OPTIMIZER_NAMES}")
+        need(self.ann_kind in ANN_KINDS, "ann_kind", f"one of {ANN_KINDS}")
+        need(isinstance(self.angle_boundary, int | float) and math.isfinite(self.angle_boundary)
+             and self.angle_boundary <= 180, "angle_boundary", "a number <= 180")  # fmt: skip
         need(
             isinstance(self.device, str)
             and (self.device in ("cpu", "cuda") or self.device.startswith(("cuda:", "cpu:"))),
@@ -112,3 +129,17 @@ class RecipeConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def fine_tuning_loss(self) -> str:
+        """dual_loss resolved: "official" for the `paper` config, "ours" for `tiny`."""
+        if self.dual_loss != "auto":
+            return self.dual_loss
+        return "official" if self.config == "paper" else "ours"
+
+    @property
+    def optimizer_kind(self) -> str:
+        """optimizer resolved: "adam" (the official code's) for `paper`, "adamw" for `tiny`."""
+        if self.optimizer != "auto":
+            return self.optimizer
+        return "adam" if self.config == "paper" else "adamw"

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from spikeclip.train.losses import cosine_logits
-from spikeclip.train.vocabulary import label_experiment
+from spikeclip.train.vocabulary import label_experiments
 
 Classifier = Callable[[Sequence[str]], torch.Tensor]  # class names -> class embeddings [K, E]
 
@@ -49,13 +49,18 @@ def zero_shot_report(
     class_names: Sequence[str],
     dataset: str,
 ) -> dict:
-    """{"acc", "replace_acc", "expand_acc"} (the last two None when `dataset` defines no label
-    experiment)."""
+    """{"acc", "replace_acc", "expand_acc", "experiments"}: the headline label experiment's
+    accuracies (None when `dataset` defines none), and every experiment's by name."""
     report = {"acc": top1(image_embeddings, classifier(list(class_names)), labels)}
-    exp = label_experiment(dataset, list(class_names))
     report["replace_acc"] = report["expand_acc"] = None
-    if exp is not None:
-        report["replace_acc"] = top1(image_embeddings, classifier(exp["replace"]), labels)
-        candidates = [*class_names, *exp["expand"]]
-        report["expand_acc"] = top1(image_embeddings, classifier(candidates), labels)
+    report["experiments"] = {}
+    for i, exp in enumerate(label_experiments(dataset, list(class_names))):
+        accs = {
+            "replace_acc": top1(image_embeddings, classifier(exp["replace"]), labels),
+            "expand_acc": top1(image_embeddings, classifier([*class_names, *exp["expand"]]),
+                               labels),
+        }  # fmt: skip
+        report["experiments"][exp["name"]] = accs
+        if i == 0:
+            report.update(accs)
     return report

@@ -6,8 +6,11 @@ order drawn from (seed, stage, epoch) alone, the global batch split into equal c
 one per rank), or a shard stream (spikeclip.streaming) whose every rank's position is saved
 with each checkpoint. Either way a run continued from a checkpoint sees exactly the samples the
 uninterrupted run would have seen in that epoch, none twice, none left out.
-AdamW (amsgrad, as SpikeCLIP) with a cosine schedule from `lr` to `lr_final` computed from
-the global step (no scheduler state to lose).
+Optimiser (StageConfig.optimizer): "adamw" (AdamW, amsgrad, decoupled weight decay, the cosine
+schedule from `lr` to `lr_final` per step) or "adam" (SpikeCLIP's official: Adam, amsgrad, no
+weight decay, the cosine per epoch); either computed from the step or epoch (no scheduler state
+to lose). A step function may return no loss: that step is skipped (the official gradient-
+angle rule).
 
 On disk, under run_dir/stages/<name>/: ckpt-<step>/ (model.safetensors: the whole student,
 optimizer.safetensors + state.json), `latest.json` naming the newest complete checkpoint
@@ -59,10 +62,26 @@ class StageConfig:
     lr_final: float
     weight_decay: float = 0.0
     checkpoint_every: int = 200  # steps (a checkpoint holds the whole student: ~100 MB)
+    optimizer: str = "adamw"  # or "adam" (SpikeCLIP's official: no weight decay, per epoch)
 
     def __post_init__(self):
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"stage {self.name}: bad epochs/batch_size/lr in {self}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"stage {self.name}: optimizer must be one of {OPTIMIZERS}")
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=0.0, amsgrad=True)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, amsgrad=True)
+
+    def lr_at(self, global_step: int, total_steps: int, epoch: int) -> float:
+        if self.optimizer == "adam":
+            return cosine_lr(epoch, self.epochs, self.lr, self.lr_final)
+        return cosine_lr(global_step, total_steps, self.lr, self.lr_final)
+
+
+OPTIMIZERS = ("adamw", "adam")
 
 
 @dataclass
@@ -198,9 +217,10 @@ def run_stage(
     ctx: RunContext,
 ) -> dict:
     """Train `module` (a part of `model`, the whole student that checkpoints hold) with
-    `step_fn(trained_module, batch) -> (mean loss, extra metrics)`. `data` is a number of items
-    (batches of their indices, `IndexBatches`) or a batch source with the same three methods
-    (`spikeclip.streaming.StreamBatches`: each rank's position in its stream is checkpointed).
+    `step_fn(trained_module, batch) -> (mean loss or None to skip the step, extra metrics)`.
+    `data` is a number of items (batches of their indices, `IndexBatches`) or a batch source
+    with the same three methods (`spikeclip.streaming.StreamBatches`: each rank's position in
+    its stream is checkpointed).
     Returns the stage's summary (also written to done.json). A finished stage is loaded, not
     rerun."""
     stage_dir = ctx.run_dir / "stages" / stage.name
@@ -209,7 +229,7 @@ def run_stage(
     if isinstance(data, int):
         data = IndexBatches(data, stage.batch_size, ctx.seed, stage.name, ctx.dist)
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, amsgrad=True)
+    opt = stage.make_optimizer(params)
     steps = [data.steps_per_epoch(e) for e in range(stage.epochs)]
     total = sum(steps)
     progress = load_checkpoint(stage_dir, model, opt) or {
@@ -252,15 +272,18 @@ def run_stage(
         for s in range(first, steps_per_epoch):
             t0 = time.perf_counter()
             local = next(batches)
-            lr = cosine_lr(progress["global_step"], total, stage.lr, stage.lr_final)
+            lr = stage.lr_at(progress["global_step"], total, epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             with ctx.autocast():
                 loss, extra = step_fn(trained, local)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            last_loss = distributed.mean_over_ranks(loss.item(), ctx.dist, ctx.device)
+            if loss is not None:
+                loss.backward()
+                opt.step()
+                last_loss = distributed.mean_over_ranks(loss.item(), ctx.dist, ctx.device)
+            else:  # skipped (the angle rule: every rank decides alike)
+                extra = {**extra, "skipped": 1}
             progress["global_step"] += 1
             progress["seconds"] += time.perf_counter() - t0
             progress.update(epoch=epoch, step_in_epoch=s + 1)

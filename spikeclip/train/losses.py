@@ -41,3 +41,43 @@ def dual_loss(
         reduction="batchmean",
     ) * (temperature**2)
     return ce_weight * ce + kl_weight * kl, {"ce": ce.item(), "kl": kl.item()}
+
+
+def official_dual_loss(
+    student_embeddings: torch.Tensor,
+    teacher_embeddings: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SpikeCLIP's official dual loss, as its code computes it: (CE, KL), to be weighted 1:1.
+
+    class_embeddings `[K, E]`: per class the mean over templates of the L2-normalised SNN text
+    features, not renormalised (SpikeCLIP.classifier(..., renormalize=False)). Student logits
+    = normalised student image feature . class embeddings (scale 1); CE against the labels;
+    KL = kl_div(log_softmax(student logits), softmax(normalised teacher image feature . the
+    same SNN class embeddings), reduction "sum": summed over the batch, not averaged)."""
+    classes = class_embeddings.float().t()
+    logits = F.normalize(student_embeddings.float(), dim=-1) @ classes
+    with torch.no_grad():
+        target = (F.normalize(teacher_embeddings.float(), dim=-1) @ classes).softmax(-1)
+    ce = F.cross_entropy(logits, labels)
+    kl = F.kl_div(F.log_softmax(logits, dim=-1), target, reduction="sum")
+    return ce, kl
+
+
+def gradient_angle(a: torch.Tensor, b: torch.Tensor, params) -> float:
+    """The angle in degrees between the gradients of losses a and b with respect to params
+    (all flattened into one vector); parameters neither reaches count as zeros."""
+    params = list(params)
+    ga = torch.autograd.grad(a, params, retain_graph=True, allow_unused=True)
+    gb = torch.autograd.grad(b, params, retain_graph=True, allow_unused=True)
+
+    def flat(grads):
+        return torch.cat([
+            (g if g is not None else torch.zeros_like(p)).reshape(-1).float()
+            for g, p in zip(grads, params, strict=True)
+        ])  # fmt: skip
+
+    va, vb = flat(ga), flat(gb)
+    cos = (va @ vb) / (va.norm() * vb.norm()).clamp_min(1e-30)
+    return float(torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0))))

@@ -24,7 +24,13 @@ from spikeclip.train import distributed, features
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.evaluate import embed_images, zero_shot_report
 from spikeclip.train.loop import RunContext, StageConfig, run_stage
-from spikeclip.train.losses import alignment_loss, cosine_logits, dual_loss
+from spikeclip.train.losses import (
+    alignment_loss,
+    cosine_logits,
+    dual_loss,
+    gradient_angle,
+    official_dual_loss,
+)
 from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
 
 RECIPE_JSON = "recipe.json"
@@ -97,6 +103,12 @@ def build_teacher(cfg: RecipeConfig, train, out: Path, ctx: RunContext):
     return teacher
 
 
+def stage_config(cfg: RecipeConfig, name, epochs, batch_size, lr, lr_final) -> StageConfig:
+    """A stage of this run: its optimiser (cfg.optimizer_kind), weight decay, checkpoints."""
+    return StageConfig(name, epochs, batch_size, lr, lr_final, cfg.weight_decay,
+                       cfg.checkpoint_every, cfg.optimizer_kind)  # fmt: skip
+
+
 def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     from spikeclip.memory import check_memory_mode
     from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
@@ -142,14 +154,8 @@ def train_text(cfg, model, teacher, train, ctx: RunContext) -> dict:
     def step(enc, idx):
         return alignment_loss(enc(ids[idx]), target[idx]), {}
 
-    stage = StageConfig(
-        "text-alignment",
-        cfg.text_epochs,
-        cfg.text_batch_size,
-        cfg.text_lr,
-        cfg.text_lr_final,
-        cfg.weight_decay,
-        cfg.checkpoint_every,
+    stage = stage_config(
+        cfg, "text-alignment", cfg.text_epochs, cfg.text_batch_size, cfg.text_lr, cfg.text_lr_final
     )
     summary = run_stage(stage, model, model.text_encoder, len(prompts), step, ctx)
     return {**summary, "prompts": len(prompts), "names": len(names)}
@@ -166,44 +172,57 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
         images, _ = train.batch(idx)
         return alignment_loss(encoder(images.to(dev)), teacher_emb[idx]), {}
 
-    stage = StageConfig(
-        f"{prefix}image-alignment",
-        cfg.image_epochs,
-        cfg.batch_size,
-        cfg.lr,
-        cfg.lr_final,
-        cfg.weight_decay,
-        cfg.checkpoint_every,
+    stage = stage_config(
+        cfg, f"{prefix}image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final
     )
     summaries = [run_stage(stage, model, enc, len(train), align, ctx)]
 
-    model.text_encoder.eval()
-    with torch.no_grad():
-        classes = model.classifier(train.class_names, train.templates).to(dev)
+    loss = finetune_loss(cfg, model, train.class_names, train.templates, scale, ctx)
 
     def finetune(encoder, idx):
         images, labels = train.batch(idx)
-        logits = cosine_logits(encoder(images.to(dev)), classes, scale)
-        return dual_loss(
-            logits,
-            teacher_logits[idx],
-            labels.to(dev),
-            ce_weight=cfg.ce_weight,
-            kl_weight=cfg.kl_weight,
-            temperature=cfg.kd_temperature,
-        )
+        features = encoder(images.to(dev))
+        return loss(encoder, features, labels.to(dev), teacher_emb[idx], teacher_logits[idx])
 
-    stage = StageConfig(
+    stage = stage_config(
+        cfg,
         f"{prefix}finetune",
         cfg.finetune_epochs,
         cfg.batch_size,
         cfg.finetune_lr,
         cfg.finetune_lr_final,
-        cfg.weight_decay,
-        cfg.checkpoint_every,
     )
     summaries.append(run_stage(stage, model, enc, len(train), finetune, ctx))
     return summaries
+
+
+def finetune_loss(cfg: RecipeConfig, model, names, templates, scale: float, ctx: RunContext):
+    """The dual-loss fine-tuning loss of this run (cfg.fine_tuning_loss), with the text side
+    frozen: loss(encoder, student features, labels, teacher image embeddings, teacher logits)
+    -> (loss, or None for a step the angle rule skips; metrics)."""
+    official = cfg.fine_tuning_loss == "official"
+    model.text_encoder.eval()
+    with torch.no_grad():  # the official code does not renormalise the template mean
+        classes = model.classifier(names, templates, renormalize=not official).to(ctx.device)
+
+    def loss(encoder, features, labels, teacher_emb, teacher_logits):
+        if not official:
+            student = cosine_logits(features, classes, scale)
+            return dual_loss(
+                student, teacher_logits, labels, ce_weight=cfg.ce_weight,
+                kl_weight=cfg.kl_weight, temperature=cfg.kd_temperature,
+            )  # fmt: skip
+        ce, kl = official_dual_loss(features, teacher_emb, classes, labels)
+        metrics = {"ce": ce.item(), "kl": kl.item()}
+        if cfg.angle_boundary > 0:  # the official rule: CE alone within the angle, else skip
+            params = [p for p in encoder.parameters() if p.requires_grad]
+            angle = gradient_angle(cfg.ce_weight * ce, cfg.kl_weight * kl, params)
+            angle = distributed.mean_over_ranks(angle, ctx.dist, ctx.device)  # one decision
+            metrics["angle"] = angle
+            return (cfg.ce_weight * ce if angle <= cfg.angle_boundary else None), metrics
+        return cfg.ce_weight * ce + cfg.kl_weight * kl, metrics
+
+    return loss
 
 
 def save_student(
@@ -292,7 +311,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     stages["snn"] = train_image(cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx)
     models = {"spikeclip": snn}
     if cfg.ann:
-        ann = build_student(cfg, teacher, image_neuron="relu").to(device)
+        neuron = "relu" if cfg.ann_kind == "relu-twin" else "clip-ann"
+        ann = build_student(cfg, teacher, image_neuron=neuron).to(device)
         ann.text_encoder.load_state_dict(snn.text_encoder.state_dict())  # the same text side
         stages["ann"] = train_image(
             cfg, ann, "ann-", train, teacher_emb, teacher_logits, scale, ctx

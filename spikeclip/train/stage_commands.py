@@ -42,6 +42,30 @@ def _stage_args(p, d, epochs: str) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--cache-dir", help="teacher feature cache for --dataset")
     p.add_argument("--no-progress", action="store_true")
+    add_optimizer_arg(p, d)
+
+
+def add_optimizer_arg(p, d) -> None:
+    p.add_argument(
+        "--optimizer", default=d.optimizer, choices=["auto", "adamw", "adam"],
+        help="adam: Adam (amsgrad, no weight decay, cosine per epoch) as the official code; "
+        "adamw: AdamW (amsgrad, --weight-decay, cosine per step); auto: adam for paper, "
+        "adamw for tiny",
+    )  # fmt: skip
+
+
+def add_dual_loss_args(p, d) -> None:
+    p.add_argument(
+        "--dual-loss", default=d.dual_loss, choices=["auto", "ours", "official"],
+        help="official: SpikeCLIP's code (scale 1, summed KL to the teacher's image features on "
+        "the SNN's class features); ours: CE + KL to the teacher's logits at its scale; auto: "
+        "official for paper, ours for tiny",
+    )  # fmt: skip
+    p.add_argument(
+        "--angle-boundary", type=float, default=d.angle_boundary,
+        help="official loss: above 0, a step on CE alone where the CE and KL gradients lie "
+        "within this angle (degrees), else no step",
+    )  # fmt: skip
 
 
 def add_stage_commands(sub) -> None:
@@ -90,6 +114,7 @@ def add_stage_commands(sub) -> None:
     t.add_argument("--data", help="or labelled shards, with --features")
     t.add_argument("--features")
     t.add_argument("--lr", type=_positive(float), default=d.finetune_lr)
+    add_dual_loss_args(t, d)
     _stage_args(t, d, "finetune_epochs")
 
 
@@ -107,7 +132,9 @@ def _recipe(RecipeConfig, args, **extra):
         out=args.out, resume=args.resume, config=args.config, device=args.device,
         backend=args.backend, memory=args.memory, amp=args.amp, batch_size=args.batch,
         checkpoint_every=args.checkpoint_every, seed=args.seed, cache_dir=args.cache_dir,
-        progress=not args.no_progress, **extra,
+        progress=not args.no_progress, optimizer=args.optimizer,
+        dual_loss=getattr(args, "dual_loss", "auto"),
+        angle_boundary=getattr(args, "angle_boundary", -90.0), **extra,
     )  # fmt: skip
 
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from spikeclip.checkpoint import atomic_write_json, load_json
 from spikeclip.train import distributed
 from spikeclip.train.config import RecipeConfig
-from spikeclip.train.loop import RunContext, StageConfig, run_stage
-from spikeclip.train.losses import alignment_loss, cosine_logits, dual_loss
+from spikeclip.train.loop import RunContext, run_stage
+from spikeclip.train.losses import alignment_loss, cosine_logits
 
 STAGE_JSON = "stage.json"
 TEACHER_DIR = "teacher"
@@ -58,11 +58,12 @@ def _context(cfg: RecipeConfig, out: Path):
     return ctx
 
 
-def _stream_batches(data, features, image_size, stage, cfg, ctx, workers, shuffle_buffer):
+def _stream_batches(data, features, model_config, stage, cfg, ctx, workers, shuffle_buffer):
     from spikeclip.streaming import ShardStream, StreamBatches
 
     stream = ShardStream(
-        data, image_size=image_size, seed=cfg.seed, stage=stage, features=features,
+        data, image_size=model_config.image_size, antialias=model_config.resize_antialias,
+        seed=cfg.seed, stage=stage, features=features,
         shuffle_buffer=shuffle_buffer,
     )  # fmt: skip
     return StreamBatches(stream, cfg.batch_size, ctx.dist, workers)
@@ -74,7 +75,7 @@ def align(
     """Text alignment on the corpus's class names (and the broad vocabulary), then image
     alignment on the streamed corpus against its teacher features. No label is read."""
     from spikeclip.shards import read_meta, templates_of
-    from spikeclip.train.recipe import build_student, save_student, train_text
+    from spikeclip.train.recipe import build_student, save_student, stage_config, train_text
     from spikeclip.train.shard_features import FeatureStore
 
     out = Path(cfg.out)
@@ -99,7 +100,7 @@ def align(
         summaries["text"] = train_text(cfg, model, teacher, Names, ctx)
     enc = model.image_encoder
     batches = _stream_batches(
-        data, store, model.config.image_size, "image-alignment", cfg, ctx, workers, shuffle_buffer
+        data, store, model.config, "image-alignment", cfg, ctx, workers, shuffle_buffer
     )
 
     def step(encoder, batch):
@@ -107,10 +108,9 @@ def align(
             target = F.normalize(teacher.image_head(batch["target"]), dim=-1).to(ctx.device)
         return alignment_loss(encoder(batch["image"].to(ctx.device)), target), {}
 
-    stage = StageConfig(
-        "image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final,
-        cfg.weight_decay, cfg.checkpoint_every,
-    )  # fmt: skip
+    stage = stage_config(
+        cfg, "image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final
+    )
     summaries["image"] = run_stage(stage, model, enc, batches, step, ctx)
     if ctx.dist.main:
         teacher.save(out / TEACHER_DIR)
@@ -167,7 +167,12 @@ def finetune(
     """Dual-loss fine-tuning (text side frozen) of the checkpoint `init` on a labelled set: a
     dataset of spikeclip.data (`dataset`, its train split) or shards with their features."""
     from spikeclip.models.spikeclip_model import set_memory
-    from spikeclip.train.recipe import save_student, teacher_targets
+    from spikeclip.train.recipe import (
+        finetune_loss,
+        save_student,
+        stage_config,
+        teacher_targets,
+    )
 
     if (dataset is None) == (data is None):
         raise ValueError("fine-tuning needs exactly one of --dataset and --data")
@@ -192,39 +197,33 @@ def finetune(
         names, templates = meta["class_names"], templates_of(meta)
         store = FeatureStore(features, meta)
         batches = _stream_batches(
-            data, store, model.config.image_size, "finetune", cfg, ctx, workers, shuffle_buffer
+            data, store, model.config, "finetune", cfg, ctx, workers, shuffle_buffer
         )
     else:
         from spikeclip.data import load_dataset
 
         train = load_dataset(dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
         names, templates = train.class_names, train.templates
-        _, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
+        emb, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
         batches = len(train)
-    model.text_encoder.eval()
-    with torch.no_grad():
-        classes = model.classifier(names, templates).to(dev)
-        teacher_classes = teacher.classifier(names, templates)
+    loss = finetune_loss(cfg, model, names, templates, scale, ctx)
+    teacher_classes = teacher.classifier(names, templates)
 
     def step(encoder, batch):
         if isinstance(batch, dict):
             images, labels = batch["image"], batch["label"]
             with torch.no_grad():  # on the CPU, as the teacher
                 temb = F.normalize(teacher.image_head(batch["target"]), dim=-1)
-                tlogits = cosine_logits(temb, teacher_classes, teacher.logit_scale).to(dev)
+                tlogits = cosine_logits(temb, teacher_classes, teacher.logit_scale)
         else:
             images, labels = train.batch(batch)
-            tlogits = logits[batch].to(dev)
-        student = cosine_logits(encoder(images.to(dev)), classes, scale)
-        return dual_loss(
-            student, tlogits, labels.to(dev), ce_weight=cfg.ce_weight, kl_weight=cfg.kl_weight,
-            temperature=cfg.kd_temperature,
-        )  # fmt: skip
+            temb, tlogits = emb[batch], logits[batch]
+        features = encoder(images.to(dev))
+        return loss(encoder, features, labels.to(dev), temb.to(dev), tlogits.to(dev))
 
-    stage = StageConfig(
-        "finetune", cfg.finetune_epochs, cfg.batch_size, cfg.finetune_lr, cfg.finetune_lr_final,
-        cfg.weight_decay, cfg.checkpoint_every,
-    )  # fmt: skip
+    stage = stage_config(
+        cfg, "finetune", cfg.finetune_epochs, cfg.batch_size, cfg.finetune_lr, cfg.finetune_lr_final
+    )
     summary = run_stage(stage, model, model.image_encoder, batches, step, ctx)
     if ctx.dist.main:
         teacher.save(out / TEACHER_DIR)
@@ -266,7 +265,10 @@ def evaluate(
 
         if with_teacher:
             raise ValueError("the teacher's accuracy is measured on --dataset (its resolution)")
-        stream = ShardStream(data, image_size=model.config.image_size, shuffle=False)
+        c = model.config
+        stream = ShardStream(
+            data, image_size=c.image_size, antialias=c.resize_antialias, shuffle=False
+        )
         if not stream.meta["has_labels"]:
             raise ValueError(f"{data}: evaluation needs labelled shards; these have no labels")
         names, templates = stream.class_names, stream.templates

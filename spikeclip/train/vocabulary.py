@@ -59,45 +59,63 @@ ALIGNMENT_TEMPLATES = [
 
 # "replace": a few classes evaluated under another name; "expand": distractor names added to
 # the candidates. The replacement names are kept out of the text-alignment vocabulary, so the
-# student has never been trained on them.
+# student has never been trained on them. Per dataset a list of named experiments, the first
+# the headline one: "paper" where SpikeCLIP defines it (CIFAR-10: horse -> zebra, ship -> boat;
+# expand by the 10 CIFAR-100 names the official code uses), then our own as extra rows.
 LABEL_EXPERIMENTS = {
-    "fashion-mnist": {
+    "fashion-mnist": [{
+        "name": "ours",
         "replace": {"sneaker": "running shoe", "coat": "jacket", "bag": "handbag"},
         "expand": ["hat", "scarf", "sock", "glove", "belt", "umbrella", "watch", "backpack",
                    "necklace", "sunglasses"],
-    },
-    "cifar10": {
+    }],
+    "cifar10": [{
+        "name": "paper",
+        "replace": {"horse": "zebra", "ship": "boat"},
+        "expand": ["apple", "aquarium fish", "bear", "beaver", "bed", "bee", "beetle", "bicycle",
+                   "bottle", "bowl"],
+    }, {
+        "name": "ours",
         "replace": {"horse": "zebra", "ship": "boat", "automobile": "car"},
         "expand": ["apple", "bicycle", "castle", "dolphin", "lamp", "maple tree", "rocket",
                    "television", "tiger", "tractor"],
-    },
-    "mnist": {
+    }],
+    "mnist": [{
+        "name": "ours",
         "replace": {"the digit 0": "the number zero", "the digit 1": "the number one"},
         "expand": ["the letter A", "the letter B", "the letter C", "the letter X", "a star",
                    "a heart", "an arrow", "a circle", "a square", "a triangle"],
-    },
+    }],
 }  # fmt: skip
 LABEL_EXPERIMENTS["mnist-5k"] = LABEL_EXPERIMENTS["mnist"]
 
 
+def label_experiments(dataset: str, class_names: list[str]) -> list[dict]:
+    """Every label experiment of `dataset` (the headline first): {"name", "replace": names with
+    some renamed, "renamed", "expand": distractors}; none when the dataset defines none or its
+    class names differ from the defaults."""
+    out = []
+    for spec in LABEL_EXPERIMENTS.get(dataset, []):
+        if not set(spec["replace"]) <= set(class_names):
+            return []
+        replaced = [spec["replace"].get(name, name) for name in class_names]
+        extra = [name for name in spec["expand"] if name not in class_names]
+        out.append({"name": spec["name"], "replace": replaced, "renamed": dict(spec["replace"]),
+                    "expand": extra})  # fmt: skip
+    return out
+
+
 def label_experiment(dataset: str, class_names: list[str]) -> dict | None:
-    """{"replace": names with some renamed, "expand": names + distractors} for `dataset`, or
-    None when the dataset has none defined (or its class names differ from the defaults)."""
-    spec = LABEL_EXPERIMENTS.get(dataset)
-    if spec is None or not set(spec["replace"]) <= set(class_names):
-        return None
-    replaced = [spec["replace"].get(name, name) for name in class_names]
-    extra = [name for name in spec["expand"] if name not in class_names]
-    return {"replace": replaced, "renamed": dict(spec["replace"]), "expand": extra}
+    """The headline label experiment of `dataset` (label_experiments' first), or None."""
+    experiments = label_experiments(dataset, class_names)
+    return experiments[0] if experiments else None
 
 
 def alignment_vocabulary(class_names: list[str], dataset: str | None = None) -> list[str]:
     """The dataset's class names first, then the broad vocabulary, without duplicates and
     without the names the dataset's "replace" experiment evaluates under."""
-    held_out = set()
-    spec = LABEL_EXPERIMENTS.get(dataset or "")
-    if spec is not None:
-        held_out = set(spec["replace"].values())
+    held_out = {new for spec in LABEL_EXPERIMENTS.get(dataset or "", [])
+                for new in spec["replace"].values()}  # fmt: skip
     names, seen = [], set()
     for name in [*class_names, *CIFAR100_CLASSES, *OTHER_NAMES]:
         key = name.lower()
