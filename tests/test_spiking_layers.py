@@ -32,6 +32,23 @@ def twin(spiking: nn.Module, plain: nn.Module) -> nn.Module:
     return plain
 
 
+def compare_with_plain(layer, ref, x, to_ref=lambda x: x, from_ref=lambda y: y) -> int:
+    """Forward and every gradient of the spiking layer against its plain twin (same
+    parameters) on x; returns the bytes the spiking layer kept for its backward."""
+    xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    y, saved = saved_bytes(lambda: layer(xs), *layer.parameters())
+    y_ref = from_ref(ref(to_ref(xr)))
+    g = torch.randn_like(y_ref)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
+    if layer.bias is not None:
+        torch.testing.assert_close(layer.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    return saved
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bias", [True, False])
 def test_spiking_linear_equals_linear(backend, bias):
@@ -39,17 +56,7 @@ def test_spiking_linear_equals_linear(backend, bias):
     layer = SpikingLinear(37, 19, bias=bias, backend=backend)
     ref = twin(layer, nn.Linear(37, 19, bias=bias))
     x = (torch.rand(4, 3, 5, 37) < 0.2).float()
-    xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y, saved = saved_bytes(lambda: layer(xs), *layer.parameters())
-    y_ref = ref(xr)
-    g = torch.randn_like(y_ref)
-    y.backward(g)
-    y_ref.backward(g)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
-    if bias:
-        torch.testing.assert_close(layer.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    saved = compare_with_plain(layer, ref, x)
     rows = x.numel() // 37
     assert saved <= rows * ((37 + 7) // 8)  # the bits, 1 per input element (padded per row)
 
@@ -70,17 +77,9 @@ def test_spiking_conv2d_equals_conv2d(backend, geometry, bias):
     layer = SpikingConv2d(6, 10, bias=bias, backend=backend, **geometry)
     ref = twin(layer, nn.Conv2d(6, 10, bias=bias, **geometry))
     x = (torch.rand(3, 2, 6, 9, 11) < 0.25).float()  # [T, B, C, H, W]
-    xs, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    y, saved = saved_bytes(lambda: layer(xs), *layer.parameters())
-    y_ref = ref(xr.flatten(0, 1)).unflatten(0, (3, 2))
-    g = torch.randn_like(y_ref)
-    y.backward(g)
-    y_ref.backward(g)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-5)
-    if bias:
-        torch.testing.assert_close(layer.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-5)
+    saved = compare_with_plain(
+        layer, ref, x, lambda x: x.flatten(0, 1), lambda y: y.unflatten(0, (3, 2))
+    )
     assert saved <= x.numel() // 11 * 2  # 11 bits per row: 2 bytes
 
 

@@ -20,7 +20,7 @@ STAGES = ("text", "image", "finetune")
 
 
 def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
-    from spikeclip.train.config import RecipeConfig
+    from spikeclip.train.config import ANN_KINDS, RecipeConfig
 
     d = RecipeConfig(**(DEMO if demo else {}))
     p.add_argument(
@@ -69,7 +69,7 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     add_dual_loss_args(p, d)
     add_optimizer_arg(p, d)
     p.add_argument(
-        "--ann", default=d.ann_kind, choices=["relu-twin", "official"],
+        "--ann", default=d.ann_kind, choices=ANN_KINDS,
         help="the ANN counterpart: relu-twin (our encoder with ReLU, one step) or official "
         "(the official code's: softmax attention, LayerNorm, QuickGELU)",
     )  # fmt: skip

@@ -46,8 +46,10 @@ def _stage_args(p, d, epochs: str) -> None:
 
 
 def add_optimizer_arg(p, d) -> None:
+    from spikeclip.train.config import OPTIMIZER_NAMES
+
     p.add_argument(
-        "--optimizer", default=d.optimizer, choices=["auto", "adamw", "adam"],
+        "--optimizer", default=d.optimizer, choices=OPTIMIZER_NAMES,
         help="adam: Adam (amsgrad, no weight decay, cosine per epoch) as the official code; "
         "adamw: AdamW (amsgrad, --weight-decay, cosine per step); auto: adam for paper, "
         "adamw for tiny",
@@ -55,8 +57,10 @@ def add_optimizer_arg(p, d) -> None:
 
 
 def add_dual_loss_args(p, d) -> None:
+    from spikeclip.train.config import DUAL_LOSSES
+
     p.add_argument(
-        "--dual-loss", default=d.dual_loss, choices=["auto", "ours", "official"],
+        "--dual-loss", default=d.dual_loss, choices=DUAL_LOSSES,
         help="official: SpikeCLIP's code (scale 1, summed KL to the teacher's image features on "
         "the SNN's class features); ours: CE + KL to the teacher's logits at its scale; auto: "
         "official for paper, ours for tiny",
