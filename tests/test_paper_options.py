@@ -19,6 +19,13 @@ SMALL = dict(width=32, heads=4, image_size=16, vocab_size=60, context_length=5, 
 
 
 def test_paper_defaults_are_the_official_code():
+    tiny = SpikeCLIPConfig.named("tiny")  # the paper's structure but its text embeddings
+    assert (tiny.tokenizer_pool, tiny.tokenizer_shortcut, tiny.image_normalize) == (
+        "3x3",
+        False,
+        "clip",
+    )
+    assert tiny.text_embeddings == "frozen-layernorm"
     c = SpikeCLIPConfig.named("paper")
     assert (c.tokenizer_pool, c.tokenizer_shortcut, c.text_embeddings) == ("3x3", False, "trained")
     assert (c.image_normalize, c.resize_antialias) == ("clip", False)
@@ -73,7 +80,9 @@ def test_preprocessing_options():
 
 
 def test_text_embeddings_trained_or_frozen_with_layernorm():
-    trained = SpikeCLIP(SpikeCLIPConfig.named("tiny", **SMALL)).text_encoder
+    trained = SpikeCLIP(
+        SpikeCLIPConfig.named("tiny", **SMALL, text_embeddings="trained")
+    ).text_encoder
     frozen = SpikeCLIP(
         SpikeCLIPConfig.named("tiny", **SMALL, text_embeddings="frozen-layernorm")
     ).text_encoder
