@@ -14,7 +14,7 @@ DEMO = dict(
     train_images=6000,
     text_epochs=20,
     image_epochs=4,
-    finetune_epochs=8,
+    finetune_epochs=6,
 )
 STAGES = ("text", "image", "finetune")
 
