@@ -21,7 +21,13 @@ echo "   $(basename "$sdist"): every file under csrc/ ($(git ls-files csrc | wc 
 echo "== wheel from the sdist (C++ kernels at -O1: a smoke test, not timed)"
 SPIKECLIP_CPU_OPT=-O1 $py -m pip wheel -q --no-build-isolation --no-deps -w "$tmp/wheel" "$sdist"
 wheel=$(ls "$tmp"/wheel/spikeclip-*.whl)
-unzip -l "$wheel" | grep -q "spikeclip/_C" || { echo "the wheel has no spikeclip/_C"; exit 1; }
+# (zipfile, not `unzip | grep -q`: no unzip on a bare machine, and grep -q's early exit makes
+# the pipe fail under pipefail)
+$py - "$wheel" <<'PY' || { echo "the wheel has no spikeclip/_C"; exit 1; }
+import sys, zipfile
+names = zipfile.ZipFile(sys.argv[1]).namelist()
+sys.exit(0 if any(n.startswith("spikeclip/_C") for n in names) else 1)
+PY
 
 echo "== fresh venv: torch, the wheel and its declared dependencies (+ the teachers extra)"
 python3 -m venv "$tmp/venv"
