@@ -38,11 +38,12 @@ def classify_files(model, files, labels, templates=None, top_k=3, batch_size=64)
     highest first (top_k of them)}, or {"path", "error"} for a file that is not a readable
     image."""
     records, batch, where = [], [], []
+    classes = model.classifier(labels, templates or model.templates)  # once, for every batch
 
     def flush():
         if not batch:
             return
-        probs = model.classify(torch.stack(batch), labels, templates)
+        probs = model.probabilities(torch.stack(batch), classes)
         top = probs.topk(min(top_k, len(labels)), dim=1)
         for i, values, indices in zip(
             where, top.values.tolist(), top.indices.tolist(), strict=True

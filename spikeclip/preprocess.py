@@ -24,32 +24,25 @@ class Preprocess:
     image_size: int
     interpolation: str = "bilinear"
     antialias: bool = True
-    value_range: tuple[float, float] = (0.0, 1.0)
 
     @classmethod
     def for_config(cls, config) -> Preprocess:
         return cls(image_size=config.image_size, antialias=config.resize_antialias)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "value_range": list(self.value_range)}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        known = {"image_size", "interpolation", "antialias", "value_range"}
+        known = {"image_size", "interpolation", "antialias"}
         if not isinstance(d, dict) or set(d) - known or "image_size" not in d:
             raise ValueError(f"not a preprocessing description: {d!r}")
-        d = dict(d)
-        if "value_range" in d:
-            d["value_range"] = tuple(d["value_range"])
         return cls(**d)
 
     def __call__(self, image) -> torch.Tensor:
         from spikeclip.models.image_encoder import resize_images
 
         x = to_tensor(image)
-        lo, hi = self.value_range
-        if (lo, hi) != (0.0, 1.0):
-            x = x * (hi - lo) + lo
         return resize_images(x.unsqueeze(0), self.image_size, self.antialias)[0]
 
 

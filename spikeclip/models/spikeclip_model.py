@@ -194,11 +194,19 @@ class SpikeCLIP(nn.Module):
             if len(images) == 0:
                 raise ValueError("classify: got no images")
             images = torch.stack([self.preprocess(im) for im in images])
-        device = self.text_encoder.token_embedding.weight.device
         classes = self.classifier(list(labels), templates or self.templates)
+        return self.probabilities(images, classes, batch_size)
+
+    @torch.no_grad()
+    def probabilities(
+        self, images: torch.Tensor, class_embeddings: torch.Tensor, batch_size: int = 256
+    ) -> torch.Tensor:
+        """softmax(trained logit scale x cosine) `[B, K]` of images `[B, 3, H, W]` against
+        class embeddings from `classifier` (computed once for many batches of images)."""
+        device = self.text_encoder.token_embedding.weight.device
         scale = self.logit_scale if self.logit_scale is not None else FALLBACK_LOGIT_SCALE
         probs = [
-            (self.logits(chunk.to(device), classes, scale).float()).softmax(-1).cpu()
+            self.logits(chunk.to(device), class_embeddings, scale).float().softmax(-1).cpu()
             for chunk in images.split(batch_size)
         ]
         return torch.cat(probs)
