@@ -349,6 +349,7 @@ class HFCLIPTeacher(Teacher):
             digest.update(name.encode() + t.float().flatten()[:64].numpy().tobytes())
         self.backbone_key = f"hf-clip/{digest.hexdigest()[:16]}/{self.image_size}px"
         self.text_key = f"hf-clip/{digest.hexdigest()[:16]}/text"
+        self.task_finetuned: str | None = None  # digest of the tuned image side, once tuned
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -359,6 +360,26 @@ class HFCLIPTeacher(Teacher):
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         x = resize_normalize(images, self.image_size, self.mean, self.std)
         return _tensor_of(self.model.get_image_features(pixel_values=x))
+
+    def task_module(self) -> nn.Module:
+        """The image side (vision tower + visual projection) as one trainable module sharing
+        the teacher's parameters, images -> image_features with autograd: what the official
+        code's task fine-tuning changes (its loss reaches nothing else)."""
+        module = _VisionSide(self.model, self.image_size, self.mean, self.std)
+        for p in module.parameters():
+            p.requires_grad_(True)
+        return module
+
+    def mark_task_finetuned(self) -> None:
+        """After task fine-tuning: freeze again, and key cached features by the new weights."""
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        digest = hashlib.sha1()
+        for name, t in sorted(_VisionSide(self.model).state_dict().items()):
+            digest.update(name.encode() + t.float().contiguous().numpy().tobytes())
+        self.task_finetuned = digest.hexdigest()[:16]
+        base = self.backbone_key.split("/task-ft-")[0]
+        self.backbone_key = f"{base}/task-ft-{self.task_finetuned}"
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -376,7 +397,40 @@ class HFCLIPTeacher(Teacher):
         return emb.token_embedding.weight.detach(), emb.position_embedding.weight.detach()
 
     def save(self, path: str | Path) -> None:
-        atomic_write_json(Path(path) / TEACHER_JSON, {"kind": self.kind, "path": str(self.path)})
+        """A pointer to the CLIP directory; after task fine-tuning, with the tuned image side
+        (teacher.safetensors)."""
+        path = Path(path)
+        meta = {"kind": self.kind, "path": str(self.path)}
+        if self.task_finetuned:
+            save_tensors(path / TEACHER_WEIGHTS, _VisionSide(self.model).state_dict())
+            meta["task_finetuned"] = self.task_finetuned
+        atomic_write_json(path / TEACHER_JSON, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> HFCLIPTeacher:
+        path = Path(path)
+        meta = load_json(path / TEACHER_JSON)
+        teacher = cls(meta["path"])
+        if meta.get("task_finetuned"):
+            tensors = load_tensors(path / TEACHER_WEIGHTS)
+            load_state_into(_VisionSide(teacher.model), tensors, path / TEACHER_WEIGHTS)
+            teacher.mark_task_finetuned()
+        return teacher
+
+
+class _VisionSide(nn.Module):
+    """A CLIPModel's image side, sharing its parameters: vision tower + visual projection;
+    forward: images in [0, 1] -> image features (CLIPModel.get_image_features)."""
+
+    def __init__(self, model: nn.Module, image_size=None, mean=None, std=None):
+        super().__init__()
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+        self.image_size, self.mean, self.std = image_size, mean, std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = resize_normalize(images, self.image_size, self.mean, self.std)
+        return self.visual_projection(self.vision_model(pixel_values=x).pooler_output)
 
 
 def _tensor_of(out) -> torch.Tensor:
@@ -415,7 +469,7 @@ def load_teacher(spec: str | Path, **kwargs) -> Teacher:
         if meta.get("kind") == "lit":
             return LiTTeacher.load(path)
         if meta.get("kind") == "clip":
-            return HFCLIPTeacher(meta["path"])
+            return HFCLIPTeacher.load(path)
         raise CheckpointError(f"{path / TEACHER_JSON}: unknown teacher kind {meta.get('kind')!r}")
     if (path / "config.json").is_file():
         return HFCLIPTeacher(path)

@@ -41,6 +41,13 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--config", default=d.config, help="tiny or paper")
     p.add_argument("--teacher", default=d.teacher, help="lit, clip:DIR, or a saved teacher dir")
+    p.add_argument(
+        "--teacher-finetune-epochs", type=int, default=d.teacher_finetune_epochs,
+        help="CLIP teachers: epochs of the official task fine-tuning of the teacher's image "
+        "side (CE on the SNN text encoder's class features) after text alignment; 0: off",
+    )  # fmt: skip
+    p.add_argument("--teacher-finetune-lr", type=float, default=d.teacher_finetune_lr,
+                   help="its learning rate (Adam, amsgrad, cosine per epoch)")  # fmt: skip
     p.add_argument("--train-images", type=int, help="a seeded subset of the training split")
     p.add_argument("--test-images", type=int, help="a seeded subset of the test split")
     p.add_argument(
@@ -100,6 +107,8 @@ def recipe_from_args(args, demo: bool):
         dataset=args.dataset,
         config=args.config,
         teacher=args.teacher,
+        teacher_finetune_epochs=args.teacher_finetune_epochs,
+        teacher_finetune_lr=args.teacher_finetune_lr,
         train_images=args.train_images,
         test_images=args.test_images,
         text_epochs=args.text_epochs if "text" in stages else 0,

@@ -26,6 +26,11 @@ class RecipeConfig:
     teacher: str = "lit"  # "lit", "clip:DIR", or a saved teacher directory
     teacher_image_size: int = 64  # LiT teacher's input size
     teacher_steps: int = 300  # LiT projection training steps
+    # CLIP teachers: the official code's task fine-tuning of the image side with CE on the SNN
+    # text encoder's class features before the image stages (0: off); its lr (the official
+    # CIFAR-10 script's 5e-6)
+    teacher_finetune_epochs: int = 0
+    teacher_finetune_lr: float = 5e-6
     train_images: int | None = None  # a seeded subset of the training split (None: all)
     test_images: int | None = None
     vocabulary: int | None = None  # broad-vocabulary names for text alignment (None: all)
@@ -95,7 +100,7 @@ class RecipeConfig:
             )
             need(ok, name, f"a finite number {'> 0' if positive else '>= 0'}")
 
-        for name in ("text_epochs", "image_epochs", "finetune_epochs"):
+        for name in ("text_epochs", "image_epochs", "finetune_epochs", "teacher_finetune_epochs"):
             is_int(name, 0)
         for name in ("batch_size", "text_batch_size", "checkpoint_every", "energy_images",
                      "teacher_steps", "teacher_image_size"):  # fmt: skip
@@ -104,7 +109,7 @@ class RecipeConfig:
             is_int(name, 1, optional=True)
         is_int("vocabulary", 0, optional=True)
         is_int("seed", 0)
-        for name in ("lr", "text_lr", "finetune_lr", "kd_temperature"):
+        for name in ("lr", "text_lr", "finetune_lr", "kd_temperature", "teacher_finetune_lr"):
             is_number(name, positive=True)
         for name in ("lr_final", "text_lr_final", "finetune_lr_final", "weight_decay",
                      "ce_weight", "kl_weight"):  # fmt: skip
@@ -126,6 +131,10 @@ class RecipeConfig:
         )  # fmt: skip
         need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
              "lit, clip:DIR or a saved teacher directory")  # fmt: skip
+        lit_tuned = self.teacher == "lit" and self.teacher_finetune_epochs > 0
+        need(not lit_tuned, "teacher_finetune_epochs", "0 with the LiT teacher (its projection is "
+             "fitted with cross-entropy on the task already: teacher_steps); it tunes CLIP "
+             "teachers")  # fmt: skip
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeclip.checkpoint import atomic_write_json
+from spikeclip.checkpoint import atomic_write_json, load_json
 from spikeclip.train import distributed, features
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.evaluate import embed_images, zero_shot_report
@@ -159,6 +159,47 @@ def train_text(cfg, model, teacher, train, ctx: RunContext) -> dict:
     )
     summary = run_stage(stage, model, model.text_encoder, len(prompts), step, ctx)
     return {**summary, "prompts": len(prompts), "names": len(names)}
+
+
+def task_finetune_teacher(cfg: RecipeConfig, teacher, model, train, out: Path, ctx) -> dict:
+    """The official code's optional task fine-tuning of a CLIP teacher, between text alignment
+    and the image stages: the teacher's image side (vision tower + projection) trained with
+    cross-entropy on its L2-normalised image features . the SNN text encoder's class features
+    (template means, not renormalised; scale 1), Adam (amsgrad, no weight decay, cosine per
+    epoch to 1e-8). The tuned teacher is saved as the run's (out/teacher: a resumed run,
+    `spikeclip eval --teacher` and the feature cache's key all see it)."""
+    if not hasattr(teacher, "task_module"):
+        raise ValueError(
+            f"teacher_finetune_epochs: task fine-tuning trains a CLIP teacher's image side; "
+            f"the {type(teacher).__name__} has none (the LiT teacher's projection is fitted "
+            "with cross-entropy on the task already: teacher_steps)"
+        )
+    dev = ctx.device
+    model.text_encoder.eval()
+    with torch.no_grad():
+        classes = model.classifier(train.class_names, train.templates, renormalize=False)
+    classes = classes.to(dev)
+    module = teacher.task_module().to(dev)
+
+    def step(vision, idx):
+        images, labels = train.batch(idx)
+        logits = F.normalize(vision(images.to(dev)), dim=-1) @ classes.t()
+        return F.cross_entropy(logits, labels.to(dev)), {}
+
+    stage = StageConfig(
+        "teacher-task-finetune", cfg.teacher_finetune_epochs, cfg.batch_size,
+        cfg.teacher_finetune_lr, 1e-8, 0.0, cfg.checkpoint_every, "adam",
+    )  # fmt: skip
+    done = ctx.run_dir / "stages" / stage.name / "done.json"
+    if teacher.task_finetuned and done.is_file():  # resumed: out/teacher holds the tuned one
+        return load_json(done)
+    summary = run_stage(stage, module, module, len(train), step, ctx)
+    teacher.eval()
+    teacher.mark_task_finetuned()
+    if ctx.dist.main:
+        teacher.save(out / "teacher")
+    distributed.barrier(ctx.dist)
+    return summary
 
 
 def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, ctx) -> list[dict]:
@@ -303,11 +344,15 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     test = load_dataset(cfg.dataset, "test", cfg.data_dir).subset(cfg.test_images, cfg.seed)
     teacher = build_teacher(cfg, train, out, ctx)
     scale = cfg.logit_scale or teacher.logit_scale
-    teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
+    if not cfg.teacher_finetune_epochs:
+        teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
 
     stages = {}
     snn = build_student(cfg, teacher).to(device)
     stages["text"] = train_text(cfg, snn, teacher, train, ctx)
+    if cfg.teacher_finetune_epochs:  # needs the trained text encoder's class features
+        stages["teacher"] = task_finetune_teacher(cfg, teacher, snn, train, out, ctx)
+        teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
     stages["snn"] = train_image(cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx)
     models = {"spikeclip": snn}
     if cfg.ann:
