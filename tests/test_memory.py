@@ -211,8 +211,9 @@ def test_packed_units_under_bf16_autocast(unit, backend):
         assert rel_err(grads_l[name].float(), grads_p[name].float()) < 1e-5, name
 
 
-def test_image_encoder_memory_modes_same_outputs():
-    encoder = ImageEncoder(CONFIG)
+@pytest.mark.parametrize("learnable_tau", [False, True])
+def test_image_encoder_memory_modes_same_outputs(learnable_tau):
+    encoder = ImageEncoder(CONFIG.replace(learnable_tau=learnable_tau))
     set_backend(encoder, "torch")  # plain: the reference's float copies
     images = torch.rand(2, 3, 16, 16)
     out_p, grads_p, saved_p, _ = step(encoder, images, "plain")
@@ -221,6 +222,8 @@ def test_image_encoder_memory_modes_same_outputs():
     for name in grads_p:
         if name != "input":
             assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
+    taus = [n for n in grads_p if n.endswith(".w")]  # every PLIF's tau gets its gradient
+    assert len(taus) == (sum(isinstance(m, LIF) for m in encoder.modules()) if learnable_tau else 0)
     assert saved_l * 1.5 < saved_p  # the convs keep BN inputs as floats (no recompute)
 
 

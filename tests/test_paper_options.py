@@ -206,3 +206,24 @@ def test_official_ann_shapes_step_and_energy():
     assert report.sops_per_image == 0 and report.macs_per_image > 0
     full = SpikeCLIP(SpikeCLIPConfig.named("paper", image_neuron="clip-ann")).image_encoder
     assert 9.0e6 < sum(p.numel() for p in full.parameters()) < 10.0e6
+
+
+def test_learnable_tau_makes_every_lif_a_plif():
+    from spikeclip.models import LIF
+
+    torch.manual_seed(0)
+    cfg = SpikeCLIPConfig.named("paper", learnable_tau=True, **SMALL)
+    model = SpikeCLIP(cfg, backend="torch")
+    lifs = [m for m in model.modules() if isinstance(m, LIF)]
+    assert lifs and all(m.w is not None for m in lifs)
+    assert all(float(m.current_tau()) == pytest.approx(cfg.tau) for m in lifs)  # starts at tau
+    fixed = SpikeCLIP(cfg.replace(learnable_tau=False), backend="torch")
+    assert all(m.w is None for m in fixed.modules() if isinstance(m, LIF))
+    assert SpikeCLIPConfig.from_dict(cfg.to_dict()).learnable_tau
+    images = torch.rand(2, 3, 16, 16)
+    model.train()
+    model.encode_image(images).square().sum().backward()
+    grads = [m.w.grad for m in model.image_encoder.modules() if isinstance(m, LIF)]
+    assert all(g is not None for g in grads) and any(float(g) != 0 for g in grads)
+    with pytest.raises(ValueError, match="learnable_tau"):
+        SpikeCLIPConfig.named("tiny", learnable_tau="yes")

@@ -37,7 +37,8 @@ class SpikeCLIPConfig:
     temporal readout. `text_embeddings`: "trained" (SpikeCLIP's: trained with the rest, no
     LayerNorm) or "frozen-layernorm" (frozen, then a LayerNorm: see TextEncoder).
     Neurons: LIF(tau, v_th, hard reset to v_reset, detach_reset, surrogate(alpha)); the
-    attention's LIF fires at attn_v_th.
+    attention's LIF fires at attn_v_th. `learnable_tau`: every LIF a PLIF (tau = 1 / sigmoid(w),
+    w trained, starting at `tau`; not in SpikeCLIP, which fixes tau = 2).
     """
 
     image_size: int = 32
@@ -66,6 +67,7 @@ class SpikeCLIPConfig:
     text_embeddings: str = "trained"
     image_normalize: str = "clip"
     resize_antialias: bool = False
+    learnable_tau: bool = False
 
     def __post_init__(self):
         positive = (
@@ -107,7 +109,7 @@ class SpikeCLIPConfig:
                               ("image_normalize", IMAGE_NORMALIZE)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("tokenizer_shortcut", "resize_antialias"):
+        for name in ("tokenizer_shortcut", "resize_antialias", "learnable_tau"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.surrogate not in SURROGATES:
@@ -167,6 +169,7 @@ LEGACY_VALUES = dict(
     text_embeddings="frozen-layernorm",
     image_normalize="none",
     resize_antialias=True,
+    learnable_tau=False,
 )
 
 NAMED_CONFIGS = {

@@ -41,8 +41,8 @@ def _hooked(module: nn.Module) -> bool:
 def make_neuron(
     config: SpikeCLIPConfig, *, spiking: bool, v_th: float | None = None, backend: str = "auto"
 ) -> nn.Module:
-    """The neuron of a SpikeCLIP encoder: LIF(tau, v_th, hard reset, detach_reset, surrogate)
-    on `[T, B, ...]`, or ReLU for the ANN counterpart."""
+    """The neuron of a SpikeCLIP encoder: LIF(tau, v_th, hard reset, detach_reset, surrogate;
+    a PLIF with config.learnable_tau) on `[T, B, ...]`, or ReLU for the ANN counterpart."""
     if not spiking:
         return nn.ReLU()
     return LIF(
@@ -52,6 +52,7 @@ def make_neuron(
         detach_reset=True,
         surrogate=config.surrogate,
         alpha=config.alpha,
+        learnable_tau=config.learnable_tau,
         backend=backend,
     )
 
@@ -81,8 +82,14 @@ class _SpikingUnit(nn.Module):
         kernels, on CPU): work in proportion to the firing rate, keeping only the bits."""
         return self.spike_input and sums_spikes(self.backend, x)
 
+    def _neuron_params(self) -> dict[str, torch.Tensor]:
+        """The neuron's parameters (a PLIF's w), by name; none for a LIF with a fixed tau."""
+        return dict(self.neuron.named_parameters()) if self.neuron is not None else {}
+
     def _params(self) -> list[torch.Tensor]:
-        return [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
+        """Every tensor the output depends on besides x: op weight, BN affine, the neuron's."""
+        own = [p for p in (self.op.weight, self.bn.weight, self.bn.bias) if p is not None]
+        return own + list(self._neuron_params().values())
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and (
@@ -109,9 +116,14 @@ class _SpikingUnit(nn.Module):
 
     def unit(self, x, state=None, params=None, bits=None) -> torch.Tensor:
         T, B = x.shape[:2]
+        neuron_params = {}
         if params is None:
             y = self.op_on(x.flatten(0, 1), None, bits)
         else:
+            names = list(self._neuron_params())
+            if names:  # the recomputation's fresh leaves for the neuron's parameters
+                neuron_params = dict(zip(names, params[-len(names) :], strict=True))
+                params = params[: -len(names)]
             weight, *affine = params
             y = self.op_on(x.flatten(0, 1), weight, bits)
         fused = self._fused_bn_lif(y)
@@ -135,6 +147,8 @@ class _SpikingUnit(nn.Module):
                             backend=fused)  # fmt: skip
             return spikes.view(y.shape).unflatten(0, (T, B))
         y = self.normalise(y, bn).unflatten(0, (T, B))
+        if neuron_params:
+            return torch.func.functional_call(self.neuron, neuron_params, (y,))
         return self.neuron(y) if self.neuron is not None else y
 
     def _fused_bn_lif(self, y: torch.Tensor) -> str | None:
