@@ -52,14 +52,14 @@ def test_pack_round_trip(shape):
     assert torch.equal(unpack_spikes(bits, shape[-1]), x)
 
 
-@pytest.mark.parametrize("unit", ["linear", "conv3", "conv1", "linear+lif"])
+@pytest.mark.parametrize("unit", ["linear", "conv3", "conv1", "linear+lif", "linear+plif"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_packed_units_equal_plain_layers(unit, mode):
     if unit.startswith("linear"):
         layer = SeqLinearBN(
             12,
             20,
-            neuron=LIF() if unit == "linear+lif" else None,
+            neuron=LIF(learnable_tau=unit.endswith("plif")) if "lif" in unit else None,
             packed_input=True,
             backend="torch",  # plain: the reference's float copies
         )
@@ -205,7 +205,8 @@ def test_packed_units_under_bf16_autocast(unit, backend):
     out_l, grads_l = autocast_step(layer, x, "lossless")
     assert out_l.dtype == out_p.dtype == torch.bfloat16
     assert rel_err(out_l.float(), out_p.float()) < 1e-5
-    assert set(grads_l) == set(grads_p) == {"op.weight", "bn.weight", "bn.bias", "input"}
+    plif = {"neuron.w"} if unit.endswith("plif") else set()
+    assert set(grads_l) == set(grads_p) == {"op.weight", "bn.weight", "bn.bias", "input"} | plif
     for name in grads_p:
         assert grads_l[name].dtype == grads_p[name].dtype, name
         assert rel_err(grads_l[name].float(), grads_p[name].float()) < 1e-5, name
