@@ -227,3 +227,19 @@ def test_learnable_tau_makes_every_lif_a_plif():
     assert all(g is not None for g in grads) and any(float(g) != 0 for g in grads)
     with pytest.raises(ValueError, match="learnable_tau"):
         SpikeCLIPConfig.named("tiny", learnable_tau="yes")
+
+
+def test_text_v_th_sets_the_text_encoders_thresholds_only():
+    from spikeclip.models import LIF
+
+    cfg = SpikeCLIPConfig.named("paper", text_v_th=0.5, **SMALL)
+    model = SpikeCLIP(cfg, backend="torch")
+    text = [m.v_th for m in model.text_encoder.modules() if isinstance(m, LIF)]
+    image = {m.v_th for m in model.image_encoder.modules() if isinstance(m, LIF)}
+    assert text == [0.5, 0.5] and image == {cfg.v_th}
+    default = SpikeCLIP(cfg.replace(text_v_th=None), backend="torch")
+    assert {m.v_th for m in default.text_encoder.modules() if isinstance(m, LIF)} == {cfg.v_th}
+    assert SpikeCLIPConfig.from_dict(cfg.to_dict()).text_v_th == 0.5
+    for bad in ("x", float("nan"), True):
+        with pytest.raises((TypeError, ValueError)):
+            SpikeCLIPConfig.named("tiny", text_v_th=bad)

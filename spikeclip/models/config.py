@@ -38,7 +38,8 @@ class SpikeCLIPConfig:
     LayerNorm) or "frozen-layernorm" (frozen, then a LayerNorm: see TextEncoder).
     Neurons: LIF(tau, v_th, hard reset to v_reset, detach_reset, surrogate(alpha)); the
     attention's LIF fires at attn_v_th. `learnable_tau`: every LIF a PLIF (tau = 1 / sigmoid(w),
-    w trained, starting at `tau`; not in SpikeCLIP, which fixes tau = 2).
+    w trained, starting at `tau`; not in SpikeCLIP, which fixes tau = 2). `text_v_th`: the text
+    encoder's LIF threshold (None: v_th, as SpikeCLIP).
     """
 
     image_size: int = 32
@@ -68,6 +69,7 @@ class SpikeCLIPConfig:
     image_normalize: str = "clip"
     resize_antialias: bool = False
     learnable_tau: bool = False
+    text_v_th: float | None = None
 
     def __post_init__(self):
         positive = (
@@ -117,6 +119,8 @@ class SpikeCLIPConfig:
         from spikeclip.kernels.options import check_number
 
         # real, finite numbers (NaN, inf, bools and strings are named here, not at forward)
+        if self.text_v_th is not None:
+            check_number(self.text_v_th, "SpikeCLIPConfig.text_v_th")
         for name, minimum in (("tau", 1.0), ("alpha", 0.0), ("mlp_ratio", 0.0),
                               ("attn_scale", 0.0), ("v_th", None), ("attn_v_th", None),
                               ("v_reset", None)):  # fmt: skip
@@ -170,6 +174,7 @@ LEGACY_VALUES = dict(
     image_normalize="none",
     resize_antialias=True,
     learnable_tau=False,
+    text_v_th=None,
 )
 
 NAMED_CONFIGS = {

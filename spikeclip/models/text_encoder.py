@@ -36,9 +36,10 @@ class TextEncoder(nn.Module):
         for p in (self.token_embedding.weight, self.position_embedding):
             p.requires_grad_(trained)
         self.norm = nn.Identity() if trained else nn.LayerNorm(W)
-        self.input_neuron = make_neuron(config, spiking=True, backend=backend)
+        v_th = config.text_v_th  # None: the image encoder's v_th
+        self.input_neuron = make_neuron(config, spiking=True, v_th=v_th, backend=backend)
         self.fc1 = nn.Linear(L * W, config.text_hidden)
-        self.hidden_neuron = make_neuron(config, spiking=True, backend=backend)
+        self.hidden_neuron = make_neuron(config, spiking=True, v_th=v_th, backend=backend)
         self.fc2 = nn.Linear(config.text_hidden, config.embed_dim)
         self.readout = TemporalReadout(config.time_steps)
 
