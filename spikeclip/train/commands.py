@@ -40,6 +40,11 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--overwrite", action="store_true", help="start again in an existing --out")
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--config", default=d.config, help="tiny or paper")
+    p.add_argument(
+        "--model-option", action="append", default=[], metavar="FIELD=VALUE",
+        help="a SpikeCLIPConfig field over the config's, e.g. learnable_tau=true, v_th=0.5, "
+        'tokenizer_pool=2x2 (VALUE read as JSON, else a string); repeatable',
+    )  # fmt: skip
     p.add_argument("--teacher", default=d.teacher, help="lit, clip:DIR, or a saved teacher dir")
     p.add_argument(
         "--teacher-finetune-epochs", type=int, default=d.teacher_finetune_epochs,
@@ -106,6 +111,7 @@ def recipe_from_args(args, demo: bool):
         overwrite=args.overwrite,
         dataset=args.dataset,
         config=args.config,
+        model_options=model_options(args.model_option),
         teacher=args.teacher,
         teacher_finetune_epochs=args.teacher_finetune_epochs,
         teacher_finetune_lr=args.teacher_finetune_lr,
@@ -136,6 +142,22 @@ def recipe_from_args(args, demo: bool):
     )
 
 
+def model_options(pairs: list[str]) -> dict:
+    """["learnable_tau=true", "tokenizer_pool=2x2"] -> {"learnable_tau": True, ...}."""
+    import json
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"spikeclip train: --model-option wants FIELD=VALUE, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
 def results_table(r: dict) -> str:
     def pct(x):
         return "-" if x is None else f"{100 * x:.2f}%"
@@ -161,11 +183,13 @@ def results_table(r: dict) -> str:
 
 
 def run_train(args, demo: bool) -> int:
+    from spikeclip.models import SpikeCLIPConfig
     from spikeclip.train.recipe import run_recipe
 
     try:
         cfg = recipe_from_args(args, demo)
-    except ValueError as exc:  # a bad setting: usage, named before any work
+        SpikeCLIPConfig.named(cfg.config, **cfg.model_options)
+    except (ValueError, TypeError) as exc:  # a bad setting: usage, named before any work
         raise SystemExit(str(exc)) from None
     results = run_recipe(cfg)  # writes results.json (rank 0), seconds included
     if "teacher_acc" in results:  # rank 0

@@ -4,7 +4,7 @@ defaults before torch loads)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # The choices a run accepts, spelled out so that checking them needs no torch import (the
 # command line builds a RecipeConfig for its defaults before torch loads); tests/test_train.py
@@ -16,6 +16,8 @@ OPTIMIZER_NAMES = ("auto", "adamw", "adam")
 ANN_KINDS = ("relu-twin", "official")
 MEMORY_MODES = ("plain", "lossless", "low")
 BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpp")
+# SpikeCLIPConfig fields a run sets itself: the teacher's sizes, the ANN counterpart's neuron
+FIXED_MODEL_FIELDS = ("vocab_size", "text_width", "embed_dim", "image_neuron")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class RecipeConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     config: str = "tiny"
+    # SpikeCLIPConfig fields over the named config's (e.g. {"learnable_tau": True}); not those
+    # the teacher sets (vocab_size, text_width, embed_dim) or the ANN choice (image_neuron)
+    model_options: dict = field(default_factory=dict)
     teacher: str = "lit"  # "lit", "clip:DIR", or a saved teacher directory
     teacher_image_size: int = 64  # LiT teacher's input size
     teacher_steps: int = 300  # LiT projection training steps
@@ -119,6 +124,10 @@ class RecipeConfig:
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
         need(self.config in CONFIG_NAMES, "config", f"one of {CONFIG_NAMES}")
+        need(isinstance(self.model_options, dict)
+             and all(isinstance(k, str) for k in self.model_options)
+             and not set(self.model_options) & set(FIXED_MODEL_FIELDS), "model_options",
+             f"a dict of SpikeCLIPConfig fields other than {FIXED_MODEL_FIELDS}")  # fmt: skip
         need(self.dual_loss in DUAL_LOSSES, "dual_loss", f"one of {DUAL_LOSSES}")
         need(self.optimizer in OPTIMIZER_NAMES, "optimizer", f"one of {OPTIMIZER_NAMES}")
         need(self.ann_kind in ANN_KINDS, "ann_kind", f"one of {ANN_KINDS}")

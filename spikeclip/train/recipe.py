@@ -44,7 +44,7 @@ def _prepare_out(cfg: RecipeConfig, out: Path, main: bool) -> None:
         saved.unlink()  # a run that failed before its first checkpoint: nothing to keep
     if saved.is_file() and main:
         if cfg.resume:
-            old = json.loads(saved.read_text())
+            old = {**RecipeConfig().to_dict(), **json.loads(saved.read_text())}  # older: defaults
             diff = {
                 k: (old.get(k), v)
                 for k, v in cfg.to_dict().items()
@@ -116,7 +116,8 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     from spikeclip.teachers import HFTokenizer
 
     check_memory_mode(cfg.memory)
-    mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron, **teacher.student_overrides())
+    mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron,
+                               **teacher.student_overrides(), **cfg.model_options)  # fmt: skip
     model = SpikeCLIP(mc, backend=cfg.backend)
     model.text_encoder.load_embeddings(*teacher.token_embeddings())
     model.tokenizer = HFTokenizer(teacher.tokenizer, mc.context_length)  # saved with checkpoints
@@ -323,7 +324,9 @@ def energy_of(model, test, n: int, device) -> dict:
 def run_recipe(cfg: RecipeConfig) -> dict:
     """Run (or continue) the whole recipe; returns the results (also out/results.json)."""
     from spikeclip.data import load_dataset
+    from spikeclip.models import SpikeCLIPConfig
 
+    SpikeCLIPConfig.named(cfg.config, **cfg.model_options)  # a bad option is named before work
     started = time.perf_counter()
     dist, device = distributed.init(cfg.device)
     out = Path(cfg.out)
