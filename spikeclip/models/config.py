@@ -195,5 +195,7 @@ NAMED_CONFIGS = {
         text_hidden=512,
         vocab_size=30522,
         text_embeddings="frozen-layernorm",
+        v_th=0.5,
+        learnable_tau=True,
     ),
 }
