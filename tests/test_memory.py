@@ -21,7 +21,7 @@ from spikeclip.models import (
     set_memory,
 )
 
-CONFIG = SpikeCLIPConfig.named("tiny", width=32, heads=4, image_size=16)
+CONFIG = SpikeCLIPConfig.named("tiny", width=32, heads=4, image_size=16, learnable_tau=False)
 CPU_FUSED = [p for p in FUSED if p.values[1] == "cpu"]
 
 
@@ -116,10 +116,12 @@ def test_packed_unit_rejects_non_spikes():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("learnable_tau", [False, True])
 @pytest.mark.parametrize(("backend", "device"), CPU_FUSED)
-def test_low_mode_and_checkpointing(backend, device):
+def test_low_mode_and_checkpointing(backend, device, learnable_tau):
     torch.manual_seed(0)
-    blocks = nn.Sequential(Block(CONFIG), Block(CONFIG))
+    config = CONFIG.replace(learnable_tau=learnable_tau)
+    blocks = nn.Sequential(Block(config), Block(config))
     set_backend(blocks, backend)
     x = torch.randn(4, 3, 16, CONFIG.width)
     out_p, grads_p, saved_p, buf_p = step(blocks, x, "plain")
@@ -131,7 +133,9 @@ def test_low_mode_and_checkpointing(backend, device):
     for name in grads_p:
         assert rel_err(grads_l[name], grads_p[name]) < 1e-5, name
         assert rel_err(grads_c[name], grads_p[name]) < 1e-5, name
-        assert rel_err(grads_low[name], grads_l[name]) < 1e-2, name
+        # bf16 membranes: a PLIF's tau gradient sums every element's rounding (measured 1.03%)
+        tolerance = 2e-2 if name.endswith(".w") else 1e-2
+        assert rel_err(grads_low[name], grads_l[name]) < tolerance, name
     for name in buf_p:
         assert torch.equal(buf_c[name], buf_p[name]), name  # checkpointing counts a batch once
     assert saved_l * 4 <= saved_p and saved_low < saved_l and saved_c < saved_l

@@ -230,7 +230,8 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
     from spikeclip.kernels.reference import lif_reference, ssa_reference
     from spikeclip.models.config import CLIP_MEAN, CLIP_STD, LEGACY_VALUES
 
-    cfg = SpikeCLIPConfig.named("tiny", depth=2, **(LEGACY_VALUES if layout == "legacy" else {}))
+    layout_values = LEGACY_VALUES if layout == "legacy" else dict(learnable_tau=False)  # fixed tau
+    cfg = SpikeCLIPConfig.named("tiny", depth=2, **layout_values)
     torch.manual_seed(5)
     enc = ImageEncoder(cfg)
     set_backend(enc, "torch")

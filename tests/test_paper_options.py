@@ -26,6 +26,12 @@ def test_paper_defaults_are_the_official_code():
         "clip",
     )
     assert tiny.text_embeddings == "frozen-layernorm"
+    # tiny departs from paper in its sizes and where measured (models/config.py says why)
+    sizes = {"image_size", "width", "depth", "heads", "embed_dim", "text_width", "text_hidden",
+             "vocab_size"}  # fmt: skip
+    paper = SpikeCLIPConfig.named("paper")
+    differ = {k for k, v in tiny.to_dict().items() if getattr(paper, k) != v} - sizes
+    assert differ == {"text_embeddings", "v_th", "learnable_tau"}
     c = SpikeCLIPConfig.named("paper")
     assert (c.tokenizer_pool, c.tokenizer_shortcut, c.text_embeddings) == ("3x3", False, "trained")
     assert (c.image_normalize, c.resize_antialias) == ("clip", False)

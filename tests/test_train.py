@@ -340,8 +340,12 @@ def test_the_recipe_learns_a_learnable_set(tmp_path, cache_dir):
     data = tmp_path / "learnable"
     data.mkdir()
     fake_idx_dataset(data, n=400, n_test=100, seed=3, learnable=True)
+    # The paper's neurons (threshold 1, fixed tau): with tiny's 0.5 the two-epoch text encoder's
+    # class embeddings lie closer (cosine logits near uniform: CE 2.27 -> 2.13), so fine-tuning
+    # losses fall by less than 10% in 4 epochs though SNN / ANN reach 0.92 / 1.0.
     cfg = small_recipe(tmp_path / "run", data, cache_dir, "lit", text_epochs=2, image_epochs=3,
-                       finetune_epochs=4, teacher_steps=60)  # fmt: skip
+                       finetune_epochs=4, teacher_steps=60,
+                       model_options={"v_th": 1.0, "learnable_tau": False})  # fmt: skip
     results = run_recipe(cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
     teacher = next(r for r in log if r.get("stage") == "teacher")
