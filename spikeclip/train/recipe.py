@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from spikeclip.checkpoint import atomic_write_json, load_json
+from spikeclip.checkpoint import atomic_write_json
 from spikeclip.train import distributed, features
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.evaluate import embed_images, zero_shot_report
@@ -191,9 +191,7 @@ def task_finetune_teacher(cfg: RecipeConfig, teacher, model, train, out: Path, c
         "teacher-task-finetune", cfg.teacher_finetune_epochs, cfg.batch_size,
         cfg.teacher_finetune_lr, 1e-8, 0.0, cfg.checkpoint_every, "adam",
     )  # fmt: skip
-    done = ctx.run_dir / "stages" / stage.name / "done.json"
-    if teacher.task_finetuned and done.is_file():  # resumed: out/teacher holds the tuned one
-        return load_json(done)
+    # a resumed run whose stage is done: run_stage loads the final weights (already the teacher's)
     summary = run_stage(stage, module, module, len(train), step, ctx)
     teacher.eval()
     teacher.mark_task_finetuned()
