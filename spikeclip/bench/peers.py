@@ -31,18 +31,25 @@ def _version(dist: str) -> str:
 
 
 def spikingjelly_node(
-    device, v_th: float = 1.0, detach_reset: bool = False, tau: float = 2.0, alpha: float = 4.0
-):
+    device, v_th: float = 1.0, detach_reset: bool = False, tau: float = 2.0, alpha: float = 4.0,
+    w: torch.Tensor | None = None,
+):  # fmt: skip
     """SpikingJelly's multi-step LIFNode (decay_input, hard reset to 0, sigmoid surrogate), on
     its CUDA kernels where it has them (0.0.0.0.14: backend "cupy"; 2.0: its own choice, which
-    SJ_LIF_CUDA_IMPLEMENTATION=triton fixes), or None when SpikingJelly does not import."""
+    SJ_LIF_CUDA_IMPLEMENTATION=triton fixes), or None when SpikingJelly does not import.
+    w: a learnable tau's parameter (tau = 1 / sigmoid(w)): a ParametricLIFNode starting there."""
     try:
         from spikingjelly.activation_based import neuron, surrogate
     except ImportError as exc:
         _skipped("spikingjelly", exc)
         return None
-    node = neuron.LIFNode(
-        tau=float(tau),
+    kind, first = (
+        (neuron.LIFNode, {"tau": float(tau)})
+        if w is None
+        else (neuron.ParametricLIFNode, {"init_tau": float(1.0 / torch.sigmoid(w.detach()))})
+    )
+    node = kind(
+        **first,
         decay_input=True,
         v_threshold=v_th,
         v_reset=0.0,
@@ -50,6 +57,9 @@ def spikingjelly_node(
         surrogate_function=surrogate.Sigmoid(alpha=alpha),
         step_mode="m",
     ).to(device)
+    if w is not None:
+        with torch.no_grad():
+            node.w.copy_(w)
     if torch.device(device).type == "cuda" and "cupy" in getattr(node, "supported_backends", ()):
         node.backend = "cupy"
     return node
@@ -88,11 +98,12 @@ def with_spikingjelly(model: nn.Module, device) -> nn.Module | None:
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LIF):
-                if child.v_reset != 0.0 or child.w is not None or child.surrogate != "sigmoid":
+                if child.v_reset != 0.0 or child.surrogate != "sigmoid" or not child.decay_input:
                     raise ValueError(f"with_spikingjelly: no LIFNode settings for {child}")
                 node = spikingjelly_node(
-                    device, child.v_th, child.detach_reset, child.tau, child.alpha or 4.0
-                )
+                    device, child.v_th, child.detach_reset, child.tau or 2.0, child.alpha or 4.0,
+                    w=child.w,
+                )  # fmt: skip
                 setattr(parent, name, SpikingJellyNeuron(node))
             elif isinstance(child, AttentionCore):
                 o = child.lif_options
