@@ -68,12 +68,14 @@ def _parser() -> argparse.ArgumentParser:
         "op",
         nargs="?",
         default="lif",
-        choices=["lif", "attention", "model", "memory", "layers"],
+        choices=["lif", "attention", "model", "memory", "layers", "peer-models"],
         help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
         "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
         "memory: bytes saved for backward and step time of the block stack, every way; "
         "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate "
-        "(on CUDA: the linears, Triton's bit-reading products vs dense)",
+        "(on CUDA: the linears, Triton's bit-reading products vs dense); "
+        "peer-models: SpikingJelly's Spikformer, Spike-driven Transformer and SEW-ResNet "
+        "training steps as shipped vs after spikeclip.accelerate",
     )
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
     b.add_argument(
@@ -138,7 +140,14 @@ def _bench(args) -> int:
         f"# spikeclip bench {args.op}: device={args.device} threads={torch.get_num_threads()} "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
-    if args.op == "attention":
+    if args.op == "peer-models":
+        from spikeclip.bench.peer_models import bench_peer_models
+
+        if args.device != "cpu":
+            raise SystemExit("bench peer-models runs on cpu here (GPU rows: gpu_check.sh)")
+        rows = bench_peer_models(batch=(args.batch or [16])[0], T=args.T[0],
+                                 dtypes=tuple(dtypes), rounds=min(args.rounds, 7))  # fmt: skip
+    elif args.op == "attention":
         rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
     elif args.op == "memory":
         fused = "cpp" if args.device == "cpu" else "cuda"

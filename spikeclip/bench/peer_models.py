@@ -1,0 +1,134 @@
+"""`spikeclip bench peer-models`: SpikingJelly 2.0's own model zoo networks, a training step
+(forward + backward) as shipped against the same network after `spikeclip.accelerate` (neurons
+only, then neurons and attention), with the bytes saved for the backward per sample beside each.
+Every ratio is taken in the same run, on the same weights and input."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+import types
+
+import torch
+
+from spikeclip.bench.timing import format_table, median_times
+
+PEER_MODELS = ("spikformer", "spike_driven_transformer", "sew_resnet")
+_LIF = {"tau": 2.0, "detach_reset": True}  # the models' published neuron settings
+
+
+def _torchvision_for_the_model_zoo() -> None:
+    """SpikingJelly's sew_resnet / spiking_vgg import `torchvision.models.utils` for its
+    load_state_dict_from_url alone (pretrained weights). PyPI's torchvision wheels are built for
+    CUDA torch and do not import beside the CPU wheel: where it does not import, that one module
+    is provided from torch.hub's function of the same name, and nothing else."""
+    try:
+        importlib.import_module("torchvision.models.utils")
+        return
+    except Exception:
+        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+            del sys.modules[name]
+    names = ("torchvision", "torchvision.models", "torchvision.models.utils")
+    package, models, utils = (types.ModuleType(n) for n in names)
+    utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url
+    package.models, models.utils = models, utils
+    sys.modules.update({m.__name__: m for m in (package, models, utils)})
+
+
+def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image: int = 32,
+              batch: int = 16, classes: int = 10, dtype=torch.float32):  # fmt: skip
+    """(SpikingJelly's model `name` with its own neurons, an input batch). width / depth size the
+    transformers (embed dims, blocks); the CNNs take their smallest published stage plan."""
+    _torchvision_for_the_model_zoo()
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.model import (
+        qkformer,
+        sew_resnet,
+        spike_driven_transformer,
+        spikformer,
+        spiking_vgg,
+    )
+
+    x = torch.rand(batch, 3, image, image, dtype=dtype)
+    if name == "spikformer":
+        net = spikformer.Spikformer(
+            T=T, img_size_h=image, img_size_w=image, patch_size=4, num_classes=classes,
+            embed_dims=width, num_heads=max(1, width // 16), depths=depth, **_LIF)  # fmt: skip
+    elif name == "spike_driven_transformer":
+        net = spike_driven_transformer.SpikeDrivenTransformer(
+            T=T, num_classes=classes, embed_dims=width, num_heads=max(1, width // 16),
+            depths=depth, **_LIF)  # fmt: skip
+    elif name == "qkformer":
+        heads = max(1, width // 48)
+        net = qkformer.QKFormer(T=T, num_classes=classes, embed_dims=width,
+                                num_heads=(heads, 2 * heads, 2 * heads), depths=(1, 1, depth),
+                                **_LIF)  # fmt: skip
+    elif name == "sew_resnet":
+        net = sew_resnet.SEWResNet(sew_resnet.BasicBlock, [depth] * 4, num_classes=classes,
+                                   cnf="ADD", spiking_neuron=neuron.LIFNode, step_mode="m",
+                                   **_LIF)  # fmt: skip
+        x = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    elif name == "spiking_vgg":
+        net = spiking_vgg.SpikingVGG([width // 8, "M", width // 4, "M"], batch_norm=True,
+                                     num_classes=classes, spiking_neuron=neuron.LIFNode,
+                                     step_mode="m", **_LIF)  # fmt: skip
+        # its classifier is fixed at 512*7*7 -> 4096 -> 4096: one of the same layers, smaller
+        net.classifier = torch.nn.Sequential(
+            layer.Linear(width // 4 * 49, width, step_mode="m"),
+            neuron.LIFNode(step_mode="m", **_LIF),
+            layer.Linear(width, classes, step_mode="m"),
+        )
+        x = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    else:
+        raise ValueError(f"no SpikingJelly model {name!r}; known: {PEER_MODELS}")
+    functional.set_step_mode(net, "m")
+    return net.to(dtype), x
+
+
+def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
+                      dtypes=(torch.float32,), rounds: int = 5) -> list[dict]:  # fmt: skip
+    """Rows: model, dtype, contender, step_ms, vs_spikingjelly, saved_MiB_per_sample."""
+    import spikeclip
+    from spikeclip.memory import saved_tensor_bytes
+
+    try:
+        from spikingjelly.activation_based import functional
+    except ImportError as exc:
+        raise SystemExit(
+            f"bench peer-models needs SpikingJelly 2.0 ({exc}): "
+            "pip install --no-deps spikingjelly==2.0.0 loguru h5py"
+        ) from exc
+    rows = []
+    for name in models:
+        for dtype in dtypes:
+            torch.manual_seed(0)
+            shipped, x = zoo_model(name, T=T, batch=batch, dtype=dtype)
+            neurons = copy.deepcopy(shipped)
+            spikeclip.accelerate(neurons, attention=False)
+            everything = copy.deepcopy(shipped)
+            spikeclip.accelerate(everything)
+            contenders = {"spikingjelly (as shipped)": shipped,
+                          "accelerate(attention=False)": neurons,
+                          "accelerate()": everything}  # fmt: skip
+
+            def step(net, x=x):
+                def run():
+                    net(x).float().sum().backward()
+                    functional.reset_net(net)
+
+                return run
+
+            times = median_times({k: step(m) for k, m in contenders.items()},
+                                 torch.device("cpu"), rounds=rounds, budget_s=60.0)  # fmt: skip
+            base = times["spikingjelly (as shipped)"]
+            for label, net in contenders.items():
+                out, saved = saved_tensor_bytes(net, x)
+                del out
+                functional.reset_net(net)
+                rows.append(dict(model=name, dtype=str(dtype).replace("torch.", ""),
+                                 contender=label, step_ms=times[label] * 1e3,
+                                 vs_spikingjelly=base / times[label],
+                                 saved_MiB_per_sample=saved / batch / 2**20))  # fmt: skip
+            print(format_table(rows[-3:], list(rows[-1])), flush=True)
+    return rows

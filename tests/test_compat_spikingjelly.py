@@ -1,0 +1,290 @@
+"""spikeclip.accelerate on SpikingJelly 2.0 networks: the same outputs and gradients as
+SpikingJelly's own code (float64, rel 1e-9), every neuron option, both step modes, its state and
+checkpoints, and the modules it must leave alone named with their reasons."""
+
+import copy
+import io
+
+import pytest
+import torch
+from sj_models import ZOO, spikingjelly, zoo
+
+import spikeclip
+
+
+def rel(a, b):
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
+
+
+def train_twice(net, image):
+    """Two batches with reset_net between them and an SGD step after the first: the outputs
+    and the gradients of the second."""
+    from spikingjelly.activation_based import functional
+
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    outs = []
+    for batch in (image, image.flip(-1) * 0.9):
+        opt.zero_grad()
+        out = net(batch)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        if not outs[1:]:
+            opt.step()
+        functional.reset_net(net)
+    return outs, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_accelerated_zoo_model_equals_spikingjelly(name):
+    net, image = zoo(name)
+    ours = copy.deepcopy(net)
+    report = spikeclip.accelerate(ours)
+    assert sum(report.replaced.values()) > 0 and not report.left, str(report)
+    if name in ("spikformer", "qkformer"):
+        assert report.replaced["SpikingSelfAttention"] >= 1
+    if name == "spike_driven_transformer":
+        assert report.replaced["SpikeDrivenSelfAttention"] >= 1
+    outs_sj, grads_sj = train_twice(net, image)
+    outs, grads = train_twice(ours, image)
+    for a, b in zip(outs, outs_sj, strict=True):
+        assert rel(a, b) < 1e-9
+        assert b.abs().sum() > 0  # the network fired: a comparison that can fail
+    assert grads.keys() == grads_sj.keys() and grads
+    largest = max(float(g.norm()) for g in grads_sj.values())
+    for key, g in grads_sj.items():
+        # a conv bias before a BatchNorm has a true gradient of 0 (BN cancels it): both are
+        # rounding noise there, compared against the largest gradient's size instead
+        scale = max(float(g.norm()), 1e-4 * largest)
+        assert float((grads[key] - g).norm()) < 1e-9 * scale, key
+    nonzero = sum(bool(g.abs().sum() > 0) for g in grads_sj.values())
+    assert nonzero > len(grads_sj) // 2
+
+
+def _surrogates():
+    from spikingjelly.activation_based import surrogate
+
+    return [surrogate.Sigmoid(), surrogate.Sigmoid(alpha=2.5), surrogate.ATan(alpha=3.0),
+            surrogate.PiecewiseQuadratic(alpha=0.7), surrogate.Erf(alpha=1.5)]  # fmt: skip
+
+
+NEURON_CASES = [
+    ("LIFNode", dict(tau=2.0)),
+    ("LIFNode", dict(tau=3.5, decay_input=False, v_threshold=0.7, v_reset=-0.2)),
+    ("LIFNode", dict(tau=1.5, v_reset=None)),
+    ("LIFNode", dict(tau=2.0, v_reset=None, detach_reset=True)),
+    ("LIFNode", dict(tau=2.5, detach_reset=True, v_threshold=0.5)),
+    ("ParametricLIFNode", dict(init_tau=2.0)),
+    ("ParametricLIFNode", dict(init_tau=4.0, decay_input=False, v_reset=None)),
+    ("IFNode", dict()),
+    ("IFNode", dict(v_reset=None, v_threshold=0.8, detach_reset=True)),
+]
+
+
+@pytest.mark.parametrize("surrogate_index", range(5))
+@pytest.mark.parametrize("kind,options", NEURON_CASES)
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_each_neuron_option_equals_spikingjelly(kind, options, surrogate_index, step_mode):
+    spikingjelly()
+    from spikingjelly.activation_based import functional, neuron
+
+    from spikeclip.compat import spikingjelly as compat
+
+    sj = getattr(neuron, kind)(surrogate_function=_surrogates()[surrogate_index],
+                               step_mode=step_mode, **options)  # fmt: skip
+    ours = copy.deepcopy(sj)
+    assert spikeclip.accelerate(ours).replaced[kind] == 1
+    assert type(ours) is getattr(compat, kind)
+    x = (torch.randn(6, 3, 17, dtype=torch.float64) * 1.5 + 0.6).requires_grad_()
+    results = []
+    for node in (sj, ours):
+        node.double()
+        xs = x.detach().clone().requires_grad_()
+        if step_mode == "m":
+            spikes = node(xs)
+        else:
+            spikes = torch.stack([node(xs[t]) for t in range(xs.shape[0])])
+        v = node.v.detach().clone()
+        weights = torch.linspace(-1, 2, spikes.numel(), dtype=xs.dtype).view_as(spikes)
+        (spikes * weights).sum().backward()
+        params = [p.grad.clone() for p in node.parameters()]
+        results.append((spikes.detach(), v, xs.grad, params))
+        functional.reset_net(node)
+    (s1, v1, g1, p1), (s2, v2, g2, p2) = results
+    assert torch.equal(s1, s2) and 0 < s1.mean() < 1
+    assert rel(v2, v1) < 1e-12
+    assert rel(g2, g1) < 1e-9 and g1.abs().sum() > 0
+    for a, b in zip(p2, p1, strict=True):
+        assert rel(a, b) < 1e-9
+
+
+def test_single_steps_equal_one_multi_step_and_state_carries():
+    spikingjelly()
+    from spikingjelly.activation_based import functional, neuron
+
+    node = neuron.LIFNode(tau=2.0, step_mode="m")
+    spikeclip.accelerate(node)
+    x = torch.randn(8, 4, 5, dtype=torch.float64) + 0.8
+    whole = node(x)
+    v_whole = node.v.clone()
+    functional.reset_net(node)
+    halves = torch.cat([node(x[:4]), node(x[4:])])  # no reset: the membrane carries over
+    assert torch.equal(halves, whole) and torch.equal(node.v, v_whole)
+    functional.reset_net(node)
+    functional.set_step_mode(node, "s")
+    steps = torch.stack([node(x[t]) for t in range(8)])
+    assert torch.equal(steps, whole) and torch.equal(node.v, v_whole)
+
+
+def test_store_v_seq_is_honoured():
+    spikingjelly()
+    from spikingjelly.activation_based import neuron
+
+    sj = neuron.LIFNode(tau=2.0, step_mode="m", store_v_seq=True)
+    ours = copy.deepcopy(sj)
+    spikeclip.accelerate(ours)
+    x = torch.randn(5, 7, dtype=torch.float64) + 0.7
+    assert torch.equal(sj(x), ours(x))
+    assert sj.v_seq.shape == (5, 7) and rel(ours.v_seq, sj.v_seq) < 1e-12
+
+
+def test_what_we_do_not_compute_is_left_and_named():
+    spikingjelly()
+    from spikingjelly.activation_based import neuron, surrogate
+
+    class MyLIF(neuron.LIFNode):
+        pass
+
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 4),
+        neuron.LIFNode(surrogate_function=surrogate.SoftSign()),
+        neuron.LIFNode(surrogate_function=surrogate.Sigmoid(spiking=False)),
+        MyLIF(),
+        neuron.QIFNode() if hasattr(neuron, "QIFNode") else neuron.LIFNode(),
+        neuron.LIFNode(),
+    )
+    before = [type(m) for m in net]
+    report = spikeclip.accelerate(net)
+    reasons = dict(report.left)
+    assert "SoftSign has no fused equivalent" in reasons["1"]
+    assert "spiking=False" in reasons["2"]
+    assert "MyLIF" in reasons["3"] and type(net[3]) is MyLIF
+    assert [type(m) for m in net][:4] == before[:4]
+    assert type(net[0]) is torch.nn.Linear
+    assert report.replaced["LIFNode"] >= 1
+    assert "left 1: LIFNode: surrogate SoftSign" in str(report)
+
+
+def test_settings_changed_after_accelerate_run_spikingjellys_code():
+    spikingjelly()
+    from spikingjelly.activation_based import functional, neuron, surrogate
+
+    sj = neuron.LIFNode(step_mode="m")
+    ours = copy.deepcopy(sj)
+    spikeclip.accelerate(ours)
+    for node in (sj, ours):
+        node.surrogate_function = surrogate.SoftSign()
+    x = (torch.randn(4, 9, dtype=torch.float64) + 0.8).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    sj(x).sum().backward()
+    ours(x2).sum().backward()
+    assert torch.equal(x.grad, x2.grad)
+    functional.reset_net(ours)
+
+
+def test_state_dict_deepcopy_twice_and_checkpoints_both_ways():
+    net, image = zoo("spikformer", torch.float32)
+    keys = list(net.state_dict())
+    ours = copy.deepcopy(net)
+    params = list(ours.parameters())
+    first = spikeclip.accelerate(ours)
+    assert list(ours.state_dict()) == keys
+    assert next(iter(ours.parameters())) is params[0]  # optimizers built before still hold them
+    second = spikeclip.accelerate(ours)
+    assert not second.replaced and sum(second.already.values()) == sum(first.replaced.values())
+    buffer = io.BytesIO()
+    torch.save(ours.state_dict(), buffer)
+    buffer.seek(0)
+    net.load_state_dict(torch.load(buffer))
+    ours.load_state_dict(net.state_dict())
+    twin = copy.deepcopy(ours)
+    net.eval(), ours.eval(), twin.eval()
+    with torch.no_grad():
+        a, b, c = net(image), ours(image), twin(image)
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5) and torch.equal(b, c)
+
+
+def test_fused_attention_asks_for_reset_between_sequences():
+    net, image = zoo("spikformer")
+    spikeclip.accelerate(net)
+    net(image)
+    with pytest.raises(RuntimeError, match="reset_net"):
+        net(image)
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+    net(image)  # fine after a reset
+
+
+def test_attention_false_keeps_spikingjellys_attention():
+    net, _ = zoo("spikformer")
+    report = spikeclip.accelerate(net, attention=False)
+    assert "SpikingSelfAttention" not in report.replaced
+    assert any("attention=False" in why for _, why in report.left)
+    assert report.replaced["LIFNode"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lower_precisions_run(dtype):
+    net, image = zoo("spikformer", dtype)
+    ref = copy.deepcopy(net)
+    spikeclip.accelerate(net)
+    out, expected = net(image).float(), ref(image).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    assert rel(out, expected) < tolerance
+
+
+def test_float16_says_why_or_works():
+    spikingjelly()
+    from spikingjelly.activation_based import neuron
+
+    node = neuron.LIFNode(step_mode="m")
+    spikeclip.accelerate(node)
+    x = torch.randn(4, 8, dtype=torch.float16) + 0.8
+    try:
+        spikes = node(x)
+    except (TypeError, ValueError) as exc:  # a clear refusal naming the dtype
+        assert "float16" in str(exc)
+    else:
+        assert spikes.dtype == torch.float16
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        spikeclip.accelerate("model")
+    with pytest.raises(ValueError, match="backend"):
+        spikeclip.accelerate(torch.nn.Linear(2, 2), backend="gpu")
+    with pytest.raises(ValueError, match="memory"):
+        spikeclip.accelerate(torch.nn.Linear(2, 2), memory="lossless")
+    with pytest.raises(TypeError, match="attention"):
+        spikeclip.accelerate(torch.nn.Linear(2, 2), attention="yes")
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    report = spikeclip.accelerate(plain)
+    assert not report.replaced and not report.left and "replaced nothing" in str(report)
+
+
+def test_compat_classes_plug_into_the_model_zoo():
+    spikingjelly()
+    from spikingjelly.activation_based.model import spikformer
+
+    from spikeclip.compat.spikingjelly import LIFNode
+
+    torch.manual_seed(3)
+    net = spikformer.Spikformer(T=2, img_size_h=32, img_size_w=32, patch_size=4, num_classes=5,
+                                embed_dims=32, num_heads=2, depths=1, spiking_neuron=LIFNode,
+                                tau=2.0, detach_reset=True).double()  # fmt: skip
+    assert all(type(m) is LIFNode for m in net.modules() if "LIFNode" in type(m).__name__)
+    ref, image = zoo("spikformer")
+    ref.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        assert rel(net(image), ref(image)) < 1e-12
