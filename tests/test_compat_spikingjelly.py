@@ -265,7 +265,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="backend"):
         spikeclip.accelerate(torch.nn.Linear(2, 2), backend="gpu")
     with pytest.raises(ValueError, match="memory"):
-        spikeclip.accelerate(torch.nn.Linear(2, 2), memory="lossless")
+        spikeclip.accelerate(torch.nn.Linear(2, 2), memory="low")
     with pytest.raises(TypeError, match="attention"):
         spikeclip.accelerate(torch.nn.Linear(2, 2), attention="yes")
     plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
@@ -288,3 +288,66 @@ def test_compat_classes_plug_into_the_model_zoo():
     ref.load_state_dict(net.state_dict())
     with torch.no_grad():
         assert rel(net(image), ref(image)) < 1e-12
+
+
+def test_snntorch_neurons_are_left_with_the_reason():
+    import os
+
+    if os.environ.get("CI"):
+        import snntorch  # CI installs it
+    else:
+        snntorch = pytest.importorskip("snntorch")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), snntorch.Leaky(beta=0.5, init_hidden=True))
+    report = spikeclip.accelerate(net)
+    assert not report.replaced and type(net[1]) is snntorch.Leaky
+    assert "mem > threshold" in dict(report.left)["1"]
+    # why: at h == threshold snnTorch does not fire, our LIF (h >= v_th, as SpikingJelly) does
+    leaky = snntorch.Leaky(beta=0.5, reset_mechanism="zero")
+    spk, _ = leaky(torch.ones(1), leaky.init_leaky())
+    ours = spikeclip.kernels.lif(torch.ones(1, 1), tau=2.0, decay_input=False)
+    assert spk.item() == 0.0 and ours.item() == 1.0
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_lossless_memory_gives_the_same_gradients_and_saves_less(attention):
+    from spikeclip.memory import saved_tensor_bytes
+
+    net, image = zoo("spikformer")
+    ours = copy.deepcopy(net)
+    report = spikeclip.accelerate(ours, memory="lossless", attention=attention)
+    assert report.replaced["SpikformerMLP"] == 1 and report.replaced["SpikformerConv2dBNLIF"] == 5
+    outs_sj, grads_sj = train_twice(net, image)
+    outs, grads = train_twice(ours, image)
+    for a, b in zip(outs, outs_sj, strict=True):
+        assert rel(a, b) < 1e-9 and b.abs().sum() > 0
+    largest = max(float(g.norm()) for g in grads_sj.values())
+    for key, g in grads_sj.items():
+        scale = max(float(g.norm()), 1e-4 * largest)
+        assert float((grads[key] - g).norm()) < 1e-9 * scale, key
+    # BatchNorm's running statistics updated once per forward, as SpikingJelly's
+    for (key, a), b in zip(ours.state_dict().items(), net.state_dict().values(), strict=True):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12), key
+    from spikingjelly.activation_based import functional
+
+    _, plain = saved_tensor_bytes(net, image)
+    functional.reset_net(net)
+    _, packed = saved_tensor_bytes(ours, image)
+    functional.reset_net(ours)
+    assert packed * 2 < plain
+
+
+def test_lossless_memory_asks_for_reset_between_sequences_and_moves_back():
+    net, image = zoo("spikformer")
+    spikeclip.accelerate(net, memory="lossless", attention=False)
+    net(image).sum().backward()
+    with pytest.raises(RuntimeError, match="reset_net"):
+        net(image)
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+    with torch.no_grad():
+        net(image)  # no gradient: the modules themselves, nothing recomputed
+    functional.reset_net(net)
+    report = spikeclip.accelerate(net)
+    assert report.restored["SpikformerMLP"] == 1 and report.replaced["SpikingSelfAttention"] == 1
+    assert not spikeclip.accelerate(net).replaced

@@ -1,7 +1,7 @@
 """`spikeclip bench peer-models`: SpikingJelly 2.0's own model zoo networks, a training step
 (forward + backward) as shipped against the same network after `spikeclip.accelerate` (neurons
-only, then neurons and attention), with the bytes saved for the backward per sample beside each.
-Every ratio is taken in the same run, on the same weights and input."""
+only; neurons and attention; memory="lossless"), with the bytes saved for the backward per
+sample beside each. Every ratio is taken in the same run, on the same weights and input."""
 
 from __future__ import annotations
 
@@ -108,9 +108,12 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
             spikeclip.accelerate(neurons, attention=False)
             everything = copy.deepcopy(shipped)
             spikeclip.accelerate(everything)
+            lossless = copy.deepcopy(shipped)
+            spikeclip.accelerate(lossless, memory="lossless")
             contenders = {"spikingjelly (as shipped)": shipped,
                           "accelerate(attention=False)": neurons,
-                          "accelerate()": everything}  # fmt: skip
+                          "accelerate()": everything,
+                          'accelerate(memory="lossless")': lossless}  # fmt: skip
 
             def step(net, x=x):
                 def run():
@@ -130,5 +133,5 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                                  contender=label, step_ms=times[label] * 1e3,
                                  vs_spikingjelly=base / times[label],
                                  saved_MiB_per_sample=saved / batch / 2**20))  # fmt: skip
-            print(format_table(rows[-3:], list(rows[-1])), flush=True)
+            print(format_table(rows[-len(contenders) :], list(rows[-1])), flush=True)
     return rows

@@ -17,7 +17,7 @@ from torch import nn
 
 from spikeclip.kernels.backends import BACKENDS
 
-MEMORY_OPTIONS = (None,)
+MEMORY_OPTIONS = (None, "lossless")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class AccelerateReport:
 
     replaced: Counter = field(default_factory=Counter)
     already: Counter = field(default_factory=Counter)
+    restored: Counter = field(default_factory=Counter)
     left: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -34,28 +35,45 @@ class AccelerateReport:
             lines.append(f"  replaced {n} x {name}")
         for name, n in sorted(self.already.items()):
             lines.append(f"  already accelerated {n} x {name}")
-        if not self.replaced and not self.already:
+        for name, n in sorted(self.restored.items()):
+            lines.append(f"  back to the peer's own {n} x {name}")
+        if not self.replaced and not self.already and not self.restored:
             lines.append("  replaced nothing")
         for path, why in self.left:
             lines.append(f"  left {path or '(the model)'}: {why}")
         return "\n".join(lines)
 
 
-def _peer_modules():
-    """(neuron classes, attention classes, base classes that mark a peer neuron) of the peers
-    that are installed; spikingjelly is imported only when it is installed."""
-    neurons, attention, markers = {}, {}, ()
+def _peer_classes(attention: bool, memory: str | None):
+    """({peer class: the class it becomes with these options}, peer neuron base classes,
+    {peer class: the option that keeps it}) for the installed peers; spikingjelly is imported
+    only when it is installed."""
+    targets, markers, off = {}, (), {}
     if importlib.util.find_spec("spikingjelly") is not None:
         from spikeclip.compat import spikingjelly as sj  # heavy, optional: only when installed
 
-        neurons.update(sj.NEURONS)
-        attention.update(sj.ATTENTION)
+        targets.update(sj.NEURONS)
         markers += (sj._sj_neuron.BaseNode,)
+        if attention:
+            targets.update(sj.ATTENTION)
+        else:
+            off.update(dict.fromkeys(sj.ATTENTION, "attention=False"))
+        if memory == "lossless":
+            from spikeclip.compat import spikingjelly_units as units
+
+            targets.update(units.BLOCKS)
+            if attention:
+                targets.update(units.ATTENTION)
     if importlib.util.find_spec("snntorch") is not None:
         from snntorch._neurons.neurons import SpikingNeuron  # optional peer
 
         markers += (SpikingNeuron,)
-    return neurons, attention, markers
+    return targets, markers, off
+
+
+def _peer_class(cls):
+    """The peer's class that `cls` (one of ours, or the peer's own) stands for."""
+    return next((c for c in cls.__mro__ if not c.__module__.startswith("spikeclip.")), cls)
 
 
 def _snntorch_reason(module) -> str:
@@ -71,12 +89,15 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
     """Move `model`'s SpikingJelly neurons (and, with attention=True, its spiking
     self-attention) onto spikeclip's fused kernels, in place; returns an `AccelerateReport`.
 
-    backend: our kernels' backend for every replaced module ("auto": cpp on CPU tensors,
-    cuda/triton on GPU ones). memory: None (what the model saves for its backward is left as it
-    is). Calling it again changes nothing. Replaced: SpikingJelly 2.0 LIFNode,
-    ParametricLIFNode, IFNode of exactly those classes with settings we compute (see
-    spikeclip.compat.spikingjelly); SpikingSelfAttention (Spikformer, QKFormer's last stages)
-    and SpikeDrivenSelfAttention whose attention LIF we compute.
+    backend: our kernels' backend for every replaced module ("auto": cpp on CPU tensors, cuda/triton
+    on GPU ones). memory: None (what the model saves for its backward is left as it is) or
+    "lossless": Spikformer's conv/linear + BN (+ pool) + neuron units keep only their input for the
+    backward, 1 bit per element where it holds spikes, and recompute themselves
+    (spikeclip.compat.spikingjelly_units; the same gradients). Calling it again with the same
+    options changes nothing; with other options, it moves each module to them. Replaced:
+    SpikingJelly 2.0 LIFNode, ParametricLIFNode, IFNode of exactly those classes with settings we
+    compute (see spikeclip.compat.spikingjelly); SpikingSelfAttention (Spikformer, QKFormer's last
+    stages) and SpikeDrivenSelfAttention whose attention LIF we compute.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -85,47 +106,55 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
     if memory not in MEMORY_OPTIONS:
         raise ValueError(
             f"memory must be one of {MEMORY_OPTIONS}, got {memory!r} (packing the input of "
-            "SpikingJelly's spike-fed units is not built yet)"
+            "SpikingJelly's spike-fed units: 'lossless')"
         )
     if not isinstance(attention, bool):
         raise TypeError(f"attention must be True or False, got {attention!r}")
-    neurons, attentions, markers = _peer_modules()
-    ours = {cls: cls for cls in (*neurons.values(), *attentions.values())}
+    targets, markers, off = _peer_classes(attention, memory)
     report = AccelerateReport()
     for path, module in model.named_modules():
         cls = type(module)
-        if cls in ours:
-            report.already[cls.__name__] += 1
+        peer = _peer_class(cls)
+        wanted = targets.get(peer, peer)
+        if cls.__module__.startswith("spikeclip.compat"):
             module.kernel_backend = backend
+            if cls is wanted:
+                report.already[peer.__name__] += 1
+                continue
+            if wanted is peer:  # asked for without the option it was accelerated with
+                module.__class__ = peer
+                report.restored[peer.__name__] += 1
+                continue
+        elif wanted is peer:
+            if markers and isinstance(module, markers):
+                report.left.append((path, _left_reason(module)))
+            elif peer in off:
+                report.left.append((path, f"{peer.__name__}: {off[peer]}"))
             continue
-        if cls in attentions:
-            if not attention:
-                report.left.append((path, f"{cls.__name__}: attention=False"))
-                continue
-            from spikeclip.compat.spikingjelly import attention_lif_reason
-
-            why = attention_lif_reason(module.attn_lif)
-            if why is not None:
-                report.left.append((path, f"{cls.__name__} keeps its own attention: {why}"))
-                continue
-            module.__class__ = attentions[cls]
-            module.kernel_backend = backend
-            report.replaced[cls.__name__] += 1
-        elif cls in neurons:
-            from spikeclip.compat.spikingjelly import unsupported_reason
-
-            why = unsupported_reason(module)
-            if why is not None:
-                report.left.append((path, f"{cls.__name__}: {why}"))
-                continue
-            module.__class__ = neurons[cls]
-            module.kernel_backend = backend
-            report.replaced[cls.__name__] += 1
-        elif markers and isinstance(module, markers):
-            if cls.__module__.startswith("snntorch"):
-                report.left.append((path, _snntorch_reason(module)))
-            else:
-                report.left.append(
-                    (path, f"{cls.__module__}.{cls.__qualname__} is not a neuron we compute")
-                )
+        why = _why_not(module, peer)
+        if why is not None:
+            report.left.append((path, f"{peer.__name__}: {why}"))
+            continue
+        module.__class__ = wanted
+        module.kernel_backend = backend
+        report.replaced[peer.__name__] += 1
     return report
+
+
+def _left_reason(module) -> str:
+    cls = type(module)
+    if cls.__module__.startswith("snntorch"):
+        return _snntorch_reason(module)
+    return f"{cls.__module__}.{cls.__qualname__} is not a neuron we compute"
+
+
+def _why_not(module, peer) -> str | None:
+    """Why `module` (of the peer's class `peer`) cannot take our class, or None."""
+    from spikeclip.compat import spikingjelly as sj
+
+    if peer in sj.NEURONS:
+        return sj.unsupported_reason(module)
+    if peer in sj.ATTENTION:
+        why = sj.attention_lif_reason(module.attn_lif)
+        return None if why is None else f"keeps its own attention: {why}"
+    return None

@@ -43,6 +43,8 @@ __all__ = [
     "ParametricLIFNode",
     "SpikeDrivenSelfAttention",
     "SpikingSelfAttention",
+    "at_rest",
+    "check_carried_state",
     "lif_settings",
     "unsupported_reason",
 ]
@@ -141,8 +143,23 @@ class _FusedNode:
         spikes, v = self._step_through_lif(inputs[0].unsqueeze(0), states[0])
         return (spikes[0],), (v, *states[1:])
 
+    def reset(self):
+        super().reset()
+        self.spikeclip_state_detached = False
+
     def extra_repr(self):
         return super().extra_repr() + f", kernel_backend={self.kernel_backend}"
+
+
+def check_carried_state(node) -> None:
+    """A neuron inside a recomputed unit (memory="lossless") keeps its final membrane without
+    a gradient path: running on from it would not give SpikingJelly's gradients."""
+    if getattr(node, "spikeclip_state_detached", False):
+        raise RuntimeError(
+            "with memory='lossless' a unit's neuron keeps no gradient path in its membrane "
+            "between calls: call spikingjelly's functional.reset_net(model) between sequences "
+            "(as SpikingJelly's models are used), or accelerate with memory=None"
+        )
 
 
 class LIFNode(_FusedNode, _sj_neuron.LIFNode):
@@ -200,11 +217,11 @@ def _check_at_rest(module) -> None:
         )
 
 
-def _attention_at_rest(module) -> bool:
-    """True when the attention LIF starts from rest (a reset memory), as our ops do."""
-    v = module.attn_lif.v
-    rest = 0.0 if module.attn_lif.v_reset is None else module.attn_lif.v_reset
-    return isinstance(v, float) and v == rest
+def at_rest(node) -> bool:
+    """True when `node` starts from rest (a reset memory), as our fused attention and the
+    recomputed units do."""
+    rest = 0.0 if node.v_reset is None else node.v_reset
+    return isinstance(node.v, float) and node.v == rest
 
 
 class SpikingSelfAttention(_sj_attention.SpikingSelfAttention):
@@ -221,10 +238,10 @@ class SpikingSelfAttention(_sj_attention.SpikingSelfAttention):
         if x_seq.ndim != 4 or attention_lif_reason(self.attn_lif) is not None:
             return super().forward(x_seq)
         _check_at_rest(self)
-        if not _attention_at_rest(self):
+        if not at_rest(self.attn_lif):
             return super().forward(x_seq)
         T, N, _, L = x_seq.shape
-        qkv = self.qkv_lif(self.qkv_conv_bn(x_seq))  # [T, N, 3C, L]
+        qkv = self._stage(self.qkv_conv_bn, self.qkv_lif, x_seq)  # [T, N, 3C, L]
         local_dim = qkv.shape[2] // 3
         heads = self.num_heads
         qkv = qkv.reshape(T, N, 3, heads, local_dim // heads, L).transpose(-1, -2)
@@ -233,7 +250,12 @@ class SpikingSelfAttention(_sj_attention.SpikingSelfAttention):
                 **_fused_attention_options(self.attn_lif))  # fmt: skip
         self.attn_lif.v = _NOT_RESET
         y = y.transpose(-1, -2).reshape(T, N, local_dim, L)
-        return self.proj_lif(self.proj_conv_bn(y))
+        return self._stage(self.proj_conv_bn, self.proj_lif, y)
+
+    @staticmethod
+    def _stage(stage, neuron, x):
+        """neuron(stage(x)); memory="lossless" recomputes the pair (spikingjelly_units)."""
+        return neuron(stage(x))
 
 
 class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
@@ -247,7 +269,7 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
         if x.ndim != 5 or attention_lif_reason(self.attn_lif) is not None:
             return super().forward(x)
         _check_at_rest(self)
-        if not _attention_at_rest(self):
+        if not at_rest(self.attn_lif):
             return super().forward(x)
         T, N, C, H, W = x.shape
         identity = x
@@ -267,6 +289,7 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
         return self.proj_bn(self.proj_conv(y)) + identity
 
 
+ATTENTION_CLASSES = (_sj_attention.SpikingSelfAttention, _sj_attention.SpikeDrivenSelfAttention)
 ATTENTION = {
     _sj_attention.SpikingSelfAttention: SpikingSelfAttention,
     _sj_attention.SpikeDrivenSelfAttention: SpikeDrivenSelfAttention,

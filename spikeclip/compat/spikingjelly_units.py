@@ -1,0 +1,167 @@
+"""memory="lossless" for SpikingJelly networks: a conv/linear + BatchNorm (+ pool) + neuron unit
+keeps only its input for the backward, packed 1 bit per element when it holds spikes (as our own
+units do, spikeclip.models.recompute), and recomputes itself there. Same outputs and gradients.
+
+A unit spans two sibling modules (SpikingJelly's `SeqToANNContainer(conv, bn)` and the neuron
+after it), so it is formed only inside blocks whose forward is known to feed the container to
+that neuron alone: Spikformer's conv-BN-LIF stem stages and MLP, and the SSA
+(`spikeclip.compat.spikingjelly`). Their classes become the subclasses below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based.model import spikformer as sj_spikformer
+from torch import nn
+
+from spikeclip.compat import spikingjelly as compat
+from spikeclip.models.recompute import packed_recompute, recompute
+
+_OPS = (nn.Conv1d, nn.Conv2d, nn.Linear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def unit_parts(stage) -> tuple | None:
+    """(op, bn, pool or None) of a container `stage` we can recompute, else None."""
+    parts = list(stage)
+    pool = parts.pop() if len(parts) == 3 and type(parts[2]) is nn.MaxPool2d else None
+    if len(parts) != 2 or type(parts[0]) not in _OPS or type(parts[1]) not in _NORMS:
+        return None
+    op, bn = parts
+    if isinstance(op, nn.Conv2d | nn.Conv1d) and op.padding_mode != "zeros":
+        return None
+    if not bn.track_running_stats or bn.momentum is None:
+        return None
+    return op, bn, pool
+
+
+class _Unit:
+    """stage + neuron as one function of x for spikeclip.models.recompute."""
+
+    recompute_reads_bits = False
+
+    def __init__(self, stage, neuron):
+        self.stage, self.neuron = stage, neuron
+        self.op, self.bn, self.pool = unit_parts(stage)
+
+    def params(self) -> list[torch.Tensor]:
+        own = [self.op.weight, self.op.bias, self.bn.weight, self.bn.bias]
+        return [p for p in own if p is not None] + list(self.neuron.parameters())
+
+    def recompute_state(self):
+        bn = self.bn
+        stats = (None, None) if bn.training else (bn.running_mean.clone(), bn.running_var.clone())
+        return bn.training, *stats
+
+    def unit(self, x, state=None, params=None, bits=None):
+        if params is None:  # the first forward: the modules themselves (BN statistics once)
+            return self.neuron(self.stage(x))
+        training, mean, var = state
+        params = list(params)
+        weight = params.pop(0)
+        bias = params.pop(0) if self.op.bias is not None else None
+        gamma = params.pop(0) if self.bn.weight is not None else None
+        beta = params.pop(0) if self.bn.bias is not None else None
+        z = x.flatten(0, 1)
+        if isinstance(self.op, nn.Linear):
+            z = F.linear(z, weight, bias)
+        else:
+            z = self.op._conv_forward(z, weight, bias)
+        z = F.batch_norm(z, mean, var, gamma, beta, training, 0.0, self.bn.eps)
+        if self.pool is not None:
+            p = self.pool
+            z = F.max_pool2d(z, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)
+        z = z.unflatten(0, x.shape[:2])
+        neuron_params = dict(zip(dict(self.neuron.named_parameters()), params, strict=True))
+        with _parameters(self.neuron, neuron_params):
+            spikes, _ = self.neuron._step_through_lif(z, None)  # from rest, as the forward
+        return spikes
+
+
+class _parameters:
+    """The neuron's parameters replaced by the recomputation's leaves, for one call."""
+
+    def __init__(self, module, values):
+        self.module, self.values, self.saved = module, values, {}
+
+    def __enter__(self):
+        for name, value in self.values.items():
+            self.saved[name] = self.module._parameters[name]
+            self.module._parameters[name] = value
+
+    def __exit__(self, *exc):
+        self.module._parameters.update(self.saved)
+
+
+def _is_spikes(x: torch.Tensor) -> bool:
+    return bool(((x == 0) | (x == 1)).all())
+
+
+def unit_forward(stage, neuron, x):
+    compat.check_carried_state(neuron)
+    return _unit_forward(stage, neuron, x)
+
+
+def _unit_forward(stage, neuron, x):
+    """neuron(stage(x)), keeping only x (packed when spikes) for the backward where that is
+    exact: a gradient to compute, the neuron ours and at rest, the stage a unit we know."""
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in stage.parameters())
+        or any(p.requires_grad for p in neuron.parameters())
+    )  # fmt: skip
+    if (
+        not needs_grad
+        or torch.compiler.is_compiling()
+        or type(neuron) not in compat.NEURONS.values()
+        or compat.unsupported_reason(neuron) is not None
+        or neuron.step_mode != "m"
+        or neuron.store_v_seq
+        or not compat.at_rest(neuron)
+        or unit_parts(stage) is None
+        or x.dim() < 3
+    ):
+        return neuron(stage(x))
+    unit = _Unit(stage, neuron)
+    keep = packed_recompute if x.is_floating_point() and _is_spikes(x) else recompute
+    out = keep(unit, x, unit.params())
+    neuron.spikeclip_state_detached = True  # its .v holds no gradient path: reset_net first
+    return out
+
+
+class SpikformerConv2dBNLIF(sj_spikformer.SpikformerConv2dBNLIF):
+    """Spikformer's conv-BN(-pool)-LIF stage as one recomputed unit (memory="lossless")."""
+
+    def forward(self, x_seq):
+        return unit_forward(self.conv_bn.block, self.neuron, x_seq)
+
+
+class SpikformerMLP(sj_spikformer.SpikformerMLP):
+    """Spikformer's MLP: two recomputed units (memory="lossless")."""
+
+    def forward(self, x_seq):
+        x_seq = unit_forward(self.fc1, self.neuron1, x_seq)
+        return unit_forward(self.fc2, self.neuron2, x_seq)
+
+
+class SpikingSelfAttention(compat.SpikingSelfAttention):
+    """compat.SpikingSelfAttention with its qkv and proj stages recomputed units."""
+
+    _stage = staticmethod(unit_forward)
+
+
+BLOCKS = {
+    sj_spikformer.SpikformerConv2dBNLIF: SpikformerConv2dBNLIF,
+    sj_spikformer.SpikformerMLP: SpikformerMLP,
+}
+
+ATTENTION = {compat.ATTENTION_CLASSES[0]: SpikingSelfAttention}
+
+__all__ = [
+    "ATTENTION",
+    "BLOCKS",
+    "SpikformerConv2dBNLIF",
+    "SpikformerMLP",
+    "SpikingSelfAttention",
+    "unit_forward",
+]
