@@ -351,3 +351,14 @@ def test_lossless_memory_asks_for_reset_between_sequences_and_moves_back():
     report = spikeclip.accelerate(net)
     assert report.restored["SpikformerMLP"] == 1 and report.replaced["SpikingSelfAttention"] == 1
     assert not spikeclip.accelerate(net).replaced
+
+
+def test_the_model_zoo_leaves_no_torchvision_stand_in_behind():
+    import importlib.util
+    import sys
+
+    zoo("sew_resnet")
+    zoo("spiking_vgg")
+    importlib.util.find_spec("torchvision")  # others (transformers) look it up: must not raise
+    module = sys.modules.get("torchvision")
+    assert module is None or module.__spec__ is not None

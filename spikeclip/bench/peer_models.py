@@ -18,29 +18,46 @@ PEER_MODELS = ("spikformer", "spike_driven_transformer", "sew_resnet")
 _LIF = {"tau": 2.0, "detach_reset": True}  # the models' published neuron settings
 
 
-def _torchvision_for_the_model_zoo() -> None:
-    """SpikingJelly's sew_resnet / spiking_vgg import `torchvision.models.utils` for its
-    load_state_dict_from_url alone (pretrained weights). PyPI's torchvision wheels are built for
-    CUDA torch and do not import beside the CPU wheel: where it does not import, that one module
-    is provided from torch.hub's function of the same name, and nothing else."""
+def _import_the_model_zoo() -> None:
+    """Imports SpikingJelly's model zoo. Its sew_resnet / spiking_vgg import
+    `torchvision.models.utils` for load_state_dict_from_url alone (pretrained weights). PyPI's
+    torchvision wheels are built for CUDA torch and do not import beside the CPU wheel: there,
+    torch.hub's function of the same name stands in while those two modules import, and the
+    stand-in is removed again (others look torchvision up and must not find it)."""
+    zoo = ("spikingjelly.activation_based.model.sew_resnet",
+           "spikingjelly.activation_based.model.spiking_vgg")  # fmt: skip
+    if all(name in sys.modules for name in zoo):
+        return
     try:
         importlib.import_module("torchvision.models.utils")
-        return
     except Exception:
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
+        pass
+    else:
+        for name in zoo:
+            importlib.import_module(name)
+        return
+    real = {n: m for n, m in sys.modules.items() if n.split(".")[0] == "torchvision"}
+    for name in real:
+        del sys.modules[name]
     names = ("torchvision", "torchvision.models", "torchvision.models.utils")
     package, models, utils = (types.ModuleType(n) for n in names)
     utils.load_state_dict_from_url = torch.hub.load_state_dict_from_url
     package.models, models.utils = models, utils
     sys.modules.update({m.__name__: m for m in (package, models, utils)})
+    try:
+        for name in zoo:
+            importlib.import_module(name)
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.modules.update(real)
 
 
 def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image: int = 32,
               batch: int = 16, classes: int = 10, dtype=torch.float32):  # fmt: skip
     """(SpikingJelly's model `name` with its own neurons, an input batch). width / depth size the
     transformers (embed dims, blocks); the CNNs take their smallest published stage plan."""
-    _torchvision_for_the_model_zoo()
+    _import_the_model_zoo()
     from spikingjelly.activation_based import functional, layer, neuron
     from spikingjelly.activation_based.model import (
         qkformer,
