@@ -362,3 +362,56 @@ def test_the_model_zoo_leaves_no_torchvision_stand_in_behind():
     importlib.util.find_spec("torchvision")  # others (transformers) look it up: must not raise
     module = sys.modules.get("torchvision")
     assert module is None or module.__spec__ is not None
+
+
+def _small_net():
+    spikingjelly()
+    from spikingjelly.activation_based import layer, neuron
+
+    return torch.nn.Sequential(
+        layer.Linear(8, 16, step_mode="m"),
+        neuron.LIFNode(step_mode="m", tau=2.0),
+        layer.Linear(16, 4, step_mode="m"),
+        neuron.ParametricLIFNode(step_mode="m"),
+    )
+
+
+def test_torch_compile_runs_the_accelerated_network():
+    from spikingjelly.activation_based import functional
+
+    net = _small_net()
+    ref = copy.deepcopy(net)
+    spikeclip.accelerate(net)
+    x = torch.randn(4, 3, 8) * 4 + 1
+    compiled = torch.compile(net)
+    out = compiled(x)
+    expected = ref(x)
+    assert torch.equal(out, expected)
+    assert ref[1].v.abs().sum() > 0  # the first neuron charged (and reads back)
+    out.sum().backward()
+    expected.sum().backward()
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    assert net[0].weight.grad.abs().sum() > 0
+    functional.reset_net(net)
+
+
+def test_ddp_wraps_the_accelerated_network(tmp_path):
+    import torch.distributed as dist
+    from spikingjelly.activation_based import functional
+
+    net = _small_net()
+    ref = copy.deepcopy(net)
+    spikeclip.accelerate(net)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}",
+                            rank=0, world_size=1)  # fmt: skip
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        x = torch.randn(4, 3, 8) + 0.3
+        ddp(x).sum().backward()
+        ref(x).sum().backward()
+        for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+        functional.reset_net(net)
+    finally:
+        dist.destroy_process_group()
