@@ -308,14 +308,19 @@ def test_snntorch_neurons_are_left_with_the_reason():
     assert spk.item() == 0.0 and ours.item() == 1.0
 
 
-@pytest.mark.parametrize("attention", [True, False])
-def test_lossless_memory_gives_the_same_gradients_and_saves_less(attention):
+@pytest.mark.parametrize(
+    "name,attention,units",
+    [("spikformer", True, {"SpikformerMLP": 1, "SpikformerConv2dBNLIF": 5}),
+     ("spikformer", False, {"SpikformerMLP": 1, "SpikformerConv2dBNLIF": 5}),
+     ("sew_resnet", True, {"BasicBlock": 4})],
+)  # fmt: skip
+def test_lossless_memory_gives_the_same_gradients_and_saves_less(name, attention, units):
     from spikeclip.memory import saved_tensor_bytes
 
-    net, image = zoo("spikformer")
+    net, image = zoo(name)
     ours = copy.deepcopy(net)
     report = spikeclip.accelerate(ours, memory="lossless", attention=attention)
-    assert report.replaced["SpikformerMLP"] == 1 and report.replaced["SpikformerConv2dBNLIF"] == 5
+    assert {k: report.replaced[k] for k in units} == units
     outs_sj, grads_sj = train_twice(net, image)
     outs, grads = train_twice(ours, image)
     for a, b in zip(outs, outs_sj, strict=True):

@@ -4,29 +4,45 @@ units do, spikeclip.models.recompute), and recomputes itself there. Same outputs
 
 A unit spans two sibling modules (SpikingJelly's `SeqToANNContainer(conv, bn)` and the neuron
 after it), so it is formed only inside blocks whose forward is known to feed the container to
-that neuron alone: Spikformer's conv-BN-LIF stem stages and MLP, and the SSA
-(`spikeclip.compat.spikingjelly`). Their classes become the subclasses below.
+that neuron alone: Spikformer's conv-BN-LIF stem stages and MLP, its SSA
+(`spikeclip.compat.spikingjelly`), and SEW-ResNet's BasicBlock. Their classes become the
+subclasses below.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from spikingjelly.activation_based import layer as sj_layer
+from spikingjelly.activation_based.model import sew_resnet as sj_sew_resnet
 from spikingjelly.activation_based.model import spikformer as sj_spikformer
 from torch import nn
 
 from spikeclip.compat import spikingjelly as compat
 from spikeclip.models.recompute import packed_recompute, recompute
 
-_OPS = (nn.Conv1d, nn.Conv2d, nn.Linear)
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# The layers a unit may hold: PyTorch's (inside a SeqToANNContainer, which folds T into the
+# batch) and SpikingJelly's multi-step wrappers of them (which fold it the same way).
+_PLAIN = {"op": (nn.Conv1d, nn.Conv2d, nn.Linear), "bn": (nn.BatchNorm1d, nn.BatchNorm2d),
+          "pool": (nn.MaxPool2d,)}  # fmt: skip
+_STEPPED = {"op": (sj_layer.Conv1d, sj_layer.Conv2d, sj_layer.Linear),
+            "bn": (sj_layer.BatchNorm1d, sj_layer.BatchNorm2d),
+            "pool": (sj_layer.MaxPool2d,)}  # fmt: skip
+
+
+def _is(module, kind: str, stepped: bool) -> bool:
+    if stepped:
+        return type(module) in _STEPPED[kind] and module.step_mode == "m"
+    return type(module) in _PLAIN[kind]
 
 
 def unit_parts(stage) -> tuple | None:
-    """(op, bn, pool or None) of a container `stage` we can recompute, else None."""
+    """(op, bn, pool or None) of `stage` (a SeqToANNContainer of plain layers, or a sequence of
+    SpikingJelly's multi-step ones) if we can recompute it, else None."""
     parts = list(stage)
-    pool = parts.pop() if len(parts) == 3 and type(parts[2]) is nn.MaxPool2d else None
-    if len(parts) != 2 or type(parts[0]) not in _OPS or type(parts[1]) not in _NORMS:
+    stepped = not isinstance(stage, sj_layer.SeqToANNContainer)
+    pool = parts.pop() if len(parts) == 3 and _is(parts[2], "pool", stepped) else None
+    if len(parts) != 2 or not _is(parts[0], "op", stepped) or not _is(parts[1], "bn", stepped):
         return None
     op, bn = parts
     if isinstance(op, nn.Conv2d | nn.Conv1d) and op.padding_mode != "zeros":
@@ -56,7 +72,7 @@ class _Unit:
 
     def unit(self, x, state=None, params=None, bits=None):
         if params is None:  # the first forward: the modules themselves (BN statistics once)
-            return self.neuron(self.stage(x))
+            return self.neuron(_run(self.stage, x))
         training, mean, var = state
         params = list(params)
         weight = params.pop(0)
@@ -94,6 +110,15 @@ class _parameters:
         self.module._parameters.update(self.saved)
 
 
+def _run(stage, x):
+    """stage(x): a container, or its layers one after another."""
+    if callable(stage):
+        return stage(x)
+    for module in stage:
+        x = module(x)
+    return x
+
+
 def _is_spikes(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
 
@@ -106,10 +131,10 @@ def unit_forward(stage, neuron, x):
 def _unit_forward(stage, neuron, x):
     """neuron(stage(x)), keeping only x (packed when spikes) for the backward where that is
     exact: a gradient to compute, the neuron ours and at rest, the stage a unit we know."""
+    params = [p for m in (*stage, neuron) for p in m.parameters()]
     needs_grad = torch.is_grad_enabled() and (
-        x.requires_grad or any(p.requires_grad for p in stage.parameters())
-        or any(p.requires_grad for p in neuron.parameters())
-    )  # fmt: skip
+        x.requires_grad or any(p.requires_grad for p in params)
+    )
     if (
         not needs_grad
         or torch.compiler.is_compiling()
@@ -121,7 +146,7 @@ def _unit_forward(stage, neuron, x):
         or unit_parts(stage) is None
         or x.dim() < 3
     ):
-        return neuron(stage(x))
+        return neuron(_run(stage, x))
     unit = _Unit(stage, neuron)
     keep = packed_recompute if x.is_floating_point() and _is_spikes(x) else recompute
     out = keep(unit, x, unit.params())
@@ -150,7 +175,21 @@ class SpikingSelfAttention(compat.SpikingSelfAttention):
     _stage = staticmethod(unit_forward)
 
 
+class BasicBlock(sj_sew_resnet.BasicBlock):
+    """SEW-ResNet's basic block: conv-BN-neuron twice (and the downsample's) as recomputed
+    units (memory="lossless")."""
+
+    def forward(self, x):
+        out = unit_forward((self.conv1, self.bn1), self.sn1, x)
+        out = unit_forward((self.conv2, self.bn2), self.sn2, out)
+        identity = x
+        if self.downsample is not None:
+            identity = unit_forward(self.downsample, self.downsample_sn, x)
+        return sj_sew_resnet.sew_function(identity, out, self.cnf)
+
+
 BLOCKS = {
+    sj_sew_resnet.BasicBlock: BasicBlock,
     sj_spikformer.SpikformerConv2dBNLIF: SpikformerConv2dBNLIF,
     sj_spikformer.SpikformerMLP: SpikformerMLP,
 }
