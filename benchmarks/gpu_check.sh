@@ -2,11 +2,13 @@
 # The GPU check, for the device machine (an H200 here), run from the repository root:
 #   bash benchmarks/gpu_check.sh                    # every step, in this order
 #   bash benchmarks/gpu_check.sh model profile      # some steps (a kept build is reused)
-# Steps: build tests lif attention layers model compile profile memcheck model64 sj014 (~9 min).
+# Steps: build tests lif attention layers model compile profile memcheck model64 sj014 peers
+# (~10 min).
 # Results go to $RAW (default /tmp/gpu_raw) and are re-packed into $OUT/gpu_results.tgz (default
 # OUT ./gpu_out) after every step, so a run cut short still brings back what it did;
 # $OUT/summary.txt has the tables. (The device tool brings back at most 8 files from $OUT.)
-# Peers: carry wheels in .whl/ (spikingjelly-2.0.0, spikingjelly-0.0.0.0.14, loguru): 2.0.0 runs
+# Peers: carry wheels in .whl/ (spikingjelly-2.0.0, spikingjelly-0.0.0.0.14, loguru, and h5py
+# for 2.0's model zoo, which the peers step builds; torchvision is not needed): 2.0.0 runs
 # its Triton LIF kernels (SJ_LIF_CUDA_IMPLEMENTATION=triton), 0.0.0.0.14 its CuPy ones.
 #  build     spikeclip._C with the CUDA kernels, sm_90 only, the CPU kernels at -O1 (not timed)
 #  tests     the CUDA test cases (cuda and triton backends on CUDA tensors) vs the reference
@@ -23,6 +25,8 @@
 #  memcheck  compute-sanitizer memcheck over the CUDA-kernel test cases (no caching allocator)
 #  model64   the step at batch 64 (fp32, bf16) and at 128 in fp32, without torch.compile
 #  sj014     the step and LIF with SpikingJelly 0.0.0.0.14 (CuPy)
+#  peers     SpikingJelly 2.0's Spikformer, Spike-driven Transformer, SEW-ResNet training steps
+#            as shipped (its Triton LIF) vs after spikeclip.accelerate, batch 64, fp32 and bf16
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -45,7 +49,7 @@ for whl in .whl/spikingjelly-*.whl; do
   [ -e "$whl" ] || continue
   dir=/tmp/sj-$(basename "$whl" .whl)
   [ -d "$dir" ] || $PY -m pip install -q --no-index --no-deps --target "$dir" "$whl" \
-    .whl/loguru-*.whl || continue
+    .whl/loguru-*.whl $(ls .whl/h5py-*.whl 2>/dev/null) || continue
   case $whl in *spikingjelly-2.*) SJ2=$dir;; *spikingjelly-0.*) SJ14=$dir;; esac
 done
 export SJ_LIF_CUDA_IMPLEMENTATION=triton  # 2.0: its Triton kernels (no native build carried)
@@ -133,6 +137,14 @@ run_sj014() {
   lif_bench sj014 "$SJ14"
 }
 
+run_peers() {
+  [ -n "$SJ2" ] || { say "no spikingjelly 2.0 carried"; return; }
+  PYTHONPATH=$SJ2 timeout 240 $PY -m spikeclip bench peer-models --device cuda --batch 64 \
+    --dtype float32 bfloat16 --rounds 5 --json "$RAW/bench_model_peers.json" \
+    > "$RAW/bench_model_peers.log" 2>&1 || fail "bench peer-models"
+  grep -v "^W1\|^I1" "$RAW/bench_model_peers.log" | tail -20
+}
+
 summary() {
   {
     cat "$RAW/steps.txt"
@@ -146,7 +158,8 @@ summary() {
 }
 
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(build tests lif attention layers model compile profile memcheck model64 sj014)
+[ ${#steps[@]} -gt 0 ] || steps=(build tests lif attention layers model compile profile memcheck model64 sj014
+  peers)
 say "# gpu_check: ${steps[*]}; spikingjelly: ${SJ2:-none} ${SJ14:-none}"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
   --format=csv 2>&1 | tee -a "$RAW/steps.txt"

@@ -143,10 +143,9 @@ def _bench(args) -> int:
     if args.op == "peer-models":
         from spikeclip.bench.peer_models import bench_peer_models
 
-        if args.device != "cpu":
-            raise SystemExit("bench peer-models runs on cpu here (GPU rows: gpu_check.sh)")
         rows = bench_peer_models(batch=(args.batch or [16])[0], T=args.T[0],
-                                 dtypes=tuple(dtypes), rounds=min(args.rounds, 7))  # fmt: skip
+                                 dtypes=tuple(dtypes), rounds=min(args.rounds, 7),
+                                 device=args.device)  # fmt: skip
     elif args.op == "attention":
         rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
     elif args.op == "memory":

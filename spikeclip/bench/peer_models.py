@@ -104,8 +104,12 @@ def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image:
 
 
 def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
-                      dtypes=(torch.float32,), rounds: int = 5) -> list[dict]:  # fmt: skip
-    """Rows: model, dtype, contender, step_ms, vs_spikingjelly, saved_MiB_per_sample."""
+                      dtypes=(torch.float32,), rounds: int = 5,
+                      device="cpu") -> list[dict]:  # fmt: skip
+    """Rows: model, dtype, contender, step_ms, vs_spikingjelly, saved_MiB_per_sample (and on
+    CUDA peak_MiB). On CUDA, SpikingJelly runs its own GPU kernels (its Triton LIF where
+    SJ_LIF_CUDA_IMPLEMENTATION=triton), ours the cuda / triton backends."""
+    device = torch.device(device)
     import spikeclip
     from spikeclip.memory import saved_tensor_bytes
 
@@ -121,6 +125,7 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
         for dtype in dtypes:
             torch.manual_seed(0)
             shipped, x = zoo_model(name, T=T, batch=batch, dtype=dtype)
+            shipped, x = shipped.to(device), x.to(device)
             neurons = copy.deepcopy(shipped)
             spikeclip.accelerate(neurons, attention=False)
             everything = copy.deepcopy(shipped)
@@ -140,15 +145,19 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                 return run
 
             times = median_times({k: step(m) for k, m in contenders.items()},
-                                 torch.device("cpu"), rounds=rounds, budget_s=60.0)  # fmt: skip
+                                 device, rounds=rounds, budget_s=60.0)  # fmt: skip
             base = times["spikingjelly (as shipped)"]
             for label, net in contenders.items():
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 out, saved = saved_tensor_bytes(net, x)
                 del out
                 functional.reset_net(net)
-                rows.append(dict(model=name, dtype=str(dtype).replace("torch.", ""),
-                                 contender=label, step_ms=times[label] * 1e3,
-                                 vs_spikingjelly=base / times[label],
-                                 saved_MiB_per_sample=saved / batch / 2**20))  # fmt: skip
+                row = dict(model=name, dtype=str(dtype).replace("torch.", ""), contender=label,
+                           step_ms=times[label] * 1e3, vs_spikingjelly=base / times[label],
+                           saved_MiB_per_sample=saved / batch / 2**20)  # fmt: skip
+                if device.type == "cuda":
+                    row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+                rows.append(row)
             print(format_table(rows[-len(contenders) :], list(rows[-1])), flush=True)
     return rows
