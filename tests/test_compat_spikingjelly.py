@@ -420,3 +420,19 @@ def test_ddp_wraps_the_accelerated_network(tmp_path):
         functional.reset_net(net)
     finally:
         dist.destroy_process_group()
+
+
+def test_other_devices_work_or_say_why():
+    spikingjelly()
+    from spikingjelly.activation_based import neuron
+
+    from spikeclip.kernels import BackendUnavailableError
+
+    node = neuron.LIFNode(step_mode="m")
+    spikeclip.accelerate(node)
+    out = node(torch.randn(4, 3, device="meta"))  # shapes only: the ops' fake kernels
+    assert out.device.type == "meta" and out.shape == (4, 3)
+    node.reset()
+    spikeclip.accelerate(node, backend="cuda")  # asked for a backend these tensors cannot use
+    with pytest.raises(BackendUnavailableError, match="CUDA tensors"):
+        node(torch.randn(4, 3))
