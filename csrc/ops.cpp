@@ -64,6 +64,12 @@ TORCH_LIBRARY(spikeclip, m) {
   m.def("max_pool2x2(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   m.def("max_pool2x2_backward(Tensor grad_y, Tensor where, int height, int width) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // 3x3 max-pool, stride 2, padding 1, of x [..., H, W] -> (y [..., (H-1)/2+1, (W-1)/2+1],
+  // where): nn.MaxPool2d(3, 2, 1)'s values, the winner's place in its 3x3 window (0..8,
+  // row-major from the padded corner; uint8) kept for the backward.
+  m.def("max_pool3x3s2(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def("max_pool3x3s2_backward(Tensor grad_y, Tensor where, int height, int width) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v

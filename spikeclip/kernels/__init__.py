@@ -7,6 +7,7 @@
     spike_linear(x, bits, weight)           x @ weight^T for spikes given packed
     spike_conv2d(x, weight, padding=)       a stride-1 'same' convolution of spikes
     max_pool2x2(x)                          2x2 max-pool, stride 2 (one byte per window saved)
+    max_pool3x3s2(x)                        3x3 max-pool, stride 2, padding 1 (the same)
 Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
 """
 
@@ -19,7 +20,7 @@ from spikeclip.kernels.backends import (
     resolve_backend,
 )
 from spikeclip.kernels.lif_op import lif
-from spikeclip.kernels.max_pool import max_pool2x2
+from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
 from spikeclip.kernels.reference import (
     SURROGATES,
     lif_reference,
@@ -38,6 +39,7 @@ __all__ = [
     "lif",
     "lif_reference",
     "max_pool2x2",
+    "max_pool3x3s2",
     "pack_spikes",
     "resolve_backend",
     "sdsa",

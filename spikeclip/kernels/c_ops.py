@@ -46,6 +46,13 @@ def _register_fakes() -> None:
     def _pool_bwd_fake(grad_y, where, height, width):
         return grad_y.new_empty((*grad_y.shape[:-2], height, width))
 
+    @torch.library.register_fake("spikeclip::max_pool3x3s2")
+    def _pool3_fake(x):
+        shape = (*x.shape[:-2], (x.shape[-2] - 1) // 2 + 1, (x.shape[-1] - 1) // 2 + 1)
+        return x.new_empty(shape), x.new_empty(shape, dtype=torch.uint8)
+
+    torch.library.register_fake("spikeclip::max_pool3x3s2_backward")(_pool_bwd_fake)
+
 
 if extension_loaded():
     register_lif_pair("spikeclip::lif_fwd", "spikeclip::lif_bwd", torch.ops.spikeclip.lif_bwd)

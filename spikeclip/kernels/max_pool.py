@@ -1,10 +1,12 @@
-"""2x2 max-pool with stride 2 (the tokenizer's pooling), with autograd.
+"""Max-pools with autograd that keep one byte per window for the backward: `max_pool2x2` (2x2,
+stride 2) and `max_pool3x3s2` (3x3, stride 2, padding 1: the SpikeCLIP / Spikformer tokenizer's).
 
-The `torch` backend is F.max_pool2d(x, 2) (the spec). The `cpp` kernel gives the same values and
-the same gradients (the first maximum of a window in row-major order takes the window's
-gradient, as in PyTorch; NaNs win), keeping one byte per window for the backward instead of
-PyTorch's int64 index, in one pass over x (PyTorch's CPU pooling of [T B, C, H, W] planes ran at
-about a fifth of the machine's copy speed here: csrc/cpu/max_pool_cpu.cpp).
+The `torch` backend is F.max_pool2d (the spec). The `cpp` kernels give the same values and the
+same gradients (the first maximum of a window in row-major order takes the window's gradient, as
+in PyTorch; NaNs win, the last one; overlapping 3x3 windows add their gradients in PyTorch's
+order), keeping the winner's place in its window, one byte, instead of PyTorch's int64 index, in
+one pass over x (PyTorch's CPU pooling of [T B, C, H, W] planes ran at about a fifth of the
+machine's copy speed here: csrc/cpu/max_pool_cpu.cpp).
 """
 
 from __future__ import annotations
@@ -17,31 +19,45 @@ from spikeclip.kernels.backends import resolve_backend
 MAX_POOL_BACKENDS = ("torch", "cpp")
 
 
-class _MaxPool2x2(torch.autograd.Function):
+class _BytePool(torch.autograd.Function):
+    """A cpp pool `spikeclip::<name>` -> (y, where) and its `<name>_backward`."""
+
     @staticmethod
-    def forward(ctx, x):
-        y, where = torch.ops.spikeclip.max_pool2x2(x)
+    def forward(ctx, x, name):
+        y, where = getattr(torch.ops.spikeclip, name)(x)
         ctx.save_for_backward(where)
-        ctx.size = x.shape[-2:]
+        ctx.size, ctx.name = x.shape[-2:], name
         ctx.mark_non_differentiable(where)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
         (where,) = ctx.saved_tensors
-        return torch.ops.spikeclip.max_pool2x2_backward(grad_y.contiguous(), where, *ctx.size)
+        backward = getattr(torch.ops.spikeclip, f"{ctx.name}_backward")
+        return backward(grad_y.contiguous(), where, *ctx.size), None
+
+
+def _pool(x, name, backend, smallest, spec):
+    if x.dim() != 4 or x.shape[-2] < smallest or x.shape[-1] < smallest:
+        raise ValueError(
+            f"{name}: x must be [N, C, H, W] with H, W >= {smallest}, got {tuple(x.shape)}"
+        )
+    backend = resolve_backend(backend, x.device, supported=MAX_POOL_BACKENDS, op=name)
+    if backend == "torch" or torch.compiler.is_compiling():
+        return spec(x)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return getattr(torch.ops.spikeclip, name)(x)[0]
+    return _BytePool.apply(x, name)
 
 
 def max_pool2x2(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """F.max_pool2d(x, 2) for x `[N, C, H, W]` (H, W >= 2; an odd last row or column is
     dropped). Returns `[N, C, H // 2, W // 2]`."""
-    if x.dim() != 4 or x.shape[-2] < 2 or x.shape[-1] < 2:
-        raise ValueError(
-            f"max_pool2x2: x must be [N, C, H, W] with H, W >= 2, got {tuple(x.shape)}"
-        )
-    backend = resolve_backend(backend, x.device, supported=MAX_POOL_BACKENDS, op="max_pool2x2")
-    if backend == "torch" or torch.compiler.is_compiling():
-        return F.max_pool2d(x, 2)
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return torch.ops.spikeclip.max_pool2x2(x)[0]
-    return _MaxPool2x2.apply(x)
+    return _pool(x, "max_pool2x2", backend, 2, lambda t: F.max_pool2d(t, 2))
+
+
+def max_pool3x3s2(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """F.max_pool2d(x, 3, stride=2, padding=1) for x `[N, C, H, W]` (H, W >= 1). Returns
+    `[N, C, (H - 1) // 2 + 1, (W - 1) // 2 + 1]`."""
+    return _pool(x, "max_pool3x3s2", backend, 1,
+                 lambda t: F.max_pool2d(t, 3, stride=2, padding=1))  # fmt: skip

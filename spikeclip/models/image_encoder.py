@@ -41,7 +41,8 @@ class ConvTokenizer(nn.Module):
         self.neurons = nn.ModuleList(
             make_neuron(config, spiking=spiking, backend=backend) for _ in range(4)
         )
-        self.pool = SeqMaxPool3x3() if config.tokenizer_pool == "3x3" else SeqMaxPool2x2(backend)
+        pool = SeqMaxPool3x3 if config.tokenizer_pool == "3x3" else SeqMaxPool2x2
+        self.pool = pool(backend)
         self.shortcut = config.tokenizer_shortcut
 
     def forward(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from spikeclip.kernels.backends import (
     sums_spikes,
 )
 from spikeclip.kernels.bn_lif import batch_norm_args, bn_lif
-from spikeclip.kernels.max_pool import max_pool2x2
+from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
 from spikeclip.kernels.options import lif_options
 from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_linear import spike_linear
@@ -297,20 +297,21 @@ class SeqMaxPool2x2(nn.Module):
         super().__init__()
         self.backend = backend  # set_backend reaches it
 
+    pool = staticmethod(max_pool2x2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = "cpp" if runs_cpp_kernels(self.backend, x) else "torch"
-        y = max_pool2x2(x.flatten(0, -4), backend=backend)
+        y = self.pool(x.flatten(0, -4), backend=backend)
         return y.unflatten(0, x.shape[:-3])
 
 
-class SeqMaxPool3x3(nn.Module):
+class SeqMaxPool3x3(SeqMaxPool2x2):
     """3x3 max-pool, stride 2, padding 1 (SpikeCLIP's and Spikformer's tokenizer pool) of
     `[..., C, H, W]` -> `[..., C, ceil(H/2), ceil(W/2)]`, leading dims folded into the batch:
-    the library op (see benchmarks/results for its cost against the 2x2 kernel)."""
+    nn.MaxPool2d(3, 2, 1)'s values and gradients; on CPU with the cpp kernels a kernel that keeps
+    a byte per window for the backward instead of an int64 index (spikeclip.kernels.max_pool)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.nn.functional.max_pool2d(x.flatten(0, -4), 3, stride=2, padding=1)
-        return y.unflatten(0, x.shape[:-3])
+    pool = staticmethod(max_pool3x3s2)
 
 
 class TemporalReadout(nn.Module):
