@@ -436,3 +436,33 @@ def test_other_devices_work_or_say_why():
     spikeclip.accelerate(node, backend="cuda")  # asked for a backend these tensors cannot use
     with pytest.raises(BackendUnavailableError, match="CUDA tensors"):
         node(torch.randn(4, 3))
+
+
+def test_max_pools_of_our_shapes_move_to_the_byte_kernels():
+    spikingjelly()
+    from spikingjelly.activation_based import layer
+
+    from spikeclip.compat import pooling
+
+    net = torch.nn.Sequential(torch.nn.MaxPool2d(3, 2, 1), torch.nn.MaxPool2d(2),
+                              torch.nn.MaxPool2d(3, 1), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                              layer.MaxPool2d(3, 2, 1, step_mode="m"))  # fmt: skip
+    ref = copy.deepcopy(net)
+    report = spikeclip.accelerate(net)
+    assert report.replaced["MaxPool2d"] == 3 and not report.left
+    assert [type(m) for m in net][:4] == [pooling.MaxPool2d, pooling.MaxPool2d,
+                                          torch.nn.MaxPool2d, torch.nn.MaxPool2d]  # fmt: skip
+    x = torch.randn(2, 3, 4, 17, 13)
+    x[0, 0, 0, :3, :3] = float("-inf")
+    for i in range(4):
+        xs = x[0].clone().requires_grad_(), x[0].clone().requires_grad_()
+        a, b = net[i](xs[0]), ref[i](xs[1])
+        a.sum().backward(), b.sum().backward()
+        assert torch.equal(a, b) and torch.equal(xs[0].grad, xs[1].grad)
+    xs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a, b = net[4](xs[0]), ref[4](xs[1])
+    (a * torch.arange(a.numel()).view_as(a)).sum().backward()
+    (b * torch.arange(b.numel()).view_as(b)).sum().backward()
+    assert torch.equal(a, b) and torch.equal(xs[0].grad, xs[1].grad)
+    zoo_net, _ = zoo("spikformer")
+    assert spikeclip.accelerate(zoo_net).replaced["MaxPool2d"] == 2  # its stem's two pools

@@ -48,11 +48,14 @@ def _peer_classes(attention: bool, memory: str | None):
     """({peer class: the class it becomes with these options}, peer neuron base classes,
     {peer class: the option that keeps it}) for the installed peers; spikingjelly is imported
     only when it is installed."""
-    targets, markers, off = {}, (), {}
+    from spikeclip.compat import pooling
+
+    targets, markers, off = dict(pooling.NEEDS), (), {}
     if importlib.util.find_spec("spikingjelly") is not None:
         from spikeclip.compat import spikingjelly as sj  # heavy, optional: only when installed
 
         targets.update(sj.NEURONS)
+        targets.update(sj.POOLS)
         markers += (sj._sj_neuron.BaseNode,)
         if attention:
             targets.update(sj.ATTENTION)
@@ -132,6 +135,8 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
                 report.left.append((path, f"{peer.__name__}: {off[peer]}"))
             continue
         why = _why_not(module, peer)
+        if why == _NOT_OURS:
+            continue
         if why is not None:
             report.left.append((path, f"{peer.__name__}: {why}"))
             continue
@@ -148,8 +153,15 @@ def _left_reason(module) -> str:
     return f"{cls.__module__}.{cls.__qualname__} is not a neuron we compute"
 
 
+_NOT_OURS = ""  # a module of a class we know, set up as nothing we compute: not reported
+
+
 def _why_not(module, peer) -> str | None:
     """Why `module` (of the peer's class `peer`) cannot take our class, or None."""
+    from spikeclip.compat.pooling import pool_kind
+
+    if isinstance(module, nn.MaxPool2d):
+        return None if pool_kind(module) is not None else _NOT_OURS
     from spikeclip.compat import spikingjelly as sj
 
     if peer in sj.NEURONS:

@@ -26,6 +26,7 @@ import math
 import torch
 
 try:
+    from spikingjelly.activation_based import layer as _sj_layer
     from spikingjelly.activation_based import neuron as _sj_neuron
     from spikingjelly.activation_based import surrogate as _sj_surrogate
     from spikingjelly.activation_based.layer import attention as _sj_attention
@@ -35,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without SpikingJ
         "pip install --no-deps spikingjelly==2.0.0 loguru"
     ) from exc
 
+from spikeclip.compat.pooling import byte_pool
 from spikeclip.kernels import lif, sdsa, ssa
 
 __all__ = [
@@ -289,6 +291,21 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
         return self.proj_bn(self.proj_conv(y)) + identity
 
 
+class MaxPool2d(_sj_layer.MaxPool2d):
+    """SpikingJelly's multi-step MaxPool2d (same arguments) on our byte-per-window kernels
+    where they apply (spikeclip.compat.pooling), T folded into the batch as SpikingJelly does."""
+
+    kernel_backend = "auto"
+
+    def forward(self, x):
+        if self.step_mode == "s" or x.dim() != 5:
+            return byte_pool(self, x, super().forward)
+        plain = super().forward  # its own errors and shapes where our kernel does not apply
+        y = byte_pool(self, x.flatten(0, 1), lambda _: None)
+        return plain(x) if y is None else y.unflatten(0, x.shape[:2])
+
+
+POOLS = {_sj_layer.MaxPool2d: MaxPool2d}
 ATTENTION_CLASSES = (_sj_attention.SpikingSelfAttention, _sj_attention.SpikeDrivenSelfAttention)
 ATTENTION = {
     _sj_attention.SpikingSelfAttention: SpikingSelfAttention,

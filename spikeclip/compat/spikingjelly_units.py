@@ -18,16 +18,17 @@ from spikingjelly.activation_based.model import sew_resnet as sj_sew_resnet
 from spikingjelly.activation_based.model import spikformer as sj_spikformer
 from torch import nn
 
+from spikeclip.compat import pooling
 from spikeclip.compat import spikingjelly as compat
 from spikeclip.models.recompute import packed_recompute, recompute
 
 # The layers a unit may hold: PyTorch's (inside a SeqToANNContainer, which folds T into the
 # batch) and SpikingJelly's multi-step wrappers of them (which fold it the same way).
 _PLAIN = {"op": (nn.Conv1d, nn.Conv2d, nn.Linear), "bn": (nn.BatchNorm1d, nn.BatchNorm2d),
-          "pool": (nn.MaxPool2d,)}  # fmt: skip
+          "pool": (nn.MaxPool2d, pooling.MaxPool2d)}  # fmt: skip
 _STEPPED = {"op": (sj_layer.Conv1d, sj_layer.Conv2d, sj_layer.Linear),
             "bn": (sj_layer.BatchNorm1d, sj_layer.BatchNorm2d),
-            "pool": (sj_layer.MaxPool2d,)}  # fmt: skip
+            "pool": (sj_layer.MaxPool2d, compat.MaxPool2d)}  # fmt: skip
 
 
 def _is(module, kind: str, stepped: bool) -> bool:
@@ -87,7 +88,8 @@ class _Unit:
         z = F.batch_norm(z, mean, var, gamma, beta, training, 0.0, self.bn.eps)
         if self.pool is not None:
             p = self.pool
-            z = F.max_pool2d(z, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)
+            z = pooling.byte_pool(p, z, lambda t: F.max_pool2d(
+                t, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode))  # fmt: skip
         z = z.unflatten(0, x.shape[:2])
         neuron_params = dict(zip(dict(self.neuron.named_parameters()), params, strict=True))
         with _parameters(self.neuron, neuron_params):
