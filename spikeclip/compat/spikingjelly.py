@@ -203,10 +203,23 @@ def attention_lif_reason(node) -> str | None:
 _NOT_RESET = None  # the attention LIF's `v` after a fused call: its state is not kept
 
 
-def _fused_attention_options(node) -> dict:
-    settings = lif_settings(node)
+def _fuses(module, x, ndim: int) -> bool:
+    """Whether `module`'s fused forward computes what SpikingJelly's does for x: the input's
+    rank, an attention LIF we compute, starting from rest (a second call without reset_net
+    after a fused one is an error: its membrane was not kept)."""
+    if x.ndim != ndim or attention_lif_reason(module.attn_lif) is not None:
+        return False
+    _check_at_rest(module)
+    return at_rest(module.attn_lif)
+
+
+def _attend(module, op, q, k, v, **extra):
+    """op(q, k, v) with the module's attention LIF settings; its membrane is then not kept."""
+    settings = lif_settings(module.attn_lif)
     settings.pop("decay_input")
-    return settings
+    y = op(q, k, v, backend=module.kernel_backend, **extra, **settings)
+    module.attn_lif.v = _NOT_RESET
+    return y
 
 
 def _check_at_rest(module) -> None:
@@ -237,10 +250,7 @@ class SpikingSelfAttention(_sj_attention.SpikingSelfAttention):
     kernel_backend = "auto"
 
     def forward(self, x_seq):
-        if x_seq.ndim != 4 or attention_lif_reason(self.attn_lif) is not None:
-            return super().forward(x_seq)
-        _check_at_rest(self)
-        if not at_rest(self.attn_lif):
+        if not _fuses(self, x_seq, 4):
             return super().forward(x_seq)
         T, N, _, L = x_seq.shape
         qkv = self._stage(self.qkv_conv_bn, self.qkv_lif, x_seq)  # [T, N, 3C, L]
@@ -248,9 +258,7 @@ class SpikingSelfAttention(_sj_attention.SpikingSelfAttention):
         heads = self.num_heads
         qkv = qkv.reshape(T, N, 3, heads, local_dim // heads, L).transpose(-1, -2)
         q, k, v = qkv.unbind(2)  # [T, N, heads, L, d]
-        y = ssa(q, k, v, scale=self.scale, backend=self.kernel_backend,
-                **_fused_attention_options(self.attn_lif))  # fmt: skip
-        self.attn_lif.v = _NOT_RESET
+        y = _attend(self, ssa, q, k, v, scale=self.scale)
         y = y.transpose(-1, -2).reshape(T, N, local_dim, L)
         return self._stage(self.proj_conv_bn, self.proj_lif, y)
 
@@ -268,10 +276,7 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
     kernel_backend = "auto"
 
     def forward(self, x):
-        if x.ndim != 5 or attention_lif_reason(self.attn_lif) is not None:
-            return super().forward(x)
-        _check_at_rest(self)
-        if not at_rest(self.attn_lif):
+        if not _fuses(self, x, 5):
             return super().forward(x)
         T, N, C, H, W = x.shape
         identity = x
@@ -284,9 +289,7 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
             t = t.flatten(3).transpose(-1, -2)
             return t.reshape(T, N, H * W, self.num_heads, self.head_dim).permute(0, 1, 3, 2, 4)
 
-        y = sdsa(heads(q), heads(k), heads(v), backend=self.kernel_backend,
-                 **_fused_attention_options(self.attn_lif))  # fmt: skip
-        self.attn_lif.v = _NOT_RESET
+        y = _attend(self, sdsa, heads(q), heads(k), heads(v))
         y = y.transpose(3, 4).reshape(T, N, C, H, W)
         return self.proj_bn(self.proj_conv(y)) + identity
 
