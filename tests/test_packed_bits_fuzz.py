@@ -197,3 +197,12 @@ def test_triton_spike_linear_refuses_what_it_cannot_read(device):
     assert op(bits[:0], w, 20).shape == (0, 4)
     assert torch.equal(wgrad(g[:0], bits[:0], 20), torch.zeros(4, 20, device=device))
     assert torch.equal(op(bits[:, :0], w[:, :0], 0), torch.zeros(6, 4, device=device))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_unpack_refuses_a_negative_or_non_integer_width(backend):
+    bits = torch.zeros(3, 0, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        unpack_spikes(bits, -3, backend=backend)
+    with pytest.raises(TypeError, match="n must be an int"):
+        unpack_spikes(bits, 0.0, backend=backend)

@@ -41,6 +41,10 @@ def unpack_spikes(
     """uint8 `[..., ceil(n / 8)]` -> `[..., n]` of 0/1 in dtype (inverse of pack_spikes)."""
     if not isinstance(bits, torch.Tensor) or bits.dtype != torch.uint8:
         raise TypeError(f"bits must be a uint8 tensor, got {getattr(bits, 'dtype', type(bits))}")
+    if isinstance(n, bool) or not isinstance(n, int | torch.SymInt):  # SymInt: traced shapes
+        raise TypeError(f"n must be an int, got {n!r}")
+    if n < 0:  # every backend alike (the reference would give an empty tensor, cpp a crash)
+        raise ValueError(f"n must be >= 0, got {n}")
     if bits.dim() == 0 or bits.shape[-1] != (n + 7) // 8:
         raise ValueError(
             f"bits must have a last dimension of ceil(n / 8) = {(n + 7) // 8}, got "
