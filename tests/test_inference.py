@@ -160,3 +160,26 @@ def test_cli_version_and_help_defaults(capsys):
         cli(["train", "--help"])
     text = capsys.readouterr().out
     assert "--seed SEED" in text and "(default: 0)" in text
+
+
+def test_classify_lists_the_most_probable_labels_highest_first(tmp_path, tokenizer):
+    from spikeclip.inference import classify_files
+
+    model = trained_like(tokenizer)
+    labels = ["cat", "dog", "bird", "fish", "horse"]
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(paths[-1])
+    records = classify_files(model, paths, labels, top_k=3)
+    classes = model.classifier(labels, model.templates)
+    probs = model.probabilities(torch.stack([model.preprocess(p) for p in paths]), classes)
+    for record, row in zip(records, probs, strict=True):
+        expected = row.sort(descending=True)
+        got = [p["probability"] for p in record["predictions"]]
+        assert got == pytest.approx(expected.values[:3].tolist(), rel=1e-6)
+        assert got == sorted(got, reverse=True) and got[0] > got[-1]
+        assert [p["label"] for p in record["predictions"]] == [
+            labels[j] for j in expected.indices[:3].tolist()
+        ]
