@@ -136,3 +136,46 @@ def test_a_where_that_points_outside_is_refused():
 def test_bad_input(name, shape):
     with pytest.raises(ValueError, match=name):
         POOLS[name][0](torch.randn(shape), backend="torch")
+
+
+@needs_cpp
+def test_3x3_fuzz_shapes_values_and_wheres():
+    """Random sizes (empty batches, 1-pixel planes, odd sides), values with inf and NaN, and
+    random `where` bytes for the backward: the spec's answer, or a ValueError, never a write
+    outside the buffers (benchmarks/asan_check.sh runs this under AddressSanitizer)."""
+    gen = torch.Generator().manual_seed(7)
+    checked = {"scattered": 0, "refused": 0}
+    for i in range(60):
+        n, c = (int(v) for v in torch.randint(0, 3, (2,), generator=gen))
+        h, w = (int(v) for v in torch.randint(1, 12, (2,), generator=gen))
+        x = torch.randn(n, c + 1, h, w, generator=gen)
+        x[torch.rand(x.shape, generator=gen) < 0.1] = float("inf")
+        x[torch.rand(x.shape, generator=gen) < 0.1] = float("nan")
+        ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+        g = torch.randn(n, c + 1, ho, wo, generator=gen)
+        y, gx = _pool_and_grad(lambda t: max_pool3x3s2(t, backend="cpp"), x, g)
+        y_ref, gx_ref = _pool_and_grad(POOLS["max_pool3x3s2"][1], x, g)
+        assert torch.equal(y.nan_to_num(0.0), y_ref.nan_to_num(0.0))
+        assert torch.equal(gx, gx_ref)
+        if i % 2:  # random bytes: mostly in-window places, some past an edge or past 8
+            where = torch.randint(0, 256, g.shape, generator=gen, dtype=torch.uint8)
+            where[where > 20] %= 9
+        else:  # random valid places (the winners of another input)
+            where = torch.ops.spikeclip.max_pool3x3s2(torch.randn(x.shape, generator=gen))[1]
+        rows = (torch.arange(ho) * 2 - 1).view(-1, 1) + where.long() // 3
+        cols = (torch.arange(wo) * 2 - 1).view(1, -1) + where.long() % 3
+        inside = (where <= 8) & (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        if inside.all():
+            gx = torch.ops.spikeclip.max_pool3x3s2_backward(g, where, h, w)
+            expected = torch.zeros(n, c + 1, h * w).scatter_add_(
+                2, (rows * w + cols).flatten(2), g.flatten(2)).view(n, c + 1, h, w)  # fmt: skip
+            assert torch.allclose(gx, expected)
+            checked["scattered"] += where.numel() > 0
+        else:
+            with pytest.raises(ValueError, match="outside the input"):
+                torch.ops.spikeclip.max_pool3x3s2_backward(g, where, h, w)
+            checked["refused"] += 1
+    assert min(checked.values()) >= 10, checked
+    with pytest.raises(ValueError, match="must be"):  # shapes that disagree
+        torch.ops.spikeclip.max_pool3x3s2_backward(
+            torch.randn(1, 1, 2, 2), torch.zeros(1, 1, 2, 2, dtype=torch.uint8), 5, 5)  # fmt: skip
