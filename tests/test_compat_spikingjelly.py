@@ -482,3 +482,24 @@ def test_max_pools_of_our_shapes_move_to_the_byte_kernels():
     assert torch.equal(a, b) and torch.equal(xs[0].grad, xs[1].grad)
     zoo_net, _ = zoo("spikformer")
     assert spikeclip.accelerate(zoo_net).replaced["MaxPool2d"] == 2  # its stem's two pools
+
+
+def test_lossless_units_give_a_plifs_w_its_gradient():
+    spikingjelly()
+    from spikingjelly.activation_based import neuron
+    from spikingjelly.activation_based.model import spikformer
+
+    torch.manual_seed(5)
+    mlp = spikformer.SpikformerMLP(12, 24, 12, spiking_neuron=neuron.ParametricLIFNode,
+                                   init_tau=3.0, step_mode="m").double()  # fmt: skip
+    ours = copy.deepcopy(mlp)
+    report = spikeclip.accelerate(ours, memory="lossless")
+    assert report.replaced["SpikformerMLP"] == 1 and report.replaced["ParametricLIFNode"] == 2
+    x = (torch.rand(3, 2, 12, 5, dtype=torch.float64) < 0.4).double()
+    grads = []
+    for net in (mlp, ours):
+        net(x * 3).square().sum().backward()  # fc1 kept as floats; fc2's input packed spikes
+        grads.append({n: p.grad for n, p in net.named_parameters()})
+    assert {"neuron1.w", "neuron2.w"} <= grads[0].keys()
+    for name, g in grads[0].items():
+        assert rel(grads[1][name], g) < 1e-9 and g.abs().sum() > 0, name

@@ -94,13 +94,14 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
 
     backend: our kernels' backend for every replaced module ("auto": cpp on CPU tensors, cuda/triton
     on GPU ones). memory: None (what the model saves for its backward is left as it is) or
-    "lossless": Spikformer's conv/linear + BN (+ pool) + neuron units keep only their input for the
-    backward, 1 bit per element where it holds spikes, and recompute themselves
-    (spikeclip.compat.spikingjelly_units; the same gradients). Calling it again with the same
-    options changes nothing; with other options, it moves each module to them. Replaced:
-    SpikingJelly 2.0 LIFNode, ParametricLIFNode, IFNode of exactly those classes with settings we
-    compute (see spikeclip.compat.spikingjelly); SpikingSelfAttention (Spikformer, QKFormer's last
-    stages) and SpikeDrivenSelfAttention whose attention LIF we compute.
+    "lossless": Spikformer's and SEW-ResNet's conv/linear + BN (+ pool) + neuron units keep only
+    their input for the backward, 1 bit per element where it holds spikes, and recompute
+    themselves (spikeclip.compat.spikingjelly_units; the same gradients). Calling it again with
+    the same options changes nothing; with other options, it moves each module to them.
+    Replaced: SpikingJelly 2.0 LIFNode, ParametricLIFNode, IFNode of exactly those classes with
+    settings we compute (spikeclip.compat.spikingjelly); SpikingSelfAttention (Spikformer,
+    QKFormer's last stages) and SpikeDrivenSelfAttention whose attention LIF we compute; PyTorch's
+    and SpikingJelly's MaxPool2d of the shapes our pool kernels compute (compat.pooling).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -120,13 +121,14 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
         peer = _peer_class(cls)
         wanted = targets.get(peer, peer)
         if cls.__module__.startswith("spikeclip.compat"):
+            if wanted is peer:  # asked for without the option it was accelerated with
+                module.__class__ = peer
+                module.__dict__.pop("kernel_backend", None)
+                report.restored[peer.__name__] += 1
+                continue
             module.kernel_backend = backend
             if cls is wanted:
                 report.already[peer.__name__] += 1
-                continue
-            if wanted is peer:  # asked for without the option it was accelerated with
-                module.__class__ = peer
-                report.restored[peer.__name__] += 1
                 continue
         elif wanted is peer:
             if markers and isinstance(module, markers):

@@ -73,9 +73,10 @@ def surrogate_of(function) -> tuple[str, float] | str:
     return name, float(alpha)
 
 
-def _tau(node) -> float | torch.Tensor:
+def _tau(node, w=None) -> float | torch.Tensor:
+    """The node's tau; a PLIF's from `w` when given (a recomputation's leaf), else its own."""
     if isinstance(node, _sj_neuron.ParametricLIFNode):
-        return 1.0 / torch.sigmoid(node.w)
+        return 1.0 / torch.sigmoid(node.w if w is None else w)
     if isinstance(node, _sj_neuron.IFNode):
         return math.inf
     return float(node.tau)
@@ -103,12 +104,13 @@ def unsupported_reason(node) -> str | None:
     return None
 
 
-def lif_settings(node) -> dict:
-    """The keyword arguments of `spikeclip.kernels.lif` that compute `node` (supported only)."""
+def lif_settings(node, w=None) -> dict:
+    """The keyword arguments of `spikeclip.kernels.lif` that compute `node` (supported only);
+    w: a PLIF's parameter to use instead of its own."""
     surrogate, alpha = surrogate_of(node.surrogate_function)
     is_if = isinstance(node, _sj_neuron.IFNode)
     return dict(
-        tau=_tau(node),
+        tau=_tau(node, w),
         v_th=float(node.v_threshold),
         v_reset=None if node.v_reset is None else float(node.v_reset),
         decay_input=False if is_if else bool(node.decay_input),
@@ -127,10 +129,9 @@ class _FusedNode:
 
     kernel_backend = "auto"
 
-    def _step_through_lif(self, x_seq, v):
-        spikes, v_last = lif(
-            x_seq, v0=v, return_v=True, backend=self.kernel_backend, **lif_settings(self)
-        )
+    def _step_through_lif(self, x_seq, v, w=None):
+        settings = lif_settings(self, w)
+        spikes, v_last = lif(x_seq, v0=v, return_v=True, backend=self.kernel_backend, **settings)
         return spikes, v_last.to(x_seq.dtype)
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):

@@ -91,25 +91,9 @@ class _Unit:
             z = pooling.byte_pool(p, z, lambda t: F.max_pool2d(
                 t, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode))  # fmt: skip
         z = z.unflatten(0, x.shape[:2])
-        neuron_params = dict(zip(dict(self.neuron.named_parameters()), params, strict=True))
-        with _parameters(self.neuron, neuron_params):
-            spikes, _ = self.neuron._step_through_lif(z, None)  # from rest, as the forward
+        w = params[0] if params else None  # a PLIF's w (the only neuron parameter we run)
+        spikes, _ = self.neuron._step_through_lif(z, None, w)  # from rest, as the forward
         return spikes
-
-
-class _parameters:
-    """The neuron's parameters replaced by the recomputation's leaves, for one call."""
-
-    def __init__(self, module, values):
-        self.module, self.values, self.saved = module, values, {}
-
-    def __enter__(self):
-        for name, value in self.values.items():
-            self.saved[name] = self.module._parameters[name]
-            self.module._parameters[name] = value
-
-    def __exit__(self, *exc):
-        self.module._parameters.update(self.saved)
 
 
 def _run(stage, x):
@@ -126,6 +110,8 @@ def _is_spikes(x: torch.Tensor) -> bool:
 
 
 def unit_forward(stage, neuron, x):
+    """neuron(stage(x)) as one recomputed unit where that is exact (see _unit_forward); an
+    error if the neuron's membrane from a unit call was carried on without reset_net."""
     compat.check_carried_state(neuron)
     return _unit_forward(stage, neuron, x)
 
