@@ -230,6 +230,7 @@ def lif_bwd_triton(grad_spikes, grad_v_last, h, v0, tau, *options_and_flag):
             TAU_GRAD=need_tau_grad,
             BLOCK=_BLOCK,
             num_warps=4,
+            enable_fp_fusion=False,  # the reference's roundings (lif_triton_math)
         )
     return grad_x, grad_v0, partials.sum()
 
