@@ -97,6 +97,23 @@ def test_odd_shapes(backend, device, name, shape):
     check(name, backend, device, shape, torch.float32, (0.3, 0.3, 0.3), **opts)
 
 
+@pytest.mark.parametrize("tiles", [(16, 16), (32, 16), (16, 32)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 1, 2, 70, 48), (3, 2, 1, 37, 20)], ids=str)
+def test_ssa_triton_tiles(monkeypatch, tiles, shape):
+    """Triton's SSA with products tiled smaller than N and D (several tiles of outputs, several
+    slices of the sum; the GPU's tiles only at ViT sizes): the same outputs, exact."""
+    if not any(p.values[0] == "triton" for p in ATTN):
+        pytest.skip("the triton backend does not run here")
+    from spikeclip.kernels import attention_triton
+
+    monkeypatch.setattr(attention_triton, "SSA_TILE", tiles[0])
+    monkeypatch.setattr(attention_triton, "SSA_DEPTH", tiles[1])
+    device = next(p.values[1] for p in ATTN if p.values[0] == "triton")
+    n, d = shape[3], shape[4]
+    check("ssa", "triton", device, shape, torch.float32, (0.3, 0.3, 0.3),
+          scale=2.0 ** -round(math.log2(2 * n * d * 0.3**3)))  # fmt: skip
+
+
 @pytest.mark.parametrize("backend,device", ATTN)
 @pytest.mark.parametrize("name", ["sdsa", "ssa"])
 @pytest.mark.parametrize(

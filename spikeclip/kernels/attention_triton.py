@@ -3,10 +3,11 @@
 Same ops and schemas as the C++ ones (csrc/ops.cpp), registered as spikeclip::*_triton:
 - sdsa: one program per (head, block of D columns) sweeps t: kv = sum_N k * v, the LIF step on
   kv in registers, out = q * spikes; the backward sweeps t in reverse the same way.
-- ssa: A[t] = k^T v per (t, head) first (D x D, small); then one program per (head, block of N
-  tokens) sweeps t with the LIF state of its [BLOCK_N, D] tile in registers: y = q A[t] * scale
-  never leaves the chip. Backward: per (head, block of N) the LIF backward and gq = gy A^T (gy
-  kept for the next kernel), then per (t, head) gA = q^T gy, gk = v gA^T, gv = k gA.
+- ssa: A[t] = k^T v per (t, head) first (D x D, a batched product); then one program per
+  (head, tile of N tokens, tile of D columns) sweeps t with the LIF state of its tile in
+  registers: y = q A[t] * scale never leaves the chip. Backward: the LIF backward over t gives
+  gy; then batched products per (t, head): gq = gy A^T, gA = q^T gy, gk = v gA^T, gv = k gA.
+  Every product is tiled (SSA_TILE, SSA_DEPTH), so no tile grows with N or D.
 Products run on tensor cores (tl.dot in TF32) and stay exact or float32-accurate: a dot of
 0/1 operands (k^T v of spikes) is exact in plain TF32 (0 and 1 are exact, float32 accumulates
 the counts); a dot with a float or count operand uses 3xTF32 (each float operand split into a
@@ -142,38 +143,62 @@ def _sdsa_bwd_kernel(
 
 
 @triton.jit
-def _ktv_kernel(
-    k_ptr,
-    v_ptr,
-    kb_ptr,
-    vb_ptr,
-    a_ptr,
-    BH,
-    N,
-    D,
-    nb,
-    FROM_BITS: tl.constexpr,
-    PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """A[t, bh] = k^T v, [D, D] float32, one program per (t, head)."""
-    tb = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        m = (n < N)[:, None] & (d < D)[None, :]
-        if FROM_BITS:
-            k = _spike_tile(kb_ptr, tb * N + n, d, nb, m)
-            v = _spike_tile(vb_ptr, tb * N + n, d, nb, m)
+def _operand_tile(ptr, b, r, c, R, C, stride_b, stride_r, stride_c, BITS: tl.constexpr,
+                  TRANS: tl.constexpr):  # fmt: skip
+    """float32 tile X_b[r, c] of a product's operand, masked to its R x C. Floats: at
+    ptr + b stride_b + r stride_r + c stride_c (a transpose is a swap of strides). BITS: spikes
+    packed 8 per byte in rows of stride_r bytes, X their [R, C] matrix or, with TRANS, the
+    transpose of the [C, R] matrix they hold."""
+    m = (r < R)[:, None] & (c < C)[None, :]
+    base = ptr + b * stride_b
+    if BITS:
+        if TRANS:
+            byte = tl.load(base + c[None, :] * stride_r + (r // 8)[:, None], mask=m, other=0)
+            x = ((byte.to(tl.int32) >> (r % 8)[:, None]) & 1).to(tl.float32)
         else:
-            off = tb * N * D + n[:, None] * D + d[None, :]
-            k = tl.load(k_ptr + off, mask=m, other=0.0).to(tl.float32)
-            v = tl.load(v_ptr + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.dot(tl.trans(k), v, input_precision=PREC)
-    am = (d < D)[:, None] & (d < D)[None, :]
-    tl.store(a_ptr + tb * D * D + d[:, None] * D + d[None, :], acc, mask=am)
+            x = _spike_tile(base, r, c, stride_r, m)
+    else:
+        x = tl.load(base + r[:, None] * stride_r + c[None, :] * stride_c, mask=m, other=0.0)
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _bmm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    M,
+    N,
+    K,
+    sa_b,
+    sa_m,
+    sa_k,
+    sb_b,
+    sb_k,
+    sb_n,
+    A_BITS: tl.constexpr,
+    A_TRANS: tl.constexpr,
+    B_BITS: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """C[b] = A[b] @ B[b] ([M, K] @ [K, N], float32 accumulation, C contiguous [M, N] per b),
+    one program per (b, tile of M, tile of N); operands as _operand_tile reads them."""
+    b = tl.program_id(0).to(tl.int64)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = _operand_tile(a_ptr, b, rm, rk, M, K, sa_b, sa_m, sa_k, A_BITS, A_TRANS)
+        y = _operand_tile(b_ptr, b, rk, rn, K, N, sb_b, sb_k, sb_n, B_BITS, False)
+        acc += tl.dot(x, y, input_precision=PREC)
+    cm = (rm < M)[:, None] & (rn < N)[None, :]
+    c_off = b * M * N + rm[:, None] * N + rn[None, :]
+    tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=cm)
 
 
 @triton.jit
@@ -195,21 +220,27 @@ def _ssa_fwd_kernel(
     SAVE_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
+    """One program per (head, tile of N tokens, tile of D columns) sweeps t with the LIF state
+    of its tile in registers: y = q A[t] * scale, summed over D in BLOCK_K slices."""
     bh = tl.program_id(0)
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
+    d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     m = (n < N)[:, None] & (d < D)[None, :]
-    am = (d < D)[:, None] & (d < D)[None, :]
     state = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32) + rest
     for t in range(T):
         tb = (t * BH + bh).to(tl.int64)
-        off = tb * N * D + n[:, None] * D + d[None, :]
-        q = tl.load(q_ptr + off, mask=m, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + tb * D * D + d[:, None] * D + d[None, :], mask=am, other=0.0)
-        y = tl.dot(q, a, input_precision="tf32x3") * scale
+        acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            q = _operand_tile(q_ptr, tb, n, k, N, D, N * D, D, 1, False, False)
+            a = _operand_tile(a_ptr, tb, k, d, D, D, D * D, D, 1, False, False)
+            acc += tl.dot(q, a, input_precision="tf32x3")
+        y = acc * scale
         h = _charge(state, y, inv_tau, rest, True)
         s = (h >= v_th).to(tl.float32)
+        off = tb * N * D + n[:, None] * D + d[None, :]
         tl.store(out_ptr + off, s.to(out_ptr.dtype.element_ty), mask=m)
         if SAVE_H:
             tl.store(h_ptr + off, h.to(h_ptr.dtype.element_ty), mask=m)
@@ -217,16 +248,12 @@ def _ssa_fwd_kernel(
 
 
 @triton.jit
-def _ssa_bwd_gy_kernel(
+def _ssa_bwd_lif_kernel(
     go_ptr,
     h_ptr,
-    a_ptr,
     gy_ptr,
-    gq_ptr,
     T,
-    BH,
-    N,
-    D,
+    S,
     scale,
     inv_tau,
     v_th,
@@ -235,64 +262,20 @@ def _ssa_bwd_gy_kernel(
     SOFT: tl.constexpr,
     DETACH: tl.constexpr,
     SURR: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """LIF backward over t for a [BLOCK_N, D] tile: gy = dL/d(q k^T v) (kept), gq = gy A^T."""
-    bh = tl.program_id(0)
-    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    d = tl.arange(0, BLOCK_D)
-    m = (n < N)[:, None] & (d < D)[None, :]
-    am = (d < D)[:, None] & (d < D)[None, :]
-    carry = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    """The LIF backward over t for BLOCK of the S = B H N D positions of a step:
+    gy = dL/d(q k^T v), float32."""
+    p = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p < S
+    carry = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
-        tb = ((T - 1 - i) * BH + bh).to(tl.int64)
-        off = tb * N * D + n[:, None] * D + d[None, :]
-        h = tl.load(h_ptr + off, mask=m, other=0.0).to(tl.float32)
-        go = tl.load(go_ptr + off, mask=m, other=0.0).to(tl.float32)
+        off = (T - 1 - i) * S + p
+        h = tl.load(h_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        go = tl.load(go_ptr + off, mask=mask, other=0.0).to(tl.float32)
         dh = _lif_dh(h, go, carry, v_th, v_reset, alpha, SOFT, DETACH, SURR)
         carry = dh * (1.0 - inv_tau)
-        gy = dh * (inv_tau * scale)
-        tl.store(gy_ptr + off, gy, mask=m)
-        a = tl.load(a_ptr + tb * D * D + d[:, None] * D + d[None, :], mask=am, other=0.0)
-        gq = tl.dot(gy, tl.trans(a), input_precision="tf32x3")
-        tl.store(gq_ptr + off, gq.to(gq_ptr.dtype.element_ty), mask=m)
-
-
-@triton.jit
-def _ssa_bwd_kv_kernel(
-    gy_ptr,
-    qb_ptr,
-    kb_ptr,
-    vb_ptr,
-    gk_ptr,
-    gv_ptr,
-    N,
-    D,
-    nb,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """Per (t, head): gA = q^T gy over all tokens, then gk = v gA^T and gv = k gA."""
-    tb = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    gA = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        m = (n < N)[:, None] & (d < D)[None, :]
-        q = _spike_tile(qb_ptr, tb * N + n, d, nb, m)
-        gy = tl.load(gy_ptr + tb * N * D + n[:, None] * D + d[None, :], mask=m, other=0.0)
-        gA += tl.dot(tl.trans(q), gy, input_precision="tf32x3")
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        m = (n < N)[:, None] & (d < D)[None, :]
-        off = tb * N * D + n[:, None] * D + d[None, :]
-        k = _spike_tile(kb_ptr, tb * N + n, d, nb, m)
-        v = _spike_tile(vb_ptr, tb * N + n, d, nb, m)
-        ty = gk_ptr.dtype.element_ty
-        gk = tl.dot(v, tl.trans(gA), input_precision="tf32x3")
-        tl.store(gk_ptr + off, gk.to(ty), mask=m)
-        tl.store(gv_ptr + off, tl.dot(k, gA, input_precision="tf32x3").to(ty), mask=m)
+        tl.store(gy_ptr + off, dh * (inv_tau * scale), mask=mask)
 
 
 # ---- ops -----------------------------------------------------------------------------------
@@ -317,10 +300,22 @@ def _lif_args(tau, o: LifOptions):
     return inv_tau_f32(tau), o.v_reset, 0.0 if o.soft_reset else o.v_reset
 
 
-def _blocks(N, D):
-    BLOCK_D = _pow2(D)
-    BLOCK_N = max(16, min(_pow2(N), 8192 // BLOCK_D))
-    return BLOCK_N, BLOCK_D
+def _sdsa_blocks(N, D):
+    """SDSA's tile: BLOCK_D columns (at most 64) by BLOCK_N tokens, 8192 values at most."""
+    BLOCK_D = min(_pow2(D), 64)
+    return max(16, min(_pow2(N), 8192 // _pow2(D))), BLOCK_D
+
+
+# SSA's tiles: products in tiles of at most SSA_TILE x SSA_TILE outputs, summed in slices SSA_DEPTH
+# deep, every operand a float32 tile (bits unpacked, half precision upcast) whatever the dtype.
+# At 64 x 64 x 32 Triton's 3 stages take about 48 KB of shared memory and no product spills, on
+# every target from sm_80 (A100) on, at any N and D (benchmarks/triton_compile_check.py). Tests
+# set smaller ones to run every tiled path at small shapes.
+SSA_TILE, SSA_DEPTH = 64, 32
+
+
+def _tile(n: int, cap: int) -> int:
+    return min(_pow2(n), cap)
 
 
 def sdsa_fwd_triton(q, k, v, tau, *lif_and_save):
@@ -330,8 +325,7 @@ def sdsa_fwd_triton(q, k, v, tau, *lif_and_save):
     out = torch.empty_like(q)
     h = q.new_empty((T, B, H, D), dtype=torch.float32)
     inv_tau, v_reset, rest = _lif_args(tau, o)
-    BLOCK_N, _ = _blocks(N, D)
-    BLOCK_D = min(_pow2(D), 64)
+    BLOCK_N, BLOCK_D = _sdsa_blocks(N, D)
     if q.numel():
         _sdsa_fwd_kernel[(B * H, triton.cdiv(D, BLOCK_D))](
             q,
@@ -362,8 +356,7 @@ def sdsa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, tau, *lif):
     T, B, H, N, _ = go.shape
     gq, gk, gv = (torch.empty_like(go) for _ in range(3))
     inv_tau, v_reset, _ = _lif_args(tau, o)
-    BLOCK_N, _ = _blocks(N, D)
-    BLOCK_D = min(_pow2(D), 64)
+    BLOCK_N, BLOCK_D = _sdsa_blocks(N, D)
     if go.numel():
         _sdsa_bwd_kernel[(B * H, triton.cdiv(D, BLOCK_D))](
             go,
@@ -393,30 +386,45 @@ def sdsa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, tau, *lif):
     return gq, gk, gv
 
 
+def _bmm(a, b, out, M, N, K, a_strides, b_strides, *, a_bits=False, a_trans=False,
+         b_bits=False, prec="tf32x3"):  # fmt: skip
+    """out[i] = A[i] @ B[i] for each [M, N] matrix i of out ([M, K] @ [K, N]; _bmm_kernel);
+    strides (matrix, row, column) of each operand, in bytes of bits for packed ones."""
+    BLOCK_M, BLOCK_N, BLOCK_K = _tile(M, SSA_TILE), _tile(N, SSA_TILE), _tile(K, SSA_DEPTH)
+    batch = out.numel() // (M * N)
+    _bmm_kernel[(batch, triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))](
+        a,
+        b,
+        out,
+        M,
+        N,
+        K,
+        *a_strides,
+        *b_strides,
+        A_BITS=a_bits,
+        A_TRANS=a_trans,
+        B_BITS=b_bits,
+        PREC=prec,
+        BLOCK_M=BLOCK_M,
+        BLOCK_N=BLOCK_N,
+        BLOCK_K=BLOCK_K,
+        enable_fp_fusion=False,
+    )
+    return out
+
+
 def _kt_v(T, BH, N, D, k=None, v=None, kb=None, vb=None, like=None, spikes=True):
     """A = k^T v per (t, head), float32 [T * BH, D, D], from float inputs or packed bits.
     spikes: k and v hold only 0 and 1 (bits always do; the forward checks float inputs when it
     saves for a backward): plain TF32 is exact; otherwise 3xTF32."""
     a = like.new_empty((T * BH, D, D), dtype=torch.float32)
-    BLOCK_N, BLOCK_D = _blocks(N, D)
-    from_bits = kb is not None
-    _ktv_kernel[(T * BH,)](
-        k if k is not None else like,
-        v if v is not None else like,
-        kb if from_bits else like,
-        vb if from_bits else like,
-        a,
-        BH,
-        N,
-        D,
-        (D + 7) // 8,
-        FROM_BITS=from_bits,
-        PREC="tf32" if from_bits or spikes else "tf32x3",
-        BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D,
-        enable_fp_fusion=False,
-    )
-    return a
+    if kb is not None:
+        nb = (D + 7) // 8
+        bits = (N * nb, nb, 0)
+        return _bmm(kb, vb, a, D, D, N, bits, bits, a_bits=True, a_trans=True, b_bits=True,
+                    prec="tf32")  # fmt: skip
+    return _bmm(k.contiguous(), v.contiguous(), a, D, D, N, (N * D, 1, D), (N * D, D, 1),
+                prec="tf32" if spikes else "tf32x3")  # fmt: skip
 
 
 def ssa_fwd_triton(q, k, v, scale, tau, *lif_and_save):
@@ -429,8 +437,8 @@ def ssa_fwd_triton(q, k, v, scale, tau, *lif_and_save):
     if q.numel():
         # with save, k and v must be spikes (checked below: a ValueError otherwise)
         a = _kt_v(T, B * H, N, D, k=k, v=v, like=q, spikes=save)
-        BLOCK_N, BLOCK_D = _blocks(N, D)
-        _ssa_fwd_kernel[(B * H, triton.cdiv(N, BLOCK_N))](
+        BLOCK_N, BLOCK_D = _tile(N, SSA_TILE), _tile(D, SSA_TILE)
+        _ssa_fwd_kernel[(B * H, triton.cdiv(N, BLOCK_N), triton.cdiv(D, BLOCK_D))](
             q,
             a,
             out,
@@ -448,13 +456,19 @@ def ssa_fwd_triton(q, k, v, scale, tau, *lif_and_save):
             SAVE_H=save,
             BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D,
+            BLOCK_K=_tile(D, SSA_DEPTH),
             enable_fp_fusion=False,
         )
     bits = _saved_bits(q, k, v, save, "ssa")
     return out, h, *bits
 
 
+_LIF_BLOCK = 1024
+
+
 def ssa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, *lif):
+    """gy = dL/d(q k^T v) by the LIF backward, then gq = gy A^T, gA = q^T gy, gk = v gA^T and
+    gv = k gA as batched products over (t, head)."""
     o = LifOptions.from_attention_args(lif)
     go = grad_out.contiguous()
     T, B, H, N, _ = go.shape
@@ -462,19 +476,14 @@ def ssa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, *lif):
     if go.numel() == 0:
         return gq, gk, gv
     inv_tau, v_reset, _ = _lif_args(tau, o)
-    BLOCK_N, BLOCK_D = _blocks(N, D)
-    a = _kt_v(T, B * H, N, D, kb=k_bits, vb=v_bits, like=go)
     gy = go.new_empty(go.shape, dtype=torch.float32)
-    _ssa_bwd_gy_kernel[(B * H, triton.cdiv(N, BLOCK_N))](
+    S = go.numel() // T
+    _ssa_bwd_lif_kernel[(triton.cdiv(S, _LIF_BLOCK),)](
         go,
         h.contiguous(),
-        a,
         gy,
-        gq,
         T,
-        B * H,
-        N,
-        D,
+        S,
         scale,
         inv_tau,
         o.v_th,
@@ -483,24 +492,16 @@ def ssa_bwd_triton(grad_out, h, q_bits, k_bits, v_bits, D, scale, tau, *lif):
         SOFT=o.soft_reset,
         DETACH=o.detach_reset,
         SURR=SURROGATE_CODES[o.surrogate],
-        BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D,
+        BLOCK=_LIF_BLOCK,
         enable_fp_fusion=False,
     )
-    _ssa_bwd_kv_kernel[(T * B * H,)](
-        gy,
-        q_bits,
-        k_bits,
-        v_bits,
-        gk,
-        gv,
-        N,
-        D,
-        (D + 7) // 8,
-        BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D,
-        enable_fp_fusion=False,
-    )
+    nb = (D + 7) // 8
+    bits, rows, a_t = (N * nb, nb, 0), (N * D, D, 1), (D * D, 1, D)
+    a = _kt_v(T, B * H, N, D, kb=k_bits, vb=v_bits, like=go)
+    _bmm(gy, a, gq, N, D, D, rows, a_t)
+    g_a = _bmm(q_bits, gy, torch.empty_like(a), D, D, N, bits, rows, a_bits=True, a_trans=True)
+    _bmm(v_bits, g_a, gk, N, D, D, bits, a_t, a_bits=True)
+    _bmm(k_bits, g_a, gv, N, D, D, bits, (D * D, D, 1), a_bits=True)
     return gq, gk, gv
 
 
