@@ -14,7 +14,7 @@
 #  tests     the CUDA test cases (cuda and triton backends on CUDA tensors) vs the reference
 #  lif       LIF fwd and fwd+bwd, T 8 4 x N 16M 4M x fp32 bf16, eager and from CUDA graphs, vs
 #            the reference, SpikingJelly 2.0 and a copy of the same bytes
-#  attention SDSA / SSA at three shapes vs the reference
+#  attention SDSA / SSA at five shapes vs the reference (head dims 48 to 256: the tiled SSA)
 #  layers    the encoder's spike-fed linears at batch 128: Triton's bit-reading products vs
 #            dense F.linear vs unpack + dense
 #  model     the paper image encoder's training step, batch 128, bf16 autocast: the reference,
@@ -86,7 +86,7 @@ model_bench() {  # $1: label, $2: PYTHONPATH with the peer, rest: bench model op
 run_lif() { lif_bench sj2 "$SJ2"; tail -12 "$RAW/bench_lif_sj2.log"; }
 
 run_attention() {
-  timeout 100 $PY -m spikeclip bench attention --device cuda --rounds 10 \
+  timeout 160 $PY -m spikeclip bench attention --device cuda --rounds 10 \
     --json "$RAW/bench_attention.json" > "$RAW/bench_attention.log" 2>&1 \
     || fail "bench attention"
 }

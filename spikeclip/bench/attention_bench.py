@@ -26,8 +26,10 @@ COLUMNS = [
     "saved/ref",
 ]
 COPY = "copy (same bytes)"
-# (T, B, H, N, D): SpikeCLIP's image encoder, then larger token counts.
+# (T, B, H, N, D): SpikeCLIP's image encoder, then larger token counts; on a GPU also the head
+# dimensions of larger transformers, whose SSA tiles in D (attention_triton.SSA_TILE).
 SHAPES = ((4, 64, 8, 64, 48), (4, 16, 8, 196, 64), (4, 4, 8, 1024, 64))
+GPU_SHAPES = SHAPES + ((4, 16, 4, 196, 128), (4, 4, 2, 1024, 256))
 RATES = (0.15, 0.15, 0.15)
 
 
@@ -54,7 +56,7 @@ def _copy_floor(q, mode):
 
 
 def bench_attention(
-    shapes=SHAPES,
+    shapes=None,
     ops=("sdsa", "ssa"),
     modes=("fwd", "fwd+bwd"),
     device="cpu",
@@ -63,6 +65,7 @@ def bench_attention(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     device = torch.device(device)
+    shapes = shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
     backends = [b for b in ATTENTION_BACKENDS if why_unavailable(b, device) is None]
     rows: list[dict] = []
     for shape in shapes:
