@@ -5,7 +5,11 @@ import torch
 from lif_cases import rel_err
 
 from spikeclip.kernels import pack_spikes, spike_linear
-from spikeclip.kernels.backends import BackendUnavailableError, why_unavailable
+from spikeclip.kernels.backends import (
+    SPIKE_PRODUCT_DTYPES,
+    BackendUnavailableError,
+    why_unavailable,
+)
 
 BACKENDS = [
     b for b in ("torch", "cpp", "triton") if why_unavailable(b, torch.device("cpu")) is None
@@ -38,6 +42,10 @@ def test_matches_dense(backend, dtype, rows, n, cout, rate):
     w = torch.randn(cout, n, dtype=dtype, requires_grad=True)
     xg = x.clone().requires_grad_(True)
     g = torch.randn(rows, cout, dtype=dtype)
+    if dtype not in SPIKE_PRODUCT_DTYPES.get(backend, (dtype,)):  # Triton: no float64
+        with pytest.raises(TypeError, match="computes in"):
+            spike_linear(xg, pack_spikes(x), w, backend=backend)
+        return
     y = spike_linear(xg, pack_spikes(x), w, backend=backend)
     y.backward(g)
     w_ref = w.detach().clone().requires_grad_(True)
@@ -101,7 +109,27 @@ def test_product_backend_choice_by_device_and_dtype():
     assert spike_product_backend("spike_linear", "auto", cpu, torch.bfloat16) == "torch"
     assert spike_product_backend("spike_conv2d", "auto", cpu, torch.float64) == cpp
     if TRITON:
-        assert spike_product_backend("spike_linear", "triton", cpu, torch.float64) == "torch"
         assert spike_product_backend("spike_linear", "auto", cuda, torch.bfloat16) == "triton"
     with pytest.raises(BackendUnavailableError, match="no spike_conv2d kernel"):
         spike_product_backend("spike_conv2d", "triton", cpu, torch.float32)
+
+
+@pytest.mark.parametrize(
+    "op,backend,dtype",
+    [("spike_linear", "cpp", torch.bfloat16), ("spike_linear", "cpp", torch.float16),
+     ("spike_conv2d", "cpp", torch.bfloat16), ("spike_linear", "triton", torch.float64)],
+    ids=str,
+)  # fmt: skip
+def test_a_backend_asked_by_name_refuses_a_dtype_it_cannot_compute(op, backend, dtype):
+    """An explicit backend= never falls back quietly to the dense reference."""
+    from spikeclip.kernels.backends import spike_product_backend
+
+    if why_unavailable(backend, torch.device("cpu")) is not None:
+        pytest.skip(f"{backend} does not run here")
+    with pytest.raises(TypeError, match=f"backend='{backend}' computes in"):
+        spike_product_backend(op, backend, torch.device("cpu"), dtype)
+    if op == "spike_linear":
+        x = (torch.rand(4, 12) < 0.5).to(dtype)
+        with pytest.raises(TypeError, match="not " + str(dtype).replace("torch.", "")):
+            spike_linear(x, pack_spikes(x), torch.randn(3, 12, dtype=dtype), backend=backend)
+    assert spike_product_backend(op, "auto", torch.device("cpu"), dtype) in ("torch", "cpp")

@@ -144,16 +144,28 @@ SPIKE_PRODUCT_BACKENDS = {
 }
 
 
+# The dtypes each spike-fed product's kernels compute in (cpp sums in the tensor's dtype;
+# Triton has no float64 tensor-core products).
+SPIKE_PRODUCT_DTYPES = {
+    "cpp": (torch.float32, torch.float64),
+    "triton": (torch.float32, torch.float16, torch.bfloat16),
+}
+
+
 def spike_product_backend(op: str, backend: str, device: torch.device, dtype) -> str:
-    """The backend a spike-fed product runs on: `backend` resolved for the device, then the
-    dense reference where the kernels cannot keep the dtype's bits (cpp sums in the tensor's
-    dtype: float32 / float64 only; Triton has no float64 tensor-core products)."""
-    backend = resolve_backend(backend, device, supported=SPIKE_PRODUCT_BACKENDS[op], op=op)
-    if backend == "cpp" and dtype not in (torch.float32, torch.float64):
+    """The backend a spike-fed product runs on: `backend` resolved for the device. A dtype the
+    kernels do not compute in: with "auto" the dense reference, asked for by name a TypeError
+    (never a quiet fallback)."""
+    resolved = resolve_backend(backend, device, supported=SPIKE_PRODUCT_BACKENDS[op], op=op)
+    if dtype in SPIKE_PRODUCT_DTYPES.get(resolved, (dtype,)):
+        return resolved
+    if backend == "auto":
         return "torch"
-    if backend == "triton" and dtype == torch.float64:
-        return "torch"
-    return backend
+    names = ", ".join(str(d).replace("torch.", "") for d in SPIKE_PRODUCT_DTYPES[resolved])
+    raise TypeError(
+        f"{op}: backend={backend!r} computes in {names}, not "
+        f"{str(dtype).replace('torch.', '')} (backend='auto' or 'torch' takes any dtype)"
+    )
 
 
 def layer_product_backend(layer_backend: str) -> str:
