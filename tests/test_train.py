@@ -278,6 +278,12 @@ BAD_INVOCATIONS = [
     (["train", "--memory", "tiny"], 2, "memory must be one of"),
     (["train", "--config", "huge"], 2, "config must be one of"),
     (["train", "--stages", "text,nope"], 2, "unknown stages"),
+    # settings the run would ignore: the loss or optimizer that reads them is not this run's
+    (["train", "--dual-loss", "ours", "--angle-boundary", "30"], 2, "angle_boundary=30.0 would"),
+    (["train", "--config", "paper", "--kd-temperature", "2"], 2, "kd_temperature=2.0 would"),
+    (["train", "--optimizer", "adam", "--weight-decay", "0.01"], 2, "weight_decay=0.01 would"),
+    (["finetune", "--init", "c", "--data", "d", "--features", "f", "--dual-loss", "ours",
+      "--angle-boundary", "10", "--out", "o"], 2, "only the official fine-tuning loss"),
     (["train", "--batch", "x"], 2, "invalid int value"),
     (["eval"], 2, "the following arguments are required: --checkpoint"),
     (["align", "--data", "d", "--features", "f", "--out", "o", "--batch", "0"], 2, "positive"),

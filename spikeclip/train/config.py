@@ -140,10 +140,29 @@ class RecipeConfig:
         )  # fmt: skip
         need(isinstance(self.teacher, str) and self.teacher != "", "teacher",
              "lit, clip:DIR or a saved teacher directory")  # fmt: skip
+        self._refuse_ignored_settings()
         lit_tuned = self.teacher == "lit" and self.teacher_finetune_epochs > 0
         need(not lit_tuned, "teacher_finetune_epochs", "0 with the LiT teacher (its projection is "
              "fitted with cross-entropy on the task already: teacher_steps); it tunes CLIP "
              "teachers")  # fmt: skip
+
+    def _refuse_ignored_settings(self) -> None:
+        """A setting changed from its default where the run would ignore it is an error: the
+        fine-tuning loss or optimizer that reads it is not the one this run uses."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        loss, optimizer = self.fine_tuning_loss, self.optimizer_kind
+        ignored = {
+            "angle_boundary": (loss != "official",
+                               f"the official fine-tuning loss (this run: {loss})"),
+            "kd_temperature": (loss != "ours", f"dual_loss='ours' (this run: {loss})"),
+            "weight_decay": (optimizer != "adamw",
+                             f"the adamw optimizer (this run: {optimizer})"),
+        }  # fmt: skip
+        for name, (unused, reader) in ignored.items():
+            if unused and getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} would be ignored: only {reader} reads it"
+                )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
