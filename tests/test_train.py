@@ -269,6 +269,7 @@ def test_stage_schedule_and_config_checks():
         RunContext(Path("."), amp="fp8").autocast()
 
 
+FINETUNE_OURS = "finetune --init c --data d --features f --out o --dual-loss ours".split()
 BAD_INVOCATIONS = [
     (["train", "--epochs", "-1"], 2, "image_epochs must be an integer >= 0"),
     (["train", "--batch", "0"], 2, "batch_size must be an integer >= 1"),
@@ -282,8 +283,7 @@ BAD_INVOCATIONS = [
     (["train", "--dual-loss", "ours", "--angle-boundary", "30"], 2, "angle_boundary=30.0 would"),
     (["train", "--config", "paper", "--kd-temperature", "2"], 2, "kd_temperature=2.0 would"),
     (["train", "--optimizer", "adam", "--weight-decay", "0.01"], 2, "weight_decay=0.01 would"),
-    (["finetune", "--init", "c", "--data", "d", "--features", "f", "--dual-loss", "ours",
-      "--angle-boundary", "10", "--out", "o"], 2, "only the official fine-tuning loss"),
+    (FINETUNE_OURS + ["--angle-boundary", "10"], 2, "only the official fine-tuning loss"),
     (["train", "--batch", "x"], 2, "invalid int value"),
     (["eval"], 2, "the following arguments are required: --checkpoint"),
     (["align", "--data", "d", "--features", "f", "--out", "o", "--batch", "0"], 2, "positive"),
