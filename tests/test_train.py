@@ -269,7 +269,19 @@ def test_stage_schedule_and_config_checks():
         RunContext(Path("."), amp="fp8").autocast()
 
 
-FINETUNE_OURS = "finetune --init c --data d --features f --out o --dual-loss ours".split()
+FINETUNE_OURS = [
+    "finetune",
+    "--init",
+    "c",
+    "--data",
+    "d",
+    "--features",
+    "f",
+    "--out",
+    "o",
+    "--dual-loss",
+    "ours",
+]
 BAD_INVOCATIONS = [
     (["train", "--epochs", "-1"], 2, "image_epochs must be an integer >= 0"),
     (["train", "--batch", "0"], 2, "batch_size must be an integer >= 1"),
