@@ -192,6 +192,15 @@ def test_bad_inputs():
         model.encode_image(torch.rand(3, 16, 16))
     with pytest.raises(TypeError, match="floating"):
         model.encode_image(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    # images outside [0, 1]: 0-255 values, CLIP-normalised ones; NaN keeps its own message
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got values from 0 to 2.*divide by 255"):
+        model.encode_image(torch.rand(2, 3, 16, 16).mul(255).round())
+    with pytest.raises(ValueError, match=r"got values from -1.5 to 0.25$"):
+        model.logits(torch.tensor([-1.5, 0.25]).repeat(2, 3, 8, 1), torch.randn(4, SMALL.embed_dim))
+    nan = torch.rand(2, 3, 16, 16)
+    nan[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.encode_image(nan)
     with pytest.raises(ValueError, match="no tokenizer"):
         model.encode_text(["a cat"])
     model.tokenizer = _toy_tokenizer(SMALL)

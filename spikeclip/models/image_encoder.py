@@ -102,6 +102,22 @@ def check_images(config: SpikeCLIPConfig, images, check_finite: bool = True) -> 
         raise ValueError("images hold NaN or inf values")
 
 
+def check_image_range(images) -> None:
+    """Images given to encode_image / classify are floats in [0, 1], as the training data
+    reached the encoder; one pass (a device sync on GPU). 0-255 pixel values would be encoded,
+    and classified, as some other image: refused, with the range found. Other faults (dtype,
+    shape, NaN) are check_images'."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        return
+    if images.numel() == 0 or torch.compiler.is_compiling():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+    if lo < 0.0 or hi > 1.0:  # NaN passes here, to check_images' message
+        hint = " (0-255 pixel values? divide by 255)" if 1.0 < hi <= 255.0 else ""
+        raise ValueError(f"images must be floats in [0, 1], got values from {lo:.4g} to "
+                         f"{hi:.4g}{hint}")  # fmt: skip
+
+
 class ImageEncoder(nn.Module):
     """`[B, in_channels, H, W]` float images -> features `[B, embed_dim]` (not normalised).
 

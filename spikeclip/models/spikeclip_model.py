@@ -22,7 +22,7 @@ from spikeclip.checkpoint import (
     save_tensors,
 )
 from spikeclip.models.config import SpikeCLIPConfig
-from spikeclip.models.image_encoder import ImageEncoder
+from spikeclip.models.image_encoder import ImageEncoder, check_image_range
 from spikeclip.models.text_encoder import TextEncoder
 
 CHECKPOINT_FORMAT = "spikeclip.SpikeCLIP/1"
@@ -99,6 +99,9 @@ class SpikeCLIP(nn.Module):
     # ---- encoders ---------------------------------------------------------------------------
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised features `[B, embed_dim]` of images `[B, 3, H, W]`, floats in [0, 1]
+        (anything else is refused: check_image_range)."""
+        check_image_range(images)
         return F.normalize(self.image_encoder(images), dim=-1)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
