@@ -310,7 +310,7 @@ def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed:
     picked = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        n_test = int(round(len(members) * test_fraction))
+        n_test = round(len(members) * test_fraction)
         picked.append(members[:n_test] if split == "test" else members[n_test:])
     return np.sort(np.concatenate(picked))
 
