@@ -14,7 +14,8 @@ struct Heads {
   SC_INLINE int64_t block(int64_t t, int64_t bh) const { return (t * BH + bh) * N * D; }
 };
 
-// Forward. h: SDSA [T, BH, D] float32; SSA [T, BH, N, D] storage dtype; null unless saving.
+// Forward. h, null unless saving: SDSA's [T, BH, D] float32 (its LIF runs per head and
+// column), SSA's [T, BH, N, D] in the storage dtype (per token and column).
 // bits: packed copies [T, BH, N, ceil(D/8)] of q, k, v, null unless saving; not_spikes: an int
 // on the device, set non-zero when a value packed is neither 0 nor 1.
 struct AttentionForwardView {
@@ -29,7 +30,7 @@ struct AttentionForwardView {
   LifOptionsView opts;
 };
 
-// Backward. workspace: attention_cuda_workspace_floats() floats (SSA; unused by SDSA).
+// Backward. workspace: ssa_cuda_workspace_floats() floats (SSA; unused by SDSA).
 struct AttentionBackwardView {
   DType dtype;
   Heads s;

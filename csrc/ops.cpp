@@ -1,7 +1,8 @@
 // The spikeclip operator library: schemas of every custom op, and the Python module `_C`
 // whose import loads them. CPU kernels: csrc/cpu/, CUDA kernels: csrc/cuda/. Fake (meta)
-// implementations and autograd are registered from Python, beside each op's public function
-// (spikeclip/kernels/lif_cpp.py, attention_op.py, spike_pack.py, spike_linear.py, ...).
+// implementations and autograd are registered from Python once _C loads: the fakes in
+// spikeclip/kernels/c_ops.py, the fused forwards' autograd through lif_autograd.py and
+// attention_autograd.py.
 #include <Python.h>
 #include <torch/library.h>
 

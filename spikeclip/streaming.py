@@ -100,10 +100,6 @@ class ShardStream(torch.utils.data.IterableDataset):
     def rank_shards(self, epoch: int, rank: int, world: int) -> list[dict]:
         return self.shard_order(epoch)[rank::world]
 
-    def rank_count(self, epoch: int, rank: int, world: int) -> int:
-        """Samples rank `rank` reads in `epoch` (from meta.json's counts)."""
-        return sum(s["count"] for s in self.rank_shards(epoch, rank, world))
-
     def set_epoch(self, epoch: int, rank: int = 0, world: int = 1, skip=None) -> None:
         """What the next iteration reads: this rank's part of `epoch`, each worker w leaving
         out the first skip[w] samples of its stream (a resumed epoch)."""

@@ -92,9 +92,6 @@ class Teacher(nn.Module):
     def token_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def save_tokenizer(self, path: str | Path) -> None:
-        self.tokenizer.save_pretrained(str(path))
-
     def student_overrides(self) -> dict:
         """SpikeCLIPConfig fields that must match this teacher."""
         token, _ = self.token_embeddings()
@@ -450,9 +447,6 @@ def _quiet(fn):
 
     with contextlib.redirect_stdout(io.StringIO()):
         return fn()
-
-
-TEACHERS = ("lit", "clip:DIR")
 
 
 def load_teacher(spec: str | Path, **kwargs) -> Teacher:

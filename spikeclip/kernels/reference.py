@@ -1,8 +1,11 @@
-"""Pure-PyTorch reference of every op: the spec the fused backends are tested against.
+"""Pure-PyTorch references of the LIF, SDSA, SSA and spike packing: the spec the fused
+backends are tested against. (The spike-fed products' spec is the dense product of the unpacked
+spikes, their "torch" backend; the max-pools' is F.max_pool2d; the fused BatchNorm + LIF's is
+BatchNorm then lif_reference.)
 
 Autograd does the backward here. Fused kernels mirror these formulas (csrc/lif_math.h for
-C++/CUDA, spikeclip/kernels/lif_triton.py for Triton) in the same order of operations, so that
-forward spikes agree bit for bit wherever h is not within rounding of the threshold.
+C++/CUDA, spikeclip/kernels/lif_triton_math.py for Triton) in the same order of operations, so
+that forward spikes agree bit for bit wherever h is not within rounding of the threshold.
 Half-precision inputs are computed in float32 (as the kernels do) and returned in their dtype.
 """
 

@@ -27,7 +27,6 @@ import torch
 
 from spikeclip.checkpoint import CheckpointError
 
-BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # bias-free in the official code too: plain renames
 _IMAGE_PATTERNS = [
     (r"patch_embed\.block(\d)_conv\.weight", "tokenizer.stages.{0}.op.weight"),
