@@ -12,6 +12,19 @@ import torch
 from spikeclip.kernels.backends import why_unavailable
 
 
+def pytest_sessionstart(session):
+    """A built extension that fails to load (an ABI mismatch, a missing symbol) would drop
+    every cpp case and leave a green suite: stop instead. In CI (CI=true) an extension that
+    was not built at all stops it too: the test command builds it."""
+    from spikeclip._ext import EXTENSION_ERROR, EXTENSION_LOAD_FAILED, extension_loaded
+
+    if EXTENSION_LOAD_FAILED:
+        pytest.exit(f"spikeclip._C is built but fails to load ({EXTENSION_ERROR}): the cpp "
+                    "cases would all be skipped. Rebuild it against this torch.", returncode=3)  # fmt: skip
+    if os.environ.get("CI", "").lower() in ("1", "true") and not extension_loaded():
+        pytest.exit(f"CI: spikeclip._C is not built ({EXTENSION_ERROR})", returncode=3)
+
+
 def fused_cases():
     """(backend, device) pairs of every fused backend that can run here."""
     cases = []
