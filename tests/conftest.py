@@ -19,8 +19,8 @@ def pytest_sessionstart(session):
     from spikeclip._ext import EXTENSION_ERROR, EXTENSION_LOAD_FAILED, extension_loaded
 
     if EXTENSION_LOAD_FAILED:
-        pytest.exit(f"spikeclip._C is built but fails to load ({EXTENSION_ERROR}): the cpp "
-                    "cases would all be skipped. Rebuild it against this torch.", returncode=3)  # fmt: skip
+        why = f"spikeclip._C is built but fails to load ({EXTENSION_ERROR})"
+        pytest.exit(f"{why}: the cpp cases would all be skipped; rebuild it", returncode=3)
     if os.environ.get("CI", "").lower() in ("1", "true") and not extension_loaded():
         pytest.exit(f"CI: spikeclip._C is not built ({EXTENSION_ERROR})", returncode=3)
 
