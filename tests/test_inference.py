@@ -61,6 +61,11 @@ def test_checkpoint_round_trip_restores_everything(tmp_path, tokenizer):
     # the probabilities are the softmax of the saved scale times the cosines
     cos = model.logits(images, model.classifier(["cat", "dog", "car"], model.templates))
     torch.testing.assert_close(probs, (7.5 * cos).softmax(1))
+    # SpikeCLIP.load too gives an eval-mode model: each image its own answer, alone or in a batch
+    direct = SpikeCLIP.load(tmp_path / "ckpt")
+    assert not direct.training
+    alone = direct.classify(images[:1], ["cat", "dog", "car"])
+    torch.testing.assert_close(alone, direct.classify(images, ["cat", "dog", "car"])[:1])
 
 
 def test_old_checkpoint_loads_with_a_message(tmp_path, tokenizer):
@@ -133,7 +138,14 @@ def test_classify_command_reports_unreadable_files(tmp_path, tokenizer, capsys):
     captured = capsys.readouterr()
     records = json.loads(captured.out)
     assert code == 1 and "1 of 2 files" in captured.err
-    assert "error" in records[0] and len(records[1]["predictions"]) == 2
+    assert records[0]["path"] == str(tmp_path / "bad.png")
+    assert "not a readable image" in records[0]["error"] and "predictions" not in records[0]
+    # the readable file's predictions are the model's own probabilities, highest first
+    probs = SpikeCLIP.load(tmp_path / "ckpt").classify([tmp_path / "ok.png"], ["cat", "dog"])[0]
+    expect = sorted(zip(probs.tolist(), ["cat", "dog"], strict=True), reverse=True)
+    got = [(p["probability"], p["label"]) for p in records[1]["predictions"]]
+    assert [label for _, label in got] == [label for _, label in expect]
+    assert [p for p, _ in got] == pytest.approx([p for p, _ in expect], abs=1e-6)
     assert cli(["classify", "--checkpoint", str(tmp_path / "ckpt"), "--labels", "cat,cat",
                 str(tmp_path / "ok.png")]) == 2  # fmt: skip
     assert "twice" in capsys.readouterr().err

@@ -247,6 +247,9 @@ class SpikeCLIP(nn.Module):
         tokenizer: Tokenizer | None = None,
         map_location: str | torch.device = "cpu",
     ) -> SpikeCLIP:
+        """The model saved at `path` (a directory from save), in eval mode as Hugging Face's
+        from_pretrained returns one: BatchNorm on its running statistics, so classify gives
+        each image its own answer (.train() to train it further)."""
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"{path}: no such checkpoint directory")
@@ -270,7 +273,7 @@ class SpikeCLIP(nn.Module):
                 UserWarning,
                 stacklevel=2,
             )
-        return model.to(map_location)
+        return model.to(map_location).eval()
 
     def _restore_inference_state(self, path: Path, meta: dict, has_tokenizer: bool) -> list:
         """Logit scale, training record and tokenizer from a checkpoint's config.json and
