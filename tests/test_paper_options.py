@@ -67,10 +67,19 @@ def test_pools_and_shortcut_change_the_tokenizer_as_stated():
     assert y3.shape[-2:] == (4, 4)
     cfg = SpikeCLIPConfig.named("tiny", **SMALL)
     images = torch.rand(2, 3, 16, 16)
-    for shortcut in (False, True):
-        tok = ImageEncoder(cfg.replace(tokenizer_shortcut=shortcut)).tokenizer.eval()
-        torch.manual_seed(1)
-        assert tok(images, 2).shape == (2, 2, 16, 32)
+    # the shortcut adds the last stage's input to its output, the same weights otherwise
+    # (training mode: batch statistics, so that freshly made neurons fire)
+    plain = ImageEncoder(cfg).tokenizer
+    short = ImageEncoder(cfg.replace(tokenizer_shortcut=True)).tokenizer
+    short.load_state_dict(plain.state_dict())
+    seen = []
+    short.neurons[3].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    with torch.no_grad():
+        y_plain, y_short = plain(images, 2), short(images, 2)
+    x = seen[0].flatten(3).transpose(2, 3)
+    assert y_plain.shape == x.shape == (2, 2, 16, 32)
+    assert y_plain.abs().sum() > 0 and x.abs().sum() > 0
+    torch.testing.assert_close(y_short, y_plain + x, rtol=0, atol=0)
 
 
 def test_preprocessing_options():
