@@ -203,7 +203,7 @@ class SeqConvBN(_SpikingUnit):
         if not self.spike_input or not conv_takes_spikes(self.op):
             return None
         if self._sums_spikes(x):
-            return "cpp"
+            return "auto"  # the cpp sums; the dense product where autocast gives half precision
         packed = self.memory != "plain" and self._needs_grad(x)
         return "torch" if packed and not torch.compiler.is_compiling() else None
 
