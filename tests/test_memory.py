@@ -192,14 +192,16 @@ def autocast_step(layer, x, memory):
     return out.detach(), grads
 
 
-@pytest.mark.parametrize("unit", ["linear", "conv3", "linear+lif"])
+@pytest.mark.parametrize("unit", ["linear", "conv3", "linear+lif", "linear+plif"])
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_packed_units_under_bf16_autocast(unit, backend):
     """Autocast reaches into the packed units' own autograd (the recomputation repeats the
-    forward under it): lossless computes what plain computes, with float32 parameter grads."""
+    forward under it): lossless computes what plain computes, with float32 parameter grads
+    (a PLIF's w among them)."""
     torch.manual_seed(3)
     if unit.startswith("linear"):
-        neuron = LIF(backend=backend) if unit == "linear+lif" else None
+        lif = "lif" in unit
+        neuron = LIF(learnable_tau=unit.endswith("plif"), backend=backend) if lif else None
         layer = SeqLinearBN(12, 20, neuron=neuron, packed_input=True, backend=backend)
         x = spikes(3, 4, 5, 12)
     else:
