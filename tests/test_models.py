@@ -226,7 +226,7 @@ def test_bad_inputs():
         model.text_encoder.load_embeddings(torch.randn(3, 8), torch.randn(5, 8))
 
 
-@pytest.mark.parametrize("layout", ["paper", "legacy"])
+@pytest.mark.parametrize("layout", ["paper", "legacy", "shipped"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_image_encoder_equals_an_independent_composition(mode, layout):
     """The tiny image encoder against its layers composed by hand from torch.nn.functional and
@@ -239,7 +239,8 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
     from spikeclip.kernels.reference import lif_reference, ssa_reference
     from spikeclip.models.config import CLIP_MEAN, CLIP_STD, LEGACY_VALUES
 
-    layout_values = LEGACY_VALUES if layout == "legacy" else dict(learnable_tau=False)  # fixed tau
+    # "shipped": tiny's own neurons (threshold 0.5, a PLIF's learnable tau each); else fixed tau
+    layout_values = {"legacy": LEGACY_VALUES, "paper": dict(learnable_tau=False)}.get(layout, {})
     cfg = SpikeCLIPConfig.named("tiny", depth=2, **layout_values)
     torch.manual_seed(5)
     enc = ImageEncoder(cfg)
@@ -250,6 +251,10 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.normal_(0, 0.2)
+    for name, p in enc.named_parameters():  # each PLIF its own tau, 1 / sigmoid(w)
+        if name.endswith(".w"):
+            p.data.uniform_(-1.0, 1.0)
+    assert any(n.endswith(".w") for n, _ in enc.named_parameters()) == (layout == "shipped")
     enc.train(mode == "train")
     images = torch.rand(3, 3, 28, 28)
     T, P = cfg.time_steps, dict(enc.named_parameters())
@@ -260,8 +265,9 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
         return F.batch_norm(x, stats[f"{name}.running_mean"], stats[f"{name}.running_var"],
                             P[f"{name}.weight"], P[f"{name}.bias"], train, 0.1, 1e-5)  # fmt: skip
 
-    def lif(x, v_th=cfg.v_th):
-        return lif_reference(x, tau=cfg.tau, v_th=v_th, v_reset=cfg.v_reset, detach_reset=True,
+    def lif(x, name):
+        tau = 1.0 / torch.sigmoid(P[f"{name}.w"]) if cfg.learnable_tau else cfg.tau
+        return lif_reference(x, tau=tau, v_th=cfg.v_th, v_reset=cfg.v_reset, detach_reset=True,
                              surrogate=cfg.surrogate, alpha=cfg.alpha)[0]  # fmt: skip
 
     def conv_bn(x, i):  # x [T', B, C, H, W]
@@ -279,31 +285,32 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
         return bn(y.reshape(-1, y.shape[-1]), f"{name}.bn").view(y.shape)
 
     def composed(images):
-        if layout == "paper":
+        if cfg.image_normalize == "clip":  # paper and shipped; not legacy
             mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
             images = (images - mean) / std
         x = conv_bn(images.unsqueeze(0), 0).expand(T, -1, -1, -1, -1)
-        x = conv_bn(lif(x), 1)
-        x = pool(conv_bn(lif(x), 2))
-        x = pool(conv_bn(lif(x), 3))
-        x = x + conv_bn(lif(x), 4) if layout == "legacy" else conv_bn(lif(x), 4)
+        x = conv_bn(lif(x, "tokenizer.neurons.0"), 1)
+        x = pool(conv_bn(lif(x, "tokenizer.neurons.1"), 2))
+        x = pool(conv_bn(lif(x, "tokenizer.neurons.2"), 3))
+        y = conv_bn(lif(x, "tokenizer.neurons.3"), 4)
+        x = x + y if layout == "legacy" else y
         x = x.flatten(3).transpose(2, 3)  # [T, B, N, C]
         Tn, B, N, C = x.shape
         H = cfg.heads
         for b in range(cfg.depth):
             a = f"blocks.{b}.attn"
-            s = lif(x)
+            s = lif(x, f"{a}.input_neuron")
 
             def heads(y):
                 return y.view(Tn, B, N, H, C // H).transpose(2, 3)
 
-            q, k, v = (heads(lif(linear_bn(s, f"{a}.{n}"))) for n in "qkv")
+            q, k, v = (heads(lif(linear_bn(s, f"{a}.{n}"), f"{a}.{n}.neuron")) for n in "qkv")
             y = ssa_reference(q, k, v, scale=cfg.attn_scale, v_th=cfg.attn_v_th, tau=cfg.tau,
                               v_reset=cfg.v_reset, detach_reset=True, surrogate=cfg.surrogate,
                               alpha=cfg.alpha)  # fmt: skip
             x = x + linear_bn(y.transpose(2, 3).reshape(Tn, B, N, C), f"{a}.proj")
             m = f"blocks.{b}.mlp"
-            h = lif(linear_bn(lif(x), f"{m}.fc1"))
+            h = lif(linear_bn(lif(x, f"{m}.input_neuron"), f"{m}.fc1"), f"{m}.fc1.neuron")
             x = x + linear_bn(h, f"{m}.fc2")
         w = P["readout.weight"].view(-1, 1, 1)
         return F.linear((w * x.mean(2)).sum(0), P["proj.weight"], P["proj.bias"])
