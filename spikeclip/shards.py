@@ -285,6 +285,18 @@ def image_field(sample: dict) -> str | None:
     return next((ext for ext in IMAGE_EXTS if ext in sample), None)
 
 
+def sample_image(sample: dict, shard) -> object:
+    """The image of a sample read from `shard` (decode_image), or a ShardError naming the shard
+    and the sample's key: it has none, or it does not decode."""
+    key, ext = sample["__key__"], image_field(sample)
+    if ext is None:
+        raise ShardError(f"{shard}: sample {key!r} has no image (fields {sorted(sample)})")
+    try:
+        return decode_image(sample, ext)
+    except Exception as exc:  # PIL raises many types for a bad image
+        raise ShardError(f"{shard}: sample {key!r}: undecodable image ({exc})") from None
+
+
 def decode_image(sample: dict, ext: str):
     """The sample's image as a float32 tensor `[3, H, W]` in [0, 1] (grey repeated)."""
     import numpy as np

@@ -27,10 +27,9 @@ import torch
 
 from spikeclip.shards import (
     ShardError,
-    decode_image,
-    image_field,
     iter_shard,
     read_meta,
+    sample_image,
     templates_of,
 )
 
@@ -159,16 +158,9 @@ class ShardStream(torch.utils.data.IterableDataset):
                 yield out
 
     def _decode(self, sample: dict, worker: int, index: int) -> dict:
-        key, where = sample["__key__"], self.root / sample["__shard__"]
-        ext = image_field(sample)
-        if ext is None:
-            raise ShardError(f"{where}: sample {key!r} has no image (fields {sorted(sample)})")
-        try:
-            image = resize(decode_image(sample, ext), self.image_size, self.antialias)
-        except ShardError:
-            raise
-        except Exception as exc:  # PIL raises many types for a bad image
-            raise ShardError(f"{where}: sample {key!r}: undecodable image ({exc})") from None
+        key = sample["__key__"]
+        image = sample_image(sample, self.root / sample["__shard__"])
+        image = resize(image, self.image_size, self.antialias)
         label = int(sample["cls"]) if "cls" in sample else -1
         out = {"key": key, "image": image, "label": label, "worker": worker, "index": index}
         if "__target__" in sample:

@@ -234,7 +234,7 @@ def test_empty_sources_and_shard_lists(tmp_path, fm_shards):
         stream.set_epoch(0, 0, 7)
 
 
-def test_corrupt_shards_are_named(tmp_path, fm_shards):
+def test_corrupt_shards_are_named(tmp_path, fm_shards, clip_dir):
     import shutil
 
     bad = tmp_path / "bad"
@@ -261,6 +261,10 @@ def test_corrupt_shards_are_named(tmp_path, fm_shards):
     with pytest.raises(ShardError, match=r"shard-000000.tar: sample 'lonely' has no image"):
         for _ in ShardStream(odd, image_size=16, shuffle=False).loader(4):
             pass
+    # the features stage stops at it too, with the same words (it once skipped it quietly,
+    # and the stages after it then stopped)
+    with pytest.raises(ShardError, match=r"shard-000000.tar: sample 'lonely' has no image"):
+        compute_features(odd, f"clip:{clip_dir}", tmp_path / "f", batch_size=8, log=print)
     with pytest.raises(ShardError, match=r"no meta.json"):
         read_meta(tmp_path)
 

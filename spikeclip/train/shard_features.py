@@ -26,10 +26,9 @@ import torch
 from spikeclip.checkpoint import CheckpointError, atomic_write_json, load_json
 from spikeclip.shards import (
     ShardError,
-    decode_image,
-    image_field,
     iter_shard,
     read_meta,
+    sample_image,
     templates_of,
 )
 
@@ -41,7 +40,7 @@ def feature_file(out: Path, shard: str) -> Path:
     return out / (shard.removesuffix(".tar") + ".safetensors")
 
 
-def _save(path: Path, features, labels, keys, backbone_key: str, digest: str, skipped) -> None:
+def _save(path: Path, features, labels, keys, backbone_key: str, digest: str) -> None:
     from safetensors.torch import save
 
     from spikeclip.checkpoint import atomic_write_bytes
@@ -50,7 +49,6 @@ def _save(path: Path, features, labels, keys, backbone_key: str, digest: str, sk
         "keys": json.dumps(keys),
         "backbone_key": backbone_key,
         "data_digest": digest,
-        "skipped": json.dumps(skipped),
     }
     atomic_write_bytes(path, save({"features": features, "labels": labels}, metadata=meta))
 
@@ -83,11 +81,13 @@ def read_feature_file(path: Path, backbone_key: str | None = None, digest: str |
 
 
 def _embed_shard(teacher, shard_path: Path, expected: int, batch_size: int, device):
-    """teacher.image_features of every sample of one shard, in shard order."""
+    """teacher.image_features of every sample of one shard, in shard order. A sample without
+    an image, or one that does not decode, is a ShardError naming the shard and its key, as in
+    every stage that streams the shards (`spikeclip shards` writes no such sample)."""
     from spikeclip.teachers import resize_normalize
 
     size = teacher.image_size
-    feats, labels, keys, skipped, pending = [], [], [], [], []
+    feats, labels, keys, pending = [], [], [], []
 
     def flush():
         if pending:
@@ -97,15 +97,7 @@ def _embed_shard(teacher, shard_path: Path, expected: int, batch_size: int, devi
             pending.clear()
 
     for sample in iter_shard(shard_path, expected):
-        ext = image_field(sample)
-        if ext is None:
-            skipped.append({"key": sample["__key__"], "why": "no image"})
-            continue
-        try:
-            image = decode_image(sample, ext)
-        except Exception as exc:  # PIL raises many types for a bad image
-            skipped.append({"key": sample["__key__"], "why": f"undecodable image ({exc})"})
-            continue
+        image = sample_image(sample, shard_path)
         # each image to the teacher's size on its own (sizes may differ within a corpus); the
         # same antialiased resize the teacher applies to a batch, so it then has nothing to do
         pending.append(resize_normalize(image[None], size, (0, 0, 0), (1, 1, 1))[0])
@@ -115,8 +107,8 @@ def _embed_shard(teacher, shard_path: Path, expected: int, batch_size: int, devi
             flush()
     flush()
     if not keys:
-        raise ShardError(f"{shard_path}: no sample with an image ({len(skipped)} skipped)")
-    return torch.cat(feats), torch.tensor(labels, dtype=torch.int64), keys, skipped
+        raise ShardError(f"{shard_path}: no samples")
+    return torch.cat(feats), torch.tensor(labels, dtype=torch.int64), keys
 
 
 def compute_features(
@@ -158,10 +150,8 @@ def compute_features(
                 continue
             except ShardError as exc:
                 log(f"recomputing {path.name}: {exc}")
-        feats, labels, keys, skipped = _embed_shard(
-            teacher, shards / name, counts[name], batch_size, device
-        )
-        _save(path, feats, labels, keys, teacher.backbone_key, meta["digest"], skipped)
+        feats, labels, keys = _embed_shard(teacher, shards / name, counts[name], batch_size, device)
+        _save(path, feats, labels, keys, teacher.backbone_key, meta["digest"])
         computed += 1
     log(f"rank {dist.rank}: {computed} shards computed, {done} already done")
     distributed.barrier(dist)
@@ -169,7 +159,7 @@ def compute_features(
         distributed.barrier(dist)
         return None
     teacher = teacher.cpu()  # the LiT fit and the saved teacher live on the CPU
-    entries, skipped_all, dim = {}, [], None
+    entries, dim = {}, None
     all_feats, all_labels = [], []
     fit_lit = isinstance(teacher, LiTTeacher) and teacher_spec == "lit"
     # the LiT fit draws steps x 256 rows: a seeded share of at most fit_images rows serves it
@@ -177,11 +167,10 @@ def compute_features(
     keep = min(1.0, fit_images / max(1, meta["count"]))
     gen = torch.Generator().manual_seed(seed)
     for name in names:
-        feats, labels, keys, fmeta = read_feature_file(
+        feats, labels, keys, _ = read_feature_file(
             feature_file(out, name), teacher.backbone_key, meta["digest"]
         )
         entries[name] = {"file": feature_file(out, name).name, "count": len(keys)}
-        skipped_all += [{**s, "shard": name} for s in json.loads(fmeta.get("skipped", "[]"))]
         dim = feats.shape[1]
         if fit_lit:
             chosen = torch.rand(len(labels), generator=gen) < keep
@@ -206,7 +195,6 @@ def compute_features(
         "dim": dim,
         "count": sum(e["count"] for e in entries.values()),
         "shards": entries,
-        "skipped": skipped_all,
         "teacher": TEACHER_DIR,
     }
     atomic_write_json(out / INDEX, index)

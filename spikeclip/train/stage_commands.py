@@ -175,9 +175,7 @@ def run_features(args) -> int:
         teacher_steps=args.teacher_steps, seed=args.seed, progress=not args.no_progress,
     )  # fmt: skip
     if index is not None:
-        skipped = f"{len(index['skipped'])} samples skipped"
-        skipped += ": see index.json" if index["skipped"] else ""
-        print(f"features of {index['count']} samples ({index['dim']}-d) in {args.out} ({skipped})")
+        print(f"features of {index['count']} samples ({index['dim']}-d) in {args.out}")
     distributed.shutdown(dist)
     return 0
 
