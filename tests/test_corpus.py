@@ -17,6 +17,7 @@ import torch
 from fake_data import fake_idx_dataset
 from PIL import Image
 
+from spikeclip.checkpoint import load_tensors
 from spikeclip.cli import main as cli
 from spikeclip.shards import (
     ShardError,
@@ -382,6 +383,24 @@ def test_features_and_align_under_torchrun(tmp_path, fm_shards, fm_features, cli
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(a[k], b[k]), k
+    # the offline LiT teacher fitted on 2 ranks is the one fitted on 1 (its projection starts
+    # from the seed, not from whatever the process drew before: once 0.14 apart)
+    lit2, lit1 = tmp_path / "lit2", tmp_path / "lit1"
+    lit_cmd = [*launcher, "features", "--data", str(fm_shards), "--teacher", "lit", "--out",
+               str(lit2), "--batch", "8", "--teacher-steps", "20", "--no-progress"]  # fmt: skip
+    done = subprocess.run(lit_cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    torch.set_num_threads(1)
+    try:
+        torch.rand(1000)  # another position of the global generator than the ranks'
+        compute_features(fm_shards, "lit", lit1, batch_size=8, teacher_steps=20,
+                         log=lambda *_: None)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    fitted = [load_tensors(d / "teacher" / "teacher.safetensors") for d in (lit1, lit2)]
+    assert fitted[0].keys() == fitted[1].keys()
+    for k in fitted[0]:
+        assert torch.equal(fitted[0][k], fitted[1][k]), k
     # killed after some shards: the rerun computes only the missing ones
     stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("*.safetensors")}
     feature_file(out, "shard-000004.tar").unlink()

@@ -185,6 +185,9 @@ def compute_features(
                 "have none. Pass a fitted teacher (a directory with teacher.json) or clip:DIR."
             )
         classes = teacher.classifier(meta["class_names"], templates_of(meta))
+        with torch.random.fork_rng():  # the fit starts from the seed's projection, whatever
+            torch.manual_seed(seed)  # this process drew before (ranks, tests, other teachers)
+            teacher.projection.reset_parameters()
         losses = teacher.fit(torch.cat(all_feats), labels, classes, steps=teacher_steps, seed=seed)
         log(f"teacher fitted: loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     teacher.save(out / TEACHER_DIR)
