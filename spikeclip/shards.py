@@ -178,6 +178,7 @@ def write_shards(source: Source, out, shard_size: int = 1000, progress: bool = F
     keys: set[str] = set()
     writer = tmp = None
     count = 0
+    captions = False
 
     def close():
         nonlocal writer
@@ -200,6 +201,7 @@ def write_shards(source: Source, out, shard_size: int = 1000, progress: bool = F
             record["cls"] = str(sample.label).encode()
         if sample.caption is not None:
             record["txt"] = sample.caption.encode()
+            captions = True
         writer.write(record)
         for part in (sample.key, sample.ext, sample.image, record.get("cls"), record.get("txt")):
             digest.update(part if isinstance(part, bytes) else str(part).encode())
@@ -218,11 +220,38 @@ def write_shards(source: Source, out, shard_size: int = 1000, progress: bool = F
         "class_names": source.class_names,
         "templates": source.templates,
         "has_labels": bool(source.class_names),
+        "has_captions": captions,
         "skipped": source.skipped,
         "digest": digest.hexdigest()[:32],
     }
     atomic_write_json(out / META, meta)
+    write_clip_benchmark_layout(out, meta)
     return meta
+
+
+def write_clip_benchmark_layout(out: Path, meta: dict) -> None:
+    """The files LAION's clip_benchmark reads from a WebDataset directory (its `wds/` datasets,
+    `--dataset_root OUT --split SPLIT`), beside ours: OUT/SPLIT/0.tar ... (links to our shards)
+    and OUT/SPLIT/nshards.txt; with labels OUT/classnames.txt (label order) and
+    OUT/zeroshot_classification_templates.txt (our templates with `{c}`); captions without
+    labels: OUT/dataset_type.txt = retrieval."""
+    split = out / meta["split"]
+    split.mkdir(exist_ok=True)
+    for i, shard in enumerate(meta["shards"]):
+        link = split / f"{i}.tar"
+        if not link.exists():
+            try:
+                link.symlink_to(Path("..") / shard["name"])
+            except OSError:  # no symbolic links here: a hard link
+                os.link(out / shard["name"], link)
+    (split / "nshards.txt").write_text(f"{len(meta['shards'])}\n")
+    if meta["has_labels"]:
+        (out / "classnames.txt").write_text("".join(f"{c}\n" for c in meta["class_names"]))
+        templates = [t.replace("{}", "{c}") for t in templates_of(meta)]
+        (out / "zeroshot_classification_templates.txt").write_text("".join(
+            f"{t}\n" for t in templates))  # fmt: skip
+    elif meta.get("has_captions"):
+        (out / "dataset_type.txt").write_text("retrieval\n")
 
 
 def templates_of(meta: dict) -> list[str]:

@@ -353,7 +353,60 @@ def test_align_finetune_eval_end_to_end(tmp_path, fm_dir, fm_shards, fm_features
     in_memory = json.loads(out.read_text())
     assert on_shards["top1"] == pytest.approx(in_memory["top1"])  # the same images either way
     assert on_shards["per_class"] == pytest.approx(in_memory["per_class"])
+    # clip_benchmark's result fields beside ours
+    assert on_shards["task"] == "zeroshot_classification"
+    assert on_shards["dataset"] == "wds/test-shards" and on_shards["model"].endswith("checkpoint")
+    recalls = [v for v in on_shards["per_class"].values() if v is not None]
+    want = {"acc1": on_shards["top1"], "acc5": on_shards["top5"],
+            "mean_per_class_recall": sum(recalls) / len(recalls)}  # fmt: skip
+    assert on_shards["metrics"] == pytest.approx(want)
+    check_clip_benchmark(test_shards, tmp_path / "f" / "checkpoint", on_shards)
     assert cli(["finetune", "--init", str(ckpt), "--out", str(tmp_path / "h")]) == 2
+
+
+def check_clip_benchmark(shards: Path, checkpoint: Path, ours: dict) -> None:
+    """LAION clip_benchmark 1.6.2 on our shards: the directory holds what its `wds/` loader
+    reads (OUT/SPLIT/nshards.txt, OUT/SPLIT/{0..n-1}.tar, classnames.txt, templates with {c}),
+    read here through webdataset as that loader reads it (its builder module needs
+    torchvision, which does not import beside the CPU torch wheel); its zero-shot evaluate,
+    driving spikeclip.load's model and tokenizer, gives our acc1."""
+    import webdataset as wds
+
+    if os.environ.get("CI"):  # the README's test command installs it (and scikit-learn)
+        from clip_benchmark.metrics import zeroshot_classification
+    else:
+        zeroshot_classification = pytest.importorskip(
+            "clip_benchmark.metrics.zeroshot_classification"
+        )
+    import spikeclip
+
+    n = int((shards / "test" / "nshards.txt").read_text())
+    assert n == len(read_meta(shards)["shards"])
+    classes = (shards / "classnames.txt").read_text().splitlines()
+    templates = (shards / "zeroshot_classification_templates.txt").read_text().splitlines()
+    assert classes == ours["class_names"] and all("{c}" in t for t in templates)
+    model, preprocess, tokenizer = spikeclip.load(checkpoint)
+    pattern = str(shards / "test" / f"{{0..{n - 1}}}.tar")
+    images = wds.autodecode.ImageHandler("pil", extensions=["webp", "png", "jpg"])
+    dataset = (wds.WebDataset(pattern, shardshuffle=False, nodesplitter=lambda src: src)
+               .decode(images).to_tuple(["webp", "png", "jpg", "jpeg"], "cls")
+               .map_tuple(preprocess, None))  # fmt: skip
+    dataset.classes, dataset.templates = classes, templates
+    loader = torch.utils.data.DataLoader(dataset.batched(16), batch_size=None)
+    loader.dataset.classes = classes
+    # its own classifier and classification loop; the accuracy from their logits as its
+    # evaluate computes it (its accuracy() calls float() on a 1-element array, which numpy
+    # 2.4 refuses)
+    from sklearn.metrics import balanced_accuracy_score
+
+    weights = zeroshot_classification.zero_shot_classifier(model, tokenizer, classes, templates,
+                                                           "cpu", amp=False)  # fmt: skip
+    logits, target = zeroshot_classification.run_classification(model, weights, loader, "cpu",
+                                                                amp=False)  # fmt: skip
+    pred = logits.argmax(1)
+    assert float((pred == target).float().mean()) == pytest.approx(ours["top1"], abs=1e-6)
+    recall = balanced_accuracy_score(target, pred)
+    assert recall == pytest.approx(ours["metrics"]["mean_per_class_recall"], abs=1e-6)
 
 
 @pytest.mark.slow

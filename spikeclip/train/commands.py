@@ -219,7 +219,12 @@ def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir
 
 
 def run_eval(args) -> int:
-    from spikeclip.train.evaluate import embed_images, top1
+    from spikeclip.train.evaluate import (
+        classification_metrics,
+        clip_benchmark_result,
+        embed_images,
+    )
+    from spikeclip.train.losses import cosine_logits
 
     model, test, recipe = load_checkpoint_with_data(
         args.checkpoint, args.device, args.test_images, args.data_dir
@@ -234,10 +239,12 @@ def run_eval(args) -> int:
     extra = _names(args.extra_names) or []
     emb = embed_images(model.encode_image, test, device=args.device, progress=not args.no_progress)
     classes = model.classifier([*names, *extra], test.templates).cpu()
-    acc = top1(emb, classes, test.labels)
+    metrics = classification_metrics(cosine_logits(emb, classes, 1.0), test.labels)
+    acc = metrics["acc1"]
     result = {
-        "checkpoint": str(args.checkpoint), "dataset": recipe["dataset"], "images": len(test),
-        "class_names": names, "extra_names": extra, "top1": acc,
+        "checkpoint": str(args.checkpoint), "images": len(test), "class_names": names,
+        "extra_names": extra, "top1": acc,
+        **clip_benchmark_result(recipe["dataset"], str(args.checkpoint), **metrics),
     }  # fmt: skip
     from spikeclip.checkpoint import atomic_write_json
     from spikeclip.train.stage_commands import eval_json_path

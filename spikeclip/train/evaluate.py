@@ -4,6 +4,7 @@ names added to the candidates), for any encoder pair (teacher or student)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -40,6 +41,34 @@ def top1(image_embeddings: torch.Tensor, class_embeddings: torch.Tensor, labels)
         raise ValueError("no classes to choose from")
     pred = cosine_logits(image_embeddings, class_embeddings.to(image_embeddings), 1.0).argmax(1)
     return float((pred == torch.as_tensor(labels)).float().mean())
+
+
+def clip_benchmark_result(dataset: str, model: str, acc1: float, acc5: float,
+                          mean_per_class_recall: float) -> dict:  # fmt: skip
+    """The fields of LAION clip_benchmark's result JSON for zero-shot classification (its
+    `eval` writes them), so that its tables read our results: acc5 is NaN with fewer than 5
+    classes, mean_per_class_recall the mean of the classes' recalls (balanced accuracy)."""
+    return {
+        "dataset": dataset,
+        "model": model,
+        "pretrained": None,
+        "task": "zeroshot_classification",
+        "metrics": {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": mean_per_class_recall},
+        "language": "en",
+    }
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """acc1, acc5 (NaN below 5 classes) and the mean per-class recall of logits `[N, K]`."""
+    labels = torch.as_tensor(labels)
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    acc5 = (
+        float((top == labels[:, None]).any(1).float().mean()) if logits.shape[1] >= 5 else math.nan
+    )
+    pred = top[:, 0]
+    recalls = [float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()]
+    return {"acc1": float((pred == labels).float().mean()), "acc5": acc5,
+            "mean_per_class_recall": sum(recalls) / len(recalls)}  # fmt: skip
 
 
 def zero_shot_report(

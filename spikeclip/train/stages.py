@@ -11,6 +11,7 @@ RUN/teacher, so `spikeclip eval`, `energy` and the next stage load them alike.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from spikeclip.checkpoint import atomic_write_json, load_json
 from spikeclip.train import distributed
 from spikeclip.train.config import RecipeConfig
+from spikeclip.train.evaluate import clip_benchmark_result
 from spikeclip.train.loop import RunContext, run_stage
 from spikeclip.train.losses import alignment_loss, cosine_logits
 
@@ -321,6 +323,11 @@ def evaluate(
     }
     if with_teacher:
         result["teacher_top1"] = teacher_hits / n
+    recalls = [v for v in result["per_class"].values() if v is not None]
+    name = dataset if data is None else f"wds/{Path(data).name}"
+    acc5 = result[f"top{k}"] if k >= 5 else math.nan
+    result |= clip_benchmark_result(name, str(checkpoint), result["top1"], acc5,
+                                    sum(recalls) / len(recalls))  # fmt: skip
     return result
 
 
