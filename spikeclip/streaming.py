@@ -165,6 +165,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         out = {"key": key, "image": image, "label": label, "worker": worker, "index": index}
         if "__target__" in sample:
             out["target"] = sample["__target__"]
+        if "txt" in sample:  # captions, one per line
+            out["captions"] = sample["txt"].decode("utf-8").splitlines()
         return out
 
     def loader(self, batch_size: int, workers: int = 0) -> torch.utils.data.DataLoader:
@@ -190,6 +192,8 @@ def collate(samples: list[dict]) -> dict:
     }
     if "target" in samples[0]:
         batch["target"] = torch.stack([s["target"] for s in samples])
+    if "captions" in samples[0]:
+        batch["captions"] = [s["captions"] for s in samples]
     return batch
 
 

@@ -361,7 +361,74 @@ def test_align_finetune_eval_end_to_end(tmp_path, fm_dir, fm_shards, fm_features
             "mean_per_class_recall": sum(recalls) / len(recalls)}  # fmt: skip
     assert on_shards["metrics"] == pytest.approx(want)
     check_clip_benchmark(test_shards, tmp_path / "f" / "checkpoint", on_shards)
+    check_retrieval(tmp_path, tmp_path / "f" / "checkpoint")
     assert cli(["finetune", "--init", str(ckpt), "--out", str(tmp_path / "h")]) == 2
+
+
+def check_retrieval(tmp_path: Path, checkpoint: Path) -> None:
+    """`eval --task retrieval` on captioned TSV shards (an image on several lines: one image
+    with several captions) equals a brute-force recall@k; model.retrieve equals the cosines."""
+    from spikeclip.models import SpikeCLIP
+
+    make_folder(tmp_path / "cap", per_class=4)
+    files = sorted(str(p.relative_to(tmp_path / "cap")) for p in (tmp_path / "cap").rglob("img.*"))
+    words = ["a cat", "a sea lion", "a dog", "a mat", "the sea", "a tree", "a car", "a shoe"]
+    lines, owner = [], []
+    for i, f in enumerate(files):
+        for j in range(1 + i % 3):  # 1 to 3 captions per image
+            lines.append(f"{f}\t{words[(i + 3 * j) % len(words)]} number {i}")
+            owner.append(i)
+    (tmp_path / "cap" / "c.tsv").write_text("\n".join(lines) + "\n")
+    shards = tmp_path / "cap-shards"
+    assert cli(["shards", "--dataset", "tsv", "--data-dir", str(tmp_path / "cap" / "c.tsv"),
+                "--out", str(shards), "--shard-size", "5", "--no-progress"]) == 0  # fmt: skip
+    assert (shards / "dataset_type.txt").read_text().strip() == "retrieval"
+    out = tmp_path / "retrieval.json"
+    assert cli(["eval", "--checkpoint", str(checkpoint), "--task", "retrieval", "--data",
+                str(shards), "--json", str(out), "--no-progress"]) == 0  # fmt: skip
+    got = json.loads(out.read_text())
+    assert (got["images"], got["captions"], got["task"]) == (len(files), len(lines),
+                                                             "zeroshot_retrieval")  # fmt: skip
+    model = SpikeCLIP.load(checkpoint)
+    size = model.config.image_size
+    from spikeclip.preprocess import to_tensor
+    from spikeclip.streaming import resize
+
+    imgs = torch.stack([resize(to_tensor(tmp_path / "cap" / f), size, model.config.resize_antialias)
+                        for f in files])  # fmt: skip
+    captions = [line.split("\t")[1] for line in lines]
+    with torch.no_grad():
+        sim = model.encode_text(captions) @ model.encode_image(imgs).t()  # [captions, images]
+    for k in (1, 5, 10):
+        hits_t2i = [owner[c] in sim[c].topk(min(k, len(files))).indices.tolist()
+                    for c in range(len(captions))]  # fmt: skip
+        hits_i2t = [any(owner[c] == i for c in sim[:, i].topk(min(k, len(captions))).indices)
+                    for i in range(len(files))]  # fmt: skip
+        assert got[f"image_retrieval_recall@{k}"] == pytest.approx(np.mean(hits_t2i), abs=1e-6)
+        assert got[f"text_retrieval_recall@{k}"] == pytest.approx(np.mean(hits_i2t), abs=1e-6)
+    assert got["metrics"]["text_retrieval_recall@10"] == got["text_retrieval_recall@10"]
+    found = model.retrieve(imgs, captions, k=3)
+    torch.testing.assert_close(found.similarity, sim.t(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(found.texts, found.similarity.topk(3, dim=1).indices)
+    assert torch.equal(found.images, found.similarity.t().topk(3, dim=1).indices)
+    assert found.images.shape == (len(captions), 3)
+    with pytest.raises(ValueError, match="texts must be"):
+        model.retrieve(imgs, [])
+    assert (
+        cli(
+            [
+                "eval",
+                "--checkpoint",
+                str(checkpoint),
+                "--task",
+                "retrieval",
+                "--data",
+                str(tmp_path / "test-shards"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )  # labelled, no captions
 
 
 def check_clip_benchmark(shards: Path, checkpoint: Path, ours: dict) -> None:

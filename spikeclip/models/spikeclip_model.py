@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,15 @@ def set_memory(module: nn.Module, memory: str, *, checkpoint_blocks: bool | None
             m.memory = memory
         if checkpoint_blocks is not None and isinstance(m, Block):
             m.checkpoint = bool(checkpoint_blocks)
+
+
+class Retrieval(NamedTuple):
+    """SpikeCLIP.retrieve's answer: `similarity` [images, texts] cosines; `texts` [images, k]
+    and `images` [texts, k] indices of the most similar, highest first."""
+
+    similarity: torch.Tensor
+    texts: torch.Tensor
+    images: torch.Tensor
 
 
 class SpikeCLIP(nn.Module):
@@ -213,6 +223,30 @@ class SpikeCLIP(nn.Module):
             for chunk in images.split(batch_size)
         ]
         return torch.cat(probs)
+
+    @torch.no_grad()
+    def retrieve(
+        self, images, texts: Sequence[str], k: int = 5, batch_size: int = 256
+    ) -> Retrieval:
+        """Image-text retrieval: the cosine similarity of every image to every text, the k
+        texts most similar to each image and the k images most similar to each text (indices,
+        highest first; k capped at the candidates). images as for classify."""
+        if isinstance(texts, str) or len(texts) == 0:
+            raise ValueError("texts must be a non-empty list of strings")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        if not isinstance(images, torch.Tensor):
+            if len(images) == 0:
+                raise ValueError("retrieve: got no images")
+            images = torch.stack([self.preprocess(im) for im in images])
+        device = self.text_encoder.token_embedding.weight.device
+        img = torch.cat([self.encode_image(c.to(device)).float().cpu()
+                         for c in images.split(batch_size)])  # fmt: skip
+        txt = torch.cat([self.encode_text(list(texts[i : i + batch_size])).float().cpu()
+                         for i in range(0, len(texts), batch_size)])  # fmt: skip
+        sim = img @ txt.t()
+        return Retrieval(sim, sim.topk(min(k, sim.shape[1]), dim=1).indices,
+                         sim.t().topk(min(k, sim.shape[0]), dim=1).indices)  # fmt: skip
 
     # ---- save / load --------------------------------------------------------------------------
 

@@ -302,6 +302,11 @@ def add_commands(sub) -> None:
     e.add_argument("--split", default="test", help="with --dataset (default %(default)s)")
     e.add_argument("--data", help="evaluate on labelled shards (spikeclip shards)")
     e.add_argument("--teacher", action="store_true", help="with --dataset: the teacher's top-1 too")
+    e.add_argument(
+        "--task", default="zeroshot_classification",
+        choices=("zeroshot_classification", "retrieval"),
+        help="retrieval: image<->text recall@1/5/10 on captioned shards (--data)",
+    )  # fmt: skip
     from spikeclip.inference import add_classify_command
     from spikeclip.train.stage_commands import add_stage_commands
 
@@ -323,7 +328,7 @@ def dispatch(args) -> int:
         return run_train(args, demo=True)
     if args.command == "train":
         return run_train(args, demo=False)
-    from spikeclip.train.stage_commands import STAGE_COMMANDS, run_stage_eval
+    from spikeclip.train.stage_commands import STAGE_COMMANDS, run_retrieval_eval, run_stage_eval
 
     if args.command == "classify":
         from spikeclip.inference import run_classify
@@ -332,6 +337,8 @@ def dispatch(args) -> int:
     if args.command in STAGE_COMMANDS:
         return STAGE_COMMANDS[args.command](args)
     if args.command == "eval":
+        if args.task == "retrieval":
+            return run_retrieval_eval(args)
         if args.dataset is not None or args.data is not None:
             if args.extra_names:
                 raise SystemExit("spikeclip eval: --extra-names goes without --dataset / --data")

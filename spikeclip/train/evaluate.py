@@ -71,6 +71,24 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
             "mean_per_class_recall": sum(recalls) / len(recalls)}  # fmt: skip
 
 
+def retrieval_recalls(similarity: torch.Tensor, caption_image, ks=(1, 5, 10)) -> dict:
+    """Image-text retrieval recall@k as LAION clip_benchmark defines it, from the cosine
+    similarity `[captions, images]` and each caption's image index (an image may have several
+    captions): image_retrieval_recall@k, the fraction of captions whose k most similar images
+    hold theirs; text_retrieval_recall@k, the fraction of images whose k most similar captions
+    hold one of theirs (k capped at the candidates there are)."""
+    n_captions, n_images = similarity.shape
+    positive = torch.zeros(n_captions, n_images, dtype=torch.bool)
+    positive[torch.arange(n_captions), torch.as_tensor(caption_image)] = True
+    out = {}
+    for k in ks:
+        for name, sim, pos in (("image", similarity, positive),
+                               ("text", similarity.t(), positive.t())):  # fmt: skip
+            top = sim.topk(min(k, sim.shape[1]), dim=1).indices
+            out[f"{name}_retrieval_recall@{k}"] = float(pos.gather(1, top).any(1).float().mean())
+    return out
+
+
 def zero_shot_report(
     image_embeddings: torch.Tensor,
     labels: torch.Tensor,

@@ -244,6 +244,24 @@ def run_stage_eval(args) -> int:
     return 0
 
 
+def run_retrieval_eval(args) -> int:
+    from spikeclip.checkpoint import atomic_write_json
+    from spikeclip.train.stages import evaluate_retrieval
+
+    if args.data is None or args.dataset is not None:
+        raise SystemExit("spikeclip eval --task retrieval: give captioned shards with --data")
+    result = evaluate_retrieval(args.checkpoint, data=args.data, device=args.device,
+                                progress=not args.no_progress)  # fmt: skip
+    print(f"{result['images']} images, {result['captions']} captions of {result['data']}")
+    for k in (1, 5, 10):
+        print(f"  recall@{k:<2d}  image->text {100 * result[f'text_retrieval_recall@{k}']:6.2f}%"
+              f"  text->image {100 * result[f'image_retrieval_recall@{k}']:6.2f}%")  # fmt: skip
+    out = eval_json_path(args)
+    atomic_write_json(out, result)
+    print(f"written to {out}")
+    return 0
+
+
 STAGE_COMMANDS = {
     "shards": run_shards,
     "features": run_features,

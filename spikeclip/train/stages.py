@@ -331,6 +331,60 @@ def evaluate(
     return result
 
 
+def evaluate_retrieval(
+    checkpoint,
+    *,
+    data,
+    device="cpu",
+    batch_size: int = 256,
+    workers: int = 0,
+    ks=(1, 5, 10),
+    progress: bool = False,
+) -> dict:
+    """Image-text retrieval recall@k (retrieval_recalls: clip_benchmark's definitions) of a
+    checkpoint on captioned shards (`spikeclip shards --dataset tsv`, or any whose samples
+    hold `txt` captions, one per line). Samples of the same image (a TSV line per caption)
+    are one image with all their captions."""
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    from spikeclip.streaming import ShardStream
+    from spikeclip.train.evaluate import retrieval_recalls
+
+    model, _, _ = load_trained(checkpoint, device)
+    model.eval()
+    c = model.config
+    stream = ShardStream(data, image_size=c.image_size, antialias=c.resize_antialias, shuffle=False)
+    image_emb, caption_emb, owner, seen = [], [], [], {}
+    with torch.no_grad():
+        for b in tqdm(stream.loader(batch_size, workers), desc="retrieval", disable=not progress):
+            if "captions" not in b:
+                raise ValueError(f"{data}: retrieval needs captioned shards (txt); these have none")
+            fresh, texts = [], []
+            for img, caps in zip(b["image"], b["captions"], strict=True):
+                digest = hashlib.sha256(img.numpy().tobytes()).hexdigest()
+                if digest not in seen:
+                    seen[digest] = len(seen)
+                    fresh.append(img)
+                texts += caps
+                owner += [seen[digest]] * len(caps)
+            if fresh:
+                image_emb.append(model.encode_image(torch.stack(fresh).to(device)).float().cpu())
+            if texts:
+                caption_emb.append(model.encode_text(texts).float().cpu())
+    if not caption_emb:
+        raise ValueError(f"{data}: no captions to retrieve")
+    images, captions = torch.cat(image_emb), torch.cat(caption_emb)
+    metrics = retrieval_recalls(captions @ images.t(), owner, ks)
+    return {
+        "checkpoint": str(checkpoint), "data": str(data), "images": len(images),
+        "captions": len(captions), **metrics, "dataset": f"wds/{Path(data).name}",
+        "model": str(checkpoint), "pretrained": None, "task": "zeroshot_retrieval",
+        "metrics": metrics, "language": "en",
+    }  # fmt: skip
+
+
 def result_lines(result: dict) -> str:
     k = next(key for key in result if key.startswith("top") and key != "top1")
     lines = [f"top-1 {100 * result['top1']:.2f}%  {k[:3]}-{k[3:]} {100 * result[k]:.2f}%  "
