@@ -198,15 +198,6 @@ def run_train(args, demo: bool) -> int:
     return 0
 
 
-def _names(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise SystemExit("spikeclip eval: empty class-name list")
-    return names
-
-
 def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir=None):
     """A trained SpikeCLIP checkpoint (with its tokenizer) and its dataset's test split."""
     from spikeclip.data import load_dataset
@@ -216,45 +207,6 @@ def load_checkpoint_with_data(path: str, device: str, test_images=None, data_dir
     test = load_dataset(recipe["dataset"], "test", data_dir or recipe.get("data_dir"))
     n = test_images if test_images is not None else recipe.get("test_images")
     return model.eval(), test.subset(n, recipe.get("seed", 0)), recipe
-
-
-def run_eval(args) -> int:
-    from spikeclip.train.evaluate import (
-        classification_metrics,
-        clip_benchmark_result,
-        embed_images,
-    )
-    from spikeclip.train.losses import cosine_logits
-
-    model, test, recipe = load_checkpoint_with_data(
-        args.checkpoint, args.device, args.test_images, args.data_dir
-    )
-    names = _names(args.class_names) or list(test.class_names)
-    if len(names) != len(test.class_names):
-        raise SystemExit(
-            f"spikeclip eval: {len(names)} class names given, the {recipe['dataset']} test "
-            f"split has {len(test.class_names)} classes (names go in label order: "
-            f"{', '.join(test.class_names)})"
-        )
-    extra = _names(args.extra_names) or []
-    emb = embed_images(model.encode_image, test, device=args.device, progress=not args.no_progress)
-    classes = model.classifier([*names, *extra], test.templates).cpu()
-    metrics = classification_metrics(cosine_logits(emb, classes, 1.0), test.labels)
-    acc = metrics["acc1"]
-    result = {
-        "checkpoint": str(args.checkpoint), "images": len(test), "class_names": names,
-        "extra_names": extra, "top1": acc,
-        **clip_benchmark_result(recipe["dataset"], str(args.checkpoint), **metrics),
-    }  # fmt: skip
-    from spikeclip.checkpoint import atomic_write_json
-    from spikeclip.train.stage_commands import eval_json_path
-
-    out = eval_json_path(args)
-
-    atomic_write_json(out, result)
-    print(f"top-1 {100 * acc:.2f}% on {len(test)} {recipe['dataset']} test images "
-          f"({len(names)} classes + {len(extra)} extra names); written to {out}")  # fmt: skip
-    return 0
 
 
 def run_energy(args) -> int:
@@ -339,9 +291,5 @@ def dispatch(args) -> int:
     if args.command == "eval":
         if args.task == "retrieval":
             return run_retrieval_eval(args)
-        if args.dataset is not None or args.data is not None:
-            if args.extra_names:
-                raise SystemExit("spikeclip eval: --extra-names goes without --dataset / --data")
-            return run_stage_eval(args)
-        return run_eval(args)
+        return run_stage_eval(args)
     return run_energy(args)

@@ -4,7 +4,6 @@ names added to the candidates), for any encoder pair (teacher or student)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -56,19 +55,6 @@ def clip_benchmark_result(dataset: str, model: str, acc1: float, acc5: float,
         "metrics": {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": mean_per_class_recall},
         "language": "en",
     }
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """acc1, acc5 (NaN below 5 classes) and the mean per-class recall of logits `[N, K]`."""
-    labels = torch.as_tensor(labels)
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-    acc5 = (
-        float((top == labels[:, None]).any(1).float().mean()) if logits.shape[1] >= 5 else math.nan
-    )
-    pred = top[:, 0]
-    recalls = [float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()]
-    return {"acc1": float((pred == labels).float().mean()), "acc5": acc5,
-            "mean_per_class_recall": sum(recalls) / len(recalls)}  # fmt: skip
 
 
 def retrieval_recalls(similarity: torch.Tensor, caption_image, ks=(1, 5, 10)) -> dict:

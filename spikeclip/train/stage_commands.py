@@ -228,15 +228,26 @@ def eval_json_path(args):
 def run_stage_eval(args) -> int:
 
     from spikeclip.checkpoint import atomic_write_json
-    from spikeclip.train.stages import evaluate, result_lines
+    from spikeclip.train.stages import EvalUsageError, evaluate, result_lines
 
-    names = [n.strip() for n in args.class_names.split(",")] if args.class_names else None
-    result = evaluate(
-        args.checkpoint, dataset=args.dataset, split=args.split, data=args.data,
-        data_dir=args.data_dir, class_names=names, test_images=args.test_images,
-        device=args.device, with_teacher=args.teacher and args.dataset is not None,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    def names(text):
+        if text is None:
+            return None
+        listed = [n.strip() for n in text.split(",") if n.strip()]
+        if not listed:
+            raise SystemExit("spikeclip eval: empty class-name list")
+        return listed
+
+    try:
+        result = evaluate(
+            args.checkpoint, dataset=args.dataset, split=args.split, data=args.data,
+            data_dir=args.data_dir, class_names=names(args.class_names),
+            extra_names=names(args.extra_names) or (), test_images=args.test_images,
+            device=args.device, with_teacher=args.teacher and args.dataset is not None,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except EvalUsageError as exc:
+        raise SystemExit(str(exc)) from None
     print(result_lines(result))
     out = eval_json_path(args)
     atomic_write_json(out, result)

@@ -237,6 +237,10 @@ def finetune(
     return summary
 
 
+class EvalUsageError(ValueError):
+    """A request evaluate cannot serve as given (a usage error, said before any work)."""
+
+
 @torch.no_grad()
 def evaluate(
     checkpoint,
@@ -246,6 +250,7 @@ def evaluate(
     data=None,
     data_dir=None,
     class_names=None,
+    extra_names=(),
     test_images: int | None = None,
     device="cpu",
     batch_size: int = 256,
@@ -254,14 +259,20 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     """Zero-shot accuracy of a checkpoint on any labelled set: `dataset` (a split of a dataset
-    of spikeclip.data) or `data` (shards). Returns top-1, top-5 and per-class accuracy (and the
-    teacher's top-1 with `with_teacher`)."""
+    of spikeclip.data), `data` (shards), or neither: the test split of the dataset it was
+    trained on (its recipe's data_dir and test_images unless given). `extra_names`: distractor
+    names among the candidates (no image is theirs). Returns top-1, top-5 and per-class
+    accuracy (and the teacher's top-1 with `with_teacher`), with clip_benchmark's fields."""
     from tqdm.auto import tqdm
 
-    model, recipe, teacher = load_trained(checkpoint, device)
+    model, recipe, teacher = load_trained(checkpoint, device, with_teacher=with_teacher)
     model.eval()
-    if (dataset is None) == (data is None):
-        raise ValueError("evaluation needs exactly one of --dataset and --data")
+    if dataset is not None and data is not None:
+        raise EvalUsageError("evaluation takes one of --dataset and --data, not both")
+    if dataset is None and data is None:  # the test split of the training dataset
+        dataset, split = recipe["dataset"], "test"
+        data_dir = data_dir or recipe.get("data_dir")
+        test_images = test_images if test_images is not None else recipe.get("test_images")
     if data is not None:
         from spikeclip.streaming import ShardStream
 
@@ -286,14 +297,15 @@ def evaluate(
         n_batches = -(-len(ds) // batch_size)
     if class_names is not None:
         if len(class_names) != len(names):
-            raise ValueError(
+            raise EvalUsageError(
                 f"{len(class_names)} class names given for {len(names)} classes (in label order: "
                 f"{', '.join(names)})"
             )
         names = list(class_names)
-    classes = model.classifier(names, templates).to(device)
+    extra_names = list(extra_names)
+    classes = model.classifier([*names, *extra_names], templates).to(device)
     tclasses = teacher.classifier(names, templates) if with_teacher else None
-    k = min(5, len(names))
+    k = min(5, len(names) + len(extra_names))
     hits1 = hits5 = teacher_hits = 0
     per_class = torch.zeros(len(names), 2, dtype=torch.int64)  # [correct, total]
     for images, labels in tqdm(batches, total=n_batches, desc="evaluating", disable=not progress):
@@ -314,6 +326,7 @@ def evaluate(
         "data": str(data) if data is not None else f"{dataset}:{split}",
         "images": n,
         "class_names": names,
+        "extra_names": extra_names,
         "top1": hits1 / n,
         f"top{k}": hits5 / n,
         "per_class": {
