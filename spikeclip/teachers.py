@@ -41,6 +41,7 @@ from spikeclip.checkpoint import (
     load_tensors,
     save_tensors,
 )
+from spikeclip.tokenizer import HFTokenizer
 
 TEACHER_JSON = "teacher.json"
 TEACHER_WEIGHTS = "teacher.safetensors"
@@ -119,40 +120,6 @@ class Teacher(nn.Module):
         prompts = [t.format(name) for name in class_names for t in templates]
         feats = self.encode_text(prompts).view(len(class_names), len(templates), -1)
         return F.normalize(feats.mean(1), dim=-1)
-
-
-class HFTokenizer:
-    """strings -> ids `[B, context_length]` (int64) with a Hugging Face tokenizer, padded and
-    truncated: what SpikeCLIP's text encoder takes (a class, so that models stay picklable)."""
-
-    def __init__(self, hf_tokenizer, context_length: int):
-        self.hf, self.length = hf_tokenizer, int(context_length)
-
-    def save(self, path: str | Path) -> None:
-        """The Hugging Face tokenizer's files in the directory `path` (save_pretrained)."""
-        self.hf.save_pretrained(str(path))
-
-    @classmethod
-    def load(cls, path: str | Path, context_length: int) -> HFTokenizer:
-        """A tokenizer saved by `save`; transformers is needed to read it."""
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise ImportError(
-                f"{path}: reading a checkpoint's tokenizer needs transformers: pip install "
-                "'spikeclip[teachers]' (or pip install transformers)"
-            ) from None
-        return cls(AutoTokenizer.from_pretrained(str(path)), context_length)
-
-    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
-        out = self.hf(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.length,
-            return_tensors="pt",
-        )
-        return out["input_ids"].long()
 
 
 def _import_offline_towers():

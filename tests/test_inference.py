@@ -24,7 +24,7 @@ CONFIG = SpikeCLIPConfig.named(
 def tokenizer(clip_dir):
     from transformers import AutoTokenizer
 
-    from spikeclip.teachers import HFTokenizer
+    from spikeclip.tokenizer import HFTokenizer
 
     return HFTokenizer(AutoTokenizer.from_pretrained(str(clip_dir)), CONFIG.context_length)
 

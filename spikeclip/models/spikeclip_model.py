@@ -25,6 +25,7 @@ from spikeclip.checkpoint import (
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ImageEncoder, check_image_range
 from spikeclip.models.text_encoder import TextEncoder
+from spikeclip.tokenizer import HFTokenizer
 
 CHECKPOINT_FORMAT = "spikeclip.SpikeCLIP/1"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -326,8 +327,6 @@ class SpikeCLIP(nn.Module):
             missing.append("the teacher, class names and templates of training")
         if not has_tokenizer:
             if (path / TOKENIZER_DIR).is_dir():
-                from spikeclip.teachers import HFTokenizer
-
                 try:
                     self.tokenizer = HFTokenizer.load(
                         path / TOKENIZER_DIR, self.config.context_length

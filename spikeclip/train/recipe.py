@@ -113,7 +113,7 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     from spikeclip.memory import check_memory_mode
     from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
     from spikeclip.models.spikeclip_model import set_memory
-    from spikeclip.teachers import HFTokenizer
+    from spikeclip.tokenizer import HFTokenizer
 
     check_memory_mode(cfg.memory)
     mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron,
