@@ -14,6 +14,22 @@ import torch
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
+def resize_images(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """`[..., 3, H, W]` -> `[..., 3, size, size]` as the encoder sees its input (bilinear,
+    align_corners=False; antialiased when shrinking if `antialias`: config.resize_antialias);
+    an image already of that size passes unchanged. The one resize of the package: the encoder,
+    the data loaders that resize ahead (spikeclip.streaming), Preprocess and the teachers call
+    it, so that every path gives the encoder the same pixels."""
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    lead = images.shape[:-3]
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = torch.nn.functional.interpolate(
+        flat, size=(size, size), mode="bilinear", antialias=antialias, align_corners=False
+    )
+    return out.reshape(*lead, *out.shape[-3:])
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """image -> float32 `[3, image_size, image_size]`: converted to RGB (grey repeated over
@@ -40,8 +56,6 @@ class Preprocess:
         return cls(**d)
 
     def __call__(self, image) -> torch.Tensor:
-        from spikeclip.models.image_encoder import resize_images
-
         x = to_tensor(image)
         return resize_images(x.unsqueeze(0), self.image_size, self.antialias)[0]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from spikeclip.preprocess import resize_images
 from spikeclip.shards import (
     ShardError,
     iter_shard,
@@ -38,8 +39,6 @@ def resize(image: torch.Tensor, size: int | None, antialias: bool = True) -> tor
     """`[3, H, W]` -> `[3, size, size]` exactly as the image encoder resizes its input (pass its
     config.resize_antialias), so that a resized image then passes through it unchanged (None:
     keep the size)."""
-    from spikeclip.models.image_encoder import resize_images
-
     return image if size is None else resize_images(image, size, antialias)
 
 

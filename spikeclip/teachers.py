@@ -41,6 +41,7 @@ from spikeclip.checkpoint import (
     load_tensors,
     save_tensors,
 )
+from spikeclip.preprocess import resize_images
 from spikeclip.tokenizer import HFTokenizer
 
 TEACHER_JSON = "teacher.json"
@@ -57,10 +58,7 @@ def resize_normalize(images: torch.Tensor, size: int, mean, std) -> torch.Tensor
     normalised per channel."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(
-            images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
+    images = resize_images(images, size, antialias=True)
     mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std

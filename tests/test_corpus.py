@@ -167,7 +167,7 @@ def test_streamed_images_equal_the_in_memory_ones(fm_dir, fm_shards):
     images, labels = ds.batch(torch.tensor(index))
     assert torch.equal(batch["image"], images) and torch.equal(batch["label"], labels)
     # resized in the workers exactly as the encoder resizes what it is given
-    from spikeclip.models.image_encoder import resize_images
+    from spikeclip.preprocess import resize_images
 
     small = next(iter(ShardStream(fm_shards, image_size=12, shuffle=False).loader(40)))
     assert torch.equal(small["image"], resize_images(images, 12))

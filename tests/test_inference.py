@@ -101,7 +101,7 @@ def test_preprocess_takes_files_pil_arrays_and_tensors(tmp_path):
     for image in (tmp_path / "g.png", str(tmp_path / "g.png"), Image.fromarray(grey), grey,
                   expected):  # fmt: skip
         assert torch.equal(p(image), expected)
-    from spikeclip.models.image_encoder import resize_images
+    from spikeclip.preprocess import resize_images
 
     out = p(tmp_path / "c.png")
     assert out.shape == (3, 28, 28)

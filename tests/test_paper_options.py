@@ -83,7 +83,8 @@ def test_pools_and_shortcut_change_the_tokenizer_as_stated():
 
 
 def test_preprocessing_options():
-    from spikeclip.models.image_encoder import normalize_images, resize_images
+    from spikeclip.models.image_encoder import normalize_images
+    from spikeclip.preprocess import resize_images
 
     x = torch.rand(2, 3, 40, 40)
     assert not torch.equal(resize_images(x, 16, True), resize_images(x, 16, False))

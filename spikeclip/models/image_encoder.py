@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from spikeclip.models.blocks import Block
@@ -15,6 +14,7 @@ from spikeclip.models.layers import (
     TemporalReadout,
     make_neuron,
 )
+from spikeclip.preprocess import resize_images
 
 
 class ConvTokenizer(nn.Module):
@@ -54,21 +54,6 @@ class ConvTokenizer(nn.Module):
         y = self.stages[4](self.neurons[3](x))
         x = x + y if self.shortcut else y
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]
-
-
-def resize_images(images: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
-    """`[..., 3, H, W]` -> `[..., 3, size, size]` as the encoder sees its input (bilinear,
-    align_corners=False; antialiased when shrinking if `antialias`: config.resize_antialias);
-    an image already of that size passes unchanged. Data loaders that resize ahead
-    (spikeclip.streaming) call this, so that both paths give the encoder the same pixels."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    lead = images.shape[:-3]
-    flat = images.reshape(-1, *images.shape[-3:])
-    out = F.interpolate(
-        flat, size=(size, size), mode="bilinear", antialias=antialias, align_corners=False
-    )
-    return out.reshape(*lead, *out.shape[-3:])
 
 
 def normalize_images(images: torch.Tensor, how: str) -> torch.Tensor:

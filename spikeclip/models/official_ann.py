@@ -85,7 +85,8 @@ class OfficialANNEncoder(nn.Module):
         self.check_finite = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from spikeclip.models.image_encoder import check_images, normalize_images, resize_images
+        from spikeclip.models.image_encoder import check_images, normalize_images
+        from spikeclip.preprocess import resize_images
 
         check_images(self.config, images, self.check_finite)
         c = self.config
