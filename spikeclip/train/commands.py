@@ -259,7 +259,7 @@ def add_commands(sub) -> None:
         choices=("zeroshot_classification", "retrieval"),
         help="retrieval: image<->text recall@1/5/10 on captioned shards (--data)",
     )  # fmt: skip
-    from spikeclip.inference import add_classify_command
+    from spikeclip.classify_command import add_classify_command
     from spikeclip.train.stage_commands import add_stage_commands
 
     add_classify_command(sub)
@@ -283,7 +283,7 @@ def dispatch(args) -> int:
     from spikeclip.train.stage_commands import STAGE_COMMANDS, run_retrieval_eval, run_stage_eval
 
     if args.command == "classify":
-        from spikeclip.inference import run_classify
+        from spikeclip.classify_command import run_classify
 
         return run_classify(args)
     if args.command in STAGE_COMMANDS:
