@@ -5,6 +5,7 @@
     spikeclip classify --checkpoint DIR --labels "cat,dog,car" [--top-k K] [--json] PATH...
     spikeclip eval --checkpoint DIR [--class-names "a,b,..."] [--extra-names "x,y"] [--out D]
     spikeclip eval --checkpoint DIR (--dataset NAME | --data SHARDS)   # any set: top-1/5, per class
+    spikeclip eval --checkpoint DIR --task retrieval --data SHARDS     # captions: recall@1/5/10
     spikeclip shards --dataset NAME|folder|tsv [--data-dir D] [--split S] --out SHARDS
     spikeclip features --data SHARDS --teacher T --out FEAT            # torchrun: shards by rank
     spikeclip align --data SHARDS --features FEAT --config C --out RUN  # torchrun, --resume
