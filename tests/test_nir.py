@@ -81,11 +81,12 @@ def _our_net(bn: bool):
     return net.eval(), torch.rand(6, 3, 2, 6, 6) * 2
 
 
-def test_ours_to_spikingjelly_and_through_a_file(tmp_path):
+@pytest.mark.parametrize("bn", [False, True], ids=["conv", "conv+bn"])
+def test_ours_to_spikingjelly_and_through_a_file(tmp_path, bn):
     sj = spikingjelly()
     from spikingjelly.activation_based.nir_exchange import import_from_nir
 
-    net, x = _our_net(bn=True)
+    net, x = _our_net(bn=bn)
     graph = snir.export(net, x)
     kinds = [type(n).__name__ for n in graph.nodes.values()]
     assert kinds.count("LIF") == 2 and "Conv2d" in kinds and "BatchNorm2d" not in kinds
@@ -96,8 +97,13 @@ def test_ours_to_spikingjelly_and_through_a_file(tmp_path):
         theirs = theirs[0] if isinstance(theirs, tuple) else theirs
         nir.write(tmp_path / "net.nir", graph)
         back = snir.load(tmp_path / "net.nir")(x)
-    assert torch.equal(theirs, want)
-    assert torch.equal(back, want)
+    assert torch.equal(theirs, back)  # the same graph, the same arithmetic: bit for bit
+    if bn:
+        # BatchNorm folded into the convolution rounds otherwise than conv then BatchNorm: a
+        # membrane within rounding of the threshold may fire on one side only, on some CPU
+        assert (back != want).float().mean() <= 0.01
+    else:
+        assert torch.equal(back, want)
     sj.functional.reset_net(net)
 
 
