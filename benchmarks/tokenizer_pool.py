@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip.bench.timing import format_table, median_times
-from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
+from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
 from spikeclip.models import ImageEncoder, SpikeCLIPConfig
 from spikeclip.models.layers import SeqMaxPool3x3
 

@@ -12,7 +12,7 @@ Each compiled specialisation is checked against its target:
 - shared memory per block (Triton's figure) <= the target's opt-in limit (TARGETS);
 - registers x threads <= the 64 K registers of an SM (ptxas's figure);
 - no `fma.rn.f32` in a kernel that promises none: every kernel that runs the LIF's formulas
-  (lif_triton_math: an FMA rounds once where the reference rounds twice and moves spikes)
+  (common/triton_math.py: an FMA rounds once where the reference rounds twice and moves spikes)
   and every kernel launched with enable_fp_fusion=False.
 Spills (ptxas's spill stores) are recorded, and must stay under SPILL_LIMIT bytes.
 
@@ -242,7 +242,7 @@ def _variants(shapes, full: bool, decay_only: bool = False):
 def _lif_cases(full: bool):
     import torch
 
-    from spikeclip.kernels import lif_triton
+    from spikeclip.kernels.lif import triton as lif_triton
 
     for dtype, n, opts in _variants((1000, 1024) if full else (1000,), full):
         _case(f"lif T=3 N={n} {dtype}")
@@ -260,7 +260,7 @@ def _lif_cases(full: bool):
 def _attention_cases(full: bool):
     import torch
 
-    from spikeclip.kernels import attention_triton
+    from spikeclip.kernels.attention import triton as attention_triton
 
     shapes = FULL_ATTENTION_SHAPES if full else ATTENTION_SHAPES
     for dtype, (N, D), options in _variants(shapes, full, decay_only=True):
@@ -279,7 +279,8 @@ def _attention_cases(full: bool):
 def _product_cases(full: bool):
     import torch
 
-    from spikeclip.kernels import spike_linear_triton, spike_pack_triton
+    from spikeclip.kernels.common import pack_triton as spike_pack_triton
+    from spikeclip.kernels.spike_products import linear_triton as spike_linear_triton
 
     shapes = [(100, 72, 40), (256, 384, 1536), (64, 64, 64)] if full else [(100, 72, 40)]
     for dtype, (rows, n, cout) in itertools.product(DTYPES, shapes):
@@ -297,8 +298,8 @@ def _product_cases(full: bool):
 def _bn_lif_cases(full: bool):
     import torch
 
-    from spikeclip.kernels.bn_lif_triton import bn_lif_forward
-    from spikeclip.kernels.options import LifOptions
+    from spikeclip.kernels.bn_lif.triton import bn_lif_forward
+    from spikeclip.kernels.common.options import LifOptions
 
     for (dtype, _, opts), affine in itertools.product(_variants([None], full), (True, False)):
         _case(f"bn_lif [6, 4, 5, 5] {dtype}")

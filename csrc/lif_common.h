@@ -18,7 +18,7 @@ namespace spikeclip {
 DType to_dtype(at::ScalarType t);
 
 // The surrogate's code (lif_math.h: enum Surrogate) for its name; an error for any other name.
-// The one name -> code map of the C++ side (Python's: kernels/options.py, for Triton).
+// The one name -> code map of the C++ side (Python's: kernels/common/options.py, for Triton).
 int surrogate_code(c10::string_view name);
 
 // The CUDA kernels store float32, float16 and bfloat16 (float64 runs on torch and cpp).

@@ -1,6 +1,6 @@
 // Scalar math of the multi-step LIF neuron, shared by the C++ (CPU) and CUDA kernels.
 //
-// The spec is spikeclip/kernels/reference.py; every formula here mirrors it, in the same
+// The spec is spikeclip/kernels/lif/reference.py; every formula here mirrors it, in the same
 // order of operations where the forward is concerned, so that fused forwards produce the
 // same spikes as the reference bit for bit (no fused multiply-adds: see setup.py).
 // Free of torch headers: the CUDA kernels that include it are compile-checked without torch.
@@ -18,7 +18,7 @@
 
 namespace spikeclip {
 
-// Order fixed: the Python side passes these codes (spikeclip/kernels/options.py).
+// Order fixed: the Python side passes these codes (spikeclip/kernels/common/options.py).
 enum Surrogate : int { kSigmoid = 0, kAtan = 1, kTriangle = 2, kErf = 3 };
 
 // Options of one LIF call, in the compute type F (float, or double for float64 tensors).
@@ -88,7 +88,7 @@ SC_INLINE float sc_expf(float x) {
 SC_INLINE double sc_exp(double x) { return exp(x); }
 SC_INLINE float sc_exp(float x) { return sc_expf(x); }
 
-// Surrogate derivative g(u) of the Heaviside step at u = h - v_th (reference.py: SURROGATES).
+// Surrogate derivative g(u) of the Heaviside step at u = h - v_th (kernels/common/surrogates.py: SURROGATES).
 //   sigmoid:  alpha * sig(alpha u) * (1 - sig(alpha u))  = alpha e / (1 + e)^2, e = exp(-|alpha u|)
 //   atan:     (alpha / 2) / (1 + (pi/2 * alpha * u)^2)
 //   triangle: alpha * max(0, 1 - alpha |u|)
@@ -123,7 +123,7 @@ SC_INLINE F reset_grad(F h, F s, F g, const LifOptions<F>& o) {
 }
 
 // dL/dh[t] from dL/dspikes[t] (grad_s) and the gradient `carry` reaching v[t] from later
-// steps: the one backward formula of every LIF sweep (CPU, CUDA; Triton: lif_triton_math.py).
+// steps: the one backward formula of every LIF sweep (CPU, CUDA; Triton: kernels/common/triton_math.py).
 template <int S, typename F>
 SC_INLINE F lif_dh(F h, F grad_s, F carry, const LifOptions<F>& o) {
   const F s = h >= o.v_th ? F(1) : F(0);

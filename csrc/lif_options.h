@@ -1,5 +1,5 @@
 // The LIF's options as every op implementation takes them: flat, in the order of the op
-// schemas (csrc/ops.cpp: LIF_OPTIONS, ATTENTION_LIF; Python: kernels/options.py LifOptions),
+// schemas (csrc/ops.cpp: LIF_OPTIONS, ATTENTION_LIF; Python: kernels/common/options.py LifOptions),
 // because the dispatcher binds an op's arguments to the C++ parameters by position. Spelled
 // once here as parameter and argument lists.
 #pragma once

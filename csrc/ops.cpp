@@ -1,8 +1,8 @@
 // The spikeclip operator library: schemas of every custom op, and the Python module `_C`
 // whose import loads them. CPU kernels: csrc/cpu/, CUDA kernels: csrc/cuda/. Fake (meta)
-// implementations and autograd are registered from Python once _C loads: the fakes in
-// spikeclip/kernels/c_ops.py, the fused forwards' autograd through lif_autograd.py and
-// attention_autograd.py.
+// implementations and autograd are registered from Python once _C loads, beside the op that
+// calls them (spikeclip/kernels/<op>/: lif/autograd.py, attention/autograd.py, the fakes in
+// spike_products/{pack,linear,conv}.py and max_pool/op.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -1,7 +1,7 @@
 """Loads the compiled extension spikeclip._C (torch custom ops) if it was built.
 
 The package works without it (backend="torch"); asking for a fused backend that needs it
-raises a clear error instead (see spikeclip.kernels.backends).
+raises a clear error instead (see spikeclip.kernels.common.backends).
 """
 
 from __future__ import annotations

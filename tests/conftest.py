@@ -9,7 +9,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import why_unavailable
 
 
 def pytest_sessionstart(session):

@@ -18,11 +18,11 @@ from spikeclip.kernels import (
     ssa_reference,
     unpack_spikes,
 )
-from spikeclip.kernels.attention_op import ATTENTION_BACKENDS
-from spikeclip.kernels.reference import lif_reference
+from spikeclip.kernels.common.backends import OP_BACKENDS
+from spikeclip.kernels.lif.reference import lif_reference
 
 OPS = {"sdsa": (sdsa, sdsa_reference), "ssa": (ssa, ssa_reference)}
-ATTN = [p for p in FUSED if p.values[0] in ATTENTION_BACKENDS]
+ATTN = [p for p in FUSED if p.values[0] in OP_BACKENDS["ssa"]]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
@@ -104,7 +104,7 @@ def test_ssa_triton_tiles(monkeypatch, tiles, shape):
     slices of the sum; the GPU's tiles only at ViT sizes): the same outputs, exact."""
     if not any(p.values[0] == "triton" for p in ATTN):
         pytest.skip("the triton backend does not run here")
-    from spikeclip.kernels import attention_triton
+    from spikeclip.kernels.attention import triton as attention_triton
 
     monkeypatch.setattr(attention_triton, "SSA_TILE", tiles[0])
     monkeypatch.setattr(attention_triton, "SSA_DEPTH", tiles[1])
@@ -171,7 +171,7 @@ def test_reference_gradcheck_float64(name):
 def test_opcheck_and_compile(backend, device, name):
     suffix = "_triton" if backend == "triton" else ""
     if backend == "triton":
-        import spikeclip.kernels.attention_triton  # noqa: F401
+        import spikeclip.kernels.attention.triton  # noqa: F401
     fwd = getattr(torch.ops.spikeclip, f"{name}_fwd{suffix}")
     bwd = getattr(torch.ops.spikeclip, f"{name}_bwd{suffix}")
     q, k, v = random_spikes((2, 1, 2, 9, 10), (0.3, 0.3, 0.3), torch.float32, device)

@@ -56,3 +56,46 @@ def test_no_import_cycle():
         if node not in state:
             visit(node, [node])
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+# Layers, lowest first: a module imports from its own layer or lower ones only.
+LAYERS = (
+    ("spikeclip._ext",),
+    ("spikeclip.kernels.common",),  # what the ops share
+    ("spikeclip.kernels.",),  # the op folders
+    ("spikeclip.kernels",),  # the public ops
+    ("spikeclip.memory", "spikeclip.checkpoint", "spikeclip.preprocess", "spikeclip.tokenizer"),
+    ("spikeclip.models",),
+    ("spikeclip",),  # the recipe, compat, bench, inference, the CLI
+)
+
+
+def layer_of(module: str) -> int:
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if prefix.endswith("."):
+                if module.startswith(prefix):
+                    return rank
+            elif module == prefix or (
+                module.startswith(prefix + ".") and prefix != "spikeclip.kernels"
+            ):
+                return rank
+    raise AssertionError(module)
+
+
+def test_layer_of():
+    assert layer_of("spikeclip.kernels.common.backends") == 1
+    assert layer_of("spikeclip.kernels.lif.op") == 2
+    assert layer_of("spikeclip.kernels") == 3
+    assert layer_of("spikeclip.models.layers") == 5
+    assert layer_of("spikeclip.train.recipe") == 6
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    upward = [
+        f"{module} -> {dep}"
+        for module, deps in import_graph().items()
+        for dep in deps
+        if layer_of(dep) > layer_of(module)
+    ]
+    assert not upward, "imports from a lower layer to a higher one: " + "; ".join(sorted(upward))

@@ -9,7 +9,7 @@ from conftest import FUSED
 from lif_cases import make_inputs
 
 from spikeclip.kernels import BackendUnavailableError, lif, lif_reference
-from spikeclip.kernels.reference import SURROGATES, spike_fn
+from spikeclip.kernels.common.surrogates import SURROGATES, spike_fn
 from spikeclip.models import LIF
 
 # Each surrogate g is the derivative of a smooth unit step; check g against the numerical
@@ -76,7 +76,7 @@ def test_gradcheck_float64(backend, v_reset, decay_input):
 def test_gradcheck_reference_smooth_forward(monkeypatch):
     """The reference's autograd with the Heaviside replaced by its smooth sigmoid step: now the
     surrogate *is* the derivative, so gradcheck covers the surrogate term too."""
-    import spikeclip.kernels.reference as ref
+    import spikeclip.kernels.common.surrogates as ref
 
     class Smooth(torch.autograd.Function):
         @staticmethod
@@ -113,8 +113,8 @@ def fused_op_args(backend, device, dtype=torch.float32, need_tau=True):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("soft", [False, True])
 def test_opcheck(backend, device, dtype, soft):
-    import spikeclip.kernels.lif_op as lif_mod
-    from spikeclip.kernels.op_autograd import _op
+    from spikeclip.kernels.common.autograd import _op
+    from spikeclip.kernels.lif import op as lif_mod  # (spikeclip.kernels.lif is the function)
 
     fwd = _op(lif_mod._fused_op(backend))
     bwd = torch.ops.spikeclip.lif_bwd_triton if backend == "triton" else torch.ops.spikeclip.lif_bwd
@@ -209,12 +209,12 @@ def test_unavailable_backends_say_why(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
             lif(x, backend="triton")
-    import spikeclip.kernels.backends as b
+    import spikeclip.kernels.common.backends as b
 
     monkeypatch.setattr(b, "extension_loaded", lambda: False)
     with pytest.raises(BackendUnavailableError, match="not built"):
         lif(x, backend="cpp")
-    assert b.resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert b.resolve_backend("auto", torch.device("cpu"), op="lif") == "torch"
 
 
 @pytest.mark.parametrize("backend", ["triton"])
@@ -263,12 +263,12 @@ def test_lif_module_rejects_bad_tau():
 
 
 def test_surrogate_codes_match_the_kernels_enum():
-    """The Triton kernels take the codes of kernels/options.py, the C++ ones the enum of
+    """The Triton kernels take the codes of kernels/common/options.py, the C++ ones the enum of
     csrc/lif_math.h (names parsed once, in lif_common.cpp): the same numbers."""
     import pathlib
     import re
 
-    from spikeclip.kernels.options import SURROGATE_CODES
+    from spikeclip.kernels.common.options import SURROGATE_CODES
 
     header = pathlib.Path(__file__).parents[1] / "csrc" / "lif_math.h"
     enum = re.search(r"enum Surrogate : int \{([^}]*)\}", header.read_text()).group(1)
@@ -281,7 +281,7 @@ def test_lif_option_schema_spelled_once_per_language():
     import pathlib
     import re
 
-    from spikeclip.kernels.options import ATTENTION_LIF_SCHEMA, LIF_OPTIONS_SCHEMA
+    from spikeclip.kernels.common.options import ATTENTION_LIF_SCHEMA, LIF_OPTIONS_SCHEMA
 
     ops = (pathlib.Path(__file__).parents[1] / "csrc" / "ops.cpp").read_text()
 

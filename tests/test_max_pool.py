@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip.kernels import max_pool2x2, max_pool3x3s2
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import why_unavailable
 from spikeclip.models.layers import SeqMaxPool2x2, SeqMaxPool3x3
 
 needs_cpp = pytest.mark.skipif(

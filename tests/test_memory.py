@@ -8,7 +8,7 @@ from lif_cases import rel_err
 from torch import nn
 
 from spikeclip.kernels import pack_spikes, unpack_spikes
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import why_unavailable
 from spikeclip.memory import bf16_saves, saved_tensor_bytes
 from spikeclip.models import (
     LIF,

@@ -236,7 +236,7 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
     membrane shortcut of stage 5, no normalisation): the same outputs and gradients."""
     import torch.nn.functional as F
 
-    from spikeclip.kernels.reference import lif_reference, ssa_reference
+    from spikeclip.kernels import lif_reference, ssa_reference
     from spikeclip.models.config import CLIP_MEAN, CLIP_STD, LEGACY_VALUES
 
     # "shipped": tiny's own neurons (threshold 0.5, a PLIF's learnable tau each); else fixed tau

@@ -8,7 +8,7 @@ import torch
 from conftest import FUSED
 
 from spikeclip.kernels import BackendUnavailableError, lif
-from spikeclip.kernels.reference import SURROGATES
+from spikeclip.kernels.common.surrogates import SURROGATES
 from spikeclip.models import IF, LIF
 
 
@@ -89,7 +89,7 @@ def test_callable_surrogate_shape_and_backend_checks():
 
 
 def test_auto_warns_once_when_the_built_extension_fails_to_load(monkeypatch):
-    from spikeclip.kernels import backends
+    from spikeclip.kernels.common import backends
 
     monkeypatch.setattr(backends, "EXTENSION_LOAD_FAILED", True)
     monkeypatch.setattr(backends, "EXTENSION_ERROR", "ImportError: undefined symbol _ZN3c10")
@@ -97,12 +97,12 @@ def test_auto_warns_once_when_the_built_extension_fails_to_load(monkeypatch):
     monkeypatch.setattr(backends, "_warned_extension", False)
     cpu = torch.device("cpu")
     with pytest.warns(RuntimeWarning, match="undefined symbol.*falls back"):
-        assert backends.resolve_backend("auto", cpu) == "torch"
+        assert backends.resolve_backend("auto", cpu, op="lif") == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert backends.resolve_backend("auto", cpu) == "torch"  # once only
+        assert backends.resolve_backend("auto", cpu, op="lif") == "torch"  # once only
     with pytest.raises(BackendUnavailableError, match="undefined symbol"):
-        backends.resolve_backend("cpp", cpu)
+        backends.resolve_backend("cpp", cpu, op="lif")
 
 
 def test_info_names_the_extension_state(capsys):

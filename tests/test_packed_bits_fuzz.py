@@ -7,9 +7,9 @@ ValueError: before the masking, a set padding bit sent `spike_linear` on `cpp` o
 import pytest
 import torch
 
-import spikeclip.kernels.spike_linear_triton  # noqa: F401  (registers the Triton ops)
+import spikeclip.kernels.spike_products.linear_triton  # noqa: F401  (registers the Triton ops)
 from spikeclip.kernels import pack_spikes, spike_linear, ssa, unpack_spikes
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import why_unavailable
 
 CPP = why_unavailable("cpp", torch.device("cpu")) is None
 needs_cpp = pytest.mark.skipif(not CPP, reason="the C++ extension is not built")

@@ -104,11 +104,11 @@ def test_soft_reset_with_another_threshold_by_hand(backend):
 
 
 def test_auto_picks_the_fused_cpu_backend():
-    from spikeclip.kernels.backends import resolve_backend, why_unavailable
+    from spikeclip.kernels.common.backends import resolve_backend, why_unavailable
 
     if why_unavailable("cpp", torch.device("cpu")) is not None:
         pytest.skip("the C++ extension is not built")
-    assert resolve_backend("auto", torch.device("cpu")) == "cpp"
+    assert resolve_backend("auto", torch.device("cpu"), op="lif") == "cpp"
 
 
 def test_ranks_take_disjoint_parts_of_each_batch():

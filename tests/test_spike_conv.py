@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from lif_cases import rel_err
 
 from spikeclip.kernels import pack_spikes
-from spikeclip.kernels.backends import why_unavailable
-from spikeclip.kernels.spike_conv import spike_conv2d
+from spikeclip.kernels.common.backends import why_unavailable
+from spikeclip.kernels.spike_products.conv import spike_conv2d
 
 BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]
 needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not built")

@@ -5,7 +5,7 @@ import torch
 from lif_cases import rel_err
 
 from spikeclip.kernels import pack_spikes, spike_linear
-from spikeclip.kernels.backends import (
+from spikeclip.kernels.common.backends import (
     SPIKE_PRODUCT_DTYPES,
     BackendUnavailableError,
     why_unavailable,
@@ -98,10 +98,10 @@ def test_triton_reads_bits_in_every_dtype(device, dtype, rows, n, cout, rate):
 
 
 def test_product_backend_choice_by_device_and_dtype():
-    """Backend choice, dtype included, lives in kernels/backends.py: auto on CPU sums with
+    """Backend choice, dtype included, lives in kernels/common/backends.py: auto on CPU sums with
     cpp (when built); cpp never sums half precision, Triton never float64; auto on CUDA takes
     Triton's bit-reading products."""
-    from spikeclip.kernels.backends import spike_product_backend
+    from spikeclip.kernels.common.backends import spike_product_backend
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     cpp = "cpp" if why_unavailable("cpp", cpu) is None else "torch"
@@ -122,7 +122,7 @@ def test_product_backend_choice_by_device_and_dtype():
 )  # fmt: skip
 def test_a_backend_asked_by_name_refuses_a_dtype_it_cannot_compute(op, backend, dtype):
     """An explicit backend= never falls back quietly to the dense reference."""
-    from spikeclip.kernels.backends import spike_product_backend
+    from spikeclip.kernels.common.backends import spike_product_backend
 
     if why_unavailable(backend, torch.device("cpu")) is not None:
         pytest.skip(f"{backend} does not run here")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import why_unavailable
 from spikeclip.models import SeqToANN, SpikingConv2d, SpikingLinear
 
 BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]

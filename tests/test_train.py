@@ -327,7 +327,7 @@ def test_cli_debug_shows_the_traceback(capsys):
 
 
 def test_recipe_choices_match_their_sources():
-    from spikeclip.kernels.backends import BACKENDS
+    from spikeclip.kernels.common.backends import BACKENDS
     from spikeclip.memory import MEMORY_MODES
     from spikeclip.models.config import NAMED_CONFIGS
     from spikeclip.train import config

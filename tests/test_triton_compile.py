@@ -45,7 +45,7 @@ PLANTED = """
 import json, sys
 sys.path.insert(0, {bench!r})
 import triton_compile_check as check
-from spikeclip.kernels import attention_triton
+from spikeclip.kernels.attention import triton as attention_triton
 attention_triton.SSA_TILE, attention_triton.SSA_DEPTH = 128, 128  # 3 x 128 KB of float32 tiles
 check.ATTENTION_SHAPES[:] = [(128, 128)]
 check.DTYPES = ("float32",)

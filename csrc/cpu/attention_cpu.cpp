@@ -7,7 +7,7 @@
 // integer counts; a few times fewer operations at typical firing rates). Non-spike values still
 // compute the right forward (they multiply), but the backward reads q, k, v from the packed
 // copies the forward saves, so grad-requiring inputs must be spikes (checked while packing).
-// Spec: spikeclip/kernels/reference.py (sdsa_reference, ssa_reference); LIF math: lif_math.h.
+// Spec: spikeclip/kernels/attention/reference.py (sdsa_reference, ssa_reference); LIF math: lif_math.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

@@ -4,7 +4,7 @@
 // keeps the chunk's membrane (or gradient carry) in a small local array, and sweeps t outside,
 // neurons inside. The inner loop is contiguous and branch-free, so GCC vectorises it; the
 // chunk keeps the state in L1. A per-neuron loop with t inside does not vectorise (10x slower).
-// Formulas: csrc/lif_math.h, which mirrors the spec in spikeclip/kernels/reference.py.
+// Formulas: csrc/lif_math.h, which mirrors the spec in spikeclip/kernels/lif/reference.py.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -1,6 +1,6 @@
 // Spike tensors packed 8 per byte along the last dimension, on the CPU.
 // Bit j of byte b holds x[..., 8 b + j]; the last byte of a row is zero-padded.
-// Spec: spikeclip/kernels/reference.py (pack_spikes_reference / unpack_spikes_reference).
+// Spec: spikeclip/kernels/spike_products/reference.py (pack_spikes_reference / unpack_spikes_reference).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>

@@ -9,7 +9,7 @@
 // state of its elements in registers: y = q A * scale is computed, charged and dropped.
 // Backward SSA: A again (from the packed bits), the LIF backward over t (gy, float32), then
 // small row-times-matrix products: gq = gy A^T, gA = q^T gy, gk = v gA^T, gv = k gA.
-// Formulas: csrc/lif_math.h; spec: spikeclip/kernels/reference.py. No torch headers here:
+// Formulas: csrc/lif_math.h; spec: spikeclip/kernels/attention/reference.py. No torch headers here:
 // CI compile-checks this file with `nvcc -ptx`; csrc/cuda/attention_cuda.cpp is the glue.
 #include <cuda_runtime.h>
 

@@ -3,7 +3,7 @@
 // Consecutive threads own consecutive neurons, so every load and store of a time step is
 // coalesced; with VEC * sizeof(storage) = 16 bytes each access is one 128-bit transaction.
 // The membrane stays in registers for the whole sweep; float32 math, storage in its own dtype.
-// Formulas: csrc/lif_math.h (spec: spikeclip/kernels/reference.py). No torch headers here:
+// Formulas: csrc/lif_math.h (spec: spikeclip/kernels/lif/reference.py). No torch headers here:
 // CI compile-checks this file with `nvcc -ptx -arch=sm_90`; csrc/cuda/lif_cuda.cpp is the glue.
 #include <cuda_runtime.h>
 

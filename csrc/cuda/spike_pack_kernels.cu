@@ -1,6 +1,6 @@
 // Spike tensors packed 8 per byte along the last dimension, on CUDA: one thread per byte.
 // Bit j of byte b holds x[..., 8 b + j]; the last byte of a row is zero-padded.
-// Spec: spikeclip/kernels/reference.py. No torch headers (glue: spike_pack_cuda.cpp).
+// Spec: spikeclip/kernels/spike_products/reference.py. No torch headers (glue: spike_pack_cuda.cpp).
 #include <cuda_runtime.h>
 
 #include "../spike_pack.h"

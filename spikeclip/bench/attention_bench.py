@@ -10,8 +10,7 @@ import torch
 
 from spikeclip.bench.timing import format_table, median_times
 from spikeclip.kernels import sdsa, ssa
-from spikeclip.kernels.attention_op import ATTENTION_BACKENDS
-from spikeclip.kernels.backends import why_unavailable
+from spikeclip.kernels.common.backends import OP_BACKENDS, why_unavailable
 from spikeclip.memory import saved_tensor_bytes
 
 COLUMNS = [
@@ -27,7 +26,7 @@ COLUMNS = [
 ]
 COPY = "copy (same bytes)"
 # (T, B, H, N, D): SpikeCLIP's image encoder, then larger token counts; on a GPU also the head
-# dimensions of larger transformers, whose SSA tiles in D (attention_triton.SSA_TILE).
+# dimensions of larger transformers, whose SSA tiles in D (kernels/attention/triton.py: SSA_TILE).
 SHAPES = ((4, 64, 8, 64, 48), (4, 16, 8, 196, 64), (4, 4, 8, 1024, 64))
 GPU_SHAPES = SHAPES + ((4, 16, 4, 196, 128), (4, 4, 2, 1024, 256))
 RATES = (0.15, 0.15, 0.15)
@@ -66,7 +65,7 @@ def bench_attention(
 ) -> list[dict]:
     device = torch.device(device)
     shapes = shapes or (GPU_SHAPES if device.type == "cuda" else SHAPES)
-    backends = [b for b in ATTENTION_BACKENDS if why_unavailable(b, device) is None]
+    backends = [b for b in OP_BACKENDS["ssa"] if why_unavailable(b, device) is None]
     rows: list[dict] = []
     for shape in shapes:
         q, k, v = ((torch.rand(shape, device=device) < r).float() for r in RATES)

@@ -117,7 +117,7 @@ def with_spikingjelly(model: nn.Module, device) -> nn.Module | None:
 
 
 def _peer_attention(core):
-    """The reference's attention math with core.sj as its LIF (spikeclip.kernels.reference)."""
+    """The reference's attention math with core.sj as its LIF (kernels/attention/reference.py)."""
 
     def attend(q, k, v):
         if core.kind == "ssa":

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from spikeclip.bench.timing import format_table, median_times
 from spikeclip.kernels import max_pool2x2, pack_spikes, spike_linear
-from spikeclip.kernels.spike_conv import spike_conv2d
+from spikeclip.kernels.spike_products.conv import spike_conv2d
 
 RATES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
 # (name, C_in, C_out, H = W) for 3x3 convolutions on T x B = 64 images; (name, rows, n, C_out)

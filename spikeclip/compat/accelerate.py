@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from spikeclip.kernels.backends import BACKENDS
+from spikeclip.kernels.common.backends import BACKENDS
 
 MEMORY_OPTIONS = (None, "lossless")
 

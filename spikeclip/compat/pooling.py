@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikeclip.kernels.backends import runs_cpp_kernels
-from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
+from spikeclip.kernels import max_pool2x2, max_pool3x3s2
+from spikeclip.models.kernel_policy import runs_cpp_kernels
 
 
 def _pair(v) -> tuple:

@@ -5,34 +5,37 @@
     ssa(q, k, v, ...)      Spikformer / SpikeCLIP spiking self-attention, fused with its LIF
     pack_spikes(x), unpack_spikes(bits, n)   0/1 tensors 8 per byte
     spike_linear(x, bits, weight)           x @ weight^T for spikes given packed
-    spike_conv2d(x, weight, padding=)       a stride-1 'same' convolution of spikes
+    spike_conv2d(x, weight, padding=)       a convolution of spikes that keeps their bits
     max_pool2x2(x)                          2x2 max-pool, stride 2 (one byte per window saved)
     max_pool3x3s2(x)                        3x3 max-pool, stride 2, padding 1 (the same)
-Backends: spikeclip.kernels.backends; the reference (spec): spikeclip.kernels.reference.
+
+One folder per op (lif/, attention/, spike_products/, bn_lif/, max_pool/), each with its op,
+its autograd, its Triton kernels and its reference (the spec); common/ holds what they share:
+the one {op: backends} table (common/backends.py), argument checks, the surrogates, the eager
+autograd helper, the Triton LIF math and the Triton bit tiles. spikeclip._C's kernels live in
+csrc/ and register beside the op that calls them.
 """
 
-from spikeclip.kernels import c_ops  # noqa: F401  (fakes and autograd of the _C ops)
-from spikeclip.kernels.attention_op import sdsa, ssa
-from spikeclip.kernels.backends import (
+from spikeclip.kernels.attention.op import sdsa, ssa
+from spikeclip.kernels.attention.reference import sdsa_reference, ssa_reference
+from spikeclip.kernels.common.backends import (
     BACKENDS,
+    OP_BACKENDS,
     BackendUnavailableError,
     available_backends,
     resolve_backend,
 )
-from spikeclip.kernels.lif_op import lif
-from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
-from spikeclip.kernels.reference import (
-    SURROGATES,
-    lif_reference,
-    sdsa_reference,
-    ssa_reference,
-)
-from spikeclip.kernels.spike_conv import spike_conv2d
-from spikeclip.kernels.spike_linear import spike_linear
-from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
+from spikeclip.kernels.common.surrogates import SURROGATES
+from spikeclip.kernels.lif.op import lif
+from spikeclip.kernels.lif.reference import lif_reference
+from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
+from spikeclip.kernels.spike_products.conv import spike_conv2d
+from spikeclip.kernels.spike_products.linear import spike_linear
+from spikeclip.kernels.spike_products.pack import pack_spikes, unpack_spikes
 
 __all__ = [
     "BACKENDS",
+    "OP_BACKENDS",
     "SURROGATES",
     "BackendUnavailableError",
     "available_backends",

@@ -10,18 +10,18 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import pack_spikes
-from spikeclip.kernels.backends import (
+from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif
+from spikeclip.kernels.common.options import lif_options
+from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
+from spikeclip.kernels.spike_products.conv import conv_takes_spikes, spike_conv2d
+from spikeclip.kernels.spike_products.linear import spike_linear
+from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.kernel_policy import (
     bn_lif_backend,
     layer_product_backend,
     runs_cpp_kernels,
     sums_spikes,
 )
-from spikeclip.kernels.bn_lif import batch_norm_args, bn_lif
-from spikeclip.kernels.max_pool import max_pool2x2, max_pool3x3s2
-from spikeclip.kernels.options import lif_options
-from spikeclip.kernels.spike_conv import conv_takes_spikes, spike_conv2d
-from spikeclip.kernels.spike_linear import spike_linear
-from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.neurons import LIF
 from spikeclip.models.recompute import packed_recompute
 
@@ -152,7 +152,7 @@ class _SpikingUnit(nn.Module):
         return self.neuron(y) if self.neuron is not None else y
 
     def _fused_bn_lif(self, y: torch.Tensor) -> str | None:
-        """The backend of BN + LIF fused (kernels/bn_lif.py) for this unit, or None: a LIF
+        """The backend of BN + LIF fused (kernels/bn_lif) for this unit, or None: a LIF
         with a fixed tau, memory not "low" (bfloat16 membranes), nobody watching either module
         (forward hooks: the energy count), and a backend that has the fused kernels."""
         n = self.neuron

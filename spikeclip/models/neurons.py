@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import lif
-from spikeclip.kernels.options import check_flag, lif_options
+from spikeclip.kernels.common.options import check_flag, lif_options
 from spikeclip.memory import check_memory_mode, low_memory_saves
 
 

@@ -40,7 +40,7 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 
 def set_backend(module: nn.Module, backend: str) -> None:
     """Point every neuron and attention of `module` at the kernel backend `backend`."""
-    from spikeclip.kernels.backends import BACKENDS
+    from spikeclip.kernels.common.backends import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

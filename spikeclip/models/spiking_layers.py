@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikeclip.kernels.backends import layer_product_backend
-from spikeclip.kernels.spike_conv import spike_conv2d
-from spikeclip.kernels.spike_linear import spike_linear
-from spikeclip.kernels.spike_pack import pack_spikes
+from spikeclip.kernels.spike_products.conv import spike_conv2d
+from spikeclip.kernels.spike_products.linear import spike_linear
+from spikeclip.kernels.spike_products.pack import pack_spikes
+from spikeclip.models.kernel_policy import layer_product_backend
 
 
 class SpikingLinear(nn.Linear):

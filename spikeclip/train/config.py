@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 # The choices a run accepts, spelled out so that checking them needs no torch import (the
 # command line builds a RecipeConfig for its defaults before torch loads); tests/test_train.py
 # checks them against spikeclip.models.config.NAMED_CONFIGS, spikeclip.memory.MEMORY_MODES
-# and spikeclip.kernels.backends.BACKENDS.
+# and spikeclip.kernels.common.backends.BACKENDS.
 CONFIG_NAMES = ("paper", "tiny")
 DUAL_LOSSES = ("auto", "ours", "official")
 OPTIMIZER_NAMES = ("auto", "adamw", "adam")

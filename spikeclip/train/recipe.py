@@ -390,7 +390,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
 
 
 def summarize(acc: dict, energy: dict, snn, cfg: RecipeConfig, n_test: int, started: float) -> dict:
-    from spikeclip.kernels.backends import resolve_backend
+    from spikeclip.kernels.common.backends import resolve_backend
 
     t, s = acc["teacher"], acc["spikeclip"]
     a = acc.get("ann", {})
@@ -405,7 +405,7 @@ def summarize(acc: dict, energy: dict, snn, cfg: RecipeConfig, n_test: int, star
         "energy_snn_mJ": energy["spikeclip"].total_mJ,
         "energy_ann_mJ": energy["ann"].total_mJ if "ann" in energy else None,
         "mean_firing_rate": energy["spikeclip"].mean_firing_rate,
-        "backend": resolve_backend(cfg.backend, next(snn.parameters()).device),
+        "backend": resolve_backend(cfg.backend, next(snn.parameters()).device, op="lif"),
         "test_images": n_test,
         "seconds": time.perf_counter() - started,
         "accuracy": acc,

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels import op_autograd
-from spikeclip.kernels import options as opt
-from spikeclip.kernels.backends import BACKENDS, check_dtype_for_backend, resolve_backend
-from spikeclip.kernels.reference import compute_dtype, lif_reference
+from spikeclip.kernels.common import autograd as op_autograd
+from spikeclip.kernels.common import options as opt
+from spikeclip.kernels.common.backends import check_dtype_for_backend, resolve_backend
+from spikeclip.kernels.common.options import compute_dtype
+from spikeclip.kernels.lif import autograd  # noqa: F401  (registers spikeclip._C's LIF pair)
+from spikeclip.kernels.lif.reference import lif_reference
 
 
 def _fused_op(backend: str) -> str:
     """The forward op of a fused backend, importing its registration on first use."""
     if backend == "triton":
-        from spikeclip.kernels import lif_triton  # noqa: F401  (registers the ops)
+        from spikeclip.kernels.lif import triton  # noqa: F401  (registers the ops; imports Triton)
 
         return "spikeclip::lif_fwd_triton"
-    return "spikeclip::lif_fwd"  # registered by c_ops.py
+    return "spikeclip::lif_fwd"  # spikeclip._C's, registered by lif/autograd.py
 
 
 def lif(
@@ -52,7 +54,7 @@ def lif(
         v0: initial membrane `[*]`, default the rest potential (v_reset, or 0 for soft reset).
         return_v: also return the final membrane `[*]`; passing it as v0 of the next call
             continues the sequence exactly as one long call would.
-        backend: "auto", "torch", "triton", "cuda" or "cpp" (spikeclip.kernels.backends).
+        backend: "auto", "torch", "triton", "cuda" or "cpp" (spikeclip.kernels.common.backends).
 
     Returns:
         spikes `[T, *]` in x's dtype (0/1), and with return_v the final membrane `[*]` in the
@@ -63,10 +65,8 @@ def lif(
     options = opt.lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
     opt.check_flag(return_v, "return_v")
     opt.check_state(v0, x)
-    backend = resolve_backend(
-        backend, x.device, supported=("torch",) if callable(surrogate) else BACKENDS[1:],
-        op="lif (callable surrogate)" if callable(surrogate) else "lif",
-    )  # fmt: skip
+    only = (("torch",), "callable surrogate") if callable(surrogate) else None
+    backend = resolve_backend(backend, x.device, op="lif", only=only)
     check_dtype_for_backend(x, backend)
 
     if backend == "torch" or x.numel() == 0:

@@ -1,5 +1,5 @@
 """The LIF's formulas in Triton, once, for every Triton kernel (LIF, SDSA, SSA): the twin of
-csrc/lif_math.h, in the same order of operations (spec: spikeclip/kernels/reference.py).
+csrc/lif_math.h, in the same order of operations (spec: spikeclip/kernels/lif/reference.py).
 Launch the kernels that use them with enable_fp_fusion=False: an FMA would round a*b+c once
 where the reference rounds twice, and move spikes that sit on the threshold.
 benchmarks/triton_compile_check.py compiles every such kernel for sm_90 and sm_80 and fails if

@@ -1,7 +1,7 @@
 """The fused BatchNorm + LIF forward in Triton (spikeclip.kernels.bn_lif has the op and its
 autograd): each program owns BLOCK positions of one time step's slice and sweeps t, normalising
 y with its channel's statistics and affine, charging, firing and resetting in registers. The
-LIF formulas are lif_triton_math's; no FMA contraction, like every LIF kernel here.
+LIF formulas are common/triton_math.py's; no FMA contraction, like every LIF kernel here.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.lif_triton_math import _charge, _reset, inv_tau_f32
-from spikeclip.kernels.options import LifOptions
+from spikeclip.kernels.common.options import LifOptions
+from spikeclip.kernels.common.triton_math import _charge, _reset, inv_tau_f32
 
 _BLOCK = 1024
 

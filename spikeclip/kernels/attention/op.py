@@ -1,7 +1,7 @@
 """Spiking attention fused with its LIF: `sdsa` (Spike-driven Transformer) and `ssa`
 (Spikformer / SpikeCLIP). Spec: reference.sdsa_reference / reference.ssa_reference.
 
-Fused kernels (spikeclip._C: csrc/cpu, csrc/cuda; Triton: attention_triton.py) keep the LIF over
+Fused kernels (spikeclip._C: csrc/cpu, csrc/cuda; Triton: attention/triton.py) keep the LIF over
 t inside the kernel that computes its input, and save for the backward only h and q, k, v packed
 1 bit per element.
 """
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels import op_autograd
-from spikeclip.kernels import options as opt
-from spikeclip.kernels.attention_autograd import raise_not_spikes
-from spikeclip.kernels.backends import check_dtype_for_backend, resolve_backend
-from spikeclip.kernels.reference import sdsa_reference, ssa_reference
-
-# Backends with attention kernels (all of them).
-ATTENTION_BACKENDS = ("torch", "cpp", "cuda", "triton")
+from spikeclip.kernels.attention.autograd import raise_not_spikes
+from spikeclip.kernels.attention.reference import sdsa_reference, ssa_reference
+from spikeclip.kernels.common import autograd as op_autograd
+from spikeclip.kernels.common import options as opt
+from spikeclip.kernels.common.backends import check_dtype_for_backend, resolve_backend
 
 
 def _check_qkv(q, k, v, op: str) -> None:
@@ -50,7 +47,7 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
     _check_qkv(q, k, v, name)
     tau = opt.check_number(tau, "tau", minimum=1.0)
     options = opt.lif_options(v_th, v_reset, True, detach_reset, surrogate, alpha)
-    backend = resolve_backend(backend, q.device, supported=ATTENTION_BACKENDS, op=name)
+    backend = resolve_backend(backend, q.device, op=name)
     check_dtype_for_backend(q, backend, "q")
     if backend == "torch" or q.numel() == 0:
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -62,7 +59,7 @@ def _attention(name, q, k, v, extra, tau, v_th, v_reset, detach_reset, surrogate
         kwargs = options.reference_kwargs(with_decay_input=False)
         return _REFERENCES[name](q, k, v, **extra, tau=tau, **kwargs)
     if backend == "triton":
-        from spikeclip.kernels import attention_triton  # noqa: F401  (registers the ops)
+        from spikeclip.kernels.attention import triton  # noqa: F401  (registers the ops)
 
         fwd = f"spikeclip::{name}_fwd_triton"
     else:

@@ -6,7 +6,7 @@ W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work
 with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width;
 above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_layers_cpu.cpp).
 The `triton` backend (CUDA; auto there) reads the bits inside tensor-core products
-(spike_linear_triton.py): no float copy of x, in any dtype. The `torch` backend unpacks and uses
+(linear_triton.py): no float copy of x, in any dtype. The `torch` backend unpacks and uses
 dense matrix products (the spec). The sums run in another order than a dense product's: equal
 up to float rounding.
 """
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels.backends import autocast_operands, spike_product_backend
-from spikeclip.kernels.spike_pack import unpack_spikes
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.common.backends import autocast_operands, spike_product_backend
+from spikeclip.kernels.spike_products.pack import unpack_spikes
 
 
 def _forward(bits, n, weight, backend):
     if backend == "torch":
         return unpack_spikes(bits, n, weight.dtype, backend="torch") @ weight.t()
     if backend == "triton":
-        from spikeclip.kernels import spike_linear_triton  # noqa: F401  (registers the ops)
+        from spikeclip.kernels.spike_products import linear_triton  # noqa: F401  (registers the ops)
 
         return torch.ops.spikeclip.spike_linear_triton(bits, weight, n)
     return torch.ops.spikeclip.spike_linear(bits, weight.t().contiguous(), n)
@@ -78,3 +79,14 @@ def spike_linear(
     (weight,) = autocast_operands(weight)
     backend = spike_product_backend("spike_linear", backend, weight.device, weight.dtype)
     return _SpikeLinear.apply(x, bits, weight, backend)
+
+
+if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
+
+    @torch.library.register_fake("spikeclip::spike_linear")
+    def _linear_fake(bits, weight_t, n):
+        return weight_t.new_empty((bits.shape[0], weight_t.shape[1]))
+
+    @torch.library.register_fake("spikeclip::spike_linear_weight_grad")
+    def _linear_wgrad_fake(grad_y, bits, n):
+        return grad_y.new_empty((n, grad_y.shape[1]))

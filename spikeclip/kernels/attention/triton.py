@@ -13,8 +13,8 @@ Products run on tensor cores (tl.dot in TF32) and stay exact or float32-accurate
 the counts); a dot with a float or count operand uses 3xTF32 (each float operand split into a
 high and a low TF32 part), whose error is at float32's level, and exact for q @ A with q 0/1 and
 integer counts below 2^22 (the low part of a count is exact in TF32).
-q, k, v are saved packed 8 per byte (spike_pack_triton.py) and read back as bits.
-Spec: spikeclip/kernels/reference.py.
+q, k, v are saved packed 8 per byte (common/pack_triton.py) and read back as bits.
+Spec: spikeclip/kernels/attention/reference.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.attention_autograd import raise_not_spikes, register_attention_ops
-from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset, inv_tau_f32
-from spikeclip.kernels.options import ATTENTION_LIF_SCHEMA, SURROGATE_CODES, LifOptions
-from spikeclip.kernels.spike_pack_triton import _spike_tile, pack_triton
+from spikeclip.kernels.attention.autograd import raise_not_spikes, register_attention_ops
+from spikeclip.kernels.common.options import ATTENTION_LIF_SCHEMA, SURROGATE_CODES, LifOptions
+from spikeclip.kernels.common.pack_triton import _spike_tile, pack_triton
+from spikeclip.kernels.common.triton_math import _charge, _lif_dh, _reset, inv_tau_f32
 
 
 def _pow2(n: int, lo: int = 16) -> int:

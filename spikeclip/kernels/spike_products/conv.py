@@ -18,12 +18,13 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from spikeclip.kernels.backends import (
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.common.backends import (
     BackendUnavailableError,
     autocast_operands,
     spike_product_backend,
 )
-from spikeclip.kernels.spike_pack import pack_spikes, unpack_spikes
+from spikeclip.kernels.spike_products.pack import pack_spikes, unpack_spikes
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -156,3 +157,14 @@ def conv_takes_spikes(conv: torch.nn.Conv2d) -> bool:
         and conv.groups == 1
         and conv.padding_mode == "zeros"
     )
+
+
+if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
+
+    @torch.library.register_fake("spikeclip::spike_conv2d")
+    def _conv_fake(x, weight, padding):
+        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+
+    @torch.library.register_fake("spikeclip::spike_conv2d_weight_grad")
+    def _conv_wgrad_fake(grad_y, bits, width, kernel_size, padding):
+        return grad_y.new_empty((grad_y.shape[1], bits.shape[1], kernel_size, kernel_size))

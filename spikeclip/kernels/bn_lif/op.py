@@ -2,12 +2,12 @@
 
 y is a spiking unit's conv / linear output seen as `[outer, C, inner]` (linear: `[T*B*N, C]`,
 inner 1; conv: `[T*B, C, H, W]`, inner H*W), time-major (outer = T x ...). The reference
-(`backend="torch"`) is `bn(y)` then `lif_reference` over T. The fused path (`triton`) reads y
-once for the statistics (torch.var_mean), then one kernel normalises, applies the affine and
-runs the LIF over T in registers: the normalised BN output never goes to memory. Its backward
-runs the LIF backward kernel and BatchNorm's backward formula (torch ops). Training mode
-updates the running statistics as nn.BatchNorm does (momentum; unbiased running variance).
-Saved for the backward: y and the membrane h, as the unfused pair keeps.
+(`backend="torch"`, bn_lif/reference.py) is `bn(y)` then `lif_reference` over T. The fused
+path (`triton`) reads y once for the statistics (torch.var_mean), then one kernel normalises,
+applies the affine and runs the LIF over T in registers: the normalised BN output never goes
+to memory. Its backward runs the LIF backward kernel and BatchNorm's backward formula (torch
+ops). Training mode updates the running statistics as nn.BatchNorm does (momentum; unbiased
+running variance). Saved for the backward: y and the membrane h, as the unfused pair keeps.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spikeclip.kernels.options import LifOptions
-from spikeclip.kernels.reference import lif_reference
-
-BN_LIF_BACKENDS = ("torch", "triton")
+from spikeclip.kernels.bn_lif.reference import bn_lif_reference
+from spikeclip.kernels.common.backends import resolve_backend
+from spikeclip.kernels.common.options import LifOptions
 
 
 def _channels_view(y: torch.Tensor) -> tuple[int, int, int]:
@@ -89,7 +88,7 @@ def _statistics(y, running_mean, running_var, training: bool, momentum: float, e
 class _BnLif(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, weight, bias, mean, invstd, T, tau, options, training):
-        from spikeclip.kernels.bn_lif_triton import bn_lif_forward
+        from spikeclip.kernels.bn_lif.triton import bn_lif_forward
 
         spikes, h = bn_lif_forward(y, mean, invstd, weight, bias, T, tau, options)
         ctx.save_for_backward(y, h, weight, mean, invstd)
@@ -98,7 +97,7 @@ class _BnLif(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes):
-        from spikeclip.kernels import lif_triton  # noqa: F401  (registers the ops)
+        from spikeclip.kernels.lif import triton  # noqa: F401  (registers the LIF's ops)
 
         y, h, weight, mean, invstd = ctx.saved_tensors
         T = ctx.T
@@ -145,24 +144,20 @@ def bn_lif(
     *,
     tau: float,
     options: LifOptions,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> torch.Tensor:
     """spikes = LIF over T of F.batch_norm(y, running_mean, running_var, weight, bias,
     training, momentum, eps) (its arguments, as nn.BatchNorm passes them: batch_norm_args;
     the running statistics are updated in training mode as F.batch_norm does). y `[T*B', C,
     ...]`, time-major outer dimension; the LIF's `tau` (a number) and checked `options`.
-    Returns spikes of y's shape and dtype. backend "torch": F.batch_norm then lif_reference;
-    "triton": the fused kernels."""
-    if backend not in BN_LIF_BACKENDS:
-        raise ValueError(f"bn_lif: backend must be one of {BN_LIF_BACKENDS}, got {backend!r}")
+    Returns spikes of y's shape and dtype. backend "torch": the reference (bn_lif_reference);
+    "triton": the fused kernels; "auto": triton on CUDA tensors where it is installed, else
+    torch."""
     _check(y, T, running_mean, running_var, weight, bias, training)
+    backend = resolve_backend(backend, y.device, op="bn_lif")
+    args = (running_mean, running_var, weight, bias, training, momentum, eps)
     if backend == "torch":
-        z = torch.nn.functional.batch_norm(
-            y, running_mean, running_var, weight, bias, training, momentum, eps
-        )
-        z = z.unflatten(0, (T, y.shape[0] // T))
-        spikes, _ = lif_reference(z, tau=tau, **options.reference_kwargs())
-        return spikes.flatten(0, 1)
+        return bn_lif_reference(y, T, *args, tau=tau, options=options)
     mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps)
     return _BnLif.apply(y.contiguous(), weight, bias, mean, invstd, T, float(tau), options,
                         training)  # fmt: skip

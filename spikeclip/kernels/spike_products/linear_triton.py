@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.backends import triton_interpreting
-from spikeclip.kernels.spike_pack_triton import _spike_tile
+from spikeclip.kernels.common.backends import triton_interpreting
+from spikeclip.kernels.common.pack_triton import _spike_tile
 
 # Tiles of 64 rows x 64 outputs, summed 32 inputs deep, by 8 warps: no spills on sm_90 in any
 # dtype (64 deep by 4 warps spilled 580 B in float32, 1.4 KB on sm_80; 8 B are left there in

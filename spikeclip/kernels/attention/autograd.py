@@ -4,16 +4,18 @@ Every fused backend exposes the same ops with the same schemas (csrc/ops.cpp):
 `{sdsa,ssa}_fwd(q, k, v, [scale,] tau, *LifOptions.attention_args(), save) -> (out, h, q_bits,
 k_bits, v_bits)` and `{sdsa,ssa}_bwd(grad_out, h, q_bits, k_bits, v_bits, D, [scale,] tau,
 *LifOptions.attention_args()) -> (grad_q, grad_k, grad_v)` (options.ATTENTION_LIF_SCHEMA).
-The C++/CUDA ones live in spikeclip._C (registered by c_ops.py), the Triton ones in
-attention_triton.py (suffix "_triton"); both register here. The twin of lif_autograd.py.
+The C++/CUDA ones live in spikeclip._C (registered at the end of this module when it loads),
+the Triton ones in attention/triton.py (suffix "_triton"); both register through
+register_attention_ops. The twin of lif/autograd.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels import op_autograd
-from spikeclip.kernels.reference import compute_dtype
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.common import autograd as op_autograd
+from spikeclip.kernels.common.options import compute_dtype
 
 
 def raise_not_spikes(name: str):
@@ -81,3 +83,7 @@ def register_attention_ops(suffix: str = "") -> None:
         op_autograd.register(
             fwd, _backward_with(getattr(torch.ops.spikeclip, bwd), n_options), _setup_context
         )
+
+
+if extension_loaded():
+    register_attention_ops()

@@ -1,7 +1,8 @@
-"""Which fused backends exist on this machine, and how `backend=` resolves for a tensor.
+"""Which backends each op has (OP_BACKENDS, the one table), which of them run on this machine,
+and how `backend=` resolves for a tensor.
 
 | backend | runs on | what |
-| torch   | anywhere | the reference (kernels/reference.py), autograd backward |
+| torch   | anywhere | the reference (each op's reference.py), autograd backward |
 | triton  | CUDA; CPU only under TRITON_INTERPRET=1 (tests) | Triton kernels |
 | cuda    | CUDA, when spikeclip._C was built with CUDA | csrc/cuda |
 | cpp     | CPU, when spikeclip._C was built | csrc/cpu |
@@ -24,6 +25,21 @@ from spikeclip._ext import (
 )
 
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+
+# The one table: each public op and the concrete backends that have kernels for it. Every op
+# resolves `backend=` through it (resolve_backend(..., op=)); the model layer asks it too.
+OP_BACKENDS: dict[str, tuple[str, ...]] = {
+    "lif": ("torch", "cpp", "cuda", "triton"),
+    "sdsa": ("torch", "cpp", "cuda", "triton"),
+    "ssa": ("torch", "cpp", "cuda", "triton"),
+    "pack_spikes": ("torch", "cpp", "cuda", "triton"),
+    "unpack_spikes": ("torch", "cpp", "cuda", "triton"),
+    "spike_linear": ("torch", "cpp", "triton"),
+    "spike_conv2d": ("torch", "cpp"),
+    "bn_lif": ("torch", "triton"),
+    "max_pool2x2": ("torch", "cpp"),
+    "max_pool3x3s2": ("torch", "cpp"),
+}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -74,11 +90,16 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
 
 
 def resolve_backend(
-    backend: str, device: torch.device, *, supported=BACKENDS[1:], op: str = "lif"
+    backend: str, device: torch.device, *, op: str, only: tuple[tuple[str, ...], str] | None = None
 ) -> str:
-    """The concrete backend `backend` means for tensors on `device`, or a clear error.
+    """The concrete backend `backend` means for tensors of `op` on `device`, or a clear error.
 
-    `supported`: the backends that have kernels for `op` (all of them for lif)."""
+    `op`: a key of OP_BACKENDS, whose backends are the candidates. `only`: (backends, why) when
+    one call narrows them (a LIF with a callable surrogate: (("torch",), "callable surrogate"))."""
+    supported = OP_BACKENDS[op]
+    if only is not None:
+        supported = tuple(b for b in supported if b in only[0])
+        op = f"{op} ({only[1]})"
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
@@ -137,13 +158,6 @@ def check_dtype_for_backend(x: torch.Tensor, backend: str, name: str = "x") -> N
         )
 
 
-# The spike-fed products (spike_linear, spike_conv2d) and the backends with kernels for them.
-SPIKE_PRODUCT_BACKENDS = {
-    "spike_linear": ("torch", "cpp", "triton"),
-    "spike_conv2d": ("torch", "cpp"),
-}
-
-
 # The dtypes each spike-fed product's kernels compute in (cpp sums in the tensor's dtype;
 # Triton has no float64 tensor-core products).
 SPIKE_PRODUCT_DTYPES = {
@@ -156,7 +170,7 @@ def spike_product_backend(op: str, backend: str, device: torch.device, dtype) ->
     """The backend a spike-fed product runs on: `backend` resolved for the device. A dtype the
     kernels do not compute in: with "auto" the dense reference, asked for by name a TypeError
     (never a quiet fallback)."""
-    resolved = resolve_backend(backend, device, supported=SPIKE_PRODUCT_BACKENDS[op], op=op)
+    resolved = resolve_backend(backend, device, op=op)
     if dtype in SPIKE_PRODUCT_DTYPES.get(resolved, (dtype,)):
         return resolved
     if backend == "auto":
@@ -165,42 +179,6 @@ def spike_product_backend(op: str, backend: str, device: torch.device, dtype) ->
     raise TypeError(
         f"{op}: backend={backend!r} computes in {names}, not "
         f"{str(dtype).replace('torch.', '')} (backend='auto' or 'torch' takes any dtype)"
-    )
-
-
-def layer_product_backend(layer_backend: str) -> str:
-    """What a spiking layer set to `layer_backend` asks of its spike-fed product: "torch" the
-    dense reference, "triton" Triton's bit-reading products (on CPU only under the
-    interpreter), anything else what the device has ("auto")."""
-    return layer_backend if layer_backend in ("torch", "triton") else "auto"
-
-
-def bn_lif_backend(layer_backend: str, x: torch.Tensor) -> str | None:
-    """The backend of the fused BatchNorm + LIF (kernels/bn_lif.py) for a layer set to
-    `layer_backend` on x, or None for the unfused pair: Triton, where the layer's neurons run
-    fused on CUDA ("auto", "cuda") or where "triton" is asked for (on CPU only under the
-    interpreter); never in compiled code (torch.compile fuses the pair itself)."""
-    if torch.compiler.is_compiling():
-        return None
-    wants = layer_backend == "triton" or (x.is_cuda and layer_backend in ("auto", "cuda"))
-    return "triton" if wants and why_unavailable("triton", x.device) is None else None
-
-
-def runs_cpp_kernels(backend: str, x: torch.Tensor) -> bool:
-    """Whether a layer asked for `backend` runs x through the cpp kernels: on CPU tensors with
-    "auto" or "cpp", when the extension is built (the model layer asks here, never decides)."""
-    from spikeclip._ext import extension_loaded
-
-    return backend in ("auto", "cpp") and x.device.type == "cpu" and extension_loaded()
-
-
-def sums_spikes(backend: str, x: torch.Tensor) -> bool:
-    """Whether a spike-fed product of x runs as sums of weight rows at the spikes (the cpp
-    kernels sum in float32 / float64 only; torch.compile traces the dense form)."""
-    return (
-        runs_cpp_kernels(backend, x)
-        and x.dtype in (torch.float32, torch.float64)
-        and not torch.compiler.is_compiling()
     )
 
 

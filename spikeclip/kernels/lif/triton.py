@@ -2,7 +2,7 @@
 
 Each program owns BLOCK neighbouring neurons and sweeps t; the membrane (forward) or the
 gradient carry (backward) stays in registers. Formulas mirror the spec,
-spikeclip/kernels/reference.py (and csrc/lif_math.h), in the same order of operations; divisions
+spikeclip/kernels/lif/reference.py (and csrc/lif_math.h), in the same order of operations; divisions
 are correctly rounded (div_rn) so that forward spikes match the reference bit for bit.
 Registered as the torch custom ops spikeclip::lif_fwd_triton / lif_bwd_triton.
 """
@@ -13,9 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from spikeclip.kernels.lif_autograd import register_lif_pair
-from spikeclip.kernels.lif_triton_math import _charge, _lif_dh, _reset
-from spikeclip.kernels.options import LIF_OPTIONS_SCHEMA, SURROGATE_CODES, LifOptions
+from spikeclip.kernels.common.options import LIF_OPTIONS_SCHEMA, SURROGATE_CODES, LifOptions
+from spikeclip.kernels.common.triton_math import _charge, _lif_dh, _reset
+from spikeclip.kernels.lif.autograd import register_lif_pair
 
 _BLOCK = 1024
 
@@ -230,7 +230,7 @@ def lif_bwd_triton(grad_spikes, grad_v_last, h, v0, tau, *options_and_flag):
             TAU_GRAD=need_tau_grad,
             BLOCK=_BLOCK,
             num_warps=4,
-            enable_fp_fusion=False,  # the reference's roundings (lif_triton_math)
+            enable_fp_fusion=False,  # the reference's roundings (common/triton_math.py)
         )
     return grad_x, grad_v0, partials.sum()
 

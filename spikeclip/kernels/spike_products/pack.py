@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels.backends import resolve_backend
-from spikeclip.kernels.options import check_sequence
-from spikeclip.kernels.reference import pack_spikes_reference, unpack_spikes_reference
-
-# Which backends have these ops (the rest say so when asked).
-PACK_BACKENDS = ("torch", "cpp", "cuda", "triton")
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.common.backends import resolve_backend
+from spikeclip.kernels.common.options import check_sequence
+from spikeclip.kernels.spike_products.reference import (
+    pack_spikes_reference,
+    unpack_spikes_reference,
+)
 
 
 def pack_spikes(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
@@ -20,13 +21,13 @@ def pack_spikes(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
 
     Raises ValueError if x holds anything but 0 and 1."""
     check_sequence(x)
-    backend = resolve_backend(backend, x.device, supported=PACK_BACKENDS, op="pack_spikes")
+    backend = resolve_backend(backend, x.device, op="pack_spikes")
     if backend == "torch":
         if not ((x == 0) | (x == 1)).all():
             raise ValueError("pack_spikes: x must hold spikes (only 0 and 1)")
         return pack_spikes_reference(x)
     if backend == "triton":
-        from spikeclip.kernels.spike_pack_triton import pack_triton
+        from spikeclip.kernels.common.pack_triton import pack_triton
 
         bits, bad = pack_triton(x)
         if int(bad):
@@ -50,11 +51,22 @@ def unpack_spikes(
             f"bits must have a last dimension of ceil(n / 8) = {(n + 7) // 8}, got "
             f"shape {tuple(bits.shape)}"
         )
-    backend = resolve_backend(backend, bits.device, supported=PACK_BACKENDS, op="unpack_spikes")
+    backend = resolve_backend(backend, bits.device, op="unpack_spikes")
     if backend == "torch":
         return unpack_spikes_reference(bits, n, dtype)
     if backend == "triton":
-        from spikeclip.kernels.spike_pack_triton import unpack_triton
+        from spikeclip.kernels.common.pack_triton import unpack_triton
 
         return unpack_triton(bits, n, dtype)
     return torch.ops.spikeclip.unpack_spikes(bits, n, dtype)
+
+
+if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
+
+    @torch.library.register_fake("spikeclip::pack_spikes")
+    def _pack_fake(x):
+        return x.new_empty((*x.shape[:-1], (x.shape[-1] + 7) // 8), dtype=torch.uint8)
+
+    @torch.library.register_fake("spikeclip::unpack_spikes")
+    def _unpack_fake(bits, n, dtype):
+        return bits.new_empty((*bits.shape[:-1], n), dtype=dtype)

@@ -8,13 +8,18 @@ from typing import NamedTuple
 
 import torch
 
-from spikeclip.kernels.reference import SURROGATES, compute_dtype
+from spikeclip.kernels.common.surrogates import SURROGATES
 
 # Codes of the surrogates in the fused kernels (csrc/lif_math.h: enum Surrogate).
 SURROGATE_CODES = {"sigmoid": 0, "atan": 1, "triangle": 2, "erf": 3}
 assert set(SURROGATE_CODES) == set(SURROGATES)
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype LIF math and membrane state use: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_sequence(x, name: str = "x") -> None:

@@ -4,7 +4,8 @@ Every fused backend exposes the same pair of ops with the same schema (csrc/ops.
 `lif_fwd(x, v0, tau, *LifOptions, save_h, return_v) -> (spikes, h, v_last)` and
 `lif_bwd(grad_spikes, grad_v_last, h, v0, tau, *LifOptions, need_tau_grad) -> (grad_x, grad_v0,
 grad_tau)` (options.LifOptions, LIF_OPTIONS_SCHEMA).
-The C++/CUDA pair lives in spikeclip._C, the Triton pair in lif_triton.py; both register here.
+The C++/CUDA pair lives in spikeclip._C (registered at the end of this module when it loads),
+the Triton pair in lif/triton.py; both register through register_lif_pair.
 The forward saves h (and v0, tau) only: spikes are recomputed from h in the backward.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from spikeclip.kernels import op_autograd
-from spikeclip.kernels.reference import compute_dtype
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels.common import autograd as op_autograd
+from spikeclip.kernels.common.options import compute_dtype
 
 
 def lif_fwd_fake(x, v0, tau, *options_and_flags):
@@ -72,3 +74,7 @@ def register_lif_pair(fwd_name: str, bwd_name: str, bwd_op) -> None:
     torch.library.register_fake(fwd_name)(lif_fwd_fake)
     torch.library.register_fake(bwd_name)(lif_bwd_fake)
     op_autograd.register(fwd_name, _backward_with(bwd_op), _setup_context)
+
+
+if extension_loaded():
+    register_lif_pair("spikeclip::lif_fwd", "spikeclip::lif_bwd", torch.ops.spikeclip.lif_bwd)
