@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from spikeclip.inference import classify_files, load
-
 
 def parse_labels(text: str) -> list[str]:
     labels = [n.strip() for n in text.split(",") if n.strip()]
@@ -30,11 +28,7 @@ def table(records) -> str:
     return "\n".join(lines)
 
 
-def add_classify_command(sub) -> None:
-    c = sub.add_parser(
-        "classify",
-        help="zero-shot: the best of your labels for each of your images (files or folders)",
-    )
+def add_classify_args(c) -> None:
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (recursive)")
     c.add_argument("--checkpoint", required=True, help="a checkpoint directory (SNN or ANN)")
     c.add_argument("--labels", required=True, help='candidate labels, "cat,dog,car"')
@@ -54,6 +48,7 @@ def add_classify_command(sub) -> None:
 def run_classify(args) -> int:
     import json
 
+    from spikeclip.inference import classify_files, load  # torch: after the arguments are read
     from spikeclip.preprocess import image_files
 
     if args.top_k < 1 or args.batch < 1:

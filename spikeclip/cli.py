@@ -21,9 +21,9 @@ PyTorch's THP_MEM_ALLOC_ENABLE take effect.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import importlib
 import sys
+from typing import NamedTuple
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,6 +56,82 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class Command(NamedTuple):
+    """A subcommand: its help line, and where its arguments and its run live ("module:name").
+    The modules are imported to build the parser: none imports torch at its top."""
+
+    help: str
+    add_arguments: str
+    run: str
+    reuses_buffers: bool = False  # trains: keep freed host buffers (spikeclip.host_allocator)
+    environment: str | None = None  # sets environment switches before torch is imported
+
+
+# Every subcommand of `spikeclip`, in one place.
+COMMANDS = {
+    "demo": Command(
+        "the whole recipe on Fashion-MNIST with the offline teacher",
+        "spikeclip.train.commands:add_demo_args", "spikeclip.train.commands:run_demo", True,
+    ),
+    "train": Command(
+        "train SpikeCLIP with the recipe (any dataset, teacher)",
+        "spikeclip.train.commands:add_train_args",
+        "spikeclip.train.commands:run_train_command", True,
+    ),
+    "eval": Command(
+        "zero-shot top-1 of a trained checkpoint (or retrieval recalls)",
+        "spikeclip.train.stage_commands:add_eval_args",
+        "spikeclip.train.stage_commands:run_eval",
+    ),
+    "classify": Command(
+        "zero-shot: the best of your labels for each of your images (files or folders)",
+        "spikeclip.classify_command:add_classify_args", "spikeclip.classify_command:run_classify",
+    ),
+    "shards": Command(
+        "write a dataset, folder or TSV as WebDataset shards",
+        "spikeclip.train.stage_commands:add_shards_args",
+        "spikeclip.train.stage_commands:run_shards",
+    ),
+    "features": Command(
+        "teacher image features of shards, one file per shard",
+        "spikeclip.train.stage_commands:add_features_args",
+        "spikeclip.train.stage_commands:run_features", True,
+    ),
+    "align": Command(
+        "text + image alignment on shards (no labels)",
+        "spikeclip.train.stage_commands:add_align_args",
+        "spikeclip.train.stage_commands:run_align", True,
+    ),
+    "finetune": Command(
+        "dual-loss fine-tuning of an aligned checkpoint",
+        "spikeclip.train.stage_commands:add_finetune_args",
+        "spikeclip.train.stage_commands:run_finetune", True,
+    ),
+    "energy": Command(
+        "per-layer SOPs/MACs and energy per image of a checkpoint",
+        "spikeclip.train.commands:add_energy_args", "spikeclip.train.commands:run_energy",
+    ),
+    "bench": Command(
+        "kernel benchmarks: fused vs reference, peers, copy",
+        "spikeclip.bench.command:add_bench_args", "spikeclip.bench.command:run_bench",
+        environment="spikeclip.bench.command:set_environment",
+    ),
+    "info": Command(
+        "version, torch, and the kernel backends available here",
+        "spikeclip.cli:_no_arguments", "spikeclip.cli:_info",
+    ),
+}  # fmt: skip
+
+
+def _resolve(where: str):
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _no_arguments(parser) -> None:
+    pass
+
+
 def _parser() -> argparse.ArgumentParser:
     from spikeclip import __version__
 
@@ -63,139 +139,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"spikeclip {__version__}")
     p.add_argument("--debug", action="store_true", help="show Python tracebacks of failures")
     sub = p.add_subparsers(dest="command", required=True)
-
-    b = sub.add_parser("bench", help="kernel benchmarks: fused vs reference, peers, copy")
-    b.add_argument(
-        "op",
-        nargs="?",
-        default="lif",
-        choices=["lif", "attention", "model", "memory", "layers", "peer-models"],
-        help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
-        "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
-        "memory: bytes saved for backward and step time of the block stack, every way; "
-        "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate "
-        "(on CUDA: the linears, Triton's bit-reading products vs dense); "
-        "peer-models: SpikingJelly's Spikformer, Spike-driven Transformer and SEW-ResNet "
-        "training steps as shipped vs after spikeclip.accelerate",
-    )
-    b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
-    b.add_argument(
-        "--batch", type=int, nargs="+", help="model / memory: samples per step (16 / 32)"
-    )
-    b.add_argument("--device", default="cpu", help="cpu, cuda, or auto (cuda when there is one)")
-    b.add_argument("--T", type=int, nargs="+", default=[4, 8, 16])
-    b.add_argument("--N", type=int, nargs="+", default=[1 << 20, 1 << 22])
-    b.add_argument(
-        "--dtype", nargs="+", default=["float32"], choices=["float32", "float16", "bfloat16"]
-    )
-    b.add_argument("--mode", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    b.add_argument("--rounds", type=int, default=15, help="timed rounds per contender")
-    b.add_argument("--no-peers", action="store_true", help="skip SpikingJelly / snnTorch")
-    b.add_argument(
-        "--memory",
-        nargs="+",
-        default=["plain", "lossless"],
-        choices=["plain", "lossless", "low"],
-        help="model: the memory modes of our contenders",
-    )
-    b.add_argument(
-        "--compile", action="store_true", help="model: add torch.compile of the reference"
-    )
-    b.add_argument(
-        "--contenders",
-        nargs="+",
-        help="model: run only these contenders (their names in the table)",
-    )
-    b.add_argument(
-        "--graphs",
-        action="store_true",
-        help="lif on CUDA: also time the fused kernels and the copy replayed from CUDA graphs",
-    )
-    b.add_argument(
-        "--no-thp",
-        action="store_true",
-        help="leave PyTorch's huge-page allocation off (large CPU tensors then pay "
-        "a page fault per 4 KiB on every allocation, in every contender); always off "
-        "for `model`",
-    )
-    b.add_argument("--json", help="also write the rows to this JSON file")
-
-    sub.add_parser("info", help="version, torch, and the kernel backends available here")
-    from spikeclip.train.commands import add_commands
-
-    add_commands(sub)
+    for name, command in COMMANDS.items():
+        _resolve(command.add_arguments)(sub.add_parser(name, help=command.help))
     return p
 
 
-def _bench(args) -> int:
-    import torch
-
-    from spikeclip.bench.attention_bench import bench_attention
-    from spikeclip.bench.lif_bench import bench_lif
-    from spikeclip.bench.memory_bench import bench_memory
-    from spikeclip.bench.model_bench import bench_train_step
-    from spikeclip.bench.spike_layers_bench import bench_spike_layers, bench_spike_linears_cuda
-
-    dtypes = [getattr(torch, d) for d in args.dtype]
-    print(
-        f"# spikeclip bench {args.op}: device={args.device} threads={torch.get_num_threads()} "
-        f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
-    )
-    if args.op == "peer-models":
-        from spikeclip.bench.peer_models import bench_peer_models
-
-        rows = bench_peer_models(batch=(args.batch or [16])[0], T=args.T[0],
-                                 dtypes=tuple(dtypes), rounds=min(args.rounds, 7),
-                                 device=args.device)  # fmt: skip
-    elif args.op == "attention":
-        rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
-    elif args.op == "memory":
-        fused = "cpp" if args.device == "cpu" else "cuda"
-        rows = bench_memory(
-            batch=(args.batch or [32])[0],
-            device=args.device,
-            rounds=min(args.rounds, 5),
-            fused=fused,
-        )
-    elif args.op == "layers":
-        if args.device == "cuda":
-            rows = bench_spike_linears_cuda(modes=args.mode, dtypes=dtypes, rounds=args.rounds)
-        else:
-            rows = bench_spike_layers(modes=args.mode, rounds=min(args.rounds, 7))
-    elif args.op == "model":
-        fused = ("cpp",) if args.device == "cpu" else ("cuda", "triton")
-        if "float16" in args.dtype:
-            raise SystemExit("--dtype for `bench model` is float32 and/or bfloat16 (autocast)")
-        rows = bench_train_step(
-            config=args.config,
-            batches=tuple(args.batch or [16]),
-            precisions=tuple(args.dtype),
-            backends=fused,
-            memories=tuple(args.memory),
-            device=args.device,
-            rounds=min(args.rounds, 7),
-            compile_reference=args.compile,
-            peers=not args.no_peers,
-            only=tuple(args.contenders) if args.contenders else None,
-        )
-    else:
-        rows = bench_lif(
-            Ts=args.T,
-            Ns=args.N,
-            dtypes=dtypes,
-            modes=args.mode,
-            device=args.device,
-            peers=not args.no_peers,
-            rounds=args.rounds,
-            graphs=args.graphs,
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
-
-
-def _info() -> int:
+def _info(args) -> int:
     import torch
 
     import spikeclip
@@ -254,20 +203,16 @@ def resolve_device(device: str) -> str:
 
 
 def _run(args) -> int:
-    if args.command == "bench":
-        # Huge pages pay off for the kernel sweeps' large tensors; in a training step (many
-        # mid-sized tensors) this machine's page compaction made every contender slower.
-        if not args.no_thp and args.op not in ("model", "memory"):
-            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-        args.device = resolve_device(args.device)
-        return _bench(args)
-    if args.command == "info":
-        return _info()
+    command = COMMANDS[args.command]
+    if command.environment:
+        _resolve(command.environment)(args)
     if isinstance(getattr(args, "device", None), str):
         args.device = resolve_device(args.device)
-    from spikeclip.train.commands import dispatch
+    if command.reuses_buffers:
+        from spikeclip.host_allocator import keep_freed_buffers
 
-    return dispatch(args)
+        keep_freed_buffers()  # training reallocates the same large buffers every step
+    return _resolve(command.run)(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The recipe's subcommands of `spikeclip`: demo, train, eval, energy."""
+"""The recipe's subcommands of `spikeclip`: demo, train, energy (registered in spikeclip/cli.py)."""
 
 from __future__ import annotations
 
@@ -232,64 +232,25 @@ def run_energy(args) -> int:
     return 0
 
 
-def add_commands(sub) -> None:
-    d = sub.add_parser("demo", help="the whole recipe on Fashion-MNIST with the offline teacher")
-    add_recipe_args(d, demo=True)
-    t = sub.add_parser("train", help="train SpikeCLIP with the recipe (any dataset, teacher)")
-    add_recipe_args(t, demo=False)
-    e = sub.add_parser("eval", help="zero-shot top-1 of a trained checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--class-names", help='"name1,name2,..." in label order')
-    e.add_argument("--extra-names", help="distractor names added to the candidates")
-    e.add_argument("--test-images", type=int)
-    e.add_argument("--data-dir")
-    e.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
-    e.add_argument("--out", default="spikeclip_out/eval", help="directory for eval.json")
-    e.add_argument("--json", help="write the result to this file instead of OUT/eval.json")
-    e.add_argument("--no-progress", action="store_true")
-    e.add_argument(
-        "--dataset", help="evaluate on this dataset of spikeclip.data instead of the training one "
-        "(top-1, top-5, per class)",
-    )  # fmt: skip
-    e.add_argument("--split", default="test", help="with --dataset (default %(default)s)")
-    e.add_argument("--data", help="evaluate on labelled shards (spikeclip shards)")
-    e.add_argument("--teacher", action="store_true", help="with --dataset: the teacher's top-1 too")
-    e.add_argument(
-        "--task", default="zeroshot_classification",
-        choices=("zeroshot_classification", "retrieval"),
-        help="retrieval: image<->text recall@1/5/10 on captioned shards (--data)",
-    )  # fmt: skip
-    from spikeclip.classify_command import add_classify_command
-    from spikeclip.train.stage_commands import add_stage_commands
+def add_demo_args(p) -> None:
+    add_recipe_args(p, demo=True)
 
-    add_classify_command(sub)
-    add_stage_commands(sub)
-    n = sub.add_parser("energy", help="per-layer SOPs/MACs and energy per image of a checkpoint")
+
+def add_train_args(p) -> None:
+    add_recipe_args(p, demo=False)
+
+
+def run_demo(args) -> int:
+    return run_train(args, demo=True)
+
+
+def run_train_command(args) -> int:
+    return run_train(args, demo=False)
+
+
+def add_energy_args(n) -> None:
     n.add_argument("--checkpoint", required=True)
     n.add_argument("--images", type=int, default=64, help="test images to measure on")
     n.add_argument("--data-dir")
     n.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
     n.add_argument("--out", help="where energy.json and firing_rates.png go (CHECKPOINT)")
-
-
-def dispatch(args) -> int:
-    from spikeclip.host_allocator import keep_freed_buffers
-
-    keep_freed_buffers()  # training reallocates the same large buffers every step
-    if args.command == "demo":
-        return run_train(args, demo=True)
-    if args.command == "train":
-        return run_train(args, demo=False)
-    from spikeclip.train.stage_commands import STAGE_COMMANDS, run_retrieval_eval, run_stage_eval
-
-    if args.command == "classify":
-        from spikeclip.classify_command import run_classify
-
-        return run_classify(args)
-    if args.command in STAGE_COMMANDS:
-        return STAGE_COMMANDS[args.command](args)
-    if args.command == "eval":
-        if args.task == "retrieval":
-            return run_retrieval_eval(args)
-        return run_stage_eval(args)
-    return run_energy(args)

@@ -1,5 +1,5 @@
-"""The corpus-scale subcommands of `spikeclip`: shards, features, align, finetune (and the
-shard / dataset forms of eval). Each runs alone or under torchrun (features, align, finetune).
+"""The corpus-scale subcommands of `spikeclip`: shards, features, align, finetune, and eval
+(registered in spikeclip/cli.py). Each runs alone or under torchrun (features, align, finetune).
 
     spikeclip shards --dataset folder --data-dir imagenet/train --split train --out S
     torchrun --nproc_per_node=8 -m spikeclip features --data S --teacher clip:DIR --out FEAT
@@ -72,11 +72,13 @@ def add_dual_loss_args(p, d) -> None:
     )  # fmt: skip
 
 
-def add_stage_commands(sub) -> None:
-    from spikeclip.train.config import RecipeConfig
+def _defaults():
+    from spikeclip.train.config import RecipeConfig  # torch-free (spikeclip.train is lazy)
 
-    d = RecipeConfig()
-    s = sub.add_parser("shards", help="write a dataset, folder or TSV as WebDataset shards")
+    return RecipeConfig()
+
+
+def add_shards_args(s) -> None:
     s.add_argument(
         "--dataset", required=True,
         help="a dataset of spikeclip.data, 'folder' (--data-dir <root>/<class>/<images>) or "
@@ -91,17 +93,20 @@ def add_stage_commands(sub) -> None:
     s.add_argument("--limit", type=_positive(), help="only the first N samples of the source")
     s.add_argument("--no-progress", action="store_true")
 
-    f = sub.add_parser("features", help="teacher image features of shards, one file per shard")
+
+def add_features_args(f) -> None:
     f.add_argument("--data", required=True, help="a shard directory (spikeclip shards)")
     f.add_argument("--teacher", default="lit", help="lit, clip:DIR or a saved teacher directory")
     f.add_argument("--out", required=True)
     f.add_argument("--batch", type=_positive(), default=256)
-    f.add_argument("--teacher-steps", type=_positive(), default=d.teacher_steps)
+    f.add_argument("--teacher-steps", type=_positive(), default=_defaults().teacher_steps)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
     f.add_argument("--no-progress", action="store_true")
 
-    a = sub.add_parser("align", help="text + image alignment on shards (no labels)")
+
+def add_align_args(a) -> None:
+    d = _defaults()
     a.add_argument("--data", required=True, help="a shard directory")
     a.add_argument("--features", required=True, help="its teacher features (spikeclip features)")
     a.add_argument("--teacher", help="check that the features are of this teacher")
@@ -110,7 +115,9 @@ def add_stage_commands(sub) -> None:
     a.add_argument("--text-lr", type=_positive(float), default=d.text_lr)
     _stage_args(a, d, "image_epochs")
 
-    t = sub.add_parser("finetune", help="dual-loss fine-tuning of an aligned checkpoint")
+
+def add_finetune_args(t) -> None:
+    d = _defaults()
     t.add_argument("--init", required=True, help="an aligned checkpoint (RUN/checkpoint)")
     t.add_argument("--dataset", help="a labelled dataset of spikeclip.data (its train split)")
     t.add_argument("--data-dir")
@@ -120,6 +127,30 @@ def add_stage_commands(sub) -> None:
     t.add_argument("--lr", type=_positive(float), default=d.finetune_lr)
     add_dual_loss_args(t, d)
     _stage_args(t, d, "finetune_epochs")
+
+
+def add_eval_args(e) -> None:
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--class-names", help='"name1,name2,..." in label order')
+    e.add_argument("--extra-names", help="distractor names added to the candidates")
+    e.add_argument("--test-images", type=int)
+    e.add_argument("--data-dir")
+    e.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda if any)")
+    e.add_argument("--out", default="spikeclip_out/eval", help="directory for eval.json")
+    e.add_argument("--json", help="write the result to this file instead of OUT/eval.json")
+    e.add_argument("--no-progress", action="store_true")
+    e.add_argument(
+        "--dataset", help="evaluate on this dataset of spikeclip.data instead of the training one "
+        "(top-1, top-5, per class)",
+    )  # fmt: skip
+    e.add_argument("--split", default="test", help="with --dataset (default %(default)s)")
+    e.add_argument("--data", help="evaluate on labelled shards (spikeclip shards)")
+    e.add_argument("--teacher", action="store_true", help="with --dataset: the teacher's top-1 too")
+    e.add_argument(
+        "--task", default="zeroshot_classification",
+        choices=("zeroshot_classification", "retrieval"),
+        help="retrieval: image<->text recall@1/5/10 on captioned shards (--data)",
+    )  # fmt: skip
 
 
 def _cfg(args, **extra):
@@ -225,8 +256,7 @@ def eval_json_path(args):
     return Path(args.json) if args.json else Path(args.out) / "eval.json"
 
 
-def run_stage_eval(args) -> int:
-
+def run_classification_eval(args) -> int:
     from spikeclip.checkpoint import atomic_write_json
     from spikeclip.train.stages import EvalUsageError, evaluate, result_lines
 
@@ -273,9 +303,6 @@ def run_retrieval_eval(args) -> int:
     return 0
 
 
-STAGE_COMMANDS = {
-    "shards": run_shards,
-    "features": run_features,
-    "align": run_align,
-    "finetune": run_finetune,
-}
+def run_eval(args) -> int:
+    """`spikeclip eval`: zero-shot classification, or retrieval with --task retrieval."""
+    return run_retrieval_eval(args) if args.task == "retrieval" else run_classification_eval(args)
