@@ -2,13 +2,16 @@
 as PNG files: the accuracy of each, then the probabilities with labels the model never saw
 (synonyms of the class names).
 
-    python benchmarks/classify_check.py --checkpoint spikeclip_out/demo/checkpoint [--n 50]
+    python benchmarks/classify_check.py --checkpoint spikeclip_out/demo/checkpoint [--n 50] \
+        [--json benchmarks/results/classify_demo_<cpu>_cpu_2core.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--n", type=int, default=50)
+    p.add_argument("--json", help="also write the figures to this results file")
     args = p.parse_args()
     recipe = json.loads((Path(args.checkpoint) / "recipe.json").read_text())
     test = load_dataset("fashion-mnist", "test").subset(args.n, recipe.get("seed", 0))
@@ -69,6 +73,31 @@ def main():
           f"probability median {median:.3f} (min {min(top):.3f}, max {max(top):.3f}), "
           f"probabilities sum to 1 within {off:.1e}")  # fmt: skip
     print("first image, synonyms:", json.dumps(synonyms[0]["predictions"][:3]))
+    if args.json:
+        result = {
+            "command": "python " + " ".join(sys.argv),
+            "date": datetime.date.today().isoformat(),
+            "cpu": _cpu(),
+            "checkpoint": args.checkpoint,
+            "images": len(files),
+            "classify_top1": hits / len(files),
+            "eval_top1": evaluated["top1"],
+            "synonyms": SYNONYMS,
+            "synonyms_top1": syn_hits / len(files),
+            "synonyms_top_probability": {"median": median, "min": min(top), "max": max(top)},
+            "probability_sum_off_by": off,
+        }
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
