@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, save
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -46,15 +47,11 @@ def atomic_write_json(path: Path, obj) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
     plain = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
     atomic_write_bytes(path, save(plain))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")

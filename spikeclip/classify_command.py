@@ -3,6 +3,7 @@ or folders), as a table or JSON, through spikeclip.inference."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -46,8 +47,6 @@ def add_classify_args(c) -> None:
 
 
 def run_classify(args) -> int:
-    import json
-
     from spikeclip.inference import classify_files, load  # torch: after the arguments are read
     from spikeclip.preprocess import image_files
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 FASHION_MNIST_CLASSES = [
     "T-shirt",
@@ -267,8 +268,6 @@ def load_image_folder(
     to RGB and, when `size` is given, resized to size x size. split "train" / "test" take the
     seeded split of `folder_files` (never the same image), "all" every file; unreadable files
     are skipped (`ds.skipped` says which and why)."""
-    from PIL import Image
-
     class_names, files = folder_files(root, split, seed, test_fraction)
     images, labels, skipped = [], [], []
     for label, path, rel in files:

@@ -20,6 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spikeclip.models.blocks import AttentionCore
+from spikeclip.models.image_encoder import ImageEncoder
+from spikeclip.models.neurons import LIF
+from spikeclip.models.spikeclip_model import SpikeCLIP
+from spikeclip.models.text_encoder import TextEncoder
+
 SOP_PJ = 0.9
 MAC_PJ = 4.6
 
@@ -161,11 +167,6 @@ def _attention_ops(m, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
 def takes_sequences(module: nn.Module) -> bool:
     """Whether `module` is fed `[T, B, ...]`: it holds multi-step neurons and is not one of
     SpikeCLIP's encoders (which take `[B, ...]` and repeat it over T themselves)."""
-    from spikeclip.models.image_encoder import ImageEncoder
-    from spikeclip.models.neurons import LIF
-    from spikeclip.models.spikeclip_model import SpikeCLIP
-    from spikeclip.models.text_encoder import TextEncoder
-
     if isinstance(module, ImageEncoder | TextEncoder | SpikeCLIP):
         return False
     return any(isinstance(m, LIF) and m.step_mode == "m" for m in module.modules())
@@ -181,9 +182,6 @@ def estimate(
     divides the totals; by default the batch size of the first input, its dim 1 when the
     input is a sequence `[T, B, ...]` (time_major; None: `takes_sequences(module)`, true for
     a network of multi-step neurons other than SpikeCLIP's encoders), else its dim 0."""
-    from spikeclip.models.blocks import AttentionCore
-    from spikeclip.models.neurons import LIF
-
     args = inputs if isinstance(inputs, tuple | list) else (inputs,)
     if time_major is None:
         time_major = takes_sequences(module)

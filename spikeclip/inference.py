@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from spikeclip.models import SpikeCLIP
+
 
 def load(path, device: str = "cpu", backend: str = "auto"):
     """(model, preprocess, tokenizer) of a SpikeCLIP checkpoint directory (an SNN or its ANN
     counterpart), as open_clip.create_model_and_transforms returns them: the model in eval
     mode on `device`, with its trained logit scale and tokenizer restored; preprocess maps an
     image (file, PIL image, array, tensor) to the `[3, S, S]` tensor the model takes."""
-    from spikeclip.models import SpikeCLIP
-
     model = SpikeCLIP.load(path, backend=backend, map_location=device).eval()
     return model, model.preprocess, model.tokenizer
 

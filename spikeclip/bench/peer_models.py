@@ -12,7 +12,9 @@ import types
 
 import torch
 
+import spikeclip
 from spikeclip.bench.timing import format_table, median_times
+from spikeclip.memory import saved_tensor_bytes
 
 PEER_MODELS = ("spikformer", "spike_driven_transformer", "sew_resnet")
 _LIF = {"tau": 2.0, "detach_reset": True}  # the models' published neuron settings
@@ -110,9 +112,6 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
     CUDA peak_MiB). On CUDA, SpikingJelly runs its own GPU kernels (its Triton LIF where
     SJ_LIF_CUDA_IMPLEMENTATION=triton), ours the cuda / triton backends."""
     device = torch.device(device)
-    import spikeclip
-    from spikeclip.memory import saved_tensor_bytes
-
     try:
         from spikingjelly.activation_based import functional
     except ImportError as exc:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from spikeclip.models import LIF, AttentionCore, set_memory
+
 
 def _skipped(name: str, exc: ImportError) -> None:
     """Say why a peer is left out of a table (once per peer), unless it is simply absent."""
@@ -91,8 +93,6 @@ def with_spikingjelly(model: nn.Module, device) -> nn.Module | None:
     """`model` (changed in place) with every LIF replaced by SpikingJelly's LIFNode with the
     same settings, and every attention computed as the reference computes it with SpikingJelly's
     LIF; dense layers plain (set_memory "plain"). None when SpikingJelly does not import."""
-    from spikeclip.models import LIF, AttentionCore, set_memory
-
     if spikingjelly_node(device) is None:
         return None
     for parent in list(model.modules()):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from spikeclip.compat import pooling
+from spikeclip.compat.pooling import pool_kind
 from spikeclip.kernels.common.backends import BACKENDS
 
 MEMORY_OPTIONS = (None, "lossless")
@@ -48,8 +50,6 @@ def _peer_classes(attention: bool, memory: str | None):
     """({peer class: the class it becomes with these options}, peer neuron base classes,
     {peer class: the option that keeps it}) for the installed peers; spikingjelly is imported
     only when it is installed."""
-    from spikeclip.compat import pooling
-
     targets, markers, off = dict(pooling.NEEDS), (), {}
     if importlib.util.find_spec("spikingjelly") is not None:
         from spikeclip.compat import spikingjelly as sj  # heavy, optional: only when installed
@@ -160,8 +160,6 @@ _NOT_OURS = ""  # a module of a class we know, set up as nothing we compute: not
 
 def _why_not(module, peer) -> str | None:
     """Why `module` (of the peer's class `peer`) cannot take our class, or None."""
-    from spikeclip.compat.pooling import pool_kind
-
     if isinstance(module, nn.MaxPool2d):
         return None if pool_kind(module) is not None else _NOT_OURS
     from spikeclip.compat import spikingjelly as sj

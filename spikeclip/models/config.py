@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from spikeclip.kernels.common.options import check_number
 from spikeclip.kernels.common.surrogates import SURROGATES
 
 # relu: our ANN twin of the image encoder (T = 1); clip-ann: the official code's ANN
@@ -116,7 +117,6 @@ class SpikeCLIPConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.surrogate not in SURROGATES:
             raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}")
-        from spikeclip.kernels.common.options import check_number
 
         # real, finite numbers (NaN, inf, bools and strings are named here, not at forward)
         if self.text_v_th is not None:

@@ -8,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.modules import module as nn_module
 
 from spikeclip.kernels import pack_spikes
 from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif
@@ -28,8 +29,6 @@ from spikeclip.models.recompute import packed_recompute
 
 def _hooked(module: nn.Module) -> bool:
     """Whether a forward hook watches `module` (its own, or a global one)."""
-    from torch.nn.modules import module as nn_module
-
     return bool(
         module._forward_hooks
         or module._forward_pre_hooks

@@ -25,7 +25,9 @@ import re
 
 import torch
 
-from spikeclip.checkpoint import CheckpointError
+from spikeclip.checkpoint import CheckpointError, load_state_into
+from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.spikeclip_model import SpikeCLIP
 
 # bias-free in the official code too: plain renames
 _IMAGE_PATTERNS = [
@@ -143,10 +145,6 @@ def from_official(
     None: it keeps its initialisation). Sizes (width, depth, vocabulary, ...) are read from the
     weights; an unknown or missing key, or a misshapen tensor, is a CheckpointError naming it.
     dtype: the model's parameter dtype before loading (float64 for exact parity checks)."""
-    from spikeclip.checkpoint import load_state_into
-    from spikeclip.models.config import SpikeCLIPConfig
-    from spikeclip.models.spikeclip_model import SpikeCLIP
-
     if image_state_dict is None and text_state_dict is None:
         raise ValueError("from_official needs an image and/or a text state dict")
     sizes: dict = {}

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from spikeclip.models.config import SpikeCLIPConfig
+from spikeclip.models.image_encoder import check_images, normalize_images
+from spikeclip.preprocess import resize_images
 
 
 class QuickGELU(nn.Module):
@@ -85,9 +87,6 @@ class OfficialANNEncoder(nn.Module):
         self.check_finite = True
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from spikeclip.models.image_encoder import check_images, normalize_images
-        from spikeclip.preprocess import resize_images
-
         check_images(self.config, images, self.check_finite)
         c = self.config
         x = normalize_images(resize_images(images, c.image_size, c.resize_antialias),

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import spikeclip
 from spikeclip.checkpoint import (
     CONFIG,
     WEIGHTS,
@@ -22,9 +23,14 @@ from spikeclip.checkpoint import (
     load_tensors,
     save_tensors,
 )
+from spikeclip.kernels.common.backends import BACKENDS
+from spikeclip.memory import check_memory_mode
+from spikeclip.models.blocks import Block
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.image_encoder import ImageEncoder, check_image_range
+from spikeclip.models.official_ann import OfficialANNEncoder
 from spikeclip.models.text_encoder import TextEncoder
+from spikeclip.preprocess import Preprocess
 from spikeclip.tokenizer import HFTokenizer
 
 CHECKPOINT_FORMAT = "spikeclip.SpikeCLIP/1"
@@ -40,8 +46,6 @@ Tokenizer = Callable[[list[str]], torch.Tensor]
 
 def set_backend(module: nn.Module, backend: str) -> None:
     """Point every neuron and attention of `module` at the kernel backend `backend`."""
-    from spikeclip.kernels.common.backends import BACKENDS
-
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     for m in module.modules():
@@ -53,9 +57,6 @@ def set_memory(module: nn.Module, memory: str, *, checkpoint_blocks: bool | None
     """What `module` keeps for its backward: "plain", "lossless" (default) or "low"
     (spikeclip.memory.MEMORY_MODES); checkpoint_blocks: activation checkpointing per
     transformer block (None leaves it as it is)."""
-    from spikeclip.memory import check_memory_mode
-    from spikeclip.models.blocks import Block
-
     check_memory_mode(memory)
     for m in module.modules():
         if hasattr(m, "memory"):
@@ -93,8 +94,6 @@ class SpikeCLIP(nn.Module):
         if not isinstance(self.config, SpikeCLIPConfig):
             raise TypeError(f"config must be a SpikeCLIPConfig, got {type(config).__name__}")
         if self.config.image_neuron == "clip-ann":
-            from spikeclip.models.official_ann import OfficialANNEncoder
-
             self.image_encoder = OfficialANNEncoder(self.config, backend=backend)
         else:
             self.image_encoder = ImageEncoder(self.config, backend=backend)
@@ -181,8 +180,6 @@ class SpikeCLIP(nn.Module):
     @property
     def preprocess(self):
         """image (file, PIL, array, tensor) -> `[3, S, S]` as training fed the encoder."""
-        from spikeclip.preprocess import Preprocess
-
         return Preprocess.for_config(self.config)
 
     @property
@@ -255,8 +252,6 @@ class SpikeCLIP(nn.Module):
         """Directory `path`: model.safetensors (every parameter and buffer), config.json (the
         config, logit scale, preprocessing, what training used, spikeclip and torch versions)
         and tokenizer/ when the tokenizer can save itself."""
-        import spikeclip
-
         path = Path(path)
         save_tensors(path / WEIGHTS, self.state_dict())
         if hasattr(self.tokenizer, "save"):

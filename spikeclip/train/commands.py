@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 DEMO_OUT = "spikeclip_out/demo"
@@ -144,8 +145,6 @@ def recipe_from_args(args, demo: bool):
 
 def model_options(pairs: list[str]) -> dict:
     """["learnable_tau=true", "tokenizer_pool=2x2"] -> {"learnable_tau": True, ...}."""
-    import json
-
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

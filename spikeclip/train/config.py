@@ -4,6 +4,7 @@ defaults before torch loads)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 # The choices a run accepts, spelled out so that checking them needs no torch import (the
@@ -82,7 +83,6 @@ class RecipeConfig:
 
     def __post_init__(self):
         """Every setting checked here, at construction: a bad one is named before any work."""
-        import math
 
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from spikeclip.train.losses import cosine_logits
 from spikeclip.train.vocabulary import label_experiments
@@ -24,8 +25,6 @@ def embed_images(
     desc: str = "embedding images",
 ) -> torch.Tensor:
     """encode(images `[B, 3, H, W]` on `device`) -> `[B, E]` over the whole dataset, on CPU."""
-    from tqdm.auto import tqdm
-
     out = []
     n = len(dataset)
     for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):

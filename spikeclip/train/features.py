@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from spikeclip.checkpoint import CheckpointError, load_tensors, save_tensors
 
@@ -54,8 +55,6 @@ def image_features(
     progress: bool = True,
 ) -> torch.Tensor:
     """teacher.image_features of every image of `dataset` (an ImageDataset), `[N, F]`."""
-    from tqdm.auto import tqdm
-
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = _digest(teacher.backbone_key, dataset.images)
     path = cache_dir / "features" / f"image-{dataset.name}-{dataset.split}-{key}.safetensors"

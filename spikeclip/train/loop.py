@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from spikeclip.checkpoint import (
     CheckpointError,
@@ -252,7 +253,6 @@ def run_stage(
             module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     module.train()
-    from tqdm.auto import tqdm
 
     last_loss = float("nan")
     for epoch in range(progress["epoch"], stage.epochs):

@@ -13,6 +13,7 @@ from its last checkpoint with the same results as an uninterrupted run.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -20,6 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from spikeclip.checkpoint import atomic_write_json
+from spikeclip.data import load_dataset
+from spikeclip.energy import estimate
+from spikeclip.kernels.common.backends import resolve_backend
+from spikeclip.memory import check_memory_mode
+from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
+from spikeclip.models.spikeclip_model import set_memory
+from spikeclip.teachers import LiTTeacher, load_teacher
+from spikeclip.tokenizer import HFTokenizer
 from spikeclip.train import distributed, features
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.evaluate import embed_images, zero_shot_report
@@ -31,6 +40,7 @@ from spikeclip.train.losses import (
     gradient_angle,
     official_dual_loss,
 )
+from spikeclip.train.plots import write_plots
 from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
 
 RECIPE_JSON = "recipe.json"
@@ -56,8 +66,6 @@ def _prepare_out(cfg: RecipeConfig, out: Path, main: bool) -> None:
                     f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in diff.items())})"
                 )
         elif cfg.overwrite:
-            import shutil
-
             for name in ("stages", "teacher", "metrics.jsonl", "results.json"):
                 p = out / name
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -77,8 +85,6 @@ def run_started(out: Path) -> bool:
 
 def build_teacher(cfg: RecipeConfig, train, out: Path, ctx: RunContext):
     """The teacher, fitted (LiT) on the training features once and saved under out/teacher."""
-    from spikeclip.teachers import LiTTeacher, load_teacher
-
     tdir = out / "teacher"
     if (tdir / "teacher.json").is_file():
         return load_teacher(tdir)
@@ -110,11 +116,6 @@ def stage_config(cfg: RecipeConfig, name, epochs, batch_size, lr, lr_final) -> S
 
 
 def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
-    from spikeclip.memory import check_memory_mode
-    from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
-    from spikeclip.models.spikeclip_model import set_memory
-    from spikeclip.tokenizer import HFTokenizer
-
     check_memory_mode(cfg.memory)
     mc = SpikeCLIPConfig.named(cfg.config, image_neuron=image_neuron,
                                **teacher.student_overrides(), **cfg.model_options)  # fmt: skip
@@ -310,8 +311,6 @@ def evaluate_all(cfg, teacher, models: dict, test, ctx: RunContext) -> dict:
 
 
 def energy_of(model, test, n: int, device) -> dict:
-    from spikeclip.energy import estimate
-
     model.eval()
     images, _ = test.batch(torch.arange(min(n, len(test))))
     with torch.no_grad():
@@ -321,9 +320,6 @@ def energy_of(model, test, n: int, device) -> dict:
 
 def run_recipe(cfg: RecipeConfig) -> dict:
     """Run (or continue) the whole recipe; returns the results (also out/results.json)."""
-    from spikeclip.data import load_dataset
-    from spikeclip.models import SpikeCLIPConfig
-
     SpikeCLIPConfig.named(cfg.config, **cfg.model_options)  # a bad option is named before work
     started = time.perf_counter()
     dist, device = distributed.init(cfg.device)
@@ -381,8 +377,6 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         energy = {name: energy_of(m, test, cfg.energy_images, device) for name, m in models.items()}
         results.update(summarize(acc, energy, snn, cfg, len(test), started))
         atomic_write_json(out / "results.json", results)
-        from spikeclip.train.plots import write_plots
-
         write_plots(out, results, energy)
     distributed.barrier(dist)
     distributed.shutdown(dist)
@@ -390,8 +384,6 @@ def run_recipe(cfg: RecipeConfig) -> dict:
 
 
 def summarize(acc: dict, energy: dict, snn, cfg: RecipeConfig, n_test: int, started: float) -> dict:
-    from spikeclip.kernels.common.backends import resolve_backend
-
     t, s = acc["teacher"], acc["spikeclip"]
     a = acc.get("ann", {})
     return {

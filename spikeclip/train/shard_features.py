@@ -22,8 +22,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
+from tqdm.auto import tqdm
 
-from spikeclip.checkpoint import CheckpointError, atomic_write_json, load_json
+from spikeclip.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_json, load_json
 from spikeclip.shards import (
     ShardError,
     iter_shard,
@@ -31,6 +34,8 @@ from spikeclip.shards import (
     sample_image,
     templates_of,
 )
+from spikeclip.teachers import LiTTeacher, load_teacher, resize_normalize
+from spikeclip.train import distributed
 
 INDEX = "index.json"
 TEACHER_DIR = "teacher"
@@ -41,10 +46,6 @@ def feature_file(out: Path, shard: str) -> Path:
 
 
 def _save(path: Path, features, labels, keys, backbone_key: str, digest: str) -> None:
-    from safetensors.torch import save
-
-    from spikeclip.checkpoint import atomic_write_bytes
-
     meta = {
         "keys": json.dumps(keys),
         "backbone_key": backbone_key,
@@ -56,8 +57,6 @@ def _save(path: Path, features, labels, keys, backbone_key: str, digest: str) ->
 def read_feature_file(path: Path, backbone_key: str | None = None, digest: str | None = None):
     """(features [n, F], labels [n], keys, metadata) of one file, checked: a missing file,
     a damaged one, or one of another teacher or other data raises naming it."""
-    from safetensors import safe_open
-
     if not path.is_file():
         raise ShardError(f"{path}: missing feature file (run `spikeclip features` on these shards)")
     try:
@@ -84,8 +83,6 @@ def _embed_shard(teacher, shard_path: Path, expected: int, batch_size: int, devi
     """teacher.image_features of every sample of one shard, in shard order. A sample without
     an image, or one that does not decode, is a ShardError naming the shard and its key, as in
     every stage that streams the shards (`spikeclip shards` writes no such sample)."""
-    from spikeclip.teachers import resize_normalize
-
     size = teacher.image_size
     feats, labels, keys, pending = [], [], [], []
 
@@ -127,11 +124,6 @@ def compute_features(
 ) -> dict:
     """Features of every shard of `shards` under `out` (see the module docstring); returns the
     index (rank 0; other ranks get None). Shards with a valid file are not recomputed."""
-    from tqdm.auto import tqdm
-
-    from spikeclip.teachers import LiTTeacher, load_teacher
-    from spikeclip.train import distributed
-
     dist = dist or distributed.Dist()
     shards, out = Path(shards), Path(out)
     meta = read_meta(shards)
@@ -225,8 +217,6 @@ class FeatureStore:
         self.backbone_key = self.index["backbone_key"]
 
     def teacher(self):
-        from spikeclip.teachers import load_teacher
-
         teacher = load_teacher(self.root / self.index["teacher"])
         if teacher.backbone_key != self.backbone_key:
             raise ShardError(f"{self.root}: its teacher does not match its features")

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+from pathlib import Path
 
 
 def _positive(kind=int):
@@ -185,8 +187,6 @@ def run_shards(args) -> int:
     else:
         source = dataset_source(args.dataset, args.split, args.data_dir)
     if args.limit is not None:
-        import itertools
-
         source.samples = itertools.islice(source.samples, args.limit)
     meta = write_shards(source, args.out, args.shard_size, progress=not args.no_progress)
     skipped = f"{len(meta['skipped'])} files skipped" + (
@@ -251,8 +251,6 @@ def run_finetune(args) -> int:
 def eval_json_path(args):
     """Where `spikeclip eval` writes its result: --json FILE, else --out DIR / eval.json
     (never into the checkpoint, which may be read-only or shared)."""
-    from pathlib import Path
-
     return Path(args.json) if args.json else Path(args.out) / "eval.json"
 
 

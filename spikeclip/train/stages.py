@@ -11,19 +11,38 @@ RUN/teacher, so `spikeclip eval`, `energy` and the next stage load them alike.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from spikeclip.checkpoint import atomic_write_json, load_json
+from spikeclip.checkpoint import CheckpointError, atomic_write_json, load_json
+from spikeclip.data import load_dataset
+from spikeclip.models import SpikeCLIP
+from spikeclip.models.spikeclip_model import TOKENIZER_DIR, set_memory
+from spikeclip.shards import read_meta, templates_of
+from spikeclip.streaming import ShardStream, StreamBatches
+from spikeclip.teachers import load_teacher
 from spikeclip.train import distributed
 from spikeclip.train.config import RecipeConfig
-from spikeclip.train.evaluate import clip_benchmark_result
+from spikeclip.train.evaluate import clip_benchmark_result, retrieval_recalls
 from spikeclip.train.loop import RunContext, run_stage
 from spikeclip.train.losses import alignment_loss, cosine_logits
+from spikeclip.train.recipe import (
+    RECIPE_JSON,
+    build_student,
+    finetune_loss,
+    run_started,
+    save_student,
+    stage_config,
+    teacher_targets,
+    train_text,
+)
+from spikeclip.train.shard_features import FeatureStore
 
 STAGE_JSON = "stage.json"
 TEACHER_DIR = "teacher"
@@ -31,8 +50,6 @@ TEACHER_DIR = "teacher"
 
 def prepare_run(out: Path, settings: dict, resume: bool, main: bool) -> None:
     """out/stage.json records a stage's settings; a second start needs --resume (same settings)."""
-    from spikeclip.train.recipe import run_started
-
     saved = out / STAGE_JSON
     if main and saved.is_file() and not run_started(out):
         saved.unlink()  # a run that failed before its first checkpoint: nothing to keep
@@ -61,8 +78,6 @@ def _context(cfg: RecipeConfig, out: Path):
 
 
 def _stream_batches(data, features, model_config, stage, cfg, ctx, workers, shuffle_buffer):
-    from spikeclip.streaming import ShardStream, StreamBatches
-
     stream = ShardStream(
         data, image_size=model_config.image_size, antialias=model_config.resize_antialias,
         seed=cfg.seed, stage=stage, features=features,
@@ -76,10 +91,6 @@ def align(
 ) -> dict:
     """Text alignment on the corpus's class names (and the broad vocabulary), then image
     alignment on the streamed corpus against its teacher features. No label is read."""
-    from spikeclip.shards import read_meta, templates_of
-    from spikeclip.train.recipe import build_student, save_student, stage_config, train_text
-    from spikeclip.train.shard_features import FeatureStore
-
     out = Path(cfg.out)
     meta = read_meta(data)
     cfg = replace(
@@ -134,12 +145,6 @@ def align(
 def load_trained(checkpoint, device="cpu", with_teacher: bool = True):
     """(SpikeCLIP with its tokenizer, its recipe.json, its teacher or None) of a recipe
     checkpoint; a directory that lacks a part says which."""
-    from spikeclip.checkpoint import CheckpointError
-    from spikeclip.models import SpikeCLIP
-    from spikeclip.models.spikeclip_model import TOKENIZER_DIR
-    from spikeclip.teachers import load_teacher
-    from spikeclip.train.recipe import RECIPE_JSON
-
     path = Path(checkpoint)
     for part in (RECIPE_JSON, TOKENIZER_DIR):
         if not (path / part).exists():
@@ -168,14 +173,6 @@ def finetune(
 ) -> dict:
     """Dual-loss fine-tuning (text side frozen) of the checkpoint `init` on a labelled set: a
     dataset of spikeclip.data (`dataset`, its train split) or shards with their features."""
-    from spikeclip.models.spikeclip_model import set_memory
-    from spikeclip.train.recipe import (
-        finetune_loss,
-        save_student,
-        stage_config,
-        teacher_targets,
-    )
-
     if (dataset is None) == (data is None):
         raise ValueError("fine-tuning needs exactly one of --dataset and --data")
     out = Path(cfg.out)
@@ -190,9 +187,6 @@ def finetune(
     dev = ctx.device
     scale = cfg.logit_scale or teacher.logit_scale
     if data is not None:
-        from spikeclip.shards import read_meta, templates_of
-        from spikeclip.train.shard_features import FeatureStore
-
         meta = read_meta(data)
         if not meta["has_labels"]:
             raise ValueError(f"{data}: fine-tuning needs labelled shards; these have no labels")
@@ -202,8 +196,6 @@ def finetune(
             data, store, model.config, "finetune", cfg, ctx, workers, shuffle_buffer
         )
     else:
-        from spikeclip.data import load_dataset
-
         train = load_dataset(dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
         names, templates = train.class_names, train.templates
         emb, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
@@ -263,8 +255,6 @@ def evaluate(
     trained on (its recipe's data_dir and test_images unless given). `extra_names`: distractor
     names among the candidates (no image is theirs). Returns top-1, top-5 and per-class
     accuracy (and the teacher's top-1 with `with_teacher`), with clip_benchmark's fields."""
-    from tqdm.auto import tqdm
-
     model, recipe, teacher = load_trained(checkpoint, device, with_teacher=with_teacher)
     model.eval()
     if dataset is not None and data is not None:
@@ -274,8 +264,6 @@ def evaluate(
         data_dir = data_dir or recipe.get("data_dir")
         test_images = test_images if test_images is not None else recipe.get("test_images")
     if data is not None:
-        from spikeclip.streaming import ShardStream
-
         if with_teacher:
             raise ValueError("the teacher's accuracy is measured on --dataset (its resolution)")
         c = model.config
@@ -288,8 +276,6 @@ def evaluate(
         batches = ((b["image"], b["label"]) for b in stream.loader(batch_size, workers))
         n_batches = None
     else:
-        from spikeclip.data import load_dataset
-
         ds = load_dataset(dataset, split, data_dir).subset(test_images, recipe.get("seed", 0))
         names, templates = ds.class_names, ds.templates
         idx = torch.arange(len(ds))
@@ -358,13 +344,6 @@ def evaluate_retrieval(
     checkpoint on captioned shards (`spikeclip shards --dataset tsv`, or any whose samples
     hold `txt` captions, one per line). Samples of the same image (a TSV line per caption)
     are one image with all their captions."""
-    import hashlib
-
-    from tqdm.auto import tqdm
-
-    from spikeclip.streaming import ShardStream
-    from spikeclip.train.evaluate import retrieval_recalls
-
     model, _, _ = load_trained(checkpoint, device)
     model.eval()
     c = model.config
