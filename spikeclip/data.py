@@ -224,17 +224,26 @@ def _load_cifar(name, split, root: Path | None) -> ImageDataset:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-def in_test_split(relpath: str, seed: int, test_fraction: float) -> bool:
-    """The seeded train/test split of a folder: decided per file by a hash of its path, so it
-    never depends on what else is in the folder, and train and test never share an image."""
-    h = hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
-    return int.from_bytes(h[:8], "little") / 2**64 < test_fraction
+def held_out_count(n: int, test_fraction: float) -> int:
+    """How many of a class's n samples go to test: test_fraction of them rounded, and at least
+    one in each split where the class has two (a class of one sample stays in train)."""
+    if n < 2:
+        return 0
+    return min(max(round(n * test_fraction), 1), n - 1)
+
+
+def _file_rank(relpath: str, seed: int) -> bytes:
+    """A file's seeded place in its class's order: a hash of its path, so that the split never
+    depends on the order the file system lists the files in."""
+    return hashlib.sha256(f"{seed}/{relpath}".encode()).digest()
 
 
 def folder_files(root, split: str = "all", seed: int = 0, test_fraction: float = 0.1):
     """root/<class>/<image files>: (class names in sorted order, "_" read as a space; an
     iterator of (label, path, path relative to root) for the files with an image suffix in
-    `split`: "train" or "test" (the seeded share of `in_test_split`), or "all")."""
+    `split`: "train" or "test", or "all"). The split is seeded and stratified: in each class the
+    `held_out_count` files of lowest seeded rank (`_file_rank`) are test, the rest train, so every
+    class with two files or more is in both and train and test never share a file."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetNotFoundError(f"{root}: no such directory (expected <root>/<class>/<image>)")
@@ -248,13 +257,14 @@ def folder_files(root, split: str = "all", seed: int = 0, test_fraction: float =
 
     def files():
         for label, cls in enumerate(classes):
-            for path in sorted((root / cls).iterdir()):
-                if path.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                rel = f"{cls}/{path.name}"
-                if split != "all" and in_test_split(rel, seed, test_fraction) != (split == "test"):
-                    continue
-                yield label, path, rel
+            paths = [p for p in sorted((root / cls).iterdir())
+                     if p.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+            if split != "all":
+                ranked = sorted(paths, key=lambda p: _file_rank(f"{cls}/{p.name}", seed))
+                test = set(ranked[: held_out_count(len(paths), test_fraction)])
+                paths = [p for p in paths if (p in test) == (split == "test")]
+            for path in paths:
+                yield label, path, f"{cls}/{path.name}"
 
     return [c.replace("_", " ") for c in classes], files()
 
@@ -303,13 +313,14 @@ DATASETS = ("fashion-mnist", "mnist", "mnist-5k", "cifar10", "cifar100", "folder
 
 
 def stratified_split(labels: np.ndarray, split: str, test_fraction: float, seed: int = 0):
-    """Indices (ascending) of `split` in a seeded split that takes test_fraction of each class
-    (rounded) to test and the rest to train: every class in both, whatever the order."""
+    """Indices (ascending) of `split` in a seeded split that takes `held_out_count` of each class to
+    test and the rest to train: every class of two samples or more in both, whatever the
+    order."""
     rng = np.random.default_rng(seed)
     picked = []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
-        n_test = round(len(members) * test_fraction)
+        n_test = held_out_count(len(members), test_fraction)
         picked.append(members[:n_test] if split == "test" else members[n_test:])
     return np.sort(np.concatenate(picked))
 

