@@ -12,15 +12,19 @@ def add_bench_args(b) -> None:
         "op",
         nargs="?",
         default="lif",
-        choices=["lif", "attention", "model", "memory", "layers", "peer-models"],
+        choices=["lif", "attention", "model", "memory", "layers", "peer-models", "inference"],
         help="lif: the T x N sweep; attention: SDSA and SSA, SpikeCLIP's shape and up; "
         "model: a training step of SpikeCLIP's image encoder (--config, --batch); "
         "memory: bytes saved for backward and step time of the block stack, every way; "
         "layers: spike-fed linears and convolutions (cpp sums) vs dense, by firing rate "
         "(on CUDA: the linears, Triton's bit-reading products vs dense); "
         "peer-models: SpikingJelly's Spikformer, Spike-driven Transformer and SEW-ResNet "
-        "training steps as shipped vs after spikeclip.accelerate",
+        "training steps as shipped vs after spikeclip.accelerate; "
+        "inference: images/s of a checkpoint's image encoder (--checkpoint) and its ANN twin's "
+        "(--ann), side by side on real test images, and where their time goes",
     )
+    b.add_argument("--checkpoint", help="inference: a trained checkpoint directory")
+    b.add_argument("--ann", help="inference: its ANN twin's checkpoint (ann_checkpoint/)")
     b.add_argument("--config", default="paper", help="model: the SpikeCLIPConfig name")
     b.add_argument(
         "--batch", type=int, nargs="+", help="model / memory: samples per step (16 / 32)"
@@ -86,7 +90,19 @@ def run_bench(args) -> int:
         f"# spikeclip bench {args.op}: device={args.device} threads={torch.get_num_threads()} "
         f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '0')}"
     )
-    if args.op == "peer-models":
+    if args.op == "inference":
+        from spikeclip.bench.inference_bench import bench_inference
+        from spikeclip.bench.timing import format_table
+
+        if not args.checkpoint:
+            raise SystemExit("bench inference: give --checkpoint (and --ann for the ANN twin)")
+        rows = bench_inference(args.checkpoint, args.ann, batch=(args.batch or [256])[0],
+                               rounds=min(args.rounds, 9), device=args.device)  # fmt: skip
+        speed = [r for r in rows if r["what"] == "images/s"]
+        print(format_table(speed, ["model", "batch", "ms", "images_per_s", "vs_snn"]))
+        print(format_table([r for r in rows if r["what"] == "breakdown"],
+                           ["model", "part", "ms", "share"]))  # fmt: skip
+    elif args.op == "peer-models":
         from spikeclip.bench.peer_models import bench_peer_models
 
         rows = bench_peer_models(batch=(args.batch or [16])[0], T=args.T[0],
