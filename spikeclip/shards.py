@@ -144,6 +144,9 @@ def tsv_source(path, name: str = "tsv") -> Source:
                 if "\t" not in line:
                     raise ValueError(f"{path}:{number}: expected image_path<TAB>caption")
                 rel, caption = line.split("\t", 1)
+                if not caption.strip():
+                    source.skipped.append({"path": rel, "why": f"line {number}: empty caption"})
+                    continue
                 image = path.parent / rel
                 if not image.is_file():
                     source.skipped.append({"path": rel, "why": f"line {number}: no such file"})

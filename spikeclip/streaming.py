@@ -191,8 +191,8 @@ def collate(samples: list[dict]) -> dict:
     }
     if "target" in samples[0]:
         batch["target"] = torch.stack([s["target"] for s in samples])
-    if "captions" in samples[0]:
-        batch["captions"] = [s["captions"] for s in samples]
+    if any("captions" in s for s in samples):  # a sample without captions: none ([])
+        batch["captions"] = [s.get("captions", []) for s in samples]
     return batch
 
 

@@ -32,7 +32,7 @@ from spikeclip.shards import (
     tsv_source,
     write_shards,
 )
-from spikeclip.streaming import ShardStream, StreamBatches, steps_per_epoch
+from spikeclip.streaming import ShardStream, StreamBatches, collate, steps_per_epoch
 from spikeclip.train import Interrupted
 from spikeclip.train.distributed import Dist
 from spikeclip.train.loop import RunContext, StageConfig, run_stage
@@ -384,17 +384,21 @@ def check_retrieval(tmp_path: Path, checkpoint: Path) -> None:
         for j in range(1 + i % 3):  # 1 to 3 captions per image
             lines.append(f"{f}\t{words[(i + 3 * j) % len(words)]} number {i}")
             owner.append(i)
-    (tmp_path / "cap" / "c.tsv").write_text("\n".join(lines) + "\n")
+    # a line with an empty caption is skipped (and listed), not an image without captions
+    (tmp_path / "cap" / "c.tsv").write_text("\n".join(lines) + f"\n{files[0]}\t \n")
     shards = tmp_path / "cap-shards"
     assert cli(["shards", "--dataset", "tsv", "--data-dir", str(tmp_path / "cap" / "c.tsv"),
                 "--out", str(shards), "--shard-size", "5", "--no-progress"]) == 0  # fmt: skip
     assert (shards / "dataset_type.txt").read_text().strip() == "retrieval"
+    skipped = read_meta(shards)["skipped"]
+    assert [s["why"] for s in skipped] == [f"line {len(lines) + 1}: empty caption"]
     out = tmp_path / "retrieval.json"
     assert cli(["eval", "--checkpoint", str(checkpoint), "--task", "retrieval", "--data",
                 str(shards), "--json", str(out), "--no-progress"]) == 0  # fmt: skip
     got = json.loads(out.read_text())
     assert (got["images"], got["captions"], got["task"]) == (len(files), len(lines),
                                                              "zeroshot_retrieval")  # fmt: skip
+    assert got["samples_without_captions"] == 0
     model = SpikeCLIP.load(checkpoint)
     size = model.config.image_size
     from spikeclip.preprocess import to_tensor
@@ -572,3 +576,19 @@ def test_features_and_align_under_torchrun(tmp_path, fm_shards, fm_features, cli
     assert steps == list(
         range(1, steps_per_epoch(ShardStream(fm_shards, image_size=8), 0, 2, 4, 0) + 1)
     )
+
+
+def test_a_batch_holds_captions_when_any_sample_has_them():
+    """Shards that mix captioned and uncaptioned samples: the batch's captions list every
+    sample's ([] for none), whichever comes first (it once read only the first sample's)."""
+
+    def sample(i, captions=None):
+        out = {"key": str(i), "image": torch.zeros(3, 2, 2), "label": -1, "worker": 0, "index": i}
+        if captions is not None:
+            out["captions"] = captions
+        return out
+
+    for samples in ([sample(0), sample(1, ["a cat"])], [sample(0, ["a cat"]), sample(1)]):
+        batch = collate(samples)
+        assert [len(c) for c in batch["captions"]] in ([0, 1], [1, 0])
+    assert "captions" not in collate([sample(0), sample(1)])

@@ -343,18 +343,22 @@ def evaluate_retrieval(
     """Image-text retrieval recall@k (retrieval_recalls: clip_benchmark's definitions) of a
     checkpoint on captioned shards (`spikeclip shards --dataset tsv`, or any whose samples
     hold `txt` captions, one per line). Samples of the same image (a TSV line per caption)
-    are one image with all their captions."""
+    are one image with all their captions; an image without any caption is left out (as in
+    clip_benchmark's retrieval sets, every image has captions) and counted."""
     model, _, _ = load_trained(checkpoint, device)
     model.eval()
     c = model.config
     stream = ShardStream(data, image_size=c.image_size, antialias=c.resize_antialias, shuffle=False)
     image_emb, caption_emb, owner, seen = [], [], [], {}
+    uncaptioned = 0
     with torch.no_grad():
         for b in tqdm(stream.loader(batch_size, workers), desc="retrieval", disable=not progress):
-            if "captions" not in b:
-                raise ValueError(f"{data}: retrieval needs captioned shards (txt); these have none")
             fresh, texts = [], []
-            for img, caps in zip(b["image"], b["captions"], strict=True):
+            for img, caps in zip(b["image"], b.get("captions", [[]] * len(b["image"])),
+                                 strict=True):  # fmt: skip
+                if not caps:
+                    uncaptioned += 1
+                    continue
                 digest = hashlib.sha256(img.numpy().tobytes()).hexdigest()
                 if digest not in seen:
                     seen[digest] = len(seen)
@@ -366,12 +370,13 @@ def evaluate_retrieval(
             if texts:
                 caption_emb.append(model.encode_text(texts).float().cpu())
     if not caption_emb:
-        raise ValueError(f"{data}: no captions to retrieve")
+        raise ValueError(f"{data}: retrieval needs captioned shards (txt); these have none")
     images, captions = torch.cat(image_emb), torch.cat(caption_emb)
     metrics = retrieval_recalls(captions @ images.t(), owner, ks)
     return {
         "checkpoint": str(checkpoint), "data": str(data), "images": len(images),
-        "captions": len(captions), **metrics, "dataset": f"wds/{Path(data).name}",
+        "captions": len(captions), "samples_without_captions": uncaptioned, **metrics,
+        "dataset": f"wds/{Path(data).name}",
         "model": str(checkpoint), "pretrained": None, "task": "zeroshot_retrieval",
         "metrics": metrics, "language": "en",
     }  # fmt: skip
