@@ -326,3 +326,26 @@ def test_image_encoder_equals_an_independent_composition(mode, layout):
     for (name, _), a, b in zip([("input", None), *enc.named_parameters()], grads, grads_ref,
                                strict=True):  # fmt: skip
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_encode_image_checks_values_in_one_pass():
+    """encode_image's one aminmax pass refuses NaN and inf (with the finiteness message) and
+    values outside [0, 1]; the encoder then does not check again. check_finite=False still
+    lets non-finite images through, as the encoder alone does."""
+    model = SpikeCLIP(SMALL)
+    inf = torch.rand(2, 3, 16, 16)
+    inf[1, 2, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.encode_image(inf)
+    calls = []
+    original = torch.isfinite
+    try:
+        torch.isfinite = lambda t: calls.append(t.shape) or original(t)
+        model.encode_image(torch.rand(2, 3, 16, 16))
+    finally:
+        torch.isfinite = original
+    assert (2, 3, 16, 16) not in calls  # no second pass over the images
+    model.image_encoder.check_finite = False
+    nan = torch.rand(2, 3, 16, 16)
+    nan[0, 0, 0, 0] = float("nan")
+    assert model.encode_image(nan).shape == (2, SMALL.embed_dim)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -68,10 +70,15 @@ def normalize_images(images: torch.Tensor, how: str) -> torch.Tensor:
     return (images - mean) / std
 
 
-def check_images(config: SpikeCLIPConfig, images, check_finite: bool = True) -> None:
-    """images must be a floating `[B, in_channels, H, W]` tensor, non-empty; with check_finite
-    one cheap pass (a device sync on GPU) refuses NaN / inf pixels, which would otherwise give
-    a finite, normalised embedding (`encoder.check_finite = False` skips it)."""
+def check_images(
+    config: SpikeCLIPConfig, images, check_finite: bool = True, value_range: bool = False
+) -> None:
+    """images must be a floating `[B, in_channels, H, W]` tensor, non-empty. Then one cheap pass
+    over the values (a device sync on GPU): with check_finite it refuses NaN / inf pixels,
+    which would otherwise give a finite, normalised embedding (`encoder.check_finite = False`
+    skips that); with value_range (encode_image, classify) the same pass, an aminmax, also
+    refuses values outside [0, 1] (0-255 pixel values would be encoded, and classified, as
+    some other image)."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
@@ -82,25 +89,18 @@ def check_images(config: SpikeCLIPConfig, images, check_finite: bool = True) -> 
         )
     if images.shape[0] == 0 or images.shape[2] < 1 or images.shape[3] < 1:
         raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
-    checking = check_finite and not torch.compiler.is_compiling()
-    if checking and not bool(torch.isfinite(images).all()):
+    if torch.compiler.is_compiling():
+        return
+    if value_range:
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))  # NaN propagates
+        if check_finite and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("images hold NaN or inf values")
+        if lo < 0.0 or hi > 1.0:
+            hint = " (0-255 pixel values? divide by 255)" if 1.0 < hi <= 255.0 else ""
+            raise ValueError(f"images must be floats in [0, 1], got values from {lo:.4g} to "
+                             f"{hi:.4g}{hint}")  # fmt: skip
+    elif check_finite and not bool(torch.isfinite(images).all()):
         raise ValueError("images hold NaN or inf values")
-
-
-def check_image_range(images) -> None:
-    """Images given to encode_image / classify are floats in [0, 1], as the training data
-    reached the encoder; one pass (a device sync on GPU). 0-255 pixel values would be encoded,
-    and classified, as some other image: refused, with the range found. Other faults (dtype,
-    shape, NaN) are check_images'."""
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
-        return
-    if images.numel() == 0 or torch.compiler.is_compiling():
-        return
-    lo, hi = (float(v) for v in torch.aminmax(images.detach()))
-    if lo < 0.0 or hi > 1.0:  # NaN passes here, to check_images' message
-        hint = " (0-255 pixel values? divide by 255)" if 1.0 < hi <= 255.0 else ""
-        raise ValueError(f"images must be floats in [0, 1], got values from {lo:.4g} to "
-                         f"{hi:.4g}{hint}")  # fmt: skip
 
 
 class ImageEncoder(nn.Module):
@@ -130,8 +130,10 @@ class ImageEncoder(nn.Module):
     def check_images(self, images) -> None:
         check_images(self.config, images, self.check_finite)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.check_images(images)
+    def forward(self, images: torch.Tensor, *, checked: bool = False) -> torch.Tensor:
+        """checked: the caller has run check_images on these images (encode_image has)."""
+        if not checked:
+            self.check_images(images)
         c = self.config
         x = resize_images(images, c.image_size, c.resize_antialias)
         x = self.tokenizer(normalize_images(x, c.image_normalize), self.time_steps)

@@ -86,8 +86,10 @@ class OfficialANNEncoder(nn.Module):
         self.proj = nn.Linear(C, config.embed_dim)
         self.check_finite = True
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(self.config, images, self.check_finite)
+    def forward(self, images: torch.Tensor, *, checked: bool = False) -> torch.Tensor:
+        """checked: the caller has run check_images on these images (encode_image has)."""
+        if not checked:
+            check_images(self.config, images, self.check_finite)
         c = self.config
         x = normalize_images(resize_images(images, c.image_size, c.resize_antialias),
                              c.image_normalize)  # fmt: skip

@@ -27,7 +27,7 @@ from spikeclip.kernels.common.backends import BACKENDS
 from spikeclip.memory import check_memory_mode
 from spikeclip.models.blocks import Block
 from spikeclip.models.config import SpikeCLIPConfig
-from spikeclip.models.image_encoder import ImageEncoder, check_image_range
+from spikeclip.models.image_encoder import ImageEncoder, check_images
 from spikeclip.models.official_ann import OfficialANNEncoder
 from spikeclip.models.text_encoder import TextEncoder
 from spikeclip.preprocess import Preprocess
@@ -110,9 +110,9 @@ class SpikeCLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised features `[B, embed_dim]` of images `[B, 3, H, W]`, floats in [0, 1]
-        (anything else is refused: check_image_range)."""
-        check_image_range(images)
-        return F.normalize(self.image_encoder(images), dim=-1)
+        (anything else is refused; one pass over the values: check_images)."""
+        check_images(self.config, images, self.image_encoder.check_finite, value_range=True)
+        return F.normalize(self.image_encoder(images, checked=True), dim=-1)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         if self.tokenizer is None:
