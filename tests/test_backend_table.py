@@ -88,8 +88,10 @@ def test_each_op_takes_what_its_row_says(op, backend):
         return
     out, ref = call(backend), call("torch")
     assert out.shape == ref.shape and out.dtype == ref.dtype
-    # spike sums in another order than the dense product's: equal up to float rounding
-    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-5, atol=1e-5)
+    if op == "bn_lif":  # statistics computed apart: a spike on the threshold may round either way
+        assert int((out != ref).sum()) <= 2
+    else:  # spike sums in another order than the dense product's: equal up to float rounding
+        torch.testing.assert_close(out.float(), ref.float(), rtol=1e-5, atol=1e-5)
     assert not torch.equal(ref, torch.zeros_like(ref))  # the case exercises something
 
 
