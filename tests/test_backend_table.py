@@ -105,3 +105,11 @@ def test_kernels_holds_op_folders_and_common_only():
         assert (root / folder / "__init__.py").exists()
         if folder != "common":  # each op's spec beside it
             assert (root / folder / "reference.py").exists(), folder
+
+
+def test_resolve_backend_defaults_to_the_lif_and_names_an_unknown_op():
+    cpu = torch.device("cpu")
+    assert K.resolve_backend("torch", cpu) == "torch"
+    assert K.resolve_backend("auto", cpu) == K.resolve_backend("auto", cpu, op="lif")
+    with pytest.raises(ValueError, match="op must be one of"):
+        K.resolve_backend("auto", cpu, op="conv3d")

@@ -90,12 +90,18 @@ def why_unavailable(backend: str, device: torch.device) -> str | None:
 
 
 def resolve_backend(
-    backend: str, device: torch.device, *, op: str, only: tuple[tuple[str, ...], str] | None = None
+    backend: str,
+    device: torch.device,
+    *,
+    op: str = "lif",
+    only: tuple[tuple[str, ...], str] | None = None,
 ) -> str:
     """The concrete backend `backend` means for tensors of `op` on `device`, or a clear error.
 
     `op`: a key of OP_BACKENDS, whose backends are the candidates. `only`: (backends, why) when
     one call narrows them (a LIF with a callable surrogate: (("torch",), "callable surrogate"))."""
+    if op not in OP_BACKENDS:
+        raise ValueError(f"op must be one of {tuple(OP_BACKENDS)}, got {op!r}")
     supported = OP_BACKENDS[op]
     if only is not None:
         supported = tuple(b for b in supported if b in only[0])
