@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from spikeclip.bench.machine import cpu_name
 
 SYNONYMS = ["tee", "pants", "sweater", "gown", "jacket", "flip-flop", "blouse", "trainer",
             "purse", "boot"]  # fmt: skip
@@ -77,7 +78,7 @@ def main():
         result = {
             "command": "python " + " ".join(sys.argv),
             "date": datetime.date.today().isoformat(),
-            "cpu": _cpu(),
+            "cpu": cpu_name(),
             "checkpoint": args.checkpoint,
             "images": len(files),
             "classify_top1": hits / len(files),
@@ -88,16 +89,6 @@ def main():
             "probability_sum_off_by": off,
         }
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
