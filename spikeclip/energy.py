@@ -164,6 +164,50 @@ def _attention_ops(m, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tupl
     return 0, 2 * q.numel()
 
 
+def counts_ops(module: nn.Module) -> bool:
+    """Whether the estimate counts `module`'s SOPs/MACs (linear, convolution, attention)."""
+    return isinstance(module, nn.Linear | nn.Conv2d | AttentionCore)
+
+
+def spike_fed_layers(module: nn.Module):
+    """(name, layer) of every layer of `module` whose operations the estimate counts; which of
+    them a forward pass feeds with spikes (SOPs) or real values (MACs) shows on their inputs."""
+    return [(name, m) for name, m in module.named_modules() if counts_ops(m)]
+
+
+def op_inputs(layer: nn.Module, args: tuple) -> list[torch.Tensor]:
+    """The inputs whose spikes `layer`'s operations count: q, k, v of an attention, else the
+    first argument (a layer may take more, e.g. its input's packed bits)."""
+    return list(args[:3]) if isinstance(layer, AttentionCore) else [args[0]]
+
+
+def layer_ops(layer: nn.Module, xs: list[torch.Tensor], out) -> tuple[int, int]:
+    """(SOPs, MACs) of one call of a layer that counts_ops on inputs xs (op_inputs) -> out."""
+    if isinstance(layer, nn.Linear):
+        return _linear_ops(layer, xs[0])
+    if isinstance(layer, nn.Conv2d):
+        return _conv_ops(layer, xs[0], out)
+    return _attention_ops(layer, *xs)
+
+
+def layer_kind(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return "linear"
+    return "conv" if isinstance(layer, nn.Conv2d) else "attention"
+
+
+def full_firing_sops(layer: nn.Module, xs: list[torch.Tensor]) -> list[float]:
+    """Per input of xs: the SOPs of one call of `layer` if every element of that input fired
+    and none of the others (the counts add up: an attention's SOPs are those of its q and k,
+    or q and v, and the third input's entry is 0)."""
+    with torch.no_grad():
+        zeros = [torch.zeros(x.shape, dtype=torch.float32, device=x.device) for x in xs]
+        return [
+            float(layer_ops(layer, [*zeros[:i], torch.ones_like(z), *zeros[i + 1 :]], None)[0])
+            for i, z in enumerate(zeros)
+        ]
+
+
 def takes_sequences(module: nn.Module) -> bool:
     """Whether `module` is fed `[T, B, ...]`: it holds multi-step neurons and is not one of
     SpikeCLIP's encoders (which take `[B, ...]` and repeat it over T themselves)."""
@@ -216,15 +260,9 @@ def estimate(
                 c[0] += float(torch.count_nonzero(out))
                 c[1] += out.numel()
                 r.firing_rate = c[0] / c[1]
-            if isinstance(mod, nn.Linear):
-                s, a = _linear_ops(mod, inp[0])
-                kind = "linear"
-            elif isinstance(mod, nn.Conv2d):
-                s, a = _conv_ops(mod, inp[0], out)
-                kind = "conv"
-            elif isinstance(mod, AttentionCore):
-                s, a = _attention_ops(mod, *inp)
-                kind = "attention"
+            if counts_ops(mod):
+                s, a = layer_ops(mod, op_inputs(mod, inp), out)
+                kind = layer_kind(mod)
             elif hasattr(mod, "energy_ops"):  # a module that counts itself
                 s, a = mod.energy_ops(inp, out)
                 kind = "attention"
@@ -240,7 +278,7 @@ def estimate(
 
     handles = []
     for name, m in module.named_modules():
-        if isinstance(m, nn.Linear | nn.Conv2d | LIF | AttentionCore) or hasattr(m, "energy_ops"):
+        if counts_ops(m) or isinstance(m, LIF) or hasattr(m, "energy_ops"):
             handles.append(m.register_forward_hook(hook_for(name or type(m).__name__, m)))
     try:
         module(*args)
