@@ -136,6 +136,8 @@ def recipe_from_args(args, demo: bool):
         ann_kind=args.ann,
         dual_loss=args.dual_loss,
         angle_boundary=args.angle_boundary,
+        firing_weight=args.firing_weight,
+        firing_target=args.firing_target,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         sync_bn=args.sync_bn,

@@ -55,6 +55,10 @@ class RecipeConfig:
     ce_weight: float = 1.0
     kl_weight: float = 1.0
     kd_temperature: float = 1.0
+    # fine-tuning's firing-rate term (spikeclip.train.firing): its weight (0: off) and the
+    # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted)
+    firing_weight: float = 0.0
+    firing_target: float = 0.0
     logit_scale: float | None = None  # student's cosine-logit scale; None: the teacher's
     # fine-tuning loss: "official" (SpikeCLIP's code: scale 1, summed KL against the teacher's
     # image features on the SNN's class features), "ours" (CE + KL to the teacher's own
@@ -117,9 +121,12 @@ class RecipeConfig:
         for name in ("lr", "text_lr", "finetune_lr", "kd_temperature", "teacher_finetune_lr"):
             is_number(name, positive=True)
         for name in ("lr_final", "text_lr_final", "finetune_lr_final", "weight_decay",
-                     "ce_weight", "kl_weight"):  # fmt: skip
+                     "ce_weight", "kl_weight", "firing_weight"):  # fmt: skip
             is_number(name, positive=False)
         is_number("logit_scale", positive=True, optional=True)
+        need(isinstance(self.firing_target, int | float) and not isinstance(
+             self.firing_target, bool) and 0 <= self.firing_target < 1, "firing_target",
+             "a firing rate in [0, 1)")  # fmt: skip
         need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
@@ -157,6 +164,7 @@ class RecipeConfig:
             "kd_temperature": (loss != "ours", f"dual_loss='ours' (this run: {loss})"),
             "weight_decay": (optimizer != "adamw",
                              f"the adamw optimizer (this run: {optimizer})"),
+            "firing_target": (self.firing_weight == 0, "a firing term (firing_weight > 0)"),
         }  # fmt: skip
         for name, (unused, reader) in ignored.items():
             if unused and getattr(self, name) != defaults[name]:

@@ -12,6 +12,7 @@ from its last checkpoint with the same results as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -26,12 +27,14 @@ from spikeclip.energy import estimate
 from spikeclip.kernels.common.backends import resolve_backend
 from spikeclip.memory import check_memory_mode
 from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
+from spikeclip.models.neurons import LIF
 from spikeclip.models.spikeclip_model import set_memory
 from spikeclip.teachers import LiTTeacher, load_teacher
 from spikeclip.tokenizer import HFTokenizer
 from spikeclip.train import distributed, features
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.evaluate import embed_images, zero_shot_report
+from spikeclip.train.firing import FiringPenalty
 from spikeclip.train.loop import RunContext, StageConfig, run_stage
 from spikeclip.train.losses import (
     alignment_loss,
@@ -218,29 +221,55 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
     )
     summaries = [run_stage(stage, model, enc, len(train), align, ctx)]
 
-    loss = finetune_loss(cfg, model, train.class_names, train.templates, scale, ctx)
+    with firing_penalty(cfg, enc) as penalty:
+        loss = finetune_loss(cfg, model, train.class_names, train.templates, scale, ctx, penalty)
 
-    def finetune(encoder, idx):
-        images, labels = train.batch(idx)
-        features = encoder(images.to(dev))
-        return loss(encoder, features, labels.to(dev), teacher_emb[idx], teacher_logits[idx])
+        def finetune(encoder, idx):
+            images, labels = train.batch(idx)
+            features = encoder(images.to(dev))
+            return loss(encoder, features, labels.to(dev), teacher_emb[idx], teacher_logits[idx])
 
-    stage = stage_config(
-        cfg,
-        f"{prefix}finetune",
-        cfg.finetune_epochs,
-        cfg.batch_size,
-        cfg.finetune_lr,
-        cfg.finetune_lr_final,
-    )
-    summaries.append(run_stage(stage, model, enc, len(train), finetune, ctx))
+        stage = stage_config(
+            cfg,
+            f"{prefix}finetune",
+            cfg.finetune_epochs,
+            cfg.batch_size,
+            cfg.finetune_lr,
+            cfg.finetune_lr_final,
+        )
+        summaries.append(run_stage(stage, model, enc, len(train), finetune, ctx))
     return summaries
 
 
-def finetune_loss(cfg: RecipeConfig, model, names, templates, scale: float, ctx: RunContext):
+def firing_penalty(cfg: RecipeConfig, encoder):
+    """The fine-tuning's firing-rate term on `encoder` (spikeclip.train.firing) as a context,
+    or a context giving None when the run has none (firing_weight 0)."""
+    if cfg.firing_weight == 0 or not any(isinstance(m, LIF) for m in encoder.modules()):
+        return contextlib.nullcontext(None)  # (an ANN counterpart has no spikes to count)
+    return FiringPenalty(encoder, cfg.firing_weight, cfg.firing_target)
+
+
+def finetune_loss(
+    cfg: RecipeConfig, model, names, templates, scale: float, ctx: RunContext, penalty=None
+):
     """The dual-loss fine-tuning loss of this run (cfg.fine_tuning_loss), with the text side
     frozen: loss(encoder, student features, labels, teacher image embeddings, teacher logits)
-    -> (loss, or None for a step the angle rule skips; metrics)."""
+    -> (loss, or None for a step the angle rule skips; metrics). `penalty`: a FiringPenalty
+    (firing_penalty) whose term of the forward pass that gave the features is added."""
+    dual = _dual_loss(cfg, model, names, templates, scale, ctx)
+    if penalty is None:
+        return dual
+
+    def loss(encoder, features, *targets):
+        value, metrics = dual(encoder, features, *targets)
+        term, rate = penalty.take()
+        metrics = {**metrics, "firing_term": float(term.detach()), "input_firing_rate": rate}
+        return (None if value is None else value + term), metrics
+
+    return loss
+
+
+def _dual_loss(cfg: RecipeConfig, model, names, templates, scale: float, ctx: RunContext):
     official = cfg.fine_tuning_loss == "official"
     model.text_encoder.eval()
     with torch.no_grad():  # the official code does not renormalise the template mean

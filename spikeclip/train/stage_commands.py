@@ -72,6 +72,15 @@ def add_dual_loss_args(p, d) -> None:
         help="official loss: above 0, a step on CE alone where the CE and KL gradients lie "
         "within this angle (degrees), else no step",
     )  # fmt: skip
+    p.add_argument(
+        "--firing-weight", type=float, default=d.firing_weight,
+        help="weight of fine-tuning's firing-rate term: the SNN's synaptic operations as a "
+        "fraction of their ceiling (0: off; docs/recipe.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--firing-target", type=float, default=d.firing_target,
+        help="the term counts only input firing above this rate (0 to 1)",
+    )  # fmt: skip
 
 
 def _defaults():
@@ -171,7 +180,9 @@ def _recipe(RecipeConfig, args, **extra):
         checkpoint_every=args.checkpoint_every, seed=args.seed, cache_dir=args.cache_dir,
         progress=not args.no_progress, optimizer=args.optimizer,
         dual_loss=getattr(args, "dual_loss", "auto"),
-        angle_boundary=getattr(args, "angle_boundary", -90.0), **extra,
+        angle_boundary=getattr(args, "angle_boundary", -90.0),
+        firing_weight=getattr(args, "firing_weight", 0.0),
+        firing_target=getattr(args, "firing_target", 0.0), **extra,
     )  # fmt: skip
 
 

@@ -36,6 +36,7 @@ from spikeclip.train.recipe import (
     RECIPE_JSON,
     build_student,
     finetune_loss,
+    firing_penalty,
     run_started,
     save_student,
     stage_config,
@@ -200,7 +201,6 @@ def finetune(
         names, templates = train.class_names, train.templates
         emb, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
         batches = len(train)
-    loss = finetune_loss(cfg, model, names, templates, scale, ctx)
     teacher_classes = teacher.classifier(names, templates)
 
     def step(encoder, batch):
@@ -218,7 +218,9 @@ def finetune(
     stage = stage_config(
         cfg, "finetune", cfg.finetune_epochs, cfg.batch_size, cfg.finetune_lr, cfg.finetune_lr_final
     )
-    summary = run_stage(stage, model, model.image_encoder, batches, step, ctx)
+    with firing_penalty(cfg, model.image_encoder) as penalty:
+        loss = finetune_loss(cfg, model, names, templates, scale, ctx, penalty)
+        summary = run_stage(stage, model, model.image_encoder, batches, step, ctx)
     if ctx.dist.main:
         teacher.save(out / TEACHER_DIR)
         cfg_saved = replace(cfg, teacher=str(out / TEACHER_DIR), dataset=dataset or str(data))
