@@ -325,7 +325,7 @@ def _neuron_node(path: str, m: nn.Module, shape, dt: float):
         if getattr(m, "step_mode", "m") != "m":
             raise NIRError(f"{path}: export neurons in multi-step mode (step_mode 'm')")
         if isinstance(m, LIF):
-            v_th, v_reset, decay = m.v_th, m.v_reset, m.decay_input
+            v_th, v_reset, decay = m.current_v_th(), m.v_reset, m.decay_input
             tau = float(m.current_tau())
             is_if = isinstance(m, IF)
         else:

@@ -40,7 +40,9 @@ class SpikeCLIPConfig:
     Neurons: LIF(tau, v_th, hard reset to v_reset, detach_reset, surrogate(alpha)); the
     attention's LIF fires at attn_v_th. `learnable_tau`: every LIF a PLIF (tau = 1 / sigmoid(w),
     w trained, starting at `tau`; not in SpikeCLIP, which fixes tau = 2). `text_v_th`: the text
-    encoder's LIF threshold (None: v_th, as SpikeCLIP).
+    encoder's LIF threshold (None: v_th, as SpikeCLIP). `learnable_v_th`: every LIF's threshold
+    learned, one per layer, from its v_th (models.neurons.LIF; the attention's fused LIF keeps
+    attn_v_th; not in SpikeCLIP).
     """
 
     image_size: int = 32
@@ -71,6 +73,7 @@ class SpikeCLIPConfig:
     resize_antialias: bool = False
     learnable_tau: bool = False
     text_v_th: float | None = None
+    learnable_v_th: bool = False
 
     def __post_init__(self):
         positive = (
@@ -112,7 +115,7 @@ class SpikeCLIPConfig:
                               ("image_normalize", IMAGE_NORMALIZE)):  # fmt: skip
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("tokenizer_shortcut", "resize_antialias", "learnable_tau"):
+        for name in ("tokenizer_shortcut", "resize_antialias", "learnable_tau", "learnable_v_th"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.surrogate not in SURROGATES:
@@ -175,6 +178,7 @@ LEGACY_VALUES = dict(
     resize_antialias=True,
     learnable_tau=False,
     text_v_th=None,
+    learnable_v_th=False,
 )
 
 NAMED_CONFIGS = {

@@ -41,7 +41,8 @@ def make_neuron(
     config: SpikeCLIPConfig, *, spiking: bool, v_th: float | None = None, backend: str = "auto"
 ) -> nn.Module:
     """The neuron of a SpikeCLIP encoder: LIF(tau, v_th, hard reset, detach_reset, surrogate;
-    a PLIF with config.learnable_tau) on `[T, B, ...]`, or ReLU for the ANN counterpart."""
+    a PLIF with config.learnable_tau; a learned threshold with config.learnable_v_th) on
+    `[T, B, ...]`, or ReLU for the ANN counterpart."""
     if not spiking:
         return nn.ReLU()
     return LIF(
@@ -52,6 +53,7 @@ def make_neuron(
         surrogate=config.surrogate,
         alpha=config.alpha,
         learnable_tau=config.learnable_tau,
+        learnable_v_th=config.learnable_v_th,
         backend=backend,
     )
 
@@ -155,7 +157,7 @@ class _SpikingUnit(nn.Module):
         with a fixed tau, memory not "low" (bfloat16 membranes), nobody watching either module
         (forward hooks: the energy count), and a backend that has the fused kernels."""
         n = self.neuron
-        if not isinstance(n, LIF) or n.w is not None or n.memory == "low" or n.step_mode != "m":
+        if not isinstance(n, LIF) or n.has_parameters or n.memory == "low" or n.step_mode != "m":
             return None
         if _hooked(n) or _hooked(self.bn):
             return None

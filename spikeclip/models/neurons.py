@@ -24,6 +24,12 @@ class LIF(nn.Module):
 
     learnable_tau=True makes it a PLIF: tau = 1 / sigmoid(w) with w learnable, so tau > 1
     always; w starts where tau equals `tau`.
+
+    learnable_v_th=True makes the threshold learnable: v_th * exp(s), s learnable (starting at
+    0, one per neuron layer), computed as the input scaled by exp(-s) against the fixed v_th.
+    With a reset to 0 (or a soft reset) that is the same neuron in exact arithmetic: every
+    potential scales with the input. The surrogate gradient is then taken in units of the
+    threshold (its width scales with it), and the membrane state is kept in those units.
     """
 
     def __init__(
@@ -39,6 +45,7 @@ class LIF(nn.Module):
         backend: str = "auto",
         memory: str = "lossless",
         step_mode: str = "m",
+        learnable_v_th: bool = False,
     ):
         super().__init__()
         self.memory = check_memory_mode(memory)
@@ -57,6 +64,12 @@ class LIF(nn.Module):
         # checked here, at construction, not at the first forward
         lif_options(v_th, v_reset, decay_input, detach_reset, surrogate, alpha)
         check_flag(learnable_tau, "learnable_tau")
+        check_flag(learnable_v_th, "learnable_v_th")
+        if learnable_v_th and v_reset not in (0.0, None):
+            raise ValueError(
+                f"learnable_v_th needs v_reset 0 or None (soft reset): a threshold learned as an "
+                f"input scale leaves a reset to {v_reset} unscaled"
+            )
         self.v_th, self.v_reset = v_th, v_reset
         self.decay_input, self.detach_reset = decay_input, detach_reset
         self.surrogate, self.alpha, self.backend = surrogate, alpha, backend
@@ -66,9 +79,22 @@ class LIF(nn.Module):
         else:
             self.w = None
             self.tau = float(tau)
+        # log of the learned threshold's factor over v_th (None: the threshold is v_th)
+        self.v_th_log_scale = nn.Parameter(torch.zeros(())) if learnable_v_th else None
 
     def current_tau(self) -> float | torch.Tensor:
         return self.tau if self.w is None else 1.0 / torch.sigmoid(self.w)
+
+    def current_v_th(self) -> float:
+        """The threshold this neuron fires at (v_th, or v_th times its learned factor)."""
+        s = self.v_th_log_scale
+        return self.v_th if s is None else self.v_th * float(torch.exp(s.detach()))
+
+    @property
+    def has_parameters(self) -> bool:
+        """Whether the neuron learns anything (tau or threshold): fused BN + LIF kernels take
+        a fixed neuron only."""
+        return self.w is not None or self.v_th_log_scale is not None
 
     def reset(self) -> None:
         """Back to the rest potential (single-step mode keeps the membrane between calls)."""
@@ -86,6 +112,8 @@ class LIF(nn.Module):
             return self._lif(x)
 
     def _lif(self, x: torch.Tensor, **state):
+        if self.v_th_log_scale is not None:  # threshold v_th * e^s: the input over e^s
+            x = x * torch.exp(-self.v_th_log_scale).to(x.dtype)
         return lif(
             x,
             tau=self.current_tau(),
@@ -102,8 +130,9 @@ class LIF(nn.Module):
     def extra_repr(self) -> str:
         tau = "learnable" if self.w is not None else self.tau
         reset = "soft" if self.v_reset is None else f"v_reset={self.v_reset}"
+        v_th = f"learnable from {self.v_th}" if self.v_th_log_scale is not None else self.v_th
         return (
-            f"tau={tau}, v_th={self.v_th}, {reset}, surrogate={self.surrogate}, "
+            f"tau={tau}, v_th={v_th}, {reset}, surrogate={self.surrogate}, "
             f"backend={self.backend}, step_mode={self.step_mode}"
         )
 
