@@ -194,6 +194,30 @@ def test_resume_after_kills_gives_the_same_weights(tmp_path, data_dir, clip_dir,
     assert sum(rec.get("event") == "resumed" for rec in log) == 1  # image stage restarted
 
 
+def test_recipe_firing_term(tmp_path, data_dir, clip_dir, cache_dir):
+    """firing_weight: each SNN fine-tuning step's loss is CE + KL + the term it logs; the ANN
+    twin's steps have no term (no spikes); the finetune stage command takes it too."""
+    spec = f"clip:{clip_dir}"
+    out = tmp_path / "run"
+    run_recipe(small_recipe(out, data_dir, cache_dir, spec, firing_weight=2.0, text_epochs=1))
+    log = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    snn = [r for r in log if r.get("stage") == "finetune" and "loss" in r]
+    ann = [r for r in log if r.get("stage") == "ann-finetune" and "loss" in r]
+    assert snn and ann
+    for r in snn:
+        assert 0 < r["input_firing_rate"] < 1
+        assert r["firing_term"] == pytest.approx(2.0 * r["input_firing_rate"], rel=1e-5)
+        assert r["loss"] == pytest.approx(r["ce"] + r["kl"] + r["firing_term"], rel=1e-5)
+    assert not any("firing_term" in r for r in ann)
+    ft = tmp_path / "ft"
+    assert cli(["finetune", "--init", str(out / "checkpoint"), "--dataset", "fashion-mnist",
+                "--data-dir", str(data_dir), "--out", str(ft), "--epochs", "1", "--batch", "16",
+                "--firing-weight", "1", "--firing-target", "0.01", "--no-progress",
+                "--cache-dir", str(cache_dir), "--device", "cpu"]) == 0  # fmt: skip
+    steps = [json.loads(line) for line in (ft / "metrics.jsonl").open()]
+    assert any("firing_term" in r for r in steps)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path, data_dir, clip_dir, cache_dir):
     args = ["train", "--dataset", "fashion-mnist", "--data-dir", str(data_dir), "--teacher",
