@@ -174,7 +174,24 @@ def _peer_models() -> str:
     return "\n".join(out) + "\n"
 
 
-RENDERERS = {"peer_models": _peer_models}
+def _energy_frontier() -> str:
+    data = json.loads((RESULTS / "energy_frontier_epyc_cpu_2core.json").read_text())
+    ann = data["ann"]
+    out = [
+        "| setting | top-1 | below the ANN twin | mJ per image | of the ANN's | firing | goal |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in data["points"]:
+        out.append(
+            f"| {p['name']} | {p['top1']:.2%} | {p['points_below_ann']:.2f} points | "
+            f"{p['energy_mJ']:.4f} | {p['energy_vs_ann']:.2f} | {p['mean_firing_rate']:.1%} | "
+            f"{'met' if p['meets_goal'] else '-'} |"
+        )
+    out.append(f"| ANN twin | {ann['top1']:.2%} | | {ann['energy_mJ']:.4f} | 1 | | |")
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"peer_models": _peer_models, "energy_frontier": _energy_frontier}
 
 
 def render(name: str) -> str:

@@ -1,0 +1,220 @@
+"""The energy frontier: top-1 against energy per image of the demo's SpikeCLIP under every
+setting tried, with its ANN twin and the teacher as reference lines.
+
+Each point is the demo's recipe (`spikeclip demo`: Fashion-MNIST, tiny, 6,000 training images)
+with a few settings changed. A point that changes fine-tuning alone (the firing-rate term) starts
+from the teacher and alignment stages of the run it differs from only there (the base run, or a
+finished point), copied into its directory (the recipe resumes past finished stages, so they are
+the same weights, not retrained); any other point trains every stage. The ANN twin is the base
+run's. Points already finished in --out are read, not rerun.
+
+    python benchmarks/energy_frontier.py --out spikeclip_out/frontier \\
+        --base spikeclip_out/demo --json benchmarks/results/energy_frontier_epyc_cpu_2core.json
+
+writes the JSON (every point: its settings, SpikeCLIP and replace top-1, mJ per image, its ratio
+to the ANN twin's, mean firing rate, and whether it meets the goal: within 1.5 points of the ANN
+twin at no more than 0.10 of its energy) and the plot beside it (.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from spikeclip.bench.machine import cpu_name
+from spikeclip.train.commands import DEMO
+from spikeclip.train.config import RecipeConfig
+from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES
+
+# The goal (issue 32): within GOAL_POINTS of the ANN twin at no more than GOAL_ENERGY of its energy.
+GOAL_POINTS, GOAL_ENERGY = 1.5, 0.10
+# RecipeConfig fields that only fine-tuning reads: a point changing nothing else shares alignment.
+FINETUNE_ONLY = {"firing_weight", "firing_target"}
+# name -> RecipeConfig changes over the demo's (model_options: SpikeCLIPConfig fields)
+POINTS = {
+    "demo": {},
+    "firing w=0.3": {"firing_weight": 0.3},
+    "firing w=1": {"firing_weight": 1.0},
+    "firing w=3": {"firing_weight": 3.0},
+    "firing w=10": {"firing_weight": 10.0},
+    "firing w=30": {"firing_weight": 30.0},
+    "firing w=10 target 0.1": {"firing_weight": 10.0, "firing_target": 0.1},
+    "v_th 0.75": {"model_options": {"v_th": 0.75}},
+    "v_th 1": {"model_options": {"v_th": 1.0}},
+    "paper neurons (v_th 1, fixed tau)": {"model_options": {"v_th": 1.0, "learnable_tau": False}},
+    "learnable v_th": {"model_options": {"learnable_v_th": True}},
+    "learnable v_th, firing w=0.3": {
+        "model_options": {"learnable_v_th": True},
+        "firing_weight": 0.3,
+    },
+    "learnable v_th, firing w=1": {"model_options": {"learnable_v_th": True}, "firing_weight": 1.0},
+    "learnable v_th, firing w=3": {"model_options": {"learnable_v_th": True}, "firing_weight": 3.0},
+    "T=2": {"model_options": {"time_steps": 2}},
+    "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
+    "T=1": {"model_options": {"time_steps": 1}},
+}
+SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in ".=" else "-" for c in name).strip("-")
+
+
+def base_config(out: Path, cache_dir: Path) -> RecipeConfig:
+    return RecipeConfig(**DEMO, out=str(out), cache_dir=str(cache_dir), progress=False, ann=False)
+
+
+def same_settings(a: dict, b: dict) -> bool:
+    """Whether two runs' settings give the same result (resume, progress, ... aside)."""
+    return all(a.get(k) == v for k, v in b.items() if k not in RESUMABLE_CHANGES | {"out"})
+
+
+def check_base(base: Path) -> dict:
+    """The base run's results; it must be the demo's recipe, with its ANN twin."""
+    saved = {**RecipeConfig().to_dict(), **json.loads((base / RECIPE_JSON).read_text())}
+    if not same_settings(saved, RecipeConfig(**DEMO).to_dict()):
+        raise SystemExit(f"--base {base}: not the demo's recipe ({base / RECIPE_JSON})")
+    results = json.loads((base / "results.json").read_text())
+    if results.get("ann_acc") is None:
+        raise SystemExit(f"--base {base}: has no ANN twin (run it with the ANN)")
+    return results
+
+
+def alignment_source(changes: dict, base: Path, out: Path) -> Path | None:
+    """The finished run whose teacher and alignment stages a point can start from: the base
+    for a point that changes fine-tuning alone, else the point with the same changes but the
+    fine-tuning ones (when it has finished); None: the point trains every stage."""
+    upstream = {k: v for k, v in changes.items() if k not in FINETUNE_ONLY}
+    if not upstream:
+        return base
+    for name, other in POINTS.items():
+        if other == upstream and (out / slug(name) / "results.json").is_file():
+            return out / slug(name)
+    return None
+
+
+def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) -> dict:
+    from spikeclip.train.recipe import run_recipe
+
+    point_dir = out / slug(name)
+    done = point_dir / "results.json"
+    cfg = replace(base_config(point_dir, cache_dir), **changes)
+    if done.is_file():
+        results = json.loads(done.read_text())
+        if same_settings(results["config"], cfg.to_dict()):
+            return results
+        shutil.rmtree(point_dir)
+    aligned = alignment_source(changes, base, out)
+    if aligned is not None:
+        point_dir.mkdir(parents=True, exist_ok=True)
+        for part in SHARED:
+            if (point_dir / part).exists():
+                shutil.rmtree(point_dir / part)
+            shutil.copytree(aligned / part, point_dir / part)
+        (point_dir / RECIPE_JSON).write_text(json.dumps(cfg.to_dict()))
+        cfg = replace(cfg, resume=True)
+    else:
+        cfg = replace(cfg, overwrite=True)
+    print(f"[frontier] {name}: {point_dir}", flush=True)
+    results = run_recipe(cfg)
+    return json.loads(done.read_text()) if done.is_file() else results
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ann, teacher = result["ann"], result["teacher"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for p in result["points"]:
+        ax.scatter(p["energy_mJ"] * 1e3, p["top1"] * 100, color="#3b6ea8")
+        ax.annotate(p["name"], (p["energy_mJ"] * 1e3, p["top1"] * 100), fontsize=7,
+                    xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    ax.scatter(ann["energy_mJ"] * 1e3, ann["top1"] * 100, color="#b5452f", marker="s")
+    ax.axhline(ann["top1"] * 100, color="#b5452f", lw=0.8, ls="--", label="ANN twin")
+    ax.axhline(teacher["top1"] * 100, color="#666666", lw=0.8, ls=":", label="teacher")
+    goal_x, goal_y = ann["energy_mJ"] * GOAL_ENERGY * 1e3, (ann["top1"] * 100 - GOAL_POINTS)
+    ax.axvline(goal_x, color="#2e8b57", lw=0.8)
+    ax.axhline(goal_y, color="#2e8b57", lw=0.8, label="goal (upper left of both)")
+    ax.set_xscale("log")
+    ax.set_xlabel("energy per image (uJ, log scale)")
+    ax.set_ylabel("zero-shot top-1 (%)")
+    ax.set_title("SpikeCLIP tiny on Fashion-MNIST: accuracy vs energy")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="spikeclip_out/frontier", help="the points' run directories")
+    p.add_argument("--base", help="a finished `spikeclip demo` run (default: run it in OUT/demo)")
+    p.add_argument("--json", required=True, help="results file (the plot goes beside it, .png)")
+    p.add_argument("--points", help="comma-separated names of POINTS to run (default: all)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    cache_dir = out / "cache"
+    names = list(POINTS) if not args.points else [n.strip() for n in args.points.split(",")]
+    unknown = [n for n in names if n not in POINTS]
+    if unknown:
+        raise SystemExit(f"unknown points {unknown}; choose from {list(POINTS)}")
+    started = time.perf_counter()
+    if args.base:
+        base = Path(args.base)
+    else:
+        from spikeclip.train.recipe import run_recipe
+
+        base = out / "demo"
+        if not (base / "results.json").is_file():
+            run_recipe(replace(base_config(base, cache_dir), ann=True, overwrite=True))
+    base_results = check_base(base)
+    ann_mJ = base_results["energy_ann_mJ"]
+    points = []
+    for name in names:
+        r = base_results if name == "demo" else run_point(name, POINTS[name], base, out, cache_dir)
+        top1 = r["spikeclip_acc"]
+        ratio = r["energy_snn_mJ"] / ann_mJ
+        gap = (base_results["ann_acc"] - top1) * 100
+        points.append({
+            "name": name,
+            "changes": POINTS[name],
+            "top1": top1,
+            "replace_top1": r["replace_acc"],
+            "energy_mJ": r["energy_snn_mJ"],
+            "energy_vs_ann": ratio,
+            "points_below_ann": gap,
+            "mean_firing_rate": r["mean_firing_rate"],
+            "meets_goal": gap <= GOAL_POINTS and ratio <= GOAL_ENERGY,
+            "run": str(base if name == "demo" else out / slug(name)),
+        })  # fmt: skip
+        print(f"[frontier] {name}: top-1 {top1:.2%}, {r['energy_snn_mJ']:.4f} mJ "
+              f"({ratio:.2f} of the ANN's), firing {r['mean_firing_rate']:.3f}")  # fmt: skip
+    result = {
+        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "cpu": f"{cpu_name()} ({os.cpu_count()} cores)",
+        "goal": {"points_below_ann": GOAL_POINTS, "energy_vs_ann": GOAL_ENERGY},
+        "ann": {"top1": base_results["ann_acc"], "energy_mJ": ann_mJ},
+        "teacher": {"top1": base_results["teacher_acc"]},
+        "points": points,
+        "any_meets_goal": any(p["meets_goal"] for p in points),
+        "seconds": time.perf_counter() - started,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, path.with_suffix(".png"))
+    print(f"[frontier] {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
