@@ -49,6 +49,7 @@ POINTS = {
     "v_th 1": {"model_options": {"v_th": 1.0}},
     "paper neurons (v_th 1, fixed tau)": {"model_options": {"v_th": 1.0, "learnable_tau": False}},
     "learnable v_th": {"model_options": {"learnable_v_th": True}},
+    "v_th 1, learnable v_th": {"model_options": {"v_th": 1.0, "learnable_v_th": True}},
     "learnable v_th, firing w=0.3": {
         "model_options": {"learnable_v_th": True},
         "firing_weight": 0.3,
