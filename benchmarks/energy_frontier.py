@@ -59,6 +59,7 @@ POINTS = {
     "T=2": {"model_options": {"time_steps": 2}},
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
     "T=1": {"model_options": {"time_steps": 1}},
+    "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
     "T=2, learnable v_th": {"model_options": {"time_steps": 2, "learnable_v_th": True}},
     "T=2, learnable v_th, firing w=0.3": {
         "model_options": {"time_steps": 2, "learnable_v_th": True},
