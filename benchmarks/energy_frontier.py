@@ -50,6 +50,10 @@ POINTS = {
     "paper neurons (v_th 1, fixed tau)": {"model_options": {"v_th": 1.0, "learnable_tau": False}},
     "learnable v_th": {"model_options": {"learnable_v_th": True}},
     "v_th 1, learnable v_th": {"model_options": {"v_th": 1.0, "learnable_v_th": True}},
+    "v_th 1, learnable v_th, firing w=0.3": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
+        "firing_weight": 0.3,
+    },
     "learnable v_th, firing w=0.3": {
         "model_options": {"learnable_v_th": True},
         "firing_weight": 0.3,
@@ -60,6 +64,9 @@ POINTS = {
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
     "T=1": {"model_options": {"time_steps": 1}},
     "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
+    "T=2, v_th 1, learnable v_th": {
+        "model_options": {"time_steps": 2, "v_th": 1.0, "learnable_v_th": True}
+    },
     "T=2, learnable v_th": {"model_options": {"time_steps": 2, "learnable_v_th": True}},
     "T=2, learnable v_th, firing w=0.3": {
         "model_options": {"time_steps": 2, "learnable_v_th": True},
