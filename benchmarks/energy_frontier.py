@@ -64,6 +64,11 @@ POINTS = {
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
     "T=1": {"model_options": {"time_steps": 1}},
     "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
+    "demo, seed 1": {"seed": 1},
+    "v_th 1, learnable v_th, seed 1": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
+        "seed": 1,
+    },
     "T=2, v_th 1, learnable v_th": {
         "model_options": {"time_steps": 2, "v_th": 1.0, "learnable_v_th": True}
     },
