@@ -49,33 +49,38 @@ POINTS = {
     "v_th 1": {"model_options": {"v_th": 1.0}},
     "paper neurons (v_th 1, fixed tau)": {"model_options": {"v_th": 1.0, "learnable_tau": False}},
     "learnable v_th": {"model_options": {"learnable_v_th": True}},
+    **{
+        f"learnable v_th, firing w={w}": {
+            "model_options": {"learnable_v_th": True},
+            "firing_weight": float(w),
+        }
+        for w in ("0.3", "1", "3")
+    },
     "v_th 1, learnable v_th": {"model_options": {"v_th": 1.0, "learnable_v_th": True}},
-    "v_th 1, learnable v_th, firing w=0.3": {
-        "model_options": {"v_th": 1.0, "learnable_v_th": True},
-        "firing_weight": 0.3,
+    **{
+        f"v_th 1, learnable v_th, firing w={w}": {
+            "model_options": {"v_th": 1.0, "learnable_v_th": True},
+            "firing_weight": float(w),
+        }
+        for w in ("0.3", "0.6", "1")
     },
-    "learnable v_th, firing w=0.3": {
-        "model_options": {"learnable_v_th": True},
-        "firing_weight": 0.3,
-    },
-    "learnable v_th, firing w=1": {"model_options": {"learnable_v_th": True}, "firing_weight": 1.0},
-    "learnable v_th, firing w=3": {"model_options": {"learnable_v_th": True}, "firing_weight": 3.0},
     "T=2": {"model_options": {"time_steps": 2}},
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
-    "T=1": {"model_options": {"time_steps": 1}},
-    "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
-    "demo, seed 1": {"seed": 1},
-    "v_th 1, learnable v_th, seed 1": {
-        "model_options": {"v_th": 1.0, "learnable_v_th": True},
-        "seed": 1,
-    },
-    "T=2, v_th 1, learnable v_th": {
-        "model_options": {"time_steps": 2, "v_th": 1.0, "learnable_v_th": True}
-    },
     "T=2, learnable v_th": {"model_options": {"time_steps": 2, "learnable_v_th": True}},
     "T=2, learnable v_th, firing w=0.3": {
         "model_options": {"time_steps": 2, "learnable_v_th": True},
         "firing_weight": 0.3,
+    },
+    "T=2, v_th 1, learnable v_th": {
+        "model_options": {"time_steps": 2, "v_th": 1.0, "learnable_v_th": True}
+    },
+    "T=1": {"model_options": {"time_steps": 1}},
+    "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
+    # a second seed (the teacher's fit changes with it; the ANN twin is the base run's)
+    "demo, seed 1": {"seed": 1},
+    "v_th 1, learnable v_th, seed 1": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
+        "seed": 1,
     },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
