@@ -115,6 +115,8 @@ def alignment_source(changes: dict, base: Path, out: Path) -> Path | None:
     for a point that changes fine-tuning alone, else the point with the same changes but the
     fine-tuning ones (when it has finished); None: the point trains every stage."""
     upstream = {k: v for k, v in changes.items() if k not in FINETUNE_ONLY}
+    if upstream == changes:  # nothing of fine-tuning alone: its own alignment
+        return None
     if not upstream:
         return base
     for name, other in POINTS.items():

@@ -1,0 +1,60 @@
+"""benchmarks/energy_frontier.py: every point is a valid run of the demo's recipe, points that
+change fine-tuning alone start from the right alignment, and the results file it wrote is
+well-formed and agrees with its own goal."""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from spikeclip.models import SpikeCLIPConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import energy_frontier as frontier  # noqa: E402
+
+
+def test_every_point_is_a_valid_demo_run_with_its_own_directory(tmp_path):
+    slugs = set()
+    for name, changes in frontier.POINTS.items():
+        cfg = replace(frontier.base_config(tmp_path / "x", tmp_path / "c"), **changes)
+        SpikeCLIPConfig.named(cfg.config, **cfg.model_options)  # the model options are fields
+        slugs.add(frontier.slug(name))
+    assert len(slugs) == len(frontier.POINTS)
+
+
+def test_alignment_is_shared_only_where_fine_tuning_alone_differs(tmp_path):
+    base, out = tmp_path / "base", tmp_path / "out"
+    assert frontier.alignment_source({"firing_weight": 1.0}, base, out) == base
+    threshold = {"model_options": {"v_th": 1.0, "learnable_v_th": True}}
+    assert frontier.alignment_source({**threshold, "firing_weight": 0.3}, base, out) is None
+    done = out / frontier.slug("v_th 1, learnable v_th")
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    assert frontier.alignment_source({**threshold, "firing_weight": 0.3}, base, out) == done
+    assert frontier.alignment_source(threshold, base, out) is None  # its own alignment
+    assert frontier.alignment_source({"seed": 1}, base, out) is None
+
+
+def test_same_settings_ignores_what_does_not_change_a_result():
+    cfg = frontier.base_config(Path("a"), Path("c")).to_dict()
+    assert frontier.same_settings({**cfg, "resume": True, "out": "b", "progress": True}, cfg)
+    assert not frontier.same_settings({**cfg, "firing_weight": 1.0}, cfg)
+
+
+def test_the_results_file():
+    path = ROOT / "benchmarks" / "results" / "energy_frontier_epyc_cpu_2core.json"
+    data = json.loads(path.read_text())
+    assert [p["name"] for p in data["points"]] == list(frontier.POINTS)
+    ann = data["ann"]
+    for p in data["points"]:
+        assert p["changes"] == frontier.POINTS[p["name"]]
+        assert p["energy_vs_ann"] == pytest.approx(p["energy_mJ"] / ann["energy_mJ"])
+        assert p["points_below_ann"] == pytest.approx((ann["top1"] - p["top1"]) * 100)
+        meets = p["points_below_ann"] <= 1.5 and p["energy_vs_ann"] <= 0.10
+        assert p["meets_goal"] == meets
+    assert data["any_meets_goal"] == any(p["meets_goal"] for p in data["points"])
+    assert (path.with_suffix(".png")).stat().st_size > 10_000
