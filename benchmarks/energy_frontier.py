@@ -30,7 +30,7 @@ from pathlib import Path
 from spikeclip.bench.machine import cpu_name
 from spikeclip.train.commands import DEMO
 from spikeclip.train.config import RecipeConfig
-from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES
+from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES, run_recipe
 
 # The goal (issue 32): within GOAL_POINTS of the ANN twin at no more than GOAL_ENERGY of its energy.
 GOAL_POINTS, GOAL_ENERGY = 1.5, 0.10
@@ -126,8 +126,6 @@ def alignment_source(changes: dict, base: Path, out: Path) -> Path | None:
 
 
 def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) -> dict:
-    from spikeclip.train.recipe import run_recipe
-
     point_dir = out / slug(name)
     done = point_dir / "results.json"
     cfg = replace(base_config(point_dir, cache_dir), **changes)
@@ -202,8 +200,6 @@ def main(argv=None) -> int:
     if args.base:
         base = Path(args.base)
     else:
-        from spikeclip.train.recipe import run_recipe
-
         base = out / "demo"
         if not (base / "results.json").is_file():
             run_recipe(replace(base_config(base, cache_dir), ann=True, overwrite=True))
