@@ -82,6 +82,11 @@ POINTS = {
         "model_options": {"v_th": 1.0, "learnable_v_th": True},
         "seed": 1,
     },
+    "v_th 1, learnable v_th, firing w=0.3, seed 1": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
+        "seed": 1,
+        "firing_weight": 0.3,
+    },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 
