@@ -89,6 +89,20 @@ POINTS = {
     },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
+# the plot's colours: each point's family by its name (the table names every point)
+FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
+            "threshold learned from 1", "T=2", "T=1", "second seed")  # fmt: skip
+
+
+def family(name: str) -> str:
+    if "seed" in name:
+        return "second seed"
+    for prefix, fam in (("T=1", "T=1"), ("T=2", "T=2"), ("v_th 1, learnable", FAMILIES[4]),
+                        ("learnable", "learned threshold"), ("firing", "firing term"),
+                        ("demo", "demo")):  # fmt: skip
+        if name.startswith(prefix):
+            return fam
+    return "fixed thresholds"
 
 
 def slug(name: str) -> str:
@@ -163,12 +177,15 @@ def plot(result: dict, path: Path) -> None:
     from matplotlib.ticker import NullFormatter
 
     ann, teacher = result["ann"], result["teacher"]
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    colors = dict(zip(FAMILIES, plt.get_cmap("tab10").colors, strict=False))
+    shown = set()
     for p in result["points"]:
-        color = "#2e8b57" if p["meets_goal"] else "#3b6ea8"
-        ax.scatter(p["energy_mJ"] * 1e3, p["top1"] * 100, color=color)
-        ax.annotate(p["name"], (p["energy_mJ"] * 1e3, p["top1"] * 100), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        fam = family(p["name"])
+        ax.scatter(p["energy_mJ"] * 1e3, p["top1"] * 100, color=colors[fam],
+                   marker="*" if p["meets_goal"] else "o", s=60 if p["meets_goal"] else 28,
+                   label=None if fam in shown else fam)  # fmt: skip
+        shown.add(fam)
     ax.scatter(ann["energy_mJ"] * 1e3, ann["top1"] * 100, color="#b5452f", marker="s")
     ax.axhline(ann["top1"] * 100, color="#b5452f", lw=0.8, ls="--", label="ANN twin")
     ax.axhline(teacher["top1"] * 100, color="#666666", lw=0.8, ls=":", label="teacher")
@@ -181,8 +198,8 @@ def plot(result: dict, path: Path) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("energy per image (uJ, log scale)")
     ax.set_ylabel("zero-shot top-1 (%)")
-    ax.set_title("SpikeCLIP tiny on Fashion-MNIST: accuracy vs energy")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("SpikeCLIP tiny on Fashion-MNIST: accuracy vs energy (every setting tried)")
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
