@@ -81,8 +81,10 @@ class FiringPenalty:
             return torch.zeros(()), 0.0
         total = sum(full for _, full, _ in terms)
         excess = sum(full * torch.relu(rate - self.target) for _, full, rate in terms)
-        mean_rate = sum(full * float(rate.detach()) for _, full, rate in terms) / total
-        return self.weight * excess / total, mean_rate
+        # the logged rate: one device sync, not one per input
+        fulls = torch.tensor([full for _, full, _ in terms], dtype=torch.float64)
+        rates = torch.stack([rate.detach() for _, _, rate in terms]).double().cpu()
+        return self.weight * excess / total, float(fulls @ rates) / total
 
 
 def _watch_points(encoder: nn.Module):
