@@ -71,20 +71,23 @@ def test_linear_layers_exact_and_the_attention_inputs_that_cost():
     assert attention == pytest.approx(report["blocks.0.attn.attend"].sops, rel=1e-6)
 
 
+def one_pass(enc, x, weight, target):
+    """(term, rate) of one forward pass of enc on x under a FiringPenalty."""
+    with FiringPenalty(enc, weight, target) as penalty:
+        enc(x)
+        return penalty.take()
+
+
 def test_gradient_reaches_the_neurons_inputs_and_target_leaves_low_layers_alone():
     enc = tiny_encoder()
     x = images()
-    with FiringPenalty(enc, 2.0, 0.0) as penalty:
-        enc(x)
-        term, rate = penalty.take()
-        term.backward()
+    term, rate = one_pass(enc, x, 2.0, 0.0)
+    term.backward()
     bias = enc.tokenizer.stages[1].bn.bias.grad
     assert bias is not None and float(bias.abs().sum()) > 0
     assert float(term.detach()) == pytest.approx(2.0 * rate)
     # a target above every input's rate: nothing to pay, a zero term (its gradient zero too)
-    with FiringPenalty(enc, 2.0, 0.99) as penalty:
-        enc(x)
-        term, _ = penalty.take()
+    term, _ = one_pass(enc, x, 2.0, 0.99)
     assert float(term) == 0.0
 
 
@@ -189,10 +192,8 @@ def test_learnable_threshold_in_the_model_and_its_refusals():
     names = [n for n, _ in enc.named_parameters() if n.endswith("v_th_log_scale")]
     assert len(names) == sum(isinstance(m, LIF) for m in enc.modules()) > 0
     x = images()
-    with FiringPenalty(enc, 1.0, 0.0) as penalty:
-        enc(x)
-        term, _ = penalty.take()
-        term.backward()
+    term, _ = one_pass(enc, x, 1.0, 0.0)
+    term.backward()
     assert all(p.grad is not None for n, p in enc.named_parameters() if n in names)
     # e^s = 1: the same spikes as the model without it (same weights)
     plain = tiny_encoder()
