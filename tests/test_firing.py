@@ -167,10 +167,11 @@ def test_command_line_sets_them():
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_learnable_threshold_fires_as_the_lif_at_that_threshold(v_reset, backend):
     """LIF(learnable_v_th) with factor e^s fires exactly where LIF(v_th * e^s) does (inputs in
-    multiples of 1/8 and factors that are powers of two: no rounding either way), in step mode
+    continuous random values, so that no membrane lies within rounding of the threshold: e^s
+    as computed on any CPU, a last-bit difference from 2^k, cannot flip a spike), in step mode
     "m" and "s"; its gradient reaches s."""
     g = torch.Generator().manual_seed(3)
-    x = torch.randint(-8, 24, (6, 5, 7), generator=g).float() / 8
+    x = torch.rand(6, 5, 7, generator=g) * 4 - 1
     for s in (-1.0, 0.0, 1.0):
         learned = LIF(v_th=0.5, v_reset=v_reset, learnable_v_th=True, backend=backend)
         with torch.no_grad():
