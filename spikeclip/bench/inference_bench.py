@@ -5,6 +5,8 @@ Both run `model.encode_image` under `torch.inference_mode()` in eval mode, as `c
 `eval` do, timed in interleaved rounds (medians). The breakdown times each part of the encoder
 (the first convolution, the spike-fed convolutions, the neurons, the pools, attention, MLP, the
 rest) with forward hooks in a separate pass, so the throughput figures carry no hook cost.
+Where the tokenizer takes its inference path (ConvTokenizer.takes_inference_path: folded BN,
+channels last), hooks inside it would send it down the other path: it is timed as one part.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ PARTS = (
 )
 
 
-def _part(path: str) -> str | None:
+INFERENCE_TOKENIZER = "tokenizer (inference path)"
+
+
+def _part(path: str, whole_tokenizer: bool = False) -> str | None:
+    if whole_tokenizer and (path == "tokenizer" or path.startswith("tokenizer.")):
+        return INFERENCE_TOKENIZER if path == "tokenizer" else None
     for prefix, name in PARTS:
         if path.startswith(prefix):
             if name is not None:
@@ -37,11 +44,11 @@ def _part(path: str) -> str | None:
     return None
 
 
-def _top_parts(encoder: torch.nn.Module) -> dict[str, torch.nn.Module]:
+def _top_parts(encoder: torch.nn.Module, whole_tokenizer: bool) -> dict[str, torch.nn.Module]:
     """The outermost module of each part (timing nested ones would count twice)."""
     chosen: dict[str, torch.nn.Module] = {}
     for path, module in encoder.named_modules():
-        part = _part(path)
+        part = _part(path, whole_tokenizer)
         if part is None or any(path.startswith(p + ".") for p in chosen):
             continue
         if part in ("attention", "MLP") and path.count(".") != 2:  # blocks.i.attn / blocks.i.mlp
@@ -54,7 +61,9 @@ def breakdown(model, images: torch.Tensor, rounds: int = 3) -> dict[str, float]:
     """Seconds per call of encode_image spent in each part (the median round), "other" the
     rest (resize, normalisation, readout, projection, layout changes)."""
     encoder = model.image_encoder
-    modules = _top_parts(encoder)
+    with torch.inference_mode():
+        whole = encoder.tokenizer.takes_inference_path(images)
+    modules = _top_parts(encoder, whole)
     spent: dict[str, float] = defaultdict(float)
     started: dict[int, float] = {}
     handles = []
@@ -65,7 +74,7 @@ def breakdown(model, images: torch.Tensor, rounds: int = 3) -> dict[str, float]:
     def post(mod, args, out):
         spent[part_of[id(mod)]] += time.perf_counter() - started.pop(id(mod))
 
-    part_of = {id(module): _part(path) for path, module in modules.items()}
+    part_of = {id(module): _part(path, whole) for path, module in modules.items()}
     for module in modules.values():
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
     totals, per_round = [], []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as nn_module
 
@@ -14,6 +15,7 @@ from spikeclip.kernels import pack_spikes
 from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif
 from spikeclip.kernels.common.options import lif_options
 from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
+from spikeclip.kernels.max_pool.reference import max_pool2x2_reference, max_pool3x3s2_reference
 from spikeclip.kernels.spike_products.conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_products.linear import spike_linear
 from spikeclip.models.config import SpikeCLIPConfig
@@ -27,7 +29,7 @@ from spikeclip.models.neurons import LIF
 from spikeclip.models.recompute import packed_recompute
 
 
-def _hooked(module: nn.Module) -> bool:
+def hooked(module: nn.Module) -> bool:
     """Whether a forward hook watches `module` (its own, or a global one)."""
     return bool(
         module._forward_hooks
@@ -159,7 +161,7 @@ class _SpikingUnit(nn.Module):
         n = self.neuron
         if not isinstance(n, LIF) or n.has_parameters or n.memory == "low" or n.step_mode != "m":
             return None
-        if _hooked(n) or _hooked(self.bn):
+        if hooked(n) or hooked(self.bn):
             return None
         return bn_lif_backend(self.backend, y)
 
@@ -219,6 +221,26 @@ class SeqConvBN(_SpikingUnit):
     @staticmethod
     def normalise(y, bn):
         return bn(y)
+
+    def folds(self) -> bool:
+        """Whether BN can fold into the convolution (folded_conv): eval mode with running
+        statistics."""
+        return not self.bn.training and self.bn.running_mean is not None
+
+    def folded_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """op then BN in eval mode as one convolution of x `[N, C_in, H, W]`: BN's scale
+        gamma / sqrt(var + eps) folded into the weights, its shift beta - mean * scale the
+        bias. Inference's form (image_encoder.ConvTokenizer), equal to the pair up to float
+        rounding; only where folds() holds."""
+        bn, op = self.bn, self.op
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        weight = op.weight * scale.view(-1, 1, 1, 1)
+        return F.conv2d(x, weight, shift, op.stride, op.padding, op.dilation, op.groups)
 
     @staticmethod
     def channels_second(y):
@@ -299,6 +321,7 @@ class SeqMaxPool2x2(nn.Module):
         self.backend = backend  # set_backend reaches it
 
     pool = staticmethod(max_pool2x2)
+    spec = staticmethod(max_pool2x2_reference)  # F.max_pool2d: any memory format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = "cpp" if runs_cpp_kernels(self.backend, x) else "torch"
@@ -313,6 +336,7 @@ class SeqMaxPool3x3(SeqMaxPool2x2):
     a byte per window for the backward instead of an int64 index (spikeclip.kernels.max_pool)."""
 
     pool = staticmethod(max_pool3x3s2)
+    spec = staticmethod(max_pool3x3s2_reference)
 
 
 class TemporalReadout(nn.Module):

@@ -1,0 +1,193 @@
+"""The image tokenizer's inference path (ConvTokenizer.takes_inference_path: eval mode, no
+gradient, CPU): BN folded into each convolution, activations channels last. It must give what
+the plain path gives in eval mode (up to float rounding: in float64 every spike the same), and
+be taken exactly where it may."""
+
+import pytest
+import torch
+
+from spikeclip.models import ConvTokenizer, SpikeCLIP, SpikeCLIPConfig, set_backend
+from spikeclip.models.image_encoder import normalize_images
+
+VARIANTS = {
+    "tiny": {},
+    "ANN twin": {"image_neuron": "relu"},
+    "2x2 pools, shortcut": {"tokenizer_pool": "2x2", "tokenizer_shortcut": True},
+    "PLIF, learned threshold, T=3": dict(learnable_tau=True, learnable_v_th=True, time_steps=3),
+    "odd size": {"image_size": 20},
+}
+
+
+def trained_looking(config: SpikeCLIPConfig, dtype=torch.float64, seed: int = 0) -> SpikeCLIP:
+    """A tiny model in eval mode whose BNs hold random running statistics and affines (fresh
+    ones are the identity and would hide a folding error), and whose learnable neuron
+    parameters moved off their initial values."""
+    torch.manual_seed(seed)
+    model = SpikeCLIP(SpikeCLIPConfig.named("tiny", **config)).to(dtype).eval()
+    with torch.no_grad():
+        for m in model.image_encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0.0, 0.5)
+                m.running_var.uniform_(0.3, 3.0)
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.normal_(0.0, 0.5)
+        for name, p in model.image_encoder.named_parameters():
+            if "v_th_log_scale" in name or name.endswith(".w"):
+                p.add_(torch.empty_like(p).uniform_(-0.3, 0.3))
+    return model
+
+
+def images_for(model: SpikeCLIP, batch: int = 5, dtype=torch.float64) -> torch.Tensor:
+    size = model.config.image_size
+    return torch.rand(batch, model.config.in_channels, size, size, dtype=dtype)
+
+
+def both_paths(tokenizer: ConvTokenizer, x: torch.Tensor, T: int):
+    """(inference path, plain path) of the tokenizer on x in inference mode; a forward hook
+    sends it down the plain path, as the energy count's hooks do."""
+    with torch.inference_mode():
+        assert tokenizer.takes_inference_path(x)
+        fast = tokenizer(x, T)
+        handle = tokenizer.register_forward_hook(lambda *args: None)
+        try:
+            assert not tokenizer.takes_inference_path(x)
+            plain = tokenizer(x, T)
+        finally:
+            handle.remove()
+    return fast, plain
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_float64_equals_the_plain_path_spike_for_spike(variant):
+    model = trained_looking(VARIANTS[variant])
+    enc = model.image_encoder
+    x = normalize_images(images_for(model), enc.config.image_normalize)
+    fast, plain = both_paths(enc.tokenizer, x, enc.time_steps)
+    assert fast.shape == plain.shape and fast.is_contiguous()
+    # a spike flipped anywhere moves its tokens by a whole weight: far outside this tolerance
+    torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+    # and the features end to end (encode_image takes the path in eval under inference_mode)
+    images = images_for(model, dtype=torch.float64)
+    with torch.inference_mode():
+        features = model.encode_image(images)
+    handle = enc.tokenizer.register_forward_hook(lambda *args: None)
+    try:
+        with torch.inference_mode():
+            expected = model.encode_image(images)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(features, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_spikes_seen_inside_are_the_same_in_float64():
+    """The stage inputs (the neurons' spikes) themselves, not only what they lead to."""
+    model = trained_looking({})
+    tok = model.image_encoder.tokenizer
+    x = normalize_images(images_for(model), model.config.image_normalize)
+    seen = {"fast": [], "plain": []}
+    run = {"now": "fast"}
+    # the inference path hands neurons [T, B, H, W, C] views (channels last): seen in
+    # [T, B, C, H, W] order as the plain path's
+    order = {"fast": (0, 1, 4, 2, 3), "plain": (0, 1, 2, 3, 4)}
+    for n in tok.neurons:
+
+        def spy(y, forward=n.forward):
+            spikes = forward(y)
+            seen[run["now"]].append(spikes.permute(*order[run["now"]]).contiguous())
+            return spikes
+
+        n.forward = spy
+    try:
+        with torch.inference_mode():
+            tok(x, 4)
+            run["now"] = "plain"
+            handle = tok.register_forward_hook(lambda *args: None)
+            tok(x, 4)
+            handle.remove()
+    finally:
+        for n in tok.neurons:
+            del n.forward
+    assert len(seen["fast"]) == len(seen["plain"]) == 4
+    for fast, plain in zip(seen["fast"], seen["plain"], strict=True):
+        assert torch.equal(fast, plain)
+        assert 0.02 < float(plain.mean()) < 0.98  # spikes that could flip, not all 0 or 1
+
+
+def test_float32_agrees_up_to_rounding():
+    """In float32 the folded, channels-last convolutions round differently: a membrane within
+    rounding of the threshold may fire on one path and not the other, rarely."""
+    model = trained_looking({}, dtype=torch.float32, seed=1)
+    enc = model.image_encoder
+    x = normalize_images(images_for(model, 16, torch.float32), enc.config.image_normalize)
+    fast, plain = both_paths(enc.tokenizer, x, enc.time_steps)
+    differ = (fast - plain).abs() > 1e-3 * (1 + plain.abs())
+    assert float(differ.float().mean()) < 1e-3
+
+
+def test_the_path_is_taken_only_where_it_may():
+    model = trained_looking({}, dtype=torch.float32)
+    tok = model.image_encoder.tokenizer
+    x = torch.rand(2, 3, 28, 28)
+    with torch.inference_mode():
+        assert tok.takes_inference_path(x)
+        # another dtype than the weights': the plain path, and its error
+        assert not tok.takes_inference_path(x.double())
+        assert not tok.takes_inference_path(x.half())
+    with torch.no_grad():
+        assert tok.takes_inference_path(x)
+    assert not tok.takes_inference_path(x)  # the parameters want gradients
+    model.requires_grad_(False)
+    assert tok.takes_inference_path(x)  # frozen: nothing needs a gradient
+    assert not tok.takes_inference_path(x.requires_grad_())
+    x = x.detach()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not tok.takes_inference_path(x)
+    tok.stages[2].bn.train()  # batch statistics: nothing to fold
+    with torch.no_grad():
+        assert not tok.takes_inference_path(x)
+    tok.stages[2].bn.eval()
+    set_backend(model, "torch")  # the reference keeps the plain path
+    with torch.no_grad():
+        assert not tok.takes_inference_path(x)
+    set_backend(model, "cpp")
+    with torch.no_grad():
+        assert tok.takes_inference_path(x)
+        handle = tok.pool.register_forward_pre_hook(lambda *args: None)
+        assert not tok.takes_inference_path(x)  # watched: the energy count sees every layer
+        handle.remove()
+        tok.neurons[1].step_mode = "s"
+        assert not tok.takes_inference_path(x)
+
+
+def test_encode_image_and_classify_take_it(monkeypatch):
+    model = trained_looking({}, dtype=torch.float32)
+    calls = []
+    original = ConvTokenizer._infer
+    monkeypatch.setattr(ConvTokenizer, "_infer",
+                        lambda self, *a: calls.append(1) or original(self, *a))  # fmt: skip
+    images = torch.rand(2, 3, 28, 28)
+    with torch.inference_mode():
+        model.encode_image(images)
+    assert len(calls) == 1
+    model.image_encoder.train()
+    with torch.no_grad():
+        model.encode_image(images)  # training mode: batch statistics, the plain path
+    assert len(calls) == 1
+
+
+def test_the_energy_count_sees_every_tokenizer_layer():
+    """spikeclip.energy counts through forward hooks: with them the tokenizer takes the plain
+    path, so every one of its layers is called and counted (the inference path would hide
+    them: no SOPs, no firing rates)."""
+    from spikeclip.energy import estimate
+
+    model = trained_looking({}, dtype=torch.float32)
+    images = torch.rand(4, 3, 28, 28)
+    with torch.inference_mode():
+        report = estimate(model.image_encoder, images)
+    rows = {r.name: r for r in report.rows}
+    assert rows["tokenizer.stages.0.op"].macs > 0
+    for i in range(1, 5):
+        assert rows[f"tokenizer.stages.{i}.op"].sops > 0
+    for i in range(4):
+        assert rows[f"tokenizer.neurons.{i}"].calls == 1
