@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from spikeclip.bench.inference_bench import INFERENCE_TOKENIZER, _part, _top_parts, breakdown
-from spikeclip.models import SpikeCLIP, SpikeCLIPConfig, set_backend
+from spikeclip.models import ConvTokenizer, SpikeCLIP, SpikeCLIPConfig, set_backend
 
 TOKENIZER_PARTS = {"first conv + BN (image input)", "tokenizer conv + BN", "tokenizer neurons",
                    "tokenizer pools"}  # fmt: skip
@@ -27,9 +27,12 @@ def test_parts_are_the_outermost_modules_of_each_part(whole_tokenizer):
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch"])
-def test_breakdown_adds_up_to_the_call(backend):
+def test_breakdown_adds_up_to_the_call(backend, monkeypatch):
     """In eval mode on CPU the tokenizer takes its inference path and is timed whole (hooks
     inside would divert it); the reference backend keeps the plain path, timed by parts."""
+    inferred = []
+    infer = ConvTokenizer._infer
+    monkeypatch.setattr(ConvTokenizer, "_infer", lambda *a: inferred.append(1) or infer(*a))
     torch.manual_seed(0)
     model = SpikeCLIP(SpikeCLIPConfig.named("tiny")).eval()
     set_backend(model, backend)
@@ -40,3 +43,4 @@ def test_breakdown_adds_up_to_the_call(backend):
     assert all(v > 0 for k, v in parts.items() if k != "other")
     assert not model.image_encoder.tokenizer.pool._forward_hooks  # hooks removed
     assert not model.image_encoder.tokenizer._forward_hooks
+    assert bool(inferred) == (backend == "auto")  # timed as it runs untimed

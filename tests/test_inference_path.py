@@ -44,11 +44,11 @@ def images_for(model: SpikeCLIP, batch: int = 5, dtype=torch.float64) -> torch.T
 
 def both_paths(tokenizer: ConvTokenizer, x: torch.Tensor, T: int):
     """(inference path, plain path) of the tokenizer on x in inference mode; a forward hook
-    sends it down the plain path, as the energy count's hooks do."""
+    on a layer inside sends it down the plain path, as the energy count's hooks do."""
     with torch.inference_mode():
         assert tokenizer.takes_inference_path(x)
         fast = tokenizer(x, T)
-        handle = tokenizer.register_forward_hook(lambda *args: None)
+        handle = tokenizer.pool.register_forward_hook(lambda *args: None)
         try:
             assert not tokenizer.takes_inference_path(x)
             plain = tokenizer(x, T)
@@ -70,7 +70,7 @@ def test_float64_equals_the_plain_path_spike_for_spike(variant):
     images = images_for(model, dtype=torch.float64)
     with torch.inference_mode():
         features = model.encode_image(images)
-    handle = enc.tokenizer.register_forward_hook(lambda *args: None)
+    handle = enc.tokenizer.stages[0].register_forward_hook(lambda *args: None)
     try:
         with torch.inference_mode():
             expected = model.encode_image(images)
@@ -101,7 +101,7 @@ def test_spikes_seen_inside_are_the_same_in_float64():
         with torch.inference_mode():
             tok(x, 4)
             run["now"] = "plain"
-            handle = tok.register_forward_hook(lambda *args: None)
+            handle = tok.stages[4].register_forward_hook(lambda *args: None)
             tok(x, 4)
             handle.remove()
     finally:
@@ -154,6 +154,9 @@ def test_the_path_is_taken_only_where_it_may():
         assert tok.takes_inference_path(x)
         handle = tok.pool.register_forward_pre_hook(lambda *args: None)
         assert not tok.takes_inference_path(x)  # watched: the energy count sees every layer
+        handle.remove()
+        handle = tok.register_forward_hook(lambda *args: None)
+        assert tok.takes_inference_path(x)  # the tokenizer itself is called either way
         handle.remove()
         tok.neurons[1].step_mode = "s"
         assert not tok.takes_inference_path(x)

@@ -72,8 +72,9 @@ class ConvTokenizer(nn.Module):
         statistics, nothing needing a gradient, CPU float32/float64 images of the weights' dtype
         without autocast,
         the default kernels (backend "auto" or "cpp"; "torch" is the reference and keeps the
-        plain path), LIF or ReLU neurons in step mode "m", nobody watching a module (forward
-        hooks: the energy count sees every layer called), not inside torch.compile."""
+        plain path), LIF or ReLU neurons in step mode "m", nobody watching a module inside (forward
+        hooks: the energy count sees every layer called; hooks on the tokenizer itself see it
+        called either way), not inside torch.compile."""
         if (
             torch.compiler.is_compiling()
             or images.device.type != "cpu"
@@ -92,7 +93,7 @@ class ConvTokenizer(nn.Module):
         for n in self.neurons:
             if not (isinstance(n, nn.ReLU) or (isinstance(n, LIF) and n.step_mode == "m")):
                 return False
-        return not any(hooked(m) for m in self.modules())
+        return not any(hooked(m) for m in self.modules() if m is not self)
 
     def _infer(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
         """forward's inference path (takes_inference_path): the layers' work in channels-last
