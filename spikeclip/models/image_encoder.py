@@ -34,7 +34,7 @@ class ConvTokenizer(nn.Module):
 
     Inference (eval mode, no gradient, on CPU: takes_inference_path) runs the same network in
     less work: each BN folded into its convolution (SeqConvBN.folded_conv), the activations
-    channels last (the CPU's convolutions ran about twice as fast so), pooled by F.max_pool2d
+    channels last (where the CPU's convolutions run faster), pooled by F.max_pool2d
     (the pools' spec) in that layout. Equal to the other path up to float rounding (the
     convolutions sum in another order): tests/test_inference_path.py.
     """
