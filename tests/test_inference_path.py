@@ -1,13 +1,19 @@
-"""The image tokenizer's inference path (ConvTokenizer.takes_inference_path: eval mode, no
-gradient, CPU): BN folded into each convolution, activations channels last. It must give what
-the plain path gives in eval mode (up to float rounding: in float64 every spike the same), and
-be taken exactly where it may."""
+"""The image encoder's inference path (eval mode, no gradient, CPU): the tokenizer with BN
+folded into each convolution and activations channels last (ConvTokenizer.
+takes_inference_path), the blocks' linear + BN units with BN folded into the linear map
+(_SpikingUnit.takes_inference_path). It must give what the plain path gives in eval mode (up to
+float rounding: in float64 every spike the same), and be taken exactly where it may."""
+
+import contextlib
 
 import pytest
 import torch
+from torch.nn.modules.module import register_module_forward_hook
 
 from spikeclip.models import ConvTokenizer, SpikeCLIP, SpikeCLIPConfig, set_backend
 from spikeclip.models.image_encoder import normalize_images
+from spikeclip.models.layers import SeqLinearBN
+from spikeclip.models.neurons import LIF
 
 VARIANTS = {
     "tiny": {},
@@ -26,7 +32,7 @@ def trained_looking(config: SpikeCLIPConfig, dtype=torch.float64, seed: int = 0)
     model = SpikeCLIP(SpikeCLIPConfig.named("tiny", **config)).to(dtype).eval()
     with torch.no_grad():
         for m in model.image_encoder.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.running_mean.normal_(0.0, 0.5)
                 m.running_var.uniform_(0.3, 3.0)
                 m.weight.uniform_(0.5, 2.0)
@@ -42,18 +48,25 @@ def images_for(model: SpikeCLIP, batch: int = 5, dtype=torch.float64) -> torch.T
     return torch.rand(batch, model.config.in_channels, size, size, dtype=dtype)
 
 
+@contextlib.contextmanager
+def plain_path():
+    """Every module down its plain path: a global forward hook watches them all, as the energy
+    count's hooks watch its layers."""
+    handle = register_module_forward_hook(lambda *args: None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def both_paths(tokenizer: ConvTokenizer, x: torch.Tensor, T: int):
-    """(inference path, plain path) of the tokenizer on x in inference mode; a forward hook
-    on a layer inside sends it down the plain path, as the energy count's hooks do."""
+    """(inference path, plain path) of the tokenizer on x in inference mode."""
     with torch.inference_mode():
         assert tokenizer.takes_inference_path(x)
         fast = tokenizer(x, T)
-        handle = tokenizer.pool.register_forward_hook(lambda *args: None)
-        try:
+        with plain_path():
             assert not tokenizer.takes_inference_path(x)
             plain = tokenizer(x, T)
-        finally:
-            handle.remove()
     return fast, plain
 
 
@@ -66,16 +79,13 @@ def test_float64_equals_the_plain_path_spike_for_spike(variant):
     assert fast.shape == plain.shape and fast.is_contiguous()
     # a spike flipped anywhere moves its tokens by a whole weight: far outside this tolerance
     torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
-    # and the features end to end (encode_image takes the path in eval under inference_mode)
+    # and the features end to end (encode_image takes the path in eval under inference_mode,
+    # the blocks' units too)
     images = images_for(model, dtype=torch.float64)
     with torch.inference_mode():
         features = model.encode_image(images)
-    handle = enc.tokenizer.stages[0].register_forward_hook(lambda *args: None)
-    try:
-        with torch.inference_mode():
+        with plain_path():
             expected = model.encode_image(images)
-    finally:
-        handle.remove()
     torch.testing.assert_close(features, expected, rtol=1e-10, atol=1e-10)
 
 
@@ -101,9 +111,8 @@ def test_spikes_seen_inside_are_the_same_in_float64():
         with torch.inference_mode():
             tok(x, 4)
             run["now"] = "plain"
-            handle = tok.stages[4].register_forward_hook(lambda *args: None)
-            tok(x, 4)
-            handle.remove()
+            with plain_path():
+                tok(x, 4)
     finally:
         for n in tok.neurons:
             del n.forward
@@ -190,7 +199,73 @@ def test_the_energy_count_sees_every_tokenizer_layer():
         report = estimate(model.image_encoder, images)
     rows = {r.name: r for r in report.rows}
     assert rows["tokenizer.stages.0.op"].macs > 0
+    assert rows["blocks.0.mlp.fc1.op"].sops > 0 and rows["blocks.0.attn.q.op"].sops > 0
     for i in range(1, 5):
         assert rows[f"tokenizer.stages.{i}.op"].sops > 0
     for i in range(4):
         assert rows[f"tokenizer.neurons.{i}"].calls == 1
+
+
+NEURONS = {"LIF": lambda: LIF(tau=2.0, v_th=0.5), "ReLU": torch.nn.ReLU, "none": lambda: None}
+
+
+@pytest.mark.parametrize("neuron", list(NEURONS))
+@pytest.mark.parametrize("spikes", [True, False], ids=["spike input", "real input"])
+def test_linear_unit_folds_bn_exactly_in_float64(neuron, spikes):
+    """SeqLinearBN (the blocks' q/k/v/proj/fc units): BN folded into the linear map, the
+    spike sums where the plain path sums (and BLAS above their firing-rate limit)."""
+    torch.manual_seed(3)
+    unit = SeqLinearBN(24, 40, neuron=NEURONS[neuron](), packed_input=spikes).double().eval()
+    with torch.no_grad():
+        unit.bn.running_mean.normal_(0.0, 0.5)
+        unit.bn.running_var.uniform_(0.3, 3.0)
+        unit.bn.weight.uniform_(0.5, 2.0)
+        unit.bn.bias.normal_(0.0, 0.5)
+    for rate in (0.1, 0.5):  # spike sums, then BLAS
+        x = torch.rand(3, 4, 5, 24, dtype=torch.float64)
+        x = (x < rate).double() if spikes else x - 0.5
+        with torch.inference_mode():
+            assert unit.takes_inference_path(x)
+            fast = unit(x)
+            with plain_path():
+                assert not unit.takes_inference_path(x)
+                plain = unit(x)
+        assert fast.shape == plain.shape == (3, 4, 5, 40)
+        torch.testing.assert_close(fast, plain, rtol=1e-10, atol=1e-10)
+        if neuron == "LIF":
+            assert 0.02 < float(plain.mean()) < 0.98
+
+
+def test_linear_unit_takes_the_path_only_where_it_may():
+    unit = SeqLinearBN(8, 8, neuron=LIF(), packed_input=True).eval()
+    x = (torch.rand(2, 3, 8) < 0.3).float()
+    assert not unit.takes_inference_path(x)  # the parameters want gradients
+    with torch.no_grad():
+        assert unit.takes_inference_path(x)
+        assert not unit.takes_inference_path(x.double())
+        unit.bn.train()
+        assert not unit.takes_inference_path(x)
+        unit.bn.eval()
+        unit.backend = "torch"
+        assert not unit.takes_inference_path(x)
+        unit.backend = "auto"
+        handle = unit.neuron.register_forward_hook(lambda *args: None)
+        assert not unit.takes_inference_path(x)
+        handle.remove()
+        handle = unit.register_forward_hook(lambda *args: None)
+        assert unit.takes_inference_path(x)  # the unit itself is called either way
+        handle.remove()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not unit.takes_inference_path(x)
+
+
+def test_the_blocks_units_take_it_in_encode_image(monkeypatch):
+    model = trained_looking({}, dtype=torch.float32)
+    calls = []
+    original = SeqLinearBN.folded_op
+    monkeypatch.setattr(SeqLinearBN, "folded_op",
+                        lambda self, x: calls.append(1) or original(self, x))  # fmt: skip
+    with torch.inference_mode():
+        model.encode_image(torch.rand(2, 3, 28, 28))
+    units = sum(isinstance(m, SeqLinearBN) for m in model.image_encoder.modules())
+    assert units > 0 and len(calls) == units

@@ -33,7 +33,7 @@ class ConvTokenizer(nn.Module):
     is repeated.
 
     Inference (eval mode, no gradient, on CPU: takes_inference_path) runs the same network in
-    less work: each BN folded into its convolution (SeqConvBN.folded_conv), the activations
+    less work: each BN folded into its convolution (SeqConvBN.folded_op), the activations
     channels last (where the CPU's convolutions run faster), pooled by F.max_pool2d
     (the pools' spec) in that layout. Equal to the other path up to float rounding (the
     convolutions sum in another order): tests/test_inference_path.py.
@@ -99,12 +99,12 @@ class ConvTokenizer(nn.Module):
         """forward's inference path (takes_inference_path): the layers' work in channels-last
         activations, BN folded into the convolutions."""
         stages, neurons = self.stages, self.neurons
-        x = stages[0].folded_conv(images.contiguous(memory_format=torch.channels_last))
+        x = stages[0].folded_op(images.contiguous(memory_format=torch.channels_last))
         x = x.unsqueeze(0).expand(time_steps, *x.shape)  # [T, B, C/8, S, S]
-        x = _per_step(stages[1].folded_conv, _fire(neurons[0], x))
-        x = _per_step(self.pool.spec, _per_step(stages[2].folded_conv, _fire(neurons[1], x)))
-        x = _per_step(self.pool.spec, _per_step(stages[3].folded_conv, _fire(neurons[2], x)))
-        y = _per_step(stages[4].folded_conv, _fire(neurons[3], x))
+        x = _per_step(stages[1].folded_op, _fire(neurons[0], x))
+        x = _per_step(self.pool.spec, _per_step(stages[2].folded_op, _fire(neurons[1], x)))
+        x = _per_step(self.pool.spec, _per_step(stages[3].folded_op, _fire(neurons[2], x)))
+        y = _per_step(stages[4].folded_op, _fire(neurons[3], x))
         x = x + y if self.shortcut else y
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]: a view when CL
 

@@ -103,7 +103,55 @@ class _SpikingUnit(nn.Module):
         packed = self.spike_input and self.memory != "plain"
         if packed and self._needs_grad(x) and not torch.compiler.is_compiling():
             return self.packed_forward(x)
+        if self.takes_inference_path(x):
+            return self.inference_forward(x)
         return self.unit(x)
+
+    # ---- inference: BN folded into the op ---------------------------------------------------
+
+    def folds(self) -> bool:
+        """Whether BN can fold into the op (folded_bn): eval mode with running statistics."""
+        return not self.bn.training and self.bn.running_mean is not None
+
+    def folded_bn(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) per channel with BN(y) = y * scale + shift in eval mode: scale =
+        gamma / sqrt(running_var + eps), shift = beta - running_mean * scale. Folded into the
+        op's weights and a bias, BN costs nothing (up to float rounding: the op then sums in
+        scaled weights)."""
+        bn = self.bn
+        scale = torch.rsqrt(bn.running_var + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        shift = -bn.running_mean * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias
+        return scale, shift
+
+    def takes_inference_path(self, x: torch.Tensor) -> bool:
+        """Whether forward runs op and BN as one folded op (inference_forward): BN foldable,
+        nothing needing a gradient, CPU x of the weights' dtype without autocast, the default
+        kernels (backend "auto" / "cpp"; "torch" is the reference), the neuron none, a ReLU or
+        a LIF in step mode "m", nobody watching the op, BN or neuron (the energy count's
+        forward hooks see them called), not inside torch.compile."""
+        if (
+            torch.compiler.is_compiling()
+            or x.device.type != "cpu"
+            or x.dtype != self.op.weight.dtype
+            or x.dtype not in (torch.float32, torch.float64)
+            or torch.is_autocast_enabled("cpu")
+            or self.backend not in ("auto", "cpp")
+            or not self.folds()
+            or self._needs_grad(x)
+        ):
+            return False
+        n = self.neuron
+        if not (n is None or isinstance(n, nn.ReLU) or (isinstance(n, LIF) and n.step_mode == "m")):
+            return False
+        return not any(hooked(m) for m in (self.op, self.bn, n) if m is not None)
+
+    def inference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.folded_op(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+        return self.neuron(y) if self.neuron is not None else y
 
     def packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_recompute(self, x, self._params())
@@ -222,23 +270,11 @@ class SeqConvBN(_SpikingUnit):
     def normalise(y, bn):
         return bn(y)
 
-    def folds(self) -> bool:
-        """Whether BN can fold into the convolution (folded_conv): eval mode with running
-        statistics."""
-        return not self.bn.training and self.bn.running_mean is not None
-
-    def folded_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """op then BN in eval mode as one convolution of x `[N, C_in, H, W]`: BN's scale
-        gamma / sqrt(var + eps) folded into the weights, its shift beta - mean * scale the
-        bias. Inference's form (image_encoder.ConvTokenizer), equal to the pair up to float
-        rounding; only where folds() holds."""
-        bn, op = self.bn, self.op
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        shift = -bn.running_mean * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias
+    def folded_op(self, x: torch.Tensor) -> torch.Tensor:
+        """op then BN in eval mode as one convolution of x `[N, C_in, H, W]` (any memory
+        format): folded_bn's scale in the weights, its shift the bias."""
+        op = self.op
+        scale, shift = self.folded_bn()
         weight = op.weight * scale.view(-1, 1, 1, 1)
         return F.conv2d(x, weight, shift, op.stride, op.padding, op.dilation, op.groups)
 
@@ -300,6 +336,16 @@ class SeqLinearBN(_SpikingUnit):
         if bits is None:
             return torch.nn.functional.linear(x, weight)
         return _spike_product(x, bits, weight, backend)
+
+    def folded_op(self, x: torch.Tensor) -> torch.Tensor:
+        """op then BN in eval mode as one linear map of x `[..., C_in]`: folded_bn's scale in
+        the weights, its shift a bias; spike sums where the plain path sums."""
+        scale, shift = self.folded_bn()
+        weight = self.op.weight * scale.unsqueeze(1)
+        if not self._sums_spikes(x):
+            return torch.nn.functional.linear(x, weight, shift)
+        bits = pack_spikes(x.reshape(-1, x.shape[-1]))
+        return _spike_product(x, bits, weight, layer_product_backend(self.backend)).add_(shift)
 
     @staticmethod
     def normalise(y, bn):
