@@ -76,8 +76,14 @@ POINTS = {
     },
     "T=1": {"model_options": {"time_steps": 1}},
     "T=1, learnable v_th": {"model_options": {"time_steps": 1, "learnable_v_th": True}},
+    "T=1, v_th 0.35": {"model_options": {"time_steps": 1, "v_th": 0.35}},
+    "T=1, v_th 0.75": {"model_options": {"time_steps": 1, "v_th": 0.75}},
+    "T=1, fixed tau": {"model_options": {"time_steps": 1, "learnable_tau": False}},
+    "T=1, alpha 2": {"model_options": {"time_steps": 1, "alpha": 2.0}},
+    "T=1, alpha 8": {"model_options": {"time_steps": 1, "alpha": 8.0}},
     # a second seed (the teacher's fit changes with it; the ANN twin is the base run's)
     "demo, seed 1": {"seed": 1},
+    "T=1, seed 1": {"model_options": {"time_steps": 1}, "seed": 1},
     "v_th 1, learnable v_th, seed 1": {
         "model_options": {"v_th": 1.0, "learnable_v_th": True},
         "seed": 1,
