@@ -149,9 +149,15 @@ def official_text_forward(s, ids):
     return (x * s["weights_tensor"]).sum(1)
 
 
-def test_from_official_computes_the_official_function():
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_from_official_computes_the_official_function(backend):
+    """backend "auto" runs the image encoder's inference path (BN folded, the tokenizer channels
+    last: eval mode, no gradient, CPU); "torch" the plain reference path. Both are the
+    authors' function."""
     image, text = official_image_state(), official_text_state()
-    model = from_official(image, text, heads=HEADS, backend="torch", dtype=torch.float64).eval()
+    model = from_official(image, text, heads=HEADS, backend=backend, dtype=torch.float64).eval()
+    if backend == "auto":
+        model.requires_grad_(False)
     c = model.config
     assert (c.width, c.depth, c.heads, c.embed_dim, c.vocab_size, c.text_width) == (
         W,
@@ -175,6 +181,10 @@ def test_from_official_computes_the_official_function():
     pre = F.interpolate((pixels - mean) / std, size=(32, 32), mode="bilinear", align_corners=False)
     expected = official_image_forward(image, pre)
     ours = model.image_encoder(pixels)
+    tokenizer_input = torch.zeros(1, 3, 32, 32, dtype=torch.float64)
+    assert model.image_encoder.tokenizer.takes_inference_path(tokenizer_input) == (
+        backend == "auto"
+    )
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
     assert expected.abs().max() > 0.1  # spikes flowed through
     ids = torch.randint(0, VOCAB, (5, L))
