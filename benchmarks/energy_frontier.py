@@ -64,6 +64,11 @@ POINTS = {
         }
         for w in ("0.3", "0.6", "1")
     },
+    "v_th 1, learnable v_th, attention v_th 1": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True, "attn_v_th": 1.0}
+    },
+    "v_th 1.25, learnable v_th": {"model_options": {"v_th": 1.25, "learnable_v_th": True}},
+    "v_th 1.5, learnable v_th": {"model_options": {"v_th": 1.5, "learnable_v_th": True}},
     "T=2": {"model_options": {"time_steps": 2}},
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
     "T=2, learnable v_th": {"model_options": {"time_steps": 2, "learnable_v_th": True}},
@@ -97,13 +102,15 @@ POINTS = {
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
 FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
-            "threshold learned from 1", "T=2", "T=1", "second seed")  # fmt: skip
+            "threshold learned from 1 or more", "T=2", "T=1", "second seed")  # fmt: skip
 
 
 def family(name: str) -> str:
     if "seed" in name:
         return "second seed"
-    for prefix, fam in (("T=1", "T=1"), ("T=2", "T=2"), ("v_th 1, learnable", FAMILIES[4]),
+    if name.startswith("v_th 1") and "learnable v_th" in name:
+        return FAMILIES[4]
+    for prefix, fam in (("T=1", "T=1"), ("T=2", "T=2"),
                         ("learnable", "learned threshold"), ("firing", "firing term"),
                         ("demo", "demo")):  # fmt: skip
         if name.startswith(prefix):
