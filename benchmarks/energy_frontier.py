@@ -127,7 +127,9 @@ def base_config(out: Path, cache_dir: Path) -> RecipeConfig:
 
 
 def same_settings(a: dict, b: dict) -> bool:
-    """Whether two runs' settings give the same result (resume, progress, ... aside)."""
+    """Whether two runs' settings give the same result (resume, progress, ... aside); a
+    setting a run's saved settings predate counts as its default (as the recipe's --resume)."""
+    a = {**RecipeConfig().to_dict(), **a}
     return all(a.get(k) == v for k, v in b.items() if k not in RESUMABLE_CHANGES | {"out"})
 
 

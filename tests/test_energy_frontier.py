@@ -43,6 +43,9 @@ def test_same_settings_ignores_what_does_not_change_a_result():
     cfg = frontier.base_config(Path("a"), Path("c")).to_dict()
     assert frontier.same_settings({**cfg, "resume": True, "out": "b", "progress": True}, cfg)
     assert not frontier.same_settings({**cfg, "firing_weight": 1.0}, cfg)
+    older = {k: v for k, v in cfg.items() if k != "firing_in_alignment"}  # saved before it
+    assert frontier.same_settings(older, cfg)
+    assert not frontier.same_settings(older, {**cfg, "firing_in_alignment": True})
 
 
 def test_the_results_file():

@@ -140,6 +140,10 @@ def test_recipe_settings_are_checked():
             RecipeConfig(**bad)
     with pytest.raises(ValueError, match=r"firing_target=0\.2 would be ignored"):
         RecipeConfig(firing_target=0.2)
+    with pytest.raises(ValueError, match=r"firing_in_alignment=True would be ignored"):
+        RecipeConfig(firing_in_alignment=True)
+    with pytest.raises(ValueError, match="firing_in_alignment must be True or False"):
+        RecipeConfig(firing_weight=1.0, firing_in_alignment="yes")
 
 
 def test_command_line_sets_them():
@@ -152,7 +156,11 @@ def test_command_line_sets_them():
          "--device", "cpu"]
     )  # fmt: skip
     cfg = recipe_from_args(args, demo=False)
-    assert (cfg.firing_weight, cfg.firing_target) == (3.0, 0.05)
+    assert (cfg.firing_weight, cfg.firing_target, cfg.firing_in_alignment) == (3.0, 0.05, False)
+    args = build_parser().parse_args(
+        ["train", "--firing-weight", "1", "--firing-in-alignment", "--out", "x", "--device", "cpu"]
+    )  # fmt: skip
+    assert recipe_from_args(args, demo=False).firing_in_alignment
     args = build_parser().parse_args(
         ["finetune", "--init", "a", "--dataset", "fashion-mnist", "--out", "b",
          "--firing-weight", "1.5", "--device", "cpu"]

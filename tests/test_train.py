@@ -194,21 +194,32 @@ def test_resume_after_kills_gives_the_same_weights(tmp_path, data_dir, clip_dir,
     assert sum(rec.get("event") == "resumed" for rec in log) == 1  # image stage restarted
 
 
-def test_recipe_firing_term(tmp_path, data_dir, clip_dir, cache_dir):
-    """firing_weight: each SNN fine-tuning step's loss is CE + KL + the term it logs; the ANN
-    twin's steps have no term (no spikes); the finetune stage command takes it too."""
+@pytest.mark.parametrize("in_alignment", [False, True])
+def test_recipe_firing_term(tmp_path, data_dir, clip_dir, cache_dir, in_alignment):
+    """firing_weight: each SNN fine-tuning step's loss is CE + KL + the term it logs (with
+    firing_in_alignment each image-alignment step's too: alignment + term); the ANN twin's
+    steps have no term (no spikes); the finetune stage command takes it too."""
     spec = f"clip:{clip_dir}"
     out = tmp_path / "run"
-    run_recipe(small_recipe(out, data_dir, cache_dir, spec, firing_weight=2.0, text_epochs=1))
+    run_recipe(small_recipe(out, data_dir, cache_dir, spec, firing_weight=2.0, text_epochs=1,
+                            firing_in_alignment=in_alignment))  # fmt: skip
     log = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     snn = [r for r in log if r.get("stage") == "finetune" and "loss" in r]
-    ann = [r for r in log if r.get("stage") == "ann-finetune" and "loss" in r]
-    assert snn and ann
+    ann = [r for r in log if r.get("stage", "").startswith("ann-") and "loss" in r]
+    aligned = [r for r in log if r.get("stage") == "image-alignment" and "loss" in r]
+    assert snn and ann and aligned
     for r in snn:
         assert 0 < r["input_firing_rate"] < 1
         assert r["firing_term"] == pytest.approx(2.0 * r["input_firing_rate"], rel=1e-5)
         assert r["loss"] == pytest.approx(r["ce"] + r["kl"] + r["firing_term"], rel=1e-5)
+    for r in aligned:
+        assert ("firing_term" in r) == in_alignment
+        if in_alignment:
+            assert r["firing_term"] == pytest.approx(2.0 * r["input_firing_rate"], rel=1e-5)
+            assert r["loss"] == pytest.approx(r["alignment"] + r["firing_term"], rel=1e-5)
     assert not any("firing_term" in r for r in ann)
+    if in_alignment:
+        return
     ft = tmp_path / "ft"
     assert cli(["finetune", "--init", str(out / "checkpoint"), "--dataset", "fashion-mnist",
                 "--data-dir", str(data_dir), "--out", str(ft), "--epochs", "1", "--batch", "16",

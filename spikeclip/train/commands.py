@@ -80,6 +80,10 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     from spikeclip.train.stage_commands import add_dual_loss_args, add_optimizer_arg
 
     add_dual_loss_args(p, d)
+    p.add_argument(
+        "--firing-in-alignment", action="store_true",
+        help="image alignment adds the firing-rate term too (needs --firing-weight)",
+    )  # fmt: skip
     add_optimizer_arg(p, d)
     p.add_argument(
         "--ann", default=d.ann_kind, choices=ANN_KINDS,
@@ -138,6 +142,7 @@ def recipe_from_args(args, demo: bool):
         angle_boundary=args.angle_boundary,
         firing_weight=args.firing_weight,
         firing_target=args.firing_target,
+        firing_in_alignment=args.firing_in_alignment,
         optimizer=args.optimizer,
         weight_decay=args.weight_decay,
         sync_bn=args.sync_bn,

@@ -56,9 +56,11 @@ class RecipeConfig:
     kl_weight: float = 1.0
     kd_temperature: float = 1.0
     # fine-tuning's firing-rate term (spikeclip.train.firing): its weight (0: off) and the
-    # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted)
+    # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted); with
+    # firing_in_alignment image alignment adds the same term
     firing_weight: float = 0.0
     firing_target: float = 0.0
+    firing_in_alignment: bool = False
     logit_scale: float | None = None  # student's cosine-logit scale; None: the teacher's
     # fine-tuning loss: "official" (SpikeCLIP's code: scale 1, summed KL against the teacher's
     # image features on the SNN's class features), "ours" (CE + KL to the teacher's own
@@ -127,6 +129,7 @@ class RecipeConfig:
         need(isinstance(self.firing_target, int | float) and not isinstance(
              self.firing_target, bool) and 0 <= self.firing_target < 1, "firing_target",
              "a firing rate in [0, 1)")  # fmt: skip
+        need(isinstance(self.firing_in_alignment, bool), "firing_in_alignment", "True or False")
         need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
@@ -165,6 +168,8 @@ class RecipeConfig:
             "weight_decay": (optimizer != "adamw",
                              f"the adamw optimizer (this run: {optimizer})"),
             "firing_target": (self.firing_weight == 0, "a firing term (firing_weight > 0)"),
+            "firing_in_alignment": (self.firing_weight == 0,
+                                    "a firing term (firing_weight > 0)"),
         }  # fmt: skip
         for name, (unused, reader) in ignored.items():
             if unused and getattr(self, name) != defaults[name]:

@@ -214,12 +214,13 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
 
     def align(encoder, idx):
         images, _ = train.batch(idx)
-        return alignment_loss(encoder(images.to(dev)), teacher_emb[idx]), {}
+        return with_firing_term(alignment_loss(encoder(images.to(dev)), teacher_emb[idx]), penalty)
 
     stage = stage_config(
         cfg, f"{prefix}image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final
     )
-    summaries = [run_stage(stage, model, enc, len(train), align, ctx)]
+    with firing_penalty(cfg, enc, stage="alignment") as penalty:
+        summaries = [run_stage(stage, model, enc, len(train), align, ctx)]
 
     with firing_penalty(cfg, enc) as penalty:
         loss = finetune_loss(cfg, model, train.class_names, train.templates, scale, ctx, penalty)
@@ -241,12 +242,35 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
     return summaries
 
 
-def firing_penalty(cfg: RecipeConfig, encoder):
-    """The fine-tuning's firing-rate term on `encoder` (spikeclip.train.firing) as a context,
-    or a context giving None when the run has none (firing_weight 0)."""
-    if cfg.firing_weight == 0 or not any(isinstance(m, LIF) for m in encoder.modules()):
+def firing_penalty(cfg: RecipeConfig, encoder, stage: str = "finetune"):
+    """The firing-rate term on `encoder` (spikeclip.train.firing) in `stage` ("finetune", or
+    "alignment" where cfg.firing_in_alignment) as a context, or a context giving None when the
+    stage has none (firing_weight 0)."""
+    if stage not in ("finetune", "alignment"):
+        raise ValueError(f"firing_penalty: stage must be 'finetune' or 'alignment', got {stage!r}")
+    off = cfg.firing_weight == 0 or (stage == "alignment" and not cfg.firing_in_alignment)
+    if off or not any(isinstance(m, LIF) for m in encoder.modules()):
         return contextlib.nullcontext(None)  # (an ANN counterpart has no spikes to count)
     return FiringPenalty(encoder, cfg.firing_weight, cfg.firing_target)
+
+
+def with_firing_term(alignment: torch.Tensor, penalty):
+    """An image-alignment step's (loss, metrics): the alignment loss, plus the firing term
+    with firing_in_alignment (then both logged, "alignment" and "firing_term")."""
+    if penalty is None:
+        return alignment, {}
+    return add_firing_term(alignment, {"alignment": float(alignment.detach())}, penalty)
+
+
+def add_firing_term(value, metrics: dict, penalty):
+    """(value + the penalty's term of the forward pass that gave value, metrics with the term
+    and the SOP-weighted input firing rate), or (value, metrics) without a penalty; a value of
+    None (a step the loss skips) stays None."""
+    if penalty is None:
+        return value, metrics
+    term, rate = penalty.take()
+    metrics = {**metrics, "firing_term": float(term.detach()), "input_firing_rate": rate}
+    return (None if value is None else value + term), metrics
 
 
 def finetune_loss(
@@ -261,10 +285,7 @@ def finetune_loss(
         return dual
 
     def loss(encoder, features, *targets):
-        value, metrics = dual(encoder, features, *targets)
-        term, rate = penalty.take()
-        metrics = {**metrics, "firing_term": float(term.detach()), "input_firing_rate": rate}
-        return (None if value is None else value + term), metrics
+        return add_firing_term(*dual(encoder, features, *targets), penalty)
 
     return loss
 

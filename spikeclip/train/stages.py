@@ -42,6 +42,7 @@ from spikeclip.train.recipe import (
     stage_config,
     teacher_targets,
     train_text,
+    with_firing_term,
 )
 from spikeclip.train.shard_features import FeatureStore
 
@@ -120,12 +121,14 @@ def align(
     def step(encoder, batch):
         with torch.no_grad():  # the teacher stays on the CPU (its head is small or none)
             target = F.normalize(teacher.image_head(batch["target"]), dim=-1).to(ctx.device)
-        return alignment_loss(encoder(batch["image"].to(ctx.device)), target), {}
+        return with_firing_term(alignment_loss(encoder(batch["image"].to(ctx.device)), target),
+                                penalty)  # fmt: skip
 
     stage = stage_config(
         cfg, "image-alignment", cfg.image_epochs, cfg.batch_size, cfg.lr, cfg.lr_final
     )
-    summaries["image"] = run_stage(stage, model, enc, batches, step, ctx)
+    with firing_penalty(cfg, enc, stage="alignment") as penalty:
+        summaries["image"] = run_stage(stage, model, enc, batches, step, ctx)
     if ctx.dist.main:
         teacher.save(out / TEACHER_DIR)
         save_student(
