@@ -69,6 +69,18 @@ POINTS = {
     },
     "v_th 1.25, learnable v_th": {"model_options": {"v_th": 1.25, "learnable_v_th": True}},
     "v_th 1.5, learnable v_th": {"model_options": {"v_th": 1.5, "learnable_v_th": True}},
+    # the firing term from image alignment on (firing_in_alignment), not fine-tuning alone
+    "firing w=0.3 in alignment too": {"firing_weight": 0.3, "firing_in_alignment": True},
+    "learnable v_th, firing w=0.3 in alignment too": {
+        "model_options": {"learnable_v_th": True},
+        "firing_weight": 0.3,
+        "firing_in_alignment": True,
+    },
+    "v_th 1, learnable v_th, firing w=0.3 in alignment too": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
+        "firing_weight": 0.3,
+        "firing_in_alignment": True,
+    },
     "T=2": {"model_options": {"time_steps": 2}},
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
     "T=2, learnable v_th": {"model_options": {"time_steps": 2, "learnable_v_th": True}},
@@ -225,11 +237,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="spikeclip_out/frontier", help="the points' run directories")
     p.add_argument("--base", help="a finished `spikeclip demo` run (default: run it in OUT/demo)")
     p.add_argument("--json", required=True, help="results file (the plot goes beside it, .png)")
-    p.add_argument("--points", help="comma-separated names of POINTS to run (default: all)")
+    p.add_argument("--points", help="names of POINTS to run, separated by ';' (names hold "
+                   "commas; default: all)")  # fmt: skip
     args = p.parse_args(argv)
     out = Path(args.out)
     cache_dir = out / "cache"
-    names = list(POINTS) if not args.points else [n.strip() for n in args.points.split(",")]
+    names = list(POINTS) if not args.points else [n.strip() for n in args.points.split(";")]
     unknown = [n for n in names if n not in POINTS]
     if unknown:
         raise SystemExit(f"unknown points {unknown}; choose from {list(POINTS)}")

@@ -48,6 +48,12 @@ def test_same_settings_ignores_what_does_not_change_a_result():
     assert not frontier.same_settings(older, {**cfg, "firing_in_alignment": True})
 
 
+def test_points_are_named_with_their_commas():
+    """--points separates names by ';' (names hold commas): only the unknown one is refused."""
+    with pytest.raises(SystemExit, match=r"unknown points \['nope'\]"):
+        frontier.main(["--json", "x.json", "--points", "v_th 1, learnable v_th; nope"])
+
+
 def test_the_results_file():
     path = ROOT / "benchmarks" / "results" / "energy_frontier_epyc_cpu_2core.json"
     data = json.loads(path.read_text())
