@@ -76,10 +76,13 @@ POINTS = {
         "firing_weight": 0.3,
         "firing_in_alignment": True,
     },
-    "v_th 1, learnable v_th, firing w=0.3 in alignment too": {
-        "model_options": {"v_th": 1.0, "learnable_v_th": True},
-        "firing_weight": 0.3,
-        "firing_in_alignment": True,
+    **{
+        f"v_th 1, learnable v_th, firing w={w} in alignment too": {
+            "model_options": {"v_th": 1.0, "learnable_v_th": True},
+            "firing_weight": float(w),
+            "firing_in_alignment": True,
+        }
+        for w in ("0.1", "0.3")
     },
     "T=2": {"model_options": {"time_steps": 2}},
     "T=2, firing w=1": {"model_options": {"time_steps": 2}, "firing_weight": 1.0},
