@@ -48,6 +48,13 @@ def images_for(model: SpikeCLIP, batch: int = 5, dtype=torch.float64) -> torch.T
     return torch.rand(batch, model.config.in_channels, size, size, dtype=dtype)
 
 
+def counted(monkeypatch, cls, name: str) -> list:
+    """A list that grows by one at each call of cls.name (which still runs)."""
+    calls, original = [], getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
 @contextlib.contextmanager
 def plain_path():
     """Every module down its plain path: a global forward hook watches them all, as the energy
@@ -173,10 +180,7 @@ def test_the_path_is_taken_only_where_it_may():
 
 def test_encode_image_and_classify_take_it(monkeypatch):
     model = trained_looking({}, dtype=torch.float32)
-    calls = []
-    original = ConvTokenizer._infer
-    monkeypatch.setattr(ConvTokenizer, "_infer",
-                        lambda self, *a: calls.append(1) or original(self, *a))  # fmt: skip
+    calls = counted(monkeypatch, ConvTokenizer, "_infer")
     images = torch.rand(2, 3, 28, 28)
     with torch.inference_mode():
         model.encode_image(images)
@@ -261,10 +265,7 @@ def test_linear_unit_takes_the_path_only_where_it_may():
 
 def test_the_blocks_units_take_it_in_encode_image(monkeypatch):
     model = trained_looking({}, dtype=torch.float32)
-    calls = []
-    original = SeqLinearBN.folded_op
-    monkeypatch.setattr(SeqLinearBN, "folded_op",
-                        lambda self, x: calls.append(1) or original(self, x))  # fmt: skip
+    calls = counted(monkeypatch, SeqLinearBN, "folded_op")
     with torch.inference_mode():
         model.encode_image(torch.rand(2, 3, 28, 28))
     units = sum(isinstance(m, SeqLinearBN) for m in model.image_encoder.modules())

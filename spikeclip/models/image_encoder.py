@@ -14,10 +14,11 @@ from spikeclip.models.layers import (
     SeqMaxPool2x2,
     SeqMaxPool3x3,
     TemporalReadout,
+    elementwise_neuron,
     hooked,
     make_neuron,
+    runs_inference,
 )
-from spikeclip.models.neurons import LIF
 from spikeclip.preprocess import resize_images
 
 
@@ -69,30 +70,21 @@ class ConvTokenizer(nn.Module):
 
     def takes_inference_path(self, images: torch.Tensor) -> bool:
         """Whether forward runs the inference path: every BN in eval mode with running
-        statistics, nothing needing a gradient, CPU float32/float64 images of the weights' dtype
-        without autocast,
-        the default kernels (backend "auto" or "cpp"; "torch" is the reference and keeps the
-        plain path), LIF or ReLU neurons in step mode "m", nobody watching a module inside (forward
-        hooks: the energy count sees every layer called; hooks on the tokenizer itself see it
-        called either way), not inside torch.compile."""
-        if (
-            torch.compiler.is_compiling()
-            or images.device.type != "cpu"
-            or images.dtype not in (torch.float32, torch.float64)
-            or images.dtype != self.stages[0].op.weight.dtype  # the plain path's error
-            or torch.is_autocast_enabled("cpu")
-        ):
+        statistics, nothing needing a gradient, what layers.runs_inference asks of the images
+        (CPU float32/float64, no autocast, backend "auto"/"cpp", not compiling), elementwise
+        neurons, nobody watching a module inside (forward hooks: the energy count sees every
+        layer called; hooks on the tokenizer itself see it called either way)."""
+        stages = self.stages
+        if not all(s.folds() for s in stages):  # training: refused before anything else
+            return False
+        if not all(runs_inference(images, s.op.weight, s.backend) for s in stages):
             return False
         if torch.is_grad_enabled() and (
             images.requires_grad or any(p.requires_grad for p in self.parameters())
         ):
             return False
-        for s in self.stages:
-            if not s.folds() or s.backend not in ("auto", "cpp"):
-                return False
-        for n in self.neurons:
-            if not (isinstance(n, nn.ReLU) or (isinstance(n, LIF) and n.step_mode == "m")):
-                return False
+        if not all(elementwise_neuron(n) for n in self.neurons):
+            return False
         return not any(hooked(m) for m in self.modules() if m is not self)
 
     def _infer(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:

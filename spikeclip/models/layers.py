@@ -60,6 +60,31 @@ def make_neuron(
     )
 
 
+def runs_inference(x: torch.Tensor, weight: torch.Tensor, backend: str) -> bool:
+    """What every inference path (BN folded: _SpikingUnit, image_encoder.ConvTokenizer) asks of
+    a layer's input beside eval mode and no gradient: CPU float32/float64 x of the weight's
+    dtype (another is the plain path's error), no autocast, the default kernels (backend "auto"
+    or "cpp"; "torch" is the reference and keeps the plain path), not inside torch.compile."""
+    return not (
+        torch.compiler.is_compiling()
+        or x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or x.dtype != weight.dtype
+        or torch.is_autocast_enabled("cpu")
+        or backend not in ("auto", "cpp")
+    )
+
+
+def elementwise_neuron(neuron: nn.Module | None) -> bool:
+    """Whether an inference path may call `neuron` on any layout of `[T, B, ...]`: none, a ReLU,
+    or a LIF taking whole sequences (step mode "m")."""
+    return (
+        neuron is None
+        or isinstance(neuron, nn.ReLU)
+        or (isinstance(neuron, LIF) and neuron.step_mode == "m")
+    )
+
+
 class _SpikingUnit(nn.Module):
     """op (linear or conv, no bias) + BatchNorm (+ an optional neuron) on `[T, B, ...]`.
 
@@ -133,21 +158,11 @@ class _SpikingUnit(nn.Module):
         kernels (backend "auto" / "cpp"; "torch" is the reference), the neuron none, a ReLU or
         a LIF in step mode "m", nobody watching the op, BN or neuron (the energy count's
         forward hooks see them called), not inside torch.compile."""
-        if (
-            torch.compiler.is_compiling()
-            or x.device.type != "cpu"
-            or x.dtype != self.op.weight.dtype
-            or x.dtype not in (torch.float32, torch.float64)
-            or torch.is_autocast_enabled("cpu")
-            or self.backend not in ("auto", "cpp")
-            or not self.folds()
-            or self._needs_grad(x)
-        ):
+        if not self.folds() or not runs_inference(x, self.op.weight, self.backend):
             return False
-        n = self.neuron
-        if not (n is None or isinstance(n, nn.ReLU) or (isinstance(n, LIF) and n.step_mode == "m")):
+        if self._needs_grad(x) or not elementwise_neuron(self.neuron):
             return False
-        return not any(hooked(m) for m in (self.op, self.bn, n) if m is not None)
+        return not any(hooked(m) for m in (self.op, self.bn, self.neuron) if m is not None)
 
     def inference_forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.folded_op(x.flatten(0, 1)).unflatten(0, x.shape[:2])
