@@ -2,7 +2,13 @@
 `spikeclip.accelerate` (torch.profiler, self CPU time by op, three steps): what our kernels took
 over, and what is left in PyTorch's own convolutions, BatchNorm and pooling.
 
-    python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--out FILE]
+With `--floor`: the least time those convolutions (and linear layers) need. Each one's forward
+and backward is timed on its own, at its shape in the step and on the input it got there, in
+PyTorch's layout and channels last, beside the whole steps (as shipped and accelerated). A change
+that leaves those layers to PyTorch cannot make the step faster than they are: SpikingJelly's
+step over their time bounds the speed-up any such change can reach.
+
+    python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--floor] [--out FILE]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch.profiler import profile
 
 import spikeclip
 from spikeclip.bench.peer_models import PEER_MODELS, zoo_model
+from spikeclip.bench.timing import median_times
 
 GROUPS = {  # op name -> group, by the first prefix that matches
     "aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
@@ -53,16 +60,91 @@ def breakdown(net, x, steps: int = 3) -> dict[str, float]:
     return dict(totals)
 
 
+DENSE = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)
+
+
+def dense_layers(net, x) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+    """(name, layer, the input it got, whether that input needed a gradient) of every
+    convolution and linear layer of one forward (with autograd on, as in a training step)."""
+    from spikingjelly.activation_based import functional
+
+    seen, hooks = [], []
+    for name, m in net.named_modules():
+        if isinstance(m, DENSE):
+            hooks.append(m.register_forward_hook(
+                lambda m, args, out, name=name: seen.append((name, m, args[0].detach().clone(),
+                                                             args[0].requires_grad))))  # fmt: skip
+    try:
+        net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        functional.reset_net(net)
+    return seen
+
+
+def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
+    """Lines: both steps, each dense layer's forward + backward alone (as laid out in the step,
+    and channels last), their sum, and the bound it puts on the speed-up."""
+    from spikingjelly.activation_based import functional
+
+    def step(net):
+        def run():
+            net(x).float().sum().backward()
+            functional.reset_net(net)
+
+        return run
+
+    cpu = torch.device("cpu")
+    steps = median_times({"shipped": step(shipped), "ours": step(ours)}, cpu, rounds=rounds,
+                         budget_s=60.0)  # fmt: skip
+    lines, total = [], {"as in the step": 0.0, "channels last": 0.0}
+    for name, layer, inp, needs_grad in dense_layers(shipped, x):
+        layer = copy.deepcopy(layer)
+        grad = torch.randn_like(layer(inp))
+        cases = {"as in the step": (layer, inp, grad)}
+        if inp.dim() == 4:
+            cl = torch.channels_last
+            cases["channels last"] = (copy.deepcopy(layer).to(memory_format=cl),
+                                      inp.contiguous(memory_format=cl),
+                                      grad.contiguous(memory_format=cl))  # fmt: skip
+
+        def fwd_bwd(layer, inp, grad):
+            inp = inp.detach().requires_grad_(needs_grad)
+            return lambda: layer(inp).backward(grad)
+
+        times = median_times({k: fwd_bwd(*c) for k, c in cases.items()}, cpu, rounds=rounds)
+        times.setdefault("channels last", times["as in the step"])
+        for k in total:
+            total[k] += times[k]
+        lines.append(f"{name:>40}  {str(tuple(inp.shape)):>20}  "
+                     + "  ".join(f"{times[k] * 1e3:8.2f} ms" for k in total))  # fmt: skip
+    head = [f"# python benchmarks/peer_profile.py --floor: training step (median of {rounds}) and "
+            f"each convolution / linear layer's forward + backward alone (median of {rounds}), "
+            f"{torch.get_num_threads()} threads",
+            f"step: spikingjelly (as shipped) {steps['shipped'] * 1e3:.1f} ms, accelerate() "
+            f"{steps['ours'] * 1e3:.1f} ms ({steps['shipped'] / steps['ours']:.2f}x)",
+            f"{'layer':>40}  {'input':>20}  {'as in the step':>11}  {'channels last':>11}"]  # fmt: skip
+    tail = [f"{'sum':>40}  {'':>20}  " + "  ".join(f"{v * 1e3:8.2f} ms" for v in total.values()),
+            "the most a step that leaves these layers to PyTorch can gain over SpikingJelly's: "
+            + ", ".join(f"{steps['shipped'] / v:.2f}x ({k})" for k, v in total.items())]  # fmt: skip
+    return head + lines + tail
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="spikformer", choices=PEER_MODELS)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--floor", action="store_true",
+                   help="time the convolutions and linear layers alone instead of profiling")
     p.add_argument("--out", help="also append the table to this file")
     args = p.parse_args()
     torch.manual_seed(0)
     shipped, x = zoo_model(args.model, batch=args.batch)
     ours = copy.deepcopy(shipped)
     spikeclip.accelerate(ours)
+    if args.floor:
+        return report(floor(shipped, ours, x), args.out)
     rows = {"spikingjelly (as shipped)": breakdown(shipped, x), "accelerate()": breakdown(ours, x)}
     groups = sorted(
         {g for r in rows.values() for g in r}, key=lambda g: -rows["accelerate()"].get(g, 0)
@@ -81,10 +163,14 @@ def main() -> None:
         f"{'total':>20}  "
         + "  ".join(f"{sum(r.values()):9.1f} ms".rjust(26) for r in rows.values())
     )
+    report(lines, args.out)
+
+
+def report(lines: list[str], out: str | None) -> None:
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        with open(args.out, "a") as f:
+    if out:
+        with open(out, "a") as f:
             f.write(text + "\n")
 
 

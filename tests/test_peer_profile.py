@@ -1,0 +1,48 @@
+"""benchmarks/peer_profile.py --floor: it times every convolution and linear layer of the step,
+each with the gradients the step computes (its input's too, where the step needs it), and its
+bound is SpikingJelly's step over their sum."""
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import torch
+from sj_models import zoo
+
+import spikeclip
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import peer_profile  # noqa: E402
+
+
+def test_dense_layers_are_every_conv_and_linear_with_the_step_s_gradients():
+    net, x = zoo("spikformer", dtype=torch.float32)
+    seen = peer_profile.dense_layers(net, x)
+    expected = [n for n, m in net.named_modules() if isinstance(m, peer_profile.DENSE)]
+    assert [name for name, *_ in seen] == expected
+    needs = {name: needs_grad for name, _, _, needs_grad in seen}
+    # the image needs no gradient; every later layer's input comes from trained layers
+    assert needs[expected[0]] is False
+    assert all(needs[n] for n in expected[1:])
+    for name, layer, inp, _ in seen:
+        assert not inp.requires_grad  # a detached copy of what the layer got
+        assert layer is net.get_submodule(name)
+    first = seen[0][2]  # the image, repeated over T and folded into the batch
+    assert torch.equal(first, x.repeat(first.shape[0] // x.shape[0], 1, 1, 1))
+
+
+def test_floor_reports_each_layer_and_the_bound_it_puts_on_the_speed_up():
+    net, x = zoo("spikformer", dtype=torch.float32)
+    ours = copy.deepcopy(net)
+    spikeclip.accelerate(ours)
+    lines = peer_profile.floor(net, ours, x, rounds=3)
+    layers = [n for n, m in net.named_modules() if isinstance(m, peer_profile.DENSE)]
+    assert [line.split()[0] for line in lines[3 : 3 + len(layers)]] == layers
+    step = re.search(r"as shipped\) ([\d.]+) ms", lines[1]).group(1)
+    sums = [float(v) for v in re.findall(r"([\d.]+) ms", lines[3 + len(layers)])]
+    bounds = [float(v) for v in re.findall(r"([\d.]+)x", lines[-1])]
+    assert len(sums) == len(bounds) == 2
+    for total, bound in zip(sums, bounds, strict=True):
+        assert abs(bound - float(step) / total) < 0.01 * bound + 0.01
