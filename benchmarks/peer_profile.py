@@ -109,7 +109,7 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
                                       inp.contiguous(memory_format=cl),
                                       grad.contiguous(memory_format=cl))  # fmt: skip
 
-        def fwd_bwd(layer, inp, grad):
+        def fwd_bwd(layer, inp, grad, needs_grad=needs_grad):
             inp = inp.detach().requires_grad_(needs_grad)
             return lambda: layer(inp).backward(grad)
 
@@ -117,14 +117,15 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
         times.setdefault("channels last", times["as in the step"])
         for k in total:
             total[k] += times[k]
-        lines.append(f"{name:>40}  {str(tuple(inp.shape)):>20}  "
+        lines.append(f"{name:>40}  {tuple(inp.shape)!s:>20}  "
                      + "  ".join(f"{times[k] * 1e3:8.2f} ms" for k in total))  # fmt: skip
-    head = [f"# python benchmarks/peer_profile.py --floor: training step (median of {rounds}) and "
-            f"each convolution / linear layer's forward + backward alone (median of {rounds}), "
-            f"{torch.get_num_threads()} threads",
+    head = [f"# python benchmarks/peer_profile.py --floor: training step (median of {rounds}) "
+            f"and each convolution / linear layer's forward + backward alone (median of "
+            f"{rounds}), {torch.get_num_threads()} threads",
             f"step: spikingjelly (as shipped) {steps['shipped'] * 1e3:.1f} ms, accelerate() "
             f"{steps['ours'] * 1e3:.1f} ms ({steps['shipped'] / steps['ours']:.2f}x)",
-            f"{'layer':>40}  {'input':>20}  {'as in the step':>11}  {'channels last':>11}"]  # fmt: skip
+            f"{'layer':>40}  {'input':>20}  {'as in the step':>11}  "
+            f"{'channels last':>11}"]  # fmt: skip
     tail = [f"{'sum':>40}  {'':>20}  " + "  ".join(f"{v * 1e3:8.2f} ms" for v in total.values()),
             "the most a step that leaves these layers to PyTorch can gain over SpikingJelly's: "
             + ", ".join(f"{steps['shipped'] / v:.2f}x ({k})" for k, v in total.items())]  # fmt: skip
@@ -136,7 +137,7 @@ def main() -> None:
     p.add_argument("--model", default="spikformer", choices=PEER_MODELS)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--floor", action="store_true",
-                   help="time the convolutions and linear layers alone instead of profiling")
+                   help="time the convolutions and linear layers alone instead of profiling")  # fmt: skip
     p.add_argument("--out", help="also append the table to this file")
     args = p.parse_args()
     torch.manual_seed(0)
