@@ -128,7 +128,8 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
             f"{'channels last':>11}"]  # fmt: skip
     tail = [f"{'sum':>40}  {'':>20}  " + "  ".join(f"{v * 1e3:8.2f} ms" for v in total.values()),
             "the most a step that leaves these layers to PyTorch can gain over SpikingJelly's: "
-            + ", ".join(f"{steps['shipped'] / v:.2f}x ({k})" for k, v in total.items())]  # fmt: skip
+            + ", ".join(f"{steps['shipped'] / v:.2f}x ({k})"
+                        for k, v in total.items())]  # fmt: skip
     return head + lines + tail
 
 
@@ -136,8 +137,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="spikformer", choices=PEER_MODELS)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--floor", action="store_true",
-                   help="time the convolutions and linear layers alone instead of profiling")  # fmt: skip
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="time the convolutions and linear layers alone instead of profiling",
+    )
     p.add_argument("--out", help="also append the table to this file")
     args = p.parse_args()
     torch.manual_seed(0)

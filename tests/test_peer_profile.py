@@ -14,7 +14,7 @@ import spikeclip
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-import peer_profile  # noqa: E402
+import peer_profile
 
 
 def test_dense_layers_are_every_conv_and_linear_with_the_step_s_gradients():
