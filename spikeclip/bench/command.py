@@ -46,7 +46,10 @@ def add_bench_args(b) -> None:
         help="model: the memory modes of our contenders",
     )
     b.add_argument(
-        "--compile", action="store_true", help="model: add torch.compile of the reference"
+        "--compile",
+        action="store_true",
+        help="model: add torch.compile of the reference; peer-models: of SpikingJelly's "
+        "network and of the accelerated one",
     )
     b.add_argument(
         "--contenders",
@@ -107,7 +110,7 @@ def run_bench(args) -> int:
 
         rows = bench_peer_models(batch=(args.batch or [16])[0], T=args.T[0],
                                  dtypes=tuple(dtypes), rounds=min(args.rounds, 7),
-                                 device=args.device)  # fmt: skip
+                                 device=args.device, compile=args.compile)  # fmt: skip
     elif args.op == "attention":
         rows = bench_attention(modes=args.mode, device=args.device, rounds=args.rounds)
     elif args.op == "memory":

@@ -106,11 +106,13 @@ def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image:
 
 
 def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
-                      dtypes=(torch.float32,), rounds: int = 5,
-                      device="cpu") -> list[dict]:  # fmt: skip
+                      dtypes=(torch.float32,), rounds: int = 5, device="cpu",
+                      compile: bool = False) -> list[dict]:  # fmt: skip
     """Rows: model, dtype, contender, step_ms, vs_spikingjelly, saved_MiB_per_sample (and on
     CUDA peak_MiB). On CUDA, SpikingJelly runs its own GPU kernels (its Triton LIF where
-    SJ_LIF_CUDA_IMPLEMENTATION=triton), ours the cuda / triton backends."""
+    SJ_LIF_CUDA_IMPLEMENTATION=triton), ours the cuda / triton backends. With `compile`, also
+    SpikingJelly's network and the accelerated one under torch.compile (compiled before the
+    timing; the same rounds)."""
     device = torch.device(device)
     try:
         from spikingjelly.activation_based import functional
@@ -135,28 +137,42 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                           "accelerate(attention=False)": neurons,
                           "accelerate()": everything,
                           'accelerate(memory="lossless")': lossless}  # fmt: skip
+            # the module whose state reset_net clears (a compiled one's original)
+            owners = {label: net for label, net in contenders.items()}
+            if compile:
+                for label, net in (("spikingjelly + torch.compile", shipped),
+                                   ("accelerate() + torch.compile", everything)):  # fmt: skip
+                    contenders[label], owners[label] = torch.compile(net), net
 
-            def step(net, x=x):
+            def step(label, x=x):
+                net, owner = contenders[label], owners[label]
+
                 def run():
                     net(x).float().sum().backward()
-                    functional.reset_net(net)
+                    functional.reset_net(owner)
 
                 return run
 
-            times = median_times({k: step(m) for k, m in contenders.items()},
-                                 device, rounds=rounds, budget_s=60.0)  # fmt: skip
+            # every SpikingJelly neuron is its own module: let each compile (default limit 8)
+            with torch._dynamo.config.patch(recompile_limit=256):
+                times = median_times({k: step(k) for k in contenders},
+                                     device, rounds=rounds, budget_s=60.0)  # fmt: skip
+                measured = {}  # label -> (bytes saved for the backward, peak device bytes)
+                for label in contenders:
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    out, saved = saved_tensor_bytes(contenders[label], x)
+                    del out
+                    functional.reset_net(owners[label])
+                    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+                    measured[label] = saved, peak
             base = times["spikingjelly (as shipped)"]
-            for label, net in contenders.items():
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                out, saved = saved_tensor_bytes(net, x)
-                del out
-                functional.reset_net(net)
+            for label, (saved, peak) in measured.items():
                 row = dict(model=name, dtype=str(dtype).replace("torch.", ""), contender=label,
                            step_ms=times[label] * 1e3, vs_spikingjelly=base / times[label],
                            saved_MiB_per_sample=saved / batch / 2**20)  # fmt: skip
                 if device.type == "cuda":
-                    row["peak_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+                    row["peak_MiB"] = peak / 2**20
                 rows.append(row)
             print(format_table(rows[-len(contenders) :], list(rows[-1])), flush=True)
     return rows
