@@ -152,11 +152,13 @@ def _peer_models() -> str:
         "sew_resnet": "SEW-ResNet (BasicBlock x 2 per stage)",
     }
     lossless = 'accelerate(memory="lossless")'
-    columns = ("accelerate(attention=False)", "accelerate()", lossless)
+    columns = ("accelerate(attention=False)", "accelerate()", lossless,
+               "spikingjelly + torch.compile", "accelerate() + torch.compile")  # fmt: skip
     out = [
-        '| model | dtype | neurons only | + attention | memory="lossless" | saved MiB per '
-        "sample (SpikingJelly -> ours; lossless) |",
-        "|---|---|---|---|---|---|",
+        '| model | dtype | neurons only | + attention | memory="lossless" | SpikingJelly '
+        "compiled | accelerate() compiled | saved MiB per sample (SpikingJelly -> ours; "
+        "lossless) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     seen = []
     for r in rows:
