@@ -21,6 +21,7 @@ VARIANTS = {
     "2x2 pools, shortcut": {"tokenizer_pool": "2x2", "tokenizer_shortcut": True},
     "PLIF, learned threshold, T=3": dict(learnable_tau=True, learnable_v_th=True, time_steps=3),
     "odd size": {"image_size": 20},
+    "soft reset, learned threshold": dict(v_reset=None, learnable_v_th=True),
 }
 
 

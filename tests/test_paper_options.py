@@ -56,6 +56,33 @@ def test_a_config_saved_before_the_options_keeps_its_function():
     )
 
 
+def test_soft_reset_reaches_every_neuron_and_changes_the_network():
+    """v_reset None: every LIF of both encoders and every attention's LIF resets softly (the
+    paper's hard reset otherwise); a learned threshold goes with it; bad values are named."""
+    from spikeclip.models.blocks import AttentionCore
+    from spikeclip.models.neurons import LIF
+
+    torch.manual_seed(0)
+    hard = SpikeCLIP(SpikeCLIPConfig.named("tiny", **SMALL)).eval()
+    soft = SpikeCLIP(SpikeCLIPConfig.named("tiny", **SMALL, v_reset=None)).eval()
+    soft.load_state_dict(hard.state_dict())
+    lifs = [m for m in soft.modules() if isinstance(m, LIF)]
+    cores = [m for m in soft.modules() if isinstance(m, AttentionCore)]
+    assert lifs and cores
+    assert all(m.v_reset is None for m in lifs)
+    assert all(m.lif_options["v_reset"] is None for m in cores)
+    assert all(m.v_reset == 0.0 for m in hard.modules() if isinstance(m, LIF))
+    images = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():  # training-mode BN: unit-variance currents, neurons firing often
+        assert not torch.allclose(soft.train().encode_image(images),
+                                  hard.train().encode_image(images))  # fmt: skip
+    SpikeCLIP(SpikeCLIPConfig.named("tiny", **SMALL, v_reset=None, learnable_v_th=True))
+    with pytest.raises(TypeError, match="v_reset"):
+        SpikeCLIPConfig.named("tiny", v_reset="soft")
+    with pytest.raises(ValueError, match="v_reset"):
+        SpikeCLIPConfig.named("tiny", v_reset=float("nan"))
+
+
 def test_pools_and_shortcut_change_the_tokenizer_as_stated():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 4, 7, 7)

@@ -38,7 +38,9 @@ class SpikeCLIPConfig:
     temporal readout. `text_embeddings`: "trained" (SpikeCLIP's: trained with the rest, no
     LayerNorm) or "frozen-layernorm" (frozen, then a LayerNorm: see TextEncoder).
     Neurons: LIF(tau, v_th, hard reset to v_reset, detach_reset, surrogate(alpha)); the
-    attention's LIF fires at attn_v_th. `learnable_tau`: every LIF a PLIF (tau = 1 / sigmoid(w),
+    attention's LIF fires at attn_v_th. `v_reset` None: every LIF (the attention's too) resets
+    softly, v -= its threshold on a spike, keeping what lay above it (not in SpikeCLIP, whose
+    reset is hard, to 0). `learnable_tau`: every LIF a PLIF (tau = 1 / sigmoid(w),
     w trained, starting at `tau`; not in SpikeCLIP, which fixes tau = 2). `text_v_th`: the text
     encoder's LIF threshold (None: v_th, as SpikeCLIP). `learnable_v_th`: every LIF's threshold
     learned, one per layer, from its v_th (models.neurons.LIF; the attention's fused LIF keeps
@@ -59,7 +61,7 @@ class SpikeCLIPConfig:
     image_neuron: str = "lif"
     tau: float = 2.0
     v_th: float = 1.0
-    v_reset: float = 0.0
+    v_reset: float | None = 0.0
     surrogate: str = "sigmoid"
     alpha: float = 4.0
     vocab_size: int = 49408
@@ -122,11 +124,11 @@ class SpikeCLIPConfig:
             raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}")
 
         # real, finite numbers (NaN, inf, bools and strings are named here, not at forward)
-        if self.text_v_th is not None:
-            check_number(self.text_v_th, "SpikeCLIPConfig.text_v_th")
+        for name in ("text_v_th", "v_reset"):  # None: the encoder's v_th; soft reset
+            if getattr(self, name) is not None:
+                check_number(getattr(self, name), f"SpikeCLIPConfig.{name}")
         for name, minimum in (("tau", 1.0), ("alpha", 0.0), ("mlp_ratio", 0.0),
-                              ("attn_scale", 0.0), ("v_th", None), ("attn_v_th", None),
-                              ("v_reset", None)):  # fmt: skip
+                              ("attn_scale", 0.0), ("v_th", None), ("attn_v_th", None)):  # fmt: skip
             check_number(getattr(self, name), f"SpikeCLIPConfig.{name}", minimum=minimum)
 
     @property
