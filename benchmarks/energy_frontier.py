@@ -69,6 +69,23 @@ POINTS = {
     },
     "v_th 1.25, learnable v_th": {"model_options": {"v_th": 1.25, "learnable_v_th": True}},
     "v_th 1.5, learnable v_th": {"model_options": {"v_th": 1.5, "learnable_v_th": True}},
+    # soft reset (v -= threshold on a spike): what lay above the threshold is kept, not lost
+    "soft reset": {"model_options": {"v_reset": None}},
+    "soft reset, firing w=1": {"model_options": {"v_reset": None}, "firing_weight": 1.0},
+    "soft reset, firing w=3": {"model_options": {"v_reset": None}, "firing_weight": 3.0},
+    "soft reset, v_th 1": {"model_options": {"v_reset": None, "v_th": 1.0}},
+    "soft reset, learnable v_th": {"model_options": {"v_reset": None, "learnable_v_th": True}},
+    "soft reset, learnable v_th, firing w=1": {
+        "model_options": {"v_reset": None, "learnable_v_th": True},
+        "firing_weight": 1.0,
+    },
+    "v_th 1, learnable v_th, soft reset": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True, "v_reset": None}
+    },
+    "v_th 1, learnable v_th, soft reset, firing w=0.3": {
+        "model_options": {"v_th": 1.0, "learnable_v_th": True, "v_reset": None},
+        "firing_weight": 0.3,
+    },
     # the firing term from image alignment on (firing_in_alignment), not fine-tuning alone
     "firing w=0.3 in alignment too": {"firing_weight": 0.3, "firing_in_alignment": True},
     "learnable v_th, firing w=0.3 in alignment too": {
@@ -113,16 +130,20 @@ POINTS = {
         "seed": 1,
         "firing_weight": 0.3,
     },
+    "soft reset, seed 1": {"model_options": {"v_reset": None}, "seed": 1},
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
 FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
-            "threshold learned from 1 or more", "T=2", "T=1", "second seed")  # fmt: skip
+            "threshold learned from 1 or more", "T=2", "T=1", "second seed",
+            "soft reset")  # fmt: skip
 
 
 def family(name: str) -> str:
     if "seed" in name:
         return "second seed"
+    if "soft reset" in name:
+        return "soft reset"
     if name.startswith("v_th 1") and "learnable v_th" in name:
         return FAMILIES[4]
     for prefix, fam in (("T=1", "T=1"), ("T=2", "T=2"),
