@@ -144,9 +144,7 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                                    ("accelerate() + torch.compile", everything)):  # fmt: skip
                     contenders[label], owners[label] = torch.compile(net), net
 
-            def step(label, x=x):
-                net, owner = contenders[label], owners[label]
-
+            def step(net, owner, x=x):
                 def run():
                     net(x).float().sum().backward()
                     functional.reset_net(owner)
@@ -155,7 +153,7 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
 
             # every SpikingJelly neuron is its own module: let each compile (default limit 8)
             with torch._dynamo.config.patch(recompile_limit=256):
-                times = median_times({k: step(k) for k in contenders},
+                times = median_times({k: step(net, owners[k]) for k, net in contenders.items()},
                                      device, rounds=rounds, budget_s=60.0)  # fmt: skip
                 measured = {}  # label -> (bytes saved for the backward, peak device bytes)
                 for label in contenders:

@@ -128,7 +128,8 @@ class SpikeCLIPConfig:
             if getattr(self, name) is not None:
                 check_number(getattr(self, name), f"SpikeCLIPConfig.{name}")
         for name, minimum in (("tau", 1.0), ("alpha", 0.0), ("mlp_ratio", 0.0),
-                              ("attn_scale", 0.0), ("v_th", None), ("attn_v_th", None)):  # fmt: skip
+                              ("attn_scale", 0.0), ("v_th", None),
+                              ("attn_v_th", None)):  # fmt: skip
             check_number(getattr(self, name), f"SpikeCLIPConfig.{name}", minimum=minimum)
 
     @property
