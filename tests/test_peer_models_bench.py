@@ -29,7 +29,7 @@ def test_compiled_contenders_are_the_compiled_networks(monkeypatch):
     """torch.compile itself is tested in test_compat_spikingjelly; here it is a wrapper that
     records what it compiled, so the rows, the networks and their resets are checked fast."""
     spikingjelly()
-    compiled = []
+    compiled, limits = [], []
 
     class Compiled(torch.nn.Module):  # like OptimizedModule: the network's state is not its own
         def __init__(self, net):
@@ -41,6 +41,7 @@ def test_compiled_contenders_are_the_compiled_networks(monkeypatch):
             carried = [n for n, m in self._net[0].named_modules()
                        if isinstance(getattr(m, "v", None), torch.Tensor)]  # fmt: skip
             assert not carried, carried
+            limits.append(getattr(torch._dynamo.config, "recompile_limit", None))
             self.calls += 1
             return self._net[0](x)
 
@@ -57,5 +58,8 @@ def test_compiled_contenders_are_the_compiled_networks(monkeypatch):
     assert not any(type(m).__module__.startswith("spikeclip") for m in shipped.modules())
     assert any(type(m).__module__.startswith("spikeclip") for m in accelerated.modules())
     assert all(c.calls >= 3 for c in compiled)  # warm-up, the timed round, the saved bytes
+    # every neuron module may compile while they run, and the limit is restored after
+    if hasattr(torch._dynamo.config, "recompile_limit"):
+        assert set(limits) == {256} and torch._dynamo.config.recompile_limit < 256
     for r in rows[-2:]:
         assert r["step_ms"] > 0 and r["saved_MiB_per_sample"] > 0

@@ -5,6 +5,7 @@ sample beside each. Every ratio is taken in the same run, on the same weights an
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import sys
@@ -105,6 +106,15 @@ def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image:
     return net.to(dtype), x
 
 
+def _compile_every_module(compile: bool):
+    """Every SpikingJelly neuron is its own module, and dynamo compiles each (its default limit,
+    8 per function, would leave the rest eager): the limit raised while compiled networks run.
+    The setting is `recompile_limit` (`cache_size_limit` before torch 2.6)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: 256}) if compile else contextlib.nullcontext()
+
+
 def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                       dtypes=(torch.float32,), rounds: int = 5, device="cpu",
                       compile: bool = False) -> list[dict]:  # fmt: skip
@@ -151,8 +161,7 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
 
                 return run
 
-            # every SpikingJelly neuron is its own module: let each compile (default limit 8)
-            with torch._dynamo.config.patch(recompile_limit=256):
+            with _compile_every_module(compile):
                 times = median_times({k: step(net, owners[k]) for k, net in contenders.items()},
                                      device, rounds=rounds, budget_s=60.0)  # fmt: skip
                 measured = {}  # label -> (bytes saved for the backward, peak device bytes)
