@@ -6,7 +6,8 @@ With `--floor`: the least time those convolutions (and linear layers) need. Each
 and backward is timed on its own, at its shape in the step and on the input it got there, in
 PyTorch's layout and channels last, beside the whole steps (as shipped and accelerated). A change
 that leaves those layers to PyTorch cannot make the step faster than they are: SpikingJelly's
-step over their time bounds the speed-up any such change can reach.
+step over their time bounds the speed-up any such change can reach. (Channels last is timed for
+layers fed `[N, C, H, W]`; one fed `[T, B, C, H, W]` counts in that sum as laid out.)
 
     python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--floor] [--out FILE]
 """
@@ -114,11 +115,12 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
             return lambda: layer(inp).backward(grad)
 
         times = median_times({k: fwd_bwd(*c) for k, c in cases.items()}, cpu, rounds=rounds)
+        cells = [f"{times[k] * 1e3:8.2f} ms" if k in times else f"{'-':>11}" for k in total]
+        # a layer fed [T, B, ...] (SpikingJelly's multi-step layers) counts as laid out
         times.setdefault("channels last", times["as in the step"])
         for k in total:
             total[k] += times[k]
-        lines.append(f"{name:>40}  {tuple(inp.shape)!s:>20}  "
-                     + "  ".join(f"{times[k] * 1e3:8.2f} ms" for k in total))  # fmt: skip
+        lines.append(f"{name:>40}  {tuple(inp.shape)!s:>20}  " + "  ".join(cells))
     head = [f"# python benchmarks/peer_profile.py --floor: training step (median of {rounds}) "
             f"and each convolution / linear layer's forward + backward alone (median of "
             f"{rounds}), {torch.get_num_threads()} threads",
