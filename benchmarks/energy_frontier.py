@@ -79,6 +79,11 @@ POINTS = {
         "model_options": {"v_reset": None, "learnable_v_th": True},
         "firing_weight": 1.0,
     },
+    "T=2, soft reset": {"model_options": {"time_steps": 2, "v_reset": None}},
+    "T=2, soft reset, firing w=0.3": {
+        "model_options": {"time_steps": 2, "v_reset": None},
+        "firing_weight": 0.3,
+    },
     "v_th 1, learnable v_th, soft reset": {
         "model_options": {"v_th": 1.0, "learnable_v_th": True, "v_reset": None}
     },
@@ -131,6 +136,11 @@ POINTS = {
         "firing_weight": 0.3,
     },
     "soft reset, seed 1": {"model_options": {"v_reset": None}, "seed": 1},
+    "soft reset, firing w=1, seed 1": {
+        "model_options": {"v_reset": None},
+        "seed": 1,
+        "firing_weight": 1.0,
+    },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
