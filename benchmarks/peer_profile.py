@@ -26,7 +26,7 @@ import torch
 from torch.profiler import profile
 
 import spikeclip
-from spikeclip.bench.peer_models import PEER_MODELS, zoo_model
+from spikeclip.bench.peer_models import PEER_MODELS, training_step, zoo_model
 from spikeclip.bench.timing import median_times
 
 GROUPS = {  # op name -> group, by the first prefix that matches
@@ -45,12 +45,7 @@ def group_of(name: str) -> str:
 
 
 def breakdown(net, x, steps: int = 3) -> dict[str, float]:
-    from spikingjelly.activation_based import functional
-
-    def step():
-        net(x).float().sum().backward()
-        functional.reset_net(net)
-
+    step = training_step(net, x)
     step()
     with profile() as prof:
         for _ in range(steps):
@@ -87,18 +82,9 @@ def dense_layers(net, x) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
 def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
     """Lines: both steps, each dense layer's forward + backward alone (as laid out in the step,
     and channels last), their sum, and the bound it puts on the speed-up."""
-    from spikingjelly.activation_based import functional
-
-    def step(net):
-        def run():
-            net(x).float().sum().backward()
-            functional.reset_net(net)
-
-        return run
-
     cpu = torch.device("cpu")
-    steps = median_times({"shipped": step(shipped), "ours": step(ours)}, cpu, rounds=rounds,
-                         budget_s=60.0)  # fmt: skip
+    steps = median_times({"shipped": training_step(shipped, x), "ours": training_step(ours, x)},
+                         cpu, rounds=rounds, budget_s=60.0)  # fmt: skip
     lines, total = [], {"as in the step": 0.0, "channels last": 0.0}
     for name, layer, inp, needs_grad in dense_layers(shipped, x):
         layer = copy.deepcopy(layer)

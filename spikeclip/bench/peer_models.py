@@ -106,6 +106,19 @@ def zoo_model(name: str, *, T: int = 4, width: int = 128, depth: int = 2, image:
     return net.to(dtype), x
 
 
+def training_step(net, x, owner=None):
+    """A function running one training step of SpikingJelly network `net` on x (forward, the
+    backward of the output's sum) and then reset_net on `owner` (default net; a compiled
+    network's original, whose modules hold the neurons)."""
+    from spikingjelly.activation_based import functional
+
+    def run():
+        net(x).float().sum().backward()
+        functional.reset_net(net if owner is None else owner)
+
+    return run
+
+
 def _compile_every_module(compile: bool):
     """Every SpikingJelly neuron is its own module, and dynamo compiles each (its default limit,
     8 per function, would leave the rest eager): the limit raised while compiled networks run.
@@ -154,16 +167,9 @@ def bench_peer_models(models=PEER_MODELS, *, batch: int = 16, T: int = 4,
                                    ("accelerate() + torch.compile", everything)):  # fmt: skip
                     contenders[label], owners[label] = torch.compile(net), net
 
-            def step(net, owner, x=x):
-                def run():
-                    net(x).float().sum().backward()
-                    functional.reset_net(owner)
-
-                return run
-
             with _compile_every_module(compile):
-                times = median_times({k: step(net, owners[k]) for k, net in contenders.items()},
-                                     device, rounds=rounds, budget_s=60.0)  # fmt: skip
+                steps = {k: training_step(net, x, owners[k]) for k, net in contenders.items()}
+                times = median_times(steps, device, rounds=rounds, budget_s=60.0)
                 measured = {}  # label -> (bytes saved for the backward, peak device bytes)
                 for label in contenders:
                     if device.type == "cuda":
