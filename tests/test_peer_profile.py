@@ -40,9 +40,12 @@ def test_floor_reports_each_layer_and_the_bound_it_puts_on_the_speed_up():
     lines = peer_profile.floor(net, ours, x, rounds=3)
     layers = [n for n, m in net.named_modules() if isinstance(m, peer_profile.DENSE)]
     assert [line.split()[0] for line in lines[3 : 3 + len(layers)]] == layers
-    step = re.search(r"as shipped\) ([\d.]+) ms", lines[1]).group(1)
+    step = float(re.search(r"as shipped\) ([\d.]+) ms", lines[1]).group(1))
     sums = [float(v) for v in re.findall(r"([\d.]+) ms", lines[3 + len(layers)])]
     bounds = [float(v) for v in re.findall(r"([\d.]+)x", lines[-1])]
     assert len(sums) == len(bounds) == 2
     for total, bound in zip(sums, bounds, strict=True):
-        assert abs(bound - float(step) / total) < 0.01 * bound + 0.01
+        # the printed figures are rounded (step to 0.1 ms, sums to 0.01 ms, bounds to 0.01):
+        # what the ratio of the rounded figures may be off by, on any CPU's timings
+        slack = bound * (0.05 / step + 0.005 / total) * 1.01 + 0.005
+        assert abs(bound - step / total) <= slack
