@@ -60,6 +60,30 @@ TORCH_LIBRARY(spikeclip, m) {
         "int padding) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 
+  // Inference products of packed spikes by table lookup (csrc/cpu/spike_lookup_cpu.cpp; no
+  // autograd). codes: spikes packed 8 per byte over channels, as pack_spikes packs them.
+  // spike_conv3x3_lookup: codes [N, H + 2, W + 2, ceil(C_in/8)] (a zero border), weight
+  // [C_out, C_in, 3, 3], bias [C_out] -> the 'same' convolution plus bias, [N, H, W, C_out].
+  // spike_linear_lookup: codes [rows, ceil(C_in/8)], weight [C_out, C_in] -> [rows, C_out].
+  m.def("spike_conv3x3_lookup(Tensor codes, Tensor weight, Tensor bias) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def("spike_linear_lookup(Tensor codes, Tensor weight, Tensor bias) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // The multi-step LIF's spikes (forward only; v0 = rest) over x [T or 1, B, H, W, C] times
+  // input_scale (one step given: the same input at every step), with pool the 3x3 stride-2
+  // max-pool (padding 1) of each step first, packed: codes [T, B, H' + 2 pad, W' + 2 pad,
+  // ceil(C/8)], the border zero.
+  m.def("lif_spike_codes(Tensor x, int T, bool pool, int pad, float tau, float input_scale, "
+        "float v_th, float v_reset, bool soft_reset, bool decay_input) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // spike_conv3x3_lookup of codes [T * B, H + 2, W + 2, G] (image t * B + b: step t of sample
+  // b) fused with lif_spike_codes of its output (pad 1): codes [T, B, H' + 2, W' + 2,
+  // ceil(C_out/8)]; no float output.
+  m.def("spike_conv3x3_lookup_lif(Tensor codes, Tensor weight, Tensor bias, int T, bool pool, "
+        "float tau, float input_scale, float v_th, float v_reset, bool soft_reset, "
+        "bool decay_input) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+
   // 2x2 max-pool, stride 2, of x [..., H, W] -> (y [..., H/2, W/2], where): nn.MaxPool2d(2)'s
   // values, with the winner of each window (0..3, row-major; uint8) kept for the backward.
   m.def("max_pool2x2(Tensor x) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});

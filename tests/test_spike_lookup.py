@@ -1,0 +1,210 @@
+"""The inference ops of packed spikes (kernels.spike_products.lookup, csrc/cpu/
+spike_lookup_cpu.cpp) against their spec, the dense computations they replace: products by
+table lookup equal F.conv2d / F.linear up to float rounding; the LIF writing packed spikes (and
+the convolution fused with it) equal the reference LIF's spikes bit for bit, packed."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikeclip._ext import extension_loaded
+from spikeclip.kernels import lif_reference, pack_spikes
+from spikeclip.kernels.spike_products import lookup
+from spikeclip.kernels.spike_products.lookup import (
+    lif_spike_codes,
+    lookup_fits,
+    spike_conv3x3_lookup,
+    spike_conv3x3_lookup_lif,
+    spike_linear_lookup,
+)
+
+pytestmark = pytest.mark.skipif(not extension_loaded(), reason="needs spikeclip._C")
+
+DTYPES = [torch.float32, torch.float64]
+# float32: sums of up to 576 rows of unit weights, in another order than the dense product
+TOL = {torch.float32: dict(rtol=1e-5, atol=2e-4), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def spikes(*shape, rate=0.3, dtype=torch.float32):
+    return (torch.rand(*shape) < rate).to(dtype)
+
+
+def packed(s: torch.Tensor, border: bool) -> torch.Tensor:
+    """[..., H, W, C] spikes -> codes [..., H (+2), W (+2), ceil(C/8)] (pack_spikes's layout)."""
+    codes = pack_spikes(s.contiguous(), backend="torch")
+    return F.pad(codes, (0, 0, 1, 1, 1, 1)).contiguous() if border else codes
+
+
+CONV_SHAPES = [  # N, C_in, C_out, H, W: channels off every multiple, a 1x1 image, one channel
+    (3, 5, 7, 4, 6),
+    (2, 16, 32, 9, 9),
+    (2, 19, 70, 5, 3),
+    (1, 8, 1, 1, 1),
+    (4, 1, 17, 3, 8),
+    (2, 64, 64, 7, 7),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=str)
+def test_conv_equals_f_conv2d(shape, dtype):
+    torch.manual_seed(sum(shape))
+    N, cin, cout, H, W = shape
+    s = spikes(N, H, W, cin, rate=float(torch.empty(1).uniform_(0.05, 0.6)), dtype=dtype)
+    weight, bias = torch.randn(cout, cin, 3, 3, dtype=dtype), torch.randn(cout, dtype=dtype)
+    y = spike_conv3x3_lookup(packed(s, True), weight, bias)
+    expected = F.conv2d(s.permute(0, 3, 1, 2), weight, bias, padding=1).permute(0, 2, 3, 1)
+    assert y.shape == (N, H, W, cout) and y.dtype == dtype
+    torch.testing.assert_close(y, expected, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cin,cout", [(64, 64), (7, 300), (256, 64), (9, 1), (1, 16)])
+def test_linear_equals_f_linear(cin, cout, dtype):
+    torch.manual_seed(cin + cout)
+    x = spikes(37, cin, dtype=dtype)
+    weight, bias = torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
+    y = spike_linear_lookup(packed(x, False), weight, bias)
+    torch.testing.assert_close(y, F.linear(x, weight, bias), **TOL[dtype])
+
+
+def test_bits_past_c_in_are_not_read_as_spikes():
+    """The last byte's bits past C_in (and the border's codes) select zero rows: junk there
+    changes nothing, and no table is read out of range whatever the codes hold."""
+    torch.manual_seed(0)
+    s = spikes(2, 5, 6, 11)
+    weight, bias = torch.randn(4, 11, 3, 3), torch.randn(4)
+    codes = packed(s, True)
+    dirty = codes.clone()
+    dirty[..., 1] |= 0xF8  # channels 11..15 do not exist
+    torch.testing.assert_close(
+        spike_conv3x3_lookup(dirty, weight, bias), spike_conv3x3_lookup(codes, weight, bias)
+    )
+    rows = packed(spikes(9, 11), False)
+    linear_weight = torch.randn(4, 11)
+    torch.testing.assert_close(
+        spike_linear_lookup(rows | torch.tensor([0, 0xF8], dtype=torch.uint8), linear_weight, bias),
+        spike_linear_lookup(rows, linear_weight, bias),
+    )
+    every = torch.randint(0, 256, (2, 7, 8, 2), dtype=torch.uint8)  # any byte is a valid code
+    assert torch.isfinite(spike_conv3x3_lookup(every, weight, bias)).all()
+
+
+NEURONS = {
+    "hard reset": dict(tau=2.0, v_th=0.5, v_reset=0.0, decay_input=True),
+    "soft reset, learned threshold": dict(
+        tau=1.7, input_scale=0.8, v_th=0.5, v_reset=None, decay_input=True
+    ),
+    "reset to -0.2, no input decay": dict(tau=3.0, v_th=0.3, v_reset=-0.2, decay_input=False),
+    "IF": dict(tau=math.inf, v_th=1.0, v_reset=0.0, decay_input=False),
+}
+
+
+def reference_codes(x, T, pool, options, dtype):
+    """lif_spike_codes's spec: the reference LIF on the (pooled, scaled) input, packed."""
+    options = dict(options)
+    scale = options.pop("input_scale", 1.0)
+    x = x.expand(T, *x.shape[1:])
+    if pool:
+        pooled = F.max_pool2d(x.flatten(0, 1).permute(0, 3, 1, 2), 3, 2, 1)
+        x = pooled.permute(0, 2, 3, 1).unflatten(0, (T, x.shape[1]))
+    s, _ = lif_reference(x * torch.tensor(scale, dtype=dtype), **options)
+    return packed(s, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("neuron", list(NEURONS))
+@pytest.mark.parametrize("pool", [False, True], ids=["no pool", "pool"])
+@pytest.mark.parametrize("constant", [False, True], ids=["per step", "one step"])
+def test_lif_codes_equal_the_reference_lif(neuron, pool, constant, dtype):
+    torch.manual_seed(len(neuron) + 2 * pool + constant)
+    T, B, H, W, C = 4, 3, 7, 6, 13
+    x = torch.randn(1 if constant else T, B, H, W, C, dtype=dtype)
+    codes = lif_spike_codes(x, T, pool=pool, **NEURONS[neuron])
+    assert codes.dtype == torch.uint8
+    expected = reference_codes(x, T, pool, NEURONS[neuron], dtype)
+    assert torch.equal(codes, expected)
+    assert 0 < int(expected.count_nonzero()) < expected.numel()
+
+
+def test_lif_codes_pool_nan_and_inf_as_f_max_pool2d():
+    """The pool's NaN wins its window, -inf loses, as in F.max_pool2d; then the LIF as the
+    reference runs it (a NaN membrane never fires)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 2, 6, 5, 9)
+    x[0, 0, 2, 3, 4] = float("nan")
+    x[1, 1, :, :, 2] = float("-inf")
+    x[1, 0, 0, 0, :] = float("inf")
+    options = NEURONS["soft reset, learned threshold"]
+    for pool in (False, True):
+        expected = reference_codes(x, 2, pool, options, x.dtype)
+        assert torch.equal(lif_spike_codes(x, 2, pool=pool, **options), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool", [False, True], ids=["no pool", "pool"])
+@pytest.mark.parametrize("B", [1, 3, 40], ids=lambda b: f"B={b}")  # pooled: tasks of 2 rows, whole
+def test_conv_fused_with_its_lif_equals_the_two_ops(B, pool, dtype):
+    torch.manual_seed(B + pool)
+    T, cin, cout, H, W = 3, 10, 21, 9, 7
+    s = spikes(T * B, H, W, cin, dtype=dtype)
+    weight, bias = 0.5 * torch.randn(cout, cin, 3, 3, dtype=dtype), torch.randn(cout, dtype=dtype)
+    codes = packed(s, True)
+    options = NEURONS["soft reset, learned threshold"]
+    fused = spike_conv3x3_lookup_lif(codes, weight, bias, T, pool=pool, **options)
+    y = spike_conv3x3_lookup(codes, weight, bias).unflatten(0, (T, B))
+    assert torch.equal(fused, lif_spike_codes(y, T, pool=pool, **options))
+    assert int(fused.count_nonzero()) > 0
+
+
+def test_empty_batches():
+    weight, bias = torch.randn(4, 8, 3, 3), torch.randn(4)
+    no_images = torch.zeros(0, 5, 5, 1, dtype=torch.uint8)
+    assert spike_conv3x3_lookup(no_images, weight, bias).shape == (0, 3, 3, 4)
+    no_rows = torch.zeros(0, 1, dtype=torch.uint8)
+    assert spike_linear_lookup(no_rows, torch.randn(4, 8), bias).shape == (0, 4)
+    out = spike_conv3x3_lookup_lif(no_images, weight, bias, 2, **NEURONS["hard reset"])
+    assert out.shape == (2, 0, 5, 5, 1)
+
+
+BAD = {
+    "codes not uint8": lambda w, b: spike_conv3x3_lookup(torch.zeros(1, 4, 4, 1), w, b),
+    "codes of the wrong width": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 4, 4, 2, dtype=torch.uint8), w, b),
+    "codes without a border": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 2, 4, 1, dtype=torch.uint8), w, b),
+    "a 5x5 weight": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 4, 4, 1, dtype=torch.uint8), torch.randn(4, 8, 5, 5), b),
+    "a half weight": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 4, 4, 1, dtype=torch.uint8), w.half(), b.half()),
+    "a bias of the wrong size": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 4, 4, 1, dtype=torch.uint8), w, torch.randn(5)),
+    "a bias of another dtype": lambda w, b: spike_conv3x3_lookup(
+        torch.zeros(1, 4, 4, 1, dtype=torch.uint8), w, b.double()),
+    "linear codes of the wrong width": lambda w, b: spike_linear_lookup(
+        torch.zeros(3, 2, dtype=torch.uint8), torch.randn(4, 8), b),
+    "T not dividing the images": lambda w, b: spike_conv3x3_lookup_lif(
+        torch.zeros(3, 4, 4, 1, dtype=torch.uint8), w, b, 2, **NEURONS["hard reset"]),
+    "tau <= 1": lambda w, b: lif_spike_codes(
+        torch.randn(2, 1, 3, 3, 4), 2, tau=1.0, v_th=1.0, v_reset=0.0, decay_input=True),
+    "x of another step count": lambda w, b: lif_spike_codes(
+        torch.randn(3, 1, 3, 3, 4), 2, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True),
+    "x of four dimensions": lambda w, b: lif_spike_codes(
+        torch.randn(2, 3, 3, 4), 2, tau=2.0, v_th=1.0, v_reset=0.0, decay_input=True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_refused(case):
+    with pytest.raises(RuntimeError):
+        BAD[case](torch.randn(4, 8, 3, 3), torch.randn(4))
+
+
+def test_the_table_budget():
+    # the demo's stages fit in float32 and float64; SpikeCLIP's wider ones do not
+    assert lookup_fits(64, 64, 9, torch.float64)
+    assert not lookup_fits(192, 384, 9, torch.float32)
+    size = 9 * 8 * 256 * 64 * 4  # C_in 64 -> 8 bytes per pixel, C_out 64 in float32
+    assert lookup_fits(64, 64, 9, torch.float32) == (size <= lookup.TABLE_BUDGET)
