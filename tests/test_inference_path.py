@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.nn.modules.module import register_module_forward_hook
 
+from spikeclip.kernels import unpack_spikes
 from spikeclip.models import ConvTokenizer, SpikeCLIP, SpikeCLIPConfig, set_backend
 from spikeclip.models.image_encoder import normalize_images
 from spikeclip.models.layers import SeqLinearBN
@@ -23,6 +24,9 @@ VARIANTS = {
     "odd size": {"image_size": 20},
     "soft reset, learned threshold": dict(v_reset=None, learnable_v_th=True),
 }
+# The variants whose tokenizer runs its spike-fed stages as table lookups (the others keep the
+# channels-last convolutions: the ANN has no spikes, the lookup path has no 2x2 pool or shortcut)
+LOOKS_UP = {"tiny", "PLIF, learned threshold, T=3", "odd size", "soft reset, learned threshold"}
 
 
 def trained_looking(config: SpikeCLIPConfig, dtype=torch.float64, seed: int = 0) -> SpikeCLIP:
@@ -83,6 +87,8 @@ def test_float64_equals_the_plain_path_spike_for_spike(variant):
     model = trained_looking(VARIANTS[variant])
     enc = model.image_encoder
     x = normalize_images(images_for(model), enc.config.image_normalize)
+    with torch.inference_mode():
+        assert enc.tokenizer._looks_up(x) == (variant in LOOKS_UP)
     fast, plain = both_paths(enc.tokenizer, x, enc.time_steps)
     assert fast.shape == plain.shape and fast.is_contiguous()
     # a spike flipped anywhere moves its tokens by a whole weight: far outside this tolerance
@@ -97,37 +103,49 @@ def test_float64_equals_the_plain_path_spike_for_spike(variant):
     torch.testing.assert_close(features, expected, rtol=1e-10, atol=1e-10)
 
 
-def test_spikes_seen_inside_are_the_same_in_float64():
-    """The stage inputs (the neurons' spikes) themselves, not only what they lead to."""
+def test_spikes_seen_inside_are_the_same_in_float64(monkeypatch):
+    """The stage inputs (the neurons' spikes) themselves, not only what they lead to: on the
+    inference path the neurons write them packed (the lookup ops' codes, a zero border)."""
+    import spikeclip.models.image_encoder as image_encoder
+
     model = trained_looking({})
     tok = model.image_encoder.tokenizer
     x = normalize_images(images_for(model), model.config.image_normalize)
-    seen = {"fast": [], "plain": []}
-    run = {"now": "fast"}
-    # the inference path hands neurons [T, B, H, W, C] views (channels last): seen in
-    # [T, B, C, H, W] order as the plain path's
-    order = {"fast": (0, 1, 4, 2, 3), "plain": (0, 1, 2, 3, 4)}
+    fast, plain = [], []
+
+    def spy_on(op):
+        def spy(*args, **kwargs):
+            codes = op(*args, **kwargs)  # [T, B, H + 2, W + 2, ceil(C / 8)]
+            fast.append(codes[:, :, 1:-1, 1:-1])
+            return codes
+
+        return spy
+
+    for name in ("lif_spike_codes", "spike_conv3x3_lookup_lif"):
+        monkeypatch.setattr(image_encoder, name, spy_on(getattr(image_encoder, name)))
     for n in tok.neurons:
 
-        def spy(y, forward=n.forward):
+        def record(y, forward=n.forward):
             spikes = forward(y)
-            seen[run["now"]].append(spikes.permute(*order[run["now"]]).contiguous())
+            plain.append(spikes)
             return spikes
 
-        n.forward = spy
+        n.forward = record
     try:
         with torch.inference_mode():
+            assert tok._looks_up(x)
             tok(x, 4)
-            run["now"] = "plain"
+            assert not plain  # the neurons' work was done by the lookup ops
             with plain_path():
                 tok(x, 4)
     finally:
         for n in tok.neurons:
             del n.forward
-    assert len(seen["fast"]) == len(seen["plain"]) == 4
-    for fast, plain in zip(seen["fast"], seen["plain"], strict=True):
-        assert torch.equal(fast, plain)
-        assert 0.02 < float(plain.mean()) < 0.98  # spikes that could flip, not all 0 or 1
+    assert len(fast) == len(plain) == 4
+    for codes, spikes in zip(fast, plain, strict=True):
+        unpacked = unpack_spikes(codes, spikes.shape[2], spikes.dtype).permute(0, 1, 4, 2, 3)
+        assert torch.equal(unpacked, spikes)
+        assert 0.02 < float(spikes.mean()) < 0.98  # spikes that could flip, not all 0 or 1
 
 
 def test_float32_agrees_up_to_rounding():

@@ -7,6 +7,13 @@ import math
 import torch
 from torch import nn
 
+from spikeclip.kernels.spike_products.lookup import (
+    lif_spike_codes,
+    lookup_available,
+    lookup_fits,
+    spike_conv3x3_lookup,
+    spike_conv3x3_lookup_lif,
+)
 from spikeclip.models.blocks import Block
 from spikeclip.models.config import CLIP_MEAN, CLIP_STD, SpikeCLIPConfig
 from spikeclip.models.layers import (
@@ -19,6 +26,7 @@ from spikeclip.models.layers import (
     make_neuron,
     runs_inference,
 )
+from spikeclip.models.neurons import LIF
 from spikeclip.preprocess import resize_images
 
 
@@ -89,7 +97,10 @@ class ConvTokenizer(nn.Module):
 
     def _infer(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
         """forward's inference path (takes_inference_path): the layers' work in channels-last
-        activations, BN folded into the convolutions."""
+        activations, BN folded into the convolutions; spike-fed convolutions as table lookups
+        where _looks_up allows."""
+        if self._looks_up(images):
+            return self._infer_lookup(images, time_steps)
         stages, neurons = self.stages, self.neurons
         x = stages[0].folded_op(images.contiguous(memory_format=torch.channels_last))
         x = x.unsqueeze(0).expand(time_steps, *x.shape)  # [T, B, C/8, S, S]
@@ -99,6 +110,36 @@ class ConvTokenizer(nn.Module):
         y = _per_step(stages[4].folded_op, _fire(neurons[3], x))
         x = x + y if self.shortcut else y
         return x.flatten(3).transpose(2, 3).contiguous()  # [T, B, N, C]: a view when CL
+
+    def _looks_up(self, images: torch.Tensor) -> bool:
+        """Whether the inference path runs its spike-fed stages as table lookups
+        (kernels.spike_products.lookup): LIF neurons, 3x3 pools, no shortcut, the extension
+        loaded, and each stage's tables within lookup_fits's budget."""
+        if self.shortcut or not isinstance(self.pool, SeqMaxPool3x3):
+            return False
+        if not lookup_available(images) or not all(isinstance(n, LIF) for n in self.neurons):
+            return False
+        return all(
+            lookup_fits(s.op.in_channels, s.op.out_channels, 9, images.dtype)
+            for s in self.stages[1:]
+        )
+
+    def _infer_lookup(self, images: torch.Tensor, time_steps: int) -> torch.Tensor:
+        """_infer with each neuron writing its spikes packed (pooled first where the pools
+        are) and each spike-fed convolution a sum of table rows at those bytes: no float
+        spikes, no pooled floats, no BN pass. The same network, up to float rounding."""
+        stages, neurons, T = self.stages, self.neurons, time_steps
+        x = stages[0].folded_op(images.contiguous(memory_format=torch.channels_last))
+        x = x.permute(0, 2, 3, 1).unsqueeze(0)  # [1, B, S, S, C/8]: the same at every step
+        B, dtype = x.shape[1], x.dtype
+        codes = lif_spike_codes(x, T, **neurons[0].forward_options(dtype)).flatten(0, 1)
+        for i in (1, 2, 3):  # stage i, then neuron i (pooled first after stages 2 and 3)
+            options = neurons[i].forward_options(dtype)
+            weight, bias = stages[i].folded_weights()
+            codes = spike_conv3x3_lookup_lif(codes, weight, bias, T, pool=i >= 2, **options)
+            codes = codes.flatten(0, 1)
+        x = spike_conv3x3_lookup(codes, *stages[4].folded_weights())  # [T * B, S/4, S/4, C]
+        return x.unflatten(0, (T, B)).flatten(2, 3)  # [T, B, N, C]
 
 
 def _per_step(layer, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,11 @@ from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
 from spikeclip.kernels.max_pool.reference import max_pool2x2_reference, max_pool3x3s2_reference
 from spikeclip.kernels.spike_products.conv import conv_takes_spikes, spike_conv2d
 from spikeclip.kernels.spike_products.linear import spike_linear
+from spikeclip.kernels.spike_products.lookup import (
+    lookup_available,
+    lookup_fits,
+    spike_linear_lookup,
+)
 from spikeclip.models.config import SpikeCLIPConfig
 from spikeclip.models.kernel_policy import (
     bn_lif_backend,
@@ -289,9 +294,13 @@ class SeqConvBN(_SpikingUnit):
         """op then BN in eval mode as one convolution of x `[N, C_in, H, W]` (any memory
         format): folded_bn's scale in the weights, its shift the bias."""
         op = self.op
+        weight, bias = self.folded_weights()
+        return F.conv2d(x, weight, bias, op.stride, op.padding, op.dilation, op.groups)
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of op then BN in eval mode as one convolution (folded_bn)."""
         scale, shift = self.folded_bn()
-        weight = op.weight * scale.view(-1, 1, 1, 1)
-        return F.conv2d(x, weight, shift, op.stride, op.padding, op.dilation, op.groups)
+        return self.op.weight * scale.view(-1, 1, 1, 1), shift
 
     @staticmethod
     def channels_second(y):
@@ -354,12 +363,15 @@ class SeqLinearBN(_SpikingUnit):
 
     def folded_op(self, x: torch.Tensor) -> torch.Tensor:
         """op then BN in eval mode as one linear map of x `[..., C_in]`: folded_bn's scale in
-        the weights, its shift a bias; spike sums where the plain path sums."""
+        the weights, its shift a bias; where the plain path sums spikes, table lookups
+        (kernels.spike_products.lookup) if their tables fit, else the same sums."""
         scale, shift = self.folded_bn()
         weight = self.op.weight * scale.unsqueeze(1)
         if not self._sums_spikes(x):
             return torch.nn.functional.linear(x, weight, shift)
         bits = pack_spikes(x.reshape(-1, x.shape[-1]))
+        if lookup_available(x) and lookup_fits(*reversed(weight.shape), 1, x.dtype):
+            return spike_linear_lookup(bits, weight, shift).view(*x.shape[:-1], -1)
         return _spike_product(x, bits, weight, layer_product_backend(self.backend)).add_(shift)
 
     @staticmethod

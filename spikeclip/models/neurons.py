@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from spikeclip.kernels import lif
-from spikeclip.kernels.common.options import check_flag, lif_options
+from spikeclip.kernels.common.options import check_flag, compute_dtype, lif_options
 from spikeclip.memory import check_memory_mode, low_memory_saves
 
 
@@ -89,6 +89,19 @@ class LIF(nn.Module):
         """The threshold this neuron fires at (v_th, or v_th times its learned factor)."""
         s = self.v_th_log_scale
         return self.v_th if s is None else self.v_th * float(torch.exp(s.detach()))
+
+    def forward_options(self, dtype: torch.dtype) -> dict:
+        """What this neuron's forward computes on inputs of `dtype`, as numbers (the options of
+        kernels.spike_products.lookup.lif_spike_codes): tau as the kernels take it (in the
+        compute dtype), the input scale of a learned threshold (1 without), v_th, v_reset,
+        decay_input."""
+        tau = self.current_tau()
+        if isinstance(tau, torch.Tensor):
+            tau = float(tau.detach().to(compute_dtype(dtype)))
+        s = self.v_th_log_scale
+        scale = 1.0 if s is None else float(torch.exp(-s.detach()).to(dtype))
+        return dict(tau=tau, input_scale=scale, v_th=self.v_th, v_reset=self.v_reset,
+                    decay_input=self.decay_input)  # fmt: skip
 
     @property
     def has_parameters(self) -> bool:
