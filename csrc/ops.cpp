@@ -83,6 +83,14 @@ TORCH_LIBRARY(spikeclip, m) {
         "float tau, float input_scale, float v_th, float v_reset, bool soft_reset, "
         "bool decay_input) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // spike_linear_lookup of codes [T * M, ceil(C_in/8)] (row t * M + m: step t of sample m)
+  // fused with the LIF's spikes: with packed codes [T * M, ceil(C_out/8)] (heads 1), else
+  // floats [T * M / tokens, heads, tokens, C_out / heads] (row r = i * tokens + n of the
+  // product to [i, :, n]; heads = tokens = 1: [T * M, 1, 1, C_out]).
+  m.def("spike_linear_lookup_lif(Tensor codes, Tensor weight, Tensor bias, int T, bool packed, "
+        "int heads, int tokens, float tau, float input_scale, float v_th, float v_reset, bool soft_reset, "
+        "bool decay_input) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 
   // 2x2 max-pool, stride 2, of x [..., H, W] -> (y [..., H/2, W/2], where): nn.MaxPool2d(2)'s
   // values, with the winner of each window (0..3, row-major; uint8) kept for the backward.

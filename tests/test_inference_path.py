@@ -282,9 +282,33 @@ def test_linear_unit_takes_the_path_only_where_it_may():
             assert not unit.takes_inference_path(x)
 
 
-def test_the_blocks_units_take_it_in_encode_image(monkeypatch):
+def test_the_blocks_run_their_spikes_packed_where_they_may(monkeypatch):
+    """Attention's q, k, v and the MLP run as lookups with their LIFs fused in eval mode under
+    inference_mode; a hook on a unit or a neuron, or the reference backend, keeps them on the
+    plain path (where the energy count sees every layer)."""
+    import spikeclip.models.blocks as blocks
+
     model = trained_looking({}, dtype=torch.float32)
-    calls = counted(monkeypatch, SeqLinearBN, "folded_op")
+    calls = counted(monkeypatch, blocks, "input_codes")
+    images = torch.rand(2, 3, 28, 28)
+    with torch.inference_mode():
+        model.encode_image(images)
+        assert len(calls) == 2  # attention and MLP each pack their input's spikes once
+        block = model.image_encoder.blocks[0]
+        for watched in (block.attn.k, block.mlp.fc2, block.mlp.fc1.neuron, block.attn.input_neuron):
+            handle = watched.register_forward_hook(lambda *args: None)
+            model.encode_image(images)
+            handle.remove()
+        assert len(calls) == 2 + 4  # each hook stops one of the two sub-blocks, not the other
+        set_backend(model, "torch")
+        model.encode_image(images)
+        assert len(calls) == 6
+
+
+def test_the_blocks_units_take_it_in_encode_image(monkeypatch):
+    """Every unit folds its BN once (as a folded op, or into the lookup ops' weights)."""
+    model = trained_looking({}, dtype=torch.float32)
+    calls = counted(monkeypatch, SeqLinearBN, "folded_weights")
     with torch.inference_mode():
         model.encode_image(torch.rand(2, 3, 28, 28))
     units = sum(isinstance(m, SeqLinearBN) for m in model.image_encoder.modules())

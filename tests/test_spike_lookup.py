@@ -18,6 +18,7 @@ from spikeclip.kernels.spike_products.lookup import (
     spike_conv3x3_lookup,
     spike_conv3x3_lookup_lif,
     spike_linear_lookup,
+    spike_linear_lookup_lif,
 )
 
 pytestmark = pytest.mark.skipif(not extension_loaded(), reason="needs spikeclip._C")
@@ -159,6 +160,29 @@ def test_conv_fused_with_its_lif_equals_the_two_ops(B, pool, dtype):
     assert int(fused.count_nonzero()) > 0
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "M,heads,tokens", [(7, 1, 1), (12, 2, 3), (10, 4, 5), (1, 1, 1)], ids=str
+)  # M odd: a sample without a pair
+def test_linear_fused_with_its_lif_equals_the_two_ops(M, heads, tokens, dtype):
+    torch.manual_seed(M + heads)
+    T, cin, cout = 3, 21, 12
+    codes = packed(spikes(T * M, cin, dtype=dtype), False)
+    weight, bias = 0.5 * torch.randn(cout, cin, dtype=dtype), torch.randn(cout, dtype=dtype)
+    options = NEURONS["soft reset, learned threshold"]
+    y = spike_linear_lookup(codes, weight, bias).view(T, M, cout)
+    scale = options["input_scale"]
+    lif = {k: v for k, v in options.items() if k != "input_scale"}
+    expected, _ = lif_reference(y * torch.tensor(scale, dtype=dtype), **lif)  # [T, M, cout]
+    fused = spike_linear_lookup_lif(codes, weight, bias, T, heads=heads, tokens=tokens, **options)
+    by_heads = expected.reshape(T * M // tokens, tokens, heads, cout // heads).transpose(1, 2)
+    assert fused.shape == by_heads.shape and fused.dtype == dtype
+    assert torch.equal(fused, by_heads)
+    codes_out = spike_linear_lookup_lif(codes, weight, bias, T, packed=True, **options)
+    assert torch.equal(codes_out, packed(expected.reshape(T * M, cout), False))
+    assert 0 < float(expected.mean()) < 1
+
+
 def test_empty_batches():
     weight, bias = torch.randn(4, 8, 3, 3), torch.randn(4)
     no_images = torch.zeros(0, 5, 5, 1, dtype=torch.uint8)
@@ -187,6 +211,15 @@ BAD = {
         torch.zeros(3, 2, dtype=torch.uint8), torch.randn(4, 8), b),
     "T not dividing the images": lambda w, b: spike_conv3x3_lookup_lif(
         torch.zeros(3, 4, 4, 1, dtype=torch.uint8), w, b, 2, **NEURONS["hard reset"]),
+    "heads not dividing C_out": lambda w, b: spike_linear_lookup_lif(
+        torch.zeros(4, 1, dtype=torch.uint8), torch.randn(4, 8), b, 2, heads=3,
+        **NEURONS["hard reset"]),
+    "tokens not dividing the samples": lambda w, b: spike_linear_lookup_lif(
+        torch.zeros(6, 1, dtype=torch.uint8), torch.randn(4, 8), b, 2, tokens=2,
+        **NEURONS["hard reset"]),
+    "packed spikes in heads": lambda w, b: spike_linear_lookup_lif(
+        torch.zeros(4, 1, dtype=torch.uint8), torch.randn(4, 8), b, 2, packed=True, heads=2,
+        **NEURONS["hard reset"]),
     "tau <= 1": lambda w, b: lif_spike_codes(
         torch.randn(2, 1, 3, 3, 4), 2, tau=1.0, v_th=1.0, v_reset=0.0, decay_input=True),
     "x of another step count": lambda w, b: lif_spike_codes(

@@ -250,36 +250,53 @@ at::Tensor spike_conv3x3_lookup_cpu(const at::Tensor& codes, const at::Tensor& w
   return y;
 }
 
+// A linear map's operands, checked: codes [rows, G] (G = ceil(Cin / 8)), weight [Cout, Cin],
+// bias [Cout]; the tables' space.
+struct LinearLookup {
+  at::Tensor codes, weight, bias, tables;
+  int64_t rows, G, cin, cout, cp;
+  std::vector<int64_t> offsets;
+
+  LinearLookup(const at::Tensor& c, const at::Tensor& w, const at::Tensor& b, const char* op) {
+    check_codes(c, 2, op);
+    TORCH_CHECK(w.dim() == 2 && w.size(1) >= 1 &&
+                    (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble),
+                op, ": weight must be float32 or float64 [C_out, C_in], got ", w.sizes(), " ",
+                w.scalar_type());
+    check_bias(b, w, op);
+    cout = w.size(0), cin = w.size(1), G = packed_row_bytes(cin);
+    TORCH_CHECK(c.size(1) == G, op, ": codes must be [rows, ceil(C_in / 8)] = [rows, ", G,
+                "], got ", c.sizes());
+    codes = c.contiguous(), weight = w.contiguous();
+    rows = codes.size(0), cp = padded_width(cout, weight.scalar_type());
+    bias = padded_bias(b, cp);
+    offsets.resize(G);
+    for (int64_t g = 0; g < G; ++g) offsets[g] = g;
+  }
+
+  template <typename F>
+  const F* build() {
+    tables = at::empty({G * kCodes * cp}, weight.options());
+    const F* wp = weight.data_ptr<F>();
+    const int64_t ci = cin;
+    build_tables<F>(1, cin, cout, cp, [&](int64_t c, int64_t, int64_t o) {
+      return wp[o * ci + c];
+    }, tables.data_ptr<F>());  // fmt: skip
+    return tables.data_ptr<F>();
+  }
+};
+
 // y [rows, Cout] = spikes (codes [rows, ceil(Cin / 8)]) times weight [Cout, Cin]^T, plus bias.
 at::Tensor spike_linear_lookup_cpu(const at::Tensor& codes, const at::Tensor& weight,
                                    const at::Tensor& bias) {
-  const char* op = "spike_linear_lookup";
-  check_codes(codes, 2, op);
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) >= 1 &&
-                  (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble),
-              op, ": weight must be float32 or float64 [C_out, C_in], got ", weight.sizes(), " ",
-              weight.scalar_type());
-  check_bias(bias, weight, op);
-  const int64_t cout = weight.size(0), cin = weight.size(1), G = packed_row_bytes(cin);
-  TORCH_CHECK(codes.size(1) == G, op, ": codes must be [rows, ceil(C_in / 8)] = [rows, ", G,
-              "], got ", codes.sizes());
-  const at::Tensor c = codes.contiguous(), w = weight.contiguous();
-  const int64_t rows = c.size(0), cp = padded_width(cout, w.scalar_type());
-  at::Tensor y = at::empty({rows, cout}, w.options());
+  LinearLookup p(codes, weight, bias, "spike_linear_lookup");
+  at::Tensor y = at::empty({p.rows, p.cout}, p.weight.options());
   if (y.numel() == 0) return y;
-  at::Tensor tables = at::empty({G * kCodes * cp}, w.options());
-  const at::Tensor b = padded_bias(bias, cp);
-  std::vector<int64_t> offsets(G);
-  for (int64_t g = 0; g < G; ++g) offsets[g] = g;
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "spike_lookup", [&] {
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    build_tables<scalar_t>(1, cin, cout, cp, [&](int64_t ci, int64_t, int64_t o) {
-      return wp[o * cin + ci];
-    }, tables.data_ptr<scalar_t>());  // fmt: skip
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
-      linear_rows<scalar_t>(c.data_ptr<uint8_t>(), offsets.data(), G,
-                            tables.data_ptr<scalar_t>(), cp, b.data_ptr<scalar_t>(),
-                            y.data_ptr<scalar_t>(), cout, r0, r1);
+  AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_linear_lookup", [&] {
+    const scalar_t* tables = p.build<scalar_t>();
+    at::parallel_for(0, p.rows, 16, [&](int64_t r0, int64_t r1) {
+      linear_rows<scalar_t>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables, p.cp,
+                            p.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), p.cout, r0, r1);
     });
   });
   return y;
@@ -329,11 +346,10 @@ SC_INLINE void lif_input_row(const F* __restrict x, int64_t H, int64_t W, int64_
   for (int64_t e = 0; e < Wo * C; ++e) in[e] *= scale;
 }
 
-// One LIF step over a row of n inputs: the membrane v updated, the spikes packed per pixel of
-// C channels into out (Wo = n / C pixels of ceil(C / 8) bytes).
+// One LIF step over n inputs: the membrane v updated, the spikes (0/1) into s.
 template <typename F>
-SC_INLINE void lif_step_codes(const F* __restrict in, F* __restrict v, F* __restrict s, int64_t n,
-                              int64_t C, const LifOptions<F>& o, uint8_t* __restrict out) {
+SC_INLINE void lif_step(const F* __restrict in, F* __restrict v, F* __restrict s, int64_t n,
+                        const LifOptions<F>& o) {
   const F rest = charge_rest(o);
   for (int64_t e = 0; e < n; ++e) {
     const F h = lif_charge(v[e], in[e], o.inv_tau, rest, o.decay_input);
@@ -341,11 +357,23 @@ SC_INLINE void lif_step_codes(const F* __restrict in, F* __restrict v, F* __rest
     s[e] = spike;
     v[e] = lif_reset(h, spike, o);
   }
+}
+
+// The spikes s of n / C pixels of C channels, packed: ceil(C / 8) bytes per pixel.
+template <typename F>
+SC_INLINE void pack_pixels(const F* __restrict s, int64_t n, int64_t C, uint8_t* __restrict out) {
   const int64_t G = packed_row_bytes(C);
-  bool bad = false;
+  bool bad = false;  // s holds 0 and 1 only
   for (int64_t j = 0; j < n / C; ++j)
     for (int64_t g = 0; g < G; ++g)
       out[j * G + g] = pack8(s + j * C + 8 * g, std::min<int64_t>(8, C - 8 * g), &bad);
+}
+
+template <typename F>
+SC_INLINE void lif_step_codes(const F* __restrict in, F* __restrict v, F* __restrict s, int64_t n,
+                              int64_t C, const LifOptions<F>& o, uint8_t* __restrict out) {
+  lif_step(in, v, s, n, o);
+  pack_pixels(s, n, C, out);
 }
 
 // Rows r0..r1 (r = b * Ho + i) of the LIF over T steps of x [T', B, H, W, C] (T' = 1: the same
@@ -441,6 +469,43 @@ SC_LOOKUP_CLONES void conv_pool_lif_rows(const uint8_t* codes, const int64_t* of
   }
 }
 
+// Samples m0..m1 of a linear map of codes [T * M, G] (row t * M + m: step t of sample m)
+// fused with the LIF after it: T lookup rows per sample (two samples at a time) through the
+// LIF, the spikes packed [T * M, ceil(Cout / 8)] (packed), or written as floats in heads
+// layout: row r = tb * N + n of [T * M, Cout] (N tokens) to [T * M / N, H, N, Cout / H] (spikes).
+template <typename F>
+SC_LOOKUP_CLONES void linear_lif_rows(const uint8_t* codes, const int64_t* offsets, int64_t G,
+                                      const F* tables, int64_t cp, const F* bias, int64_t T,
+                                      int64_t M, int64_t cout, int64_t heads, int64_t tokens,
+                                      LifOptions<F> o, F scale, F* spikes, uint8_t* packed,
+                                      int64_t m0, int64_t m1) {
+  std::vector<F> row(2 * cout), v(2 * cout), s(2 * cout);
+  const int64_t Gout = packed_row_bytes(cout), d = cout / heads;
+  for (int64_t m = m0; m < m1; m += 2) {
+    const int64_t rows = m + 1 < m1 ? 2 : 1, n = rows * cout;
+    std::fill(v.begin(), v.begin() + n, charge_rest(o));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t r = t * M + m;
+      if (rows == 2)
+        lookup_rows<2>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout, cout);
+      else
+        lookup_rows<1>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout, cout);
+      for (int64_t e = 0; e < n; ++e) row[e] *= scale;
+      lif_step(row.data(), v.data(), s.data(), n, o);
+      if (packed) {
+        pack_pixels(s.data(), n, cout, packed + r * Gout);
+        continue;
+      }
+      for (int64_t q = 0; q < rows; ++q) {
+        const int64_t tb = (r + q) / tokens, token = (r + q) % tokens;
+        for (int64_t h = 0; h < heads; ++h)
+          std::memcpy(spikes + ((tb * heads + h) * tokens + token) * d, s.data() + q * cout + h * d,
+                      d * sizeof(F));
+      }
+    }
+  }
+}
+
 template <typename F>
 LifOptions<F> forward_options(double tau, double v_th, double v_reset, bool soft_reset,
                               bool decay_input) {
@@ -481,6 +546,44 @@ at::Tensor spike_conv3x3_lookup_lif_cpu(const at::Tensor& codes, const at::Tenso
         conv_lif_rows<F>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables, p.cp,
                          p.bias.data_ptr<F>(), T, B, p.H, p.W, p.G, p.cout, o, scale,
                          out.data_ptr<uint8_t>(), r0, r1);
+    });
+  });
+  return out;
+}
+
+// The spikes of the LIF over T steps of the linear map (spike_linear_lookup of codes
+// [T * M, G], row t * M + m: step t of sample m) times input_scale: floats [T * M, Cout], or
+// with packed the codes [T * M, ceil(Cout / 8)].
+at::Tensor spike_linear_lookup_lif_cpu(const at::Tensor& codes, const at::Tensor& weight,
+                                       const at::Tensor& bias, int64_t T, bool packed,
+                                       int64_t heads, int64_t tokens, double tau,
+                                       double input_scale, double v_th, double v_reset,
+                                       bool soft_reset, bool decay_input) {
+  const char* op = "spike_linear_lookup_lif";
+  LinearLookup p(codes, weight, bias, op);
+  TORCH_CHECK(T >= 1 && p.rows % T == 0, op, ": codes must hold T = ", T,
+              " steps of each sample, got ", p.rows, " rows");
+  TORCH_CHECK(tau > 1.0, op, ": tau must be > 1, got ", tau);
+  TORCH_CHECK(heads >= 1 && tokens >= 1 && p.cout % heads == 0 && (p.rows / T) % tokens == 0 &&
+                  (!packed || heads == 1),
+              op, ": heads must divide C_out = ", p.cout, " and tokens the samples (",
+              p.rows / T, "), packed spikes take heads = 1; got heads ", heads, ", tokens ",
+              tokens);
+  const int64_t M = p.rows / T;
+  at::Tensor out =
+      packed ? at::empty({p.rows, packed_row_bytes(p.cout)}, p.codes.options())
+             : at::empty({p.rows / tokens, heads, tokens, p.cout / heads}, p.weight.options());
+  if (p.rows == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_linear_lookup_lif", [&] {
+    using F = scalar_t;
+    const F* tables = p.build<F>();
+    const auto o = forward_options<F>(tau, v_th, v_reset, soft_reset, decay_input);
+    const F scale = static_cast<F>(input_scale);
+    at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
+      linear_lif_rows<F>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables, p.cp,
+                         p.bias.data_ptr<F>(), T, M, p.cout, heads, tokens, o, scale,
+                         packed ? nullptr : out.data_ptr<F>(),
+                         packed ? out.data_ptr<uint8_t>() : nullptr, m0, m1);
     });
   });
   return out;
@@ -529,6 +632,7 @@ TORCH_LIBRARY_IMPL(spikeclip, CPU, m) {
   m.impl("spike_linear_lookup", &spike_linear_lookup_cpu);
   m.impl("lif_spike_codes", &lif_spike_codes_cpu);
   m.impl("spike_conv3x3_lookup_lif", &spike_conv3x3_lookup_lif_cpu);
+  m.impl("spike_linear_lookup_lif", &spike_linear_lookup_lif_cpu);
 }
 
 }  // namespace spikeclip

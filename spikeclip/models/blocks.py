@@ -14,9 +14,15 @@ import torch.utils.checkpoint
 from torch import nn
 
 from spikeclip.kernels import sdsa, ssa
+from spikeclip.kernels.spike_products.lookup import (
+    lif_spike_codes,
+    spike_linear_lookup,
+    spike_linear_lookup_lif,
+)
 from spikeclip.memory import low_memory_saves
 from spikeclip.models.config import SpikeCLIPConfig
-from spikeclip.models.layers import SeqLinearBN, make_neuron
+from spikeclip.models.layers import SeqLinearBN, hooked, make_neuron
+from spikeclip.models.neurons import LIF
 
 
 class AttentionCore(nn.Module):
@@ -53,6 +59,32 @@ class AttentionCore(nn.Module):
         return f"{self.kind}, scale={self.scale}, spiking={self.spiking}, backend={self.backend}"
 
 
+def looks_up(x: torch.Tensor, neuron: nn.Module, units, fused_neurons: bool = True) -> bool:
+    """Whether a sub-block's inference path may run `neuron` on x `[T, B, N, C]` writing
+    packed spikes and `units` (called here, not as modules) as table lookups
+    (SeqLinearBN.looks_up), each with its LIF fused if fused_neurons; nobody watching them."""
+    return (
+        isinstance(neuron, LIF)
+        and neuron.step_mode == "m"
+        and not hooked(neuron)
+        and all(u.looks_up(x) and not hooked(u) for u in units)
+        and all(isinstance(u.neuron, LIF) == fused_neurons for u in units)
+    )
+
+
+def input_codes(neuron: LIF, x: torch.Tensor) -> torch.Tensor:
+    """The spikes of `neuron` over x `[T, B, N, C]`, packed: `[T * B * N, ceil(C / 8)]`."""
+    codes = lif_spike_codes(x.unsqueeze(3), x.shape[0], pad=0, **neuron.forward_options(x.dtype))
+    return codes.view(-1, codes.shape[-1])
+
+
+def lookup_lif(unit: SeqLinearBN, codes: torch.Tensor, T: int, **layout) -> torch.Tensor:
+    """unit (BN folded) and its LIF on the packed spikes codes `[T * M, ceil(C_in / 8)]`, the
+    spikes laid out as spike_linear_lookup_lif's layout arguments (packed, heads, tokens) ask."""
+    options = unit.neuron.forward_options(unit.op.weight.dtype)
+    return spike_linear_lookup_lif(codes, *unit.folded_weights(), T, **layout, **options)
+
+
 class SelfAttention(nn.Module):
     """Neuron -> q, k, v = neuron(BN(linear)) -> attention (+ its LIF) -> linear + BN.
 
@@ -83,8 +115,18 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
-        s = self.input_neuron(x)
-        q, k, v = self._heads(self.q(s)), self._heads(self.k(s)), self._heads(self.v(s))
+        if looks_up(x, self.input_neuron, (self.q, self.k, self.v)):
+            # inference: the input's spikes packed once, q, k, v by table lookup with their
+            # LIFs fused, written in heads layout (kernels.spike_products.lookup); the same up
+            # to float rounding
+            codes, H = input_codes(self.input_neuron, x), self.heads
+            q, k, v = (
+                lookup_lif(u, codes, T, heads=H, tokens=N).view(T, B, H, N, C // H)
+                for u in (self.q, self.k, self.v)
+            )
+        else:
+            s = self.input_neuron(x)
+            q, k, v = self._heads(self.q(s)), self._heads(self.k(s)), self._heads(self.v(s))
         y = self.attend(q, k, v)  # [T, B, H, N, d]
         return self.proj(y.transpose(2, 3).reshape(T, B, N, C))
 
@@ -104,6 +146,15 @@ class MLP(nn.Module):
         self.fc2 = SeqLinearBN(hidden, config.width, packed_input=spiking, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if looks_up(x, self.input_neuron, (self.fc1,)) and looks_up(
+            x, self.input_neuron, (self.fc2,), fused_neurons=False
+        ):
+            # inference: spikes packed from neuron to product, never as floats
+            # (kernels.spike_products.lookup); the same up to float rounding
+            codes = input_codes(self.input_neuron, x)
+            hidden = lookup_lif(self.fc1, codes, x.shape[0], packed=True)
+            y = spike_linear_lookup(hidden, *self.fc2.folded_weights())
+            return y.view(*x.shape[:-1], y.shape[-1])
         return self.fc2(self.fc1(self.input_neuron(x)))
 
 

@@ -365,14 +365,29 @@ class SeqLinearBN(_SpikingUnit):
         """op then BN in eval mode as one linear map of x `[..., C_in]`: folded_bn's scale in
         the weights, its shift a bias; where the plain path sums spikes, table lookups
         (kernels.spike_products.lookup) if their tables fit, else the same sums."""
-        scale, shift = self.folded_bn()
-        weight = self.op.weight * scale.unsqueeze(1)
+        weight, shift = self.folded_weights()
         if not self._sums_spikes(x):
             return torch.nn.functional.linear(x, weight, shift)
         bits = pack_spikes(x.reshape(-1, x.shape[-1]))
         if lookup_available(x) and lookup_fits(*reversed(weight.shape), 1, x.dtype):
             return spike_linear_lookup(bits, weight, shift).view(*x.shape[:-1], -1)
         return _spike_product(x, bits, weight, layer_product_backend(self.backend)).add_(shift)
+
+    def folded_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of op then BN in eval mode as one linear map (folded_bn)."""
+        scale, shift = self.folded_bn()
+        return self.op.weight * scale.unsqueeze(1), shift
+
+    def looks_up(self, x: torch.Tensor) -> bool:
+        """Whether the inference path may run this unit on x's spikes as table lookups
+        (kernels.spike_products.lookup), with its neuron fused (a LIF, or none)."""
+        return (
+            self._sums_spikes(x)
+            and self.takes_inference_path(x)
+            and lookup_available(x)
+            and lookup_fits(self.op.in_features, self.op.out_features, 1, x.dtype)
+            and (self.neuron is None or isinstance(self.neuron, LIF))
+        )
 
     @staticmethod
     def normalise(y, bn):

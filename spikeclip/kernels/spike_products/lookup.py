@@ -88,6 +88,22 @@ def spike_conv3x3_lookup_lif(codes: torch.Tensor, weight: torch.Tensor, bias: to
     )  # fmt: skip
 
 
+def spike_linear_lookup_lif(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                            time_steps: int, *, packed: bool = False, heads: int = 1,
+                            tokens: int = 1, tau: float, input_scale: float = 1.0, v_th: float,
+                            v_reset: float | None, decay_input: bool) -> torch.Tensor:  # fmt: skip
+    """The spikes of a multi-step LIF over spike_linear_lookup(codes, weight, bias) in one pass:
+    codes `[T * M, ceil(C_in / 8)]` (row t * M + m: step t of sample m) -> with packed, codes
+    `[T * M, ceil(C_out / 8)]`; else spikes in the weight's dtype, in heads layout `[T * M /
+    tokens, heads, tokens, C_out / heads]` (rows of `tokens` tokens each, the channels split
+    into heads; heads = tokens = 1: `[T * M, 1, 1, C_out]`)."""
+    soft = v_reset is None
+    return torch.ops.spikeclip.spike_linear_lookup_lif(
+        codes, weight, bias, time_steps, packed, heads, tokens, float(tau), float(input_scale),
+        float(v_th), 0.0 if soft else float(v_reset), soft, decay_input,
+    )  # fmt: skip
+
+
 def _conv_fake(codes, weight, bias):
     N, Hp, Wp, _ = codes.shape
     return weight.new_empty(N, Hp - 2, Wp - 2, weight.shape[0])
@@ -112,7 +128,14 @@ def _conv_lif_fake(codes, weight, bias, T, pool, *options):
     return codes.new_empty(T, N // T, H + 2, W + 2, (weight.shape[0] + 7) // 8)
 
 
+def _linear_lif_fake(codes, weight, bias, T, packed, heads, tokens, *options):
+    if packed:
+        return codes.new_empty(codes.shape[0], (weight.shape[0] + 7) // 8)
+    return weight.new_empty(codes.shape[0] // tokens, heads, tokens, weight.shape[0] // heads)
+
+
 if extension_loaded():
+    torch.library.register_fake("spikeclip::spike_linear_lookup_lif")(_linear_lif_fake)
     torch.library.register_fake("spikeclip::spike_conv3x3_lookup_lif")(_conv_lif_fake)
     torch.library.register_fake("spikeclip::spike_conv3x3_lookup")(_conv_fake)
     torch.library.register_fake("spikeclip::spike_linear_lookup")(_linear_fake)
