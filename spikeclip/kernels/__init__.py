@@ -8,6 +8,8 @@
     spike_conv2d(x, weight, padding=)       a convolution of spikes that keeps their bits
     max_pool2x2(x)                          2x2 max-pool, stride 2 (one byte per window saved)
     max_pool3x3s2(x)                        3x3 max-pool, stride 2, padding 1 (the same)
+    spike_products.lookup                   inference (CPU): products of packed spikes by
+                                            table lookup, fused with the LIF firing them
 
 One folder per op (lif/, attention/, spike_products/, bn_lif/, max_pool/), each with its op,
 its autograd, its Triton kernels and its reference (the spec); common/ holds what they share:
