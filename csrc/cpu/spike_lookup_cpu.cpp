@@ -6,9 +6,9 @@
 // (tables[byte position][code] = sum over the code's bits j of row 8 g + j) turns the product
 // into one row addition per input byte: Cin / 8 additions per output row (per tap of a
 // convolution) instead of Cin multiply-adds, whatever the firing rate. The tables are built at
-// each call from the weights (256 row additions per input byte, a few microseconds), so nothing
-// is cached between calls. The sums run in another order than a dense product's: equal up to
-// float rounding.
+// each call from the weights (256 row additions per input byte: the work of 256 output rows),
+// so nothing is cached between calls. The sums run in another order than a dense product's:
+// equal up to float rounding.
 //
 // Packed spikes ("codes") are the layout of pack_spikes: bit j of byte g = spike of channel
 // 8 g + j. Convolutions take them per pixel, channels last, with a zero border of one pixel:
@@ -19,12 +19,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../lif_math.h"
 #include "../spike_pack.h"
 #include "cpu_simd.h"
-#include "listed_sums.h"
 
 namespace spikeclip {
 namespace {
