@@ -35,7 +35,9 @@ from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES, run_recipe
 # The goal (issue 32): within GOAL_POINTS of the ANN twin at no more than GOAL_ENERGY of its energy.
 GOAL_POINTS, GOAL_ENERGY = 1.5, 0.10
 # RecipeConfig fields that only fine-tuning reads: a point changing nothing else shares alignment.
-FINETUNE_ONLY = {"firing_weight", "firing_target"}
+FINETUNE_ONLY = {"firing_weight", "firing_target", "distill_from", "kd_temperature"}
+# distill_from's value for "the base run's ANN twin" (its ann_checkpoint, resolved per run)
+ANN_TWIN = "the base run's ANN twin"
 # name -> RecipeConfig changes over the demo's (model_options: SpikeCLIPConfig fields)
 POINTS = {
     "demo": {},
@@ -141,17 +143,36 @@ POINTS = {
         "seed": 1,
         "firing_weight": 1.0,
     },
+    # the SNN's fine-tuning distils from the ANN twin's logits instead of the teacher's
+    # (ANN-to-SNN knowledge distillation; the twin is 2.8 points above the teacher)
+    **{
+        f"distil from the ANN twin{', firing w=' + w if w else ''}": {
+            "distill_from": ANN_TWIN,
+            **({"firing_weight": float(w)} if w else {}),
+        }
+        for w in ("", "0.3", "1")
+    },
+    **{
+        f"v_th 1, learnable v_th, distil from the ANN twin{', firing w=' + w if w else ''}": {
+            "model_options": {"v_th": 1.0, "learnable_v_th": True},
+            "distill_from": ANN_TWIN,
+            **({"firing_weight": float(w)} if w else {}),
+        }
+        for w in ("", "0.3", "0.6", "1")
+    },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
 FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
             "threshold learned from 1 or more", "T=2", "T=1", "second seed",
-            "soft reset")  # fmt: skip
+            "soft reset", "distilled from the ANN twin")  # fmt: skip
 
 
 def family(name: str) -> str:
     if "seed" in name:
         return "second seed"
+    if "distil" in name:
+        return "distilled from the ANN twin"
     if "soft reset" in name:
         return "soft reset"
     if name.startswith("v_th 1") and "learnable v_th" in name:
@@ -205,10 +226,17 @@ def alignment_source(changes: dict, base: Path, out: Path) -> Path | None:
     return None
 
 
+def resolved(changes: dict, base: Path) -> dict:
+    """changes with ANN_TWIN as the base run's ann_checkpoint."""
+    if changes.get("distill_from") == ANN_TWIN:
+        return {**changes, "distill_from": str(base / "ann_checkpoint")}
+    return changes
+
+
 def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) -> dict:
     point_dir = out / slug(name)
     done = point_dir / "results.json"
-    cfg = replace(base_config(point_dir, cache_dir), **changes)
+    cfg = replace(base_config(point_dir, cache_dir), **resolved(changes, base))
     if done.is_file():
         results = json.loads(done.read_text())
         if same_settings(results["config"], cfg.to_dict()):
@@ -228,6 +256,21 @@ def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) 
     print(f"[frontier] {name}: {point_dir}", flush=True)
     results = run_recipe(cfg)
     return json.loads(done.read_text()) if done.is_file() else results
+
+
+def earlier_points(path: Path, base_results: dict) -> dict:
+    """The points of an earlier results file, by name, that --merge keeps: those whose
+    settings are still POINTS' and whose ANN twin is the base run's (same top-1 and mJ)."""
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    ann = old.get("ann", {})
+    if (ann.get("top1"), ann.get("energy_mJ")) != (
+        base_results["ann_acc"],
+        base_results["energy_ann_mJ"],
+    ):
+        raise SystemExit(f"--merge: {path} was measured against another ANN twin ({ann})")
+    return {p["name"]: p for p in old["points"] if POINTS.get(p["name"]) == p["changes"]}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -273,6 +316,9 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True, help="results file (the plot goes beside it, .png)")
     p.add_argument("--points", help="names of POINTS to run, separated by ';' (names hold "
                    "commas; default: all)")  # fmt: skip
+    p.add_argument("--merge", action="store_true", help="keep the points of the --json file "
+                   "that this run does not run (same settings, same ANN twin), so that it "
+                   "holds every setting tried")  # fmt: skip
     args = p.parse_args(argv)
     out = Path(args.out)
     cache_dir = out / "cache"
@@ -289,8 +335,13 @@ def main(argv=None) -> int:
             run_recipe(replace(base_config(base, cache_dir), ann=True, overwrite=True))
     base_results = check_base(base)
     ann_mJ = base_results["energy_ann_mJ"]
+    kept = earlier_points(Path(args.json), base_results) if args.merge else {}
     points = []
-    for name in names:
+    for name in POINTS:
+        if name not in names:
+            if name in kept:
+                points.append(kept[name])
+            continue
         r = base_results if name == "demo" else run_point(name, POINTS[name], base, out, cache_dir)
         top1 = r["spikeclip_acc"]
         ratio = r["energy_snn_mJ"] / ann_mJ

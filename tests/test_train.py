@@ -15,9 +15,9 @@ from fake_data import fake_idx_dataset
 
 from spikeclip.checkpoint import CheckpointError, load_tensors
 from spikeclip.cli import main as cli
-from spikeclip.data import DatasetNotFoundError
+from spikeclip.data import DatasetNotFoundError, load_dataset
 from spikeclip.train import Interrupted, RecipeConfig, run_recipe
-from spikeclip.train.loop import StageConfig, cosine_lr
+from spikeclip.train.loop import RunContext, StageConfig, cosine_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,6 +192,62 @@ def test_resume_after_kills_gives_the_same_weights(tmp_path, data_dir, clip_dir,
     assert resumed["spikeclip_acc"] == whole["spikeclip_acc"]
     log = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     assert sum(rec.get("event") == "resumed" for rec in log) == 1  # image stage restarted
+
+
+def test_recipe_distill_from(tmp_path, data_dir, clip_dir, cache_dir):
+    """distill_from: the SNN's fine-tuning KL term learns from the checkpoint's own logits
+    (distillation_targets: its cosine logits over the class prompts, computed by hand here),
+    alignment and the ANN twin's stages are those of a run without it; bad paths are named."""
+    from spikeclip.models import SpikeCLIP
+    from spikeclip.train.losses import cosine_logits
+    from spikeclip.train.recipe import distillation_targets
+
+    spec = f"clip:{clip_dir}"
+    first = small_recipe(tmp_path / "first", data_dir, cache_dir, spec)
+    run_recipe(first)
+    twin = tmp_path / "first" / "ann_checkpoint"
+    distilled = replace(first, out=str(tmp_path / "second"), distill_from=str(twin))
+    run_recipe(distilled)
+
+    def steps(run, stage):
+        log = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").open()]
+        return [r for r in log if r.get("stage") == stage and "loss" in r]
+
+    for stage in ("image-alignment", "ann-image-alignment", "ann-finetune"):
+        assert steps("first", stage) == steps("second", stage), stage
+    a, b = steps("first", "finetune"), steps("second", "finetune")
+    assert a and b and a[0]["ce"] == pytest.approx(b[0]["ce"]) and a[0]["kl"] != b[0]["kl"]
+
+    train = load_dataset("fashion-mnist", "train", data_dir).subset(None, 0)
+    ctx = RunContext(tmp_path / "ctx", device=torch.device("cpu"), progress=False)
+    emb, logits = distillation_targets(distilled, train, 7.0, 512, ctx)
+    model = SpikeCLIP.load(twin)
+    with torch.no_grad():
+        images, _ = train.batch(torch.arange(len(train)))
+        mine = model.encode_image(images)
+        classes = model.classifier(train.class_names, train.templates)
+    torch.testing.assert_close(emb, mine, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, cosine_logits(mine, classes, 7.0), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        distillation_targets(replace(first, distill_from=str(tmp_path / "nope")), train, 7.0,
+                             512, ctx)  # fmt: skip
+    with pytest.raises(ValueError, match=r"distill_from=.* would be ignored"):
+        replace(first, distill_from=str(twin), kl_weight=0.0)
+    with pytest.raises(ValueError, match="distill_from"):
+        replace(first, distill_from="")
+    # the finetune command distils too (from --dataset; shards carry only the teacher's)
+    args = ["finetune", "--init", str(tmp_path / "first" / "checkpoint"), "--dataset",
+            "fashion-mnist", "--data-dir", str(data_dir), "--epochs", "1", "--batch", "16",
+            "--no-progress", "--cache-dir", str(cache_dir), "--device", "cpu"]  # fmt: skip
+    kls = []
+    for name, extra in (("ft", []), ("ft-distilled", ["--distill-from", str(twin)])):
+        assert cli([*args, "--out", str(tmp_path / name), *extra]) == 0
+        kls.append(steps(name, "finetune")[0]["kl"])
+    assert kls[0] != kls[1]
+    from spikeclip.train.stages import finetune
+
+    with pytest.raises(ValueError, match="--distill-from needs --dataset"):
+        finetune(distilled, tmp_path / "first" / "checkpoint", data=tmp_path, features=tmp_path)
 
 
 @pytest.mark.parametrize("in_alignment", [False, True])

@@ -134,6 +134,7 @@ def recipe_from_args(args, demo: bool):
         ce_weight=args.ce_weight,
         kl_weight=args.kl_weight,
         kd_temperature=args.kd_temperature,
+        distill_from=args.distill_from,
         memory=args.memory,
         amp=args.amp,
         ann=not args.no_ann,

@@ -55,6 +55,11 @@ class RecipeConfig:
     ce_weight: float = 1.0
     kl_weight: float = 1.0
     kd_temperature: float = 1.0
+    # what fine-tuning's KL term learns from: None, the teacher (SpikeCLIP's recipe), or a
+    # SpikeCLIP checkpoint directory (e.g. an earlier run's ANN twin, ann_checkpoint): its own
+    # cosine logits over the class prompts (its image features with the official loss); the
+    # SNN alone distils from it, alignment and this run's ANN twin keep the teacher
+    distill_from: str | None = None
     # fine-tuning's firing-rate term (spikeclip.train.firing): its weight (0: off) and the
     # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted); with
     # firing_in_alignment image alignment adds the same term
@@ -130,6 +135,9 @@ class RecipeConfig:
              self.firing_target, bool) and 0 <= self.firing_target < 1, "firing_target",
              "a firing rate in [0, 1)")  # fmt: skip
         need(isinstance(self.firing_in_alignment, bool), "firing_in_alignment", "True or False")
+        need(self.distill_from is None or (isinstance(self.distill_from, str)
+             and self.distill_from != ""), "distill_from",
+             "None (the teacher) or a SpikeCLIP checkpoint directory")  # fmt: skip
         need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")
@@ -170,6 +178,8 @@ class RecipeConfig:
             "firing_target": (self.firing_weight == 0, "a firing term (firing_weight > 0)"),
             "firing_in_alignment": (self.firing_weight == 0,
                                     "a firing term (firing_weight > 0)"),
+            "distill_from": (self.kl_weight == 0 or self.finetune_epochs == 0,
+                             "fine-tuning's KL term (kl_weight > 0, finetune_epochs > 0)"),
         }  # fmt: skip
         for name, (unused, reader) in ignored.items():
             if unused and getattr(self, name) != defaults[name]:

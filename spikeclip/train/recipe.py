@@ -139,6 +139,30 @@ def teacher_targets(teacher, train, cache_dir=None, progress: bool = False):
         return emb, cosine_logits(emb, classes, teacher.logit_scale)
 
 
+def distillation_targets(cfg: RecipeConfig, train, scale: float, embed_dim: int, ctx: RunContext):
+    """What the SNN's fine-tuning learns from with cfg.distill_from, a SpikeCLIP checkpoint
+    (e.g. an ANN twin): its L2-normalised image embeddings of `train` (the official loss's
+    KL, which needs the student's embed_dim) and its cosine logits over the class prompts at
+    `scale` (ours), in eval mode."""
+    path = Path(cfg.distill_from)
+    if not path.is_dir():
+        raise FileNotFoundError(f"distill_from: {path}: no such checkpoint directory")
+    with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
+        model = SpikeCLIP.load(path, map_location=ctx.device)
+    if cfg.fine_tuning_loss == "official" and model.config.embed_dim != embed_dim:
+        raise ValueError(
+            f"distill_from: {path} embeds in {model.config.embed_dim} dimensions, the student "
+            f"in {embed_dim}: the official loss compares their image features"
+        )
+    with torch.inference_mode():
+        emb = embed_images(
+            model.encode_image, train, device=ctx.device, progress=ctx.progress,
+            desc=f"distillation targets: {path.name}",
+        ).to(ctx.device)  # fmt: skip
+        classes = model.classifier(train.class_names, train.templates)
+        return emb.clone(), cosine_logits(emb, classes.to(emb), scale)
+
+
 def _maybe_sync_bn(module, cfg: RecipeConfig, ctx: RunContext):
     if not (cfg.sync_bn and ctx.dist.active):
         return module
@@ -205,12 +229,20 @@ def task_finetune_teacher(cfg: RecipeConfig, teacher, model, train, out: Path, c
     return summary
 
 
-def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, ctx) -> list[dict]:
-    """Image alignment to the teacher's embeddings, then dual-loss fine-tuning (text frozen)."""
+def train_image(
+    cfg, model, prefix, train, teacher_emb, teacher_logits, scale, ctx, finetune_targets=None
+) -> list[dict]:
+    """Image alignment to the teacher's embeddings, then dual-loss fine-tuning (text frozen)
+    against the teacher's, or against finetune_targets (embeddings, logits) where given."""
     enc = _maybe_sync_bn(model.image_encoder, cfg, ctx)
     model.image_encoder = enc
     dev = ctx.device
     teacher_emb, teacher_logits = teacher_emb.to(dev), teacher_logits.to(dev)
+    ft_emb, ft_logits = (
+        (teacher_emb, teacher_logits)
+        if finetune_targets is None
+        else (t.to(dev) for t in finetune_targets)
+    )
 
     def align(encoder, idx):
         images, _ = train.batch(idx)
@@ -228,7 +260,7 @@ def train_image(cfg, model, prefix, train, teacher_emb, teacher_logits, scale, c
         def finetune(encoder, idx):
             images, labels = train.batch(idx)
             features = encoder(images.to(dev))
-            return loss(encoder, features, labels.to(dev), teacher_emb[idx], teacher_logits[idx])
+            return loss(encoder, features, labels.to(dev), ft_emb[idx], ft_logits[idx])
 
         stage = stage_config(
             cfg,
@@ -400,7 +432,14 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     if cfg.teacher_finetune_epochs:  # needs the trained text encoder's class features
         stages["teacher"] = task_finetune_teacher(cfg, teacher, snn, train, out, ctx)
         teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
-    stages["snn"] = train_image(cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx)
+    distilled = (
+        distillation_targets(cfg, train, scale, snn.config.embed_dim, ctx)
+        if cfg.distill_from
+        else None
+    )
+    stages["snn"] = train_image(
+        cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx, finetune_targets=distilled
+    )
     models = {"spikeclip": snn}
     if cfg.ann:
         neuron = "relu" if cfg.ann_kind == "relu-twin" else "clip-ann"

@@ -81,6 +81,11 @@ def add_dual_loss_args(p, d) -> None:
         "--firing-target", type=float, default=d.firing_target,
         help="the term counts only input firing above this rate (0 to 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--distill-from", default=d.distill_from, metavar="CHECKPOINT",
+        help="fine-tuning's KL term learns from this SpikeCLIP checkpoint's logits (e.g. an "
+        "earlier run's ann_checkpoint: ANN-to-SNN distillation) instead of the teacher's",
+    )  # fmt: skip
 
 
 def _defaults():
@@ -182,7 +187,8 @@ def _recipe(RecipeConfig, args, **extra):
         dual_loss=getattr(args, "dual_loss", "auto"),
         angle_boundary=getattr(args, "angle_boundary", -90.0),
         firing_weight=getattr(args, "firing_weight", 0.0),
-        firing_target=getattr(args, "firing_target", 0.0), **extra,
+        firing_target=getattr(args, "firing_target", 0.0),
+        distill_from=getattr(args, "distill_from", None), **extra,
     )  # fmt: skip
 
 

@@ -35,6 +35,7 @@ from spikeclip.train.losses import alignment_loss, cosine_logits
 from spikeclip.train.recipe import (
     RECIPE_JSON,
     build_student,
+    distillation_targets,
     finetune_loss,
     firing_penalty,
     run_started,
@@ -179,6 +180,9 @@ def finetune(
     dataset of spikeclip.data (`dataset`, its train split) or shards with their features."""
     if (dataset is None) == (data is None):
         raise ValueError("fine-tuning needs exactly one of --dataset and --data")
+    if data is not None and cfg.distill_from:
+        raise ValueError("fine-tuning: --distill-from needs --dataset (shards carry the "
+                         "teacher's features, not the checkpoint's)")  # fmt: skip
     out = Path(cfg.out)
     model, _, teacher = load_trained(init)
     settings = {**cfg.to_dict(), "init": str(init), "dataset": dataset, "data": str(data),
@@ -202,7 +206,10 @@ def finetune(
     else:
         train = load_dataset(dataset, "train", cfg.data_dir).subset(cfg.train_images, cfg.seed)
         names, templates = train.class_names, train.templates
-        emb, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
+        if cfg.distill_from:
+            emb, logits = distillation_targets(cfg, train, scale, model.config.embed_dim, ctx)
+        else:
+            emb, logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
         batches = len(train)
     teacher_classes = teacher.classifier(names, templates)
 
