@@ -36,7 +36,8 @@ from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES, run_recipe
 GOAL_POINTS, GOAL_ENERGY = 1.5, 0.10
 # RecipeConfig fields that only fine-tuning reads: a point changing nothing else shares alignment.
 FINETUNE_ONLY = {"firing_weight", "firing_target", "distill_from", "kd_temperature"}
-# distill_from's value for "the base run's ANN twin" (its ann_checkpoint, resolved per run)
+# distill_from's and init_from's value for "the base run's ANN twin" (its ann_checkpoint,
+# resolved per run)
 ANN_TWIN = "the base run's ANN twin"
 # name -> RecipeConfig changes over the demo's (model_options: SpikeCLIPConfig fields)
 POINTS = {
@@ -160,17 +161,50 @@ POINTS = {
         }
         for w in ("", "0.3", "0.6", "1")
     },
+    # the SNN's image encoder starts from the ANN twin's weights (hybrid training), then the
+    # demo's alignment and fine-tuning
+    **{
+        f"start from the ANN twin{', ' + rest if rest else ''}": {"init_from": ANN_TWIN, **more}
+        for rest, more in (
+            ("", {}),
+            ("firing w=0.3", {"firing_weight": 0.3}),
+            ("firing w=1", {"firing_weight": 1.0}),
+            ("distil from the ANN twin", {"distill_from": ANN_TWIN}),
+            (
+                "distil from the ANN twin, firing w=1",
+                {"distill_from": ANN_TWIN, "firing_weight": 1.0},
+            ),
+        )
+    },
+    **{
+        f"start from the ANN twin, v_th 1, learnable v_th{', ' + rest if rest else ''}": {
+            "init_from": ANN_TWIN,
+            "model_options": {"v_th": 1.0, "learnable_v_th": True},
+            **more,
+        }
+        for rest, more in (
+            ("", {}),
+            ("firing w=0.6", {"firing_weight": 0.6}),
+            ("distil from the ANN twin", {"distill_from": ANN_TWIN}),
+            (
+                "distil from the ANN twin, firing w=0.6",
+                {"distill_from": ANN_TWIN, "firing_weight": 0.6},
+            ),
+        )
+    },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
 FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
             "threshold learned from 1 or more", "T=2", "T=1", "second seed",
-            "soft reset", "distilled from the ANN twin")  # fmt: skip
+            "soft reset", "distilled from the ANN twin", "started from the ANN twin")  # fmt: skip
 
 
 def family(name: str) -> str:
     if "seed" in name:
         return "second seed"
+    if name.startswith("start from the ANN twin"):
+        return "started from the ANN twin"
     if "distil" in name:
         return "distilled from the ANN twin"
     if "soft reset" in name:
@@ -228,9 +262,8 @@ def alignment_source(changes: dict, base: Path, out: Path) -> Path | None:
 
 def resolved(changes: dict, base: Path) -> dict:
     """changes with ANN_TWIN as the base run's ann_checkpoint."""
-    if changes.get("distill_from") == ANN_TWIN:
-        return {**changes, "distill_from": str(base / "ann_checkpoint")}
-    return changes
+    twin = str(base / "ann_checkpoint")
+    return {k: twin if v == ANN_TWIN else v for k, v in changes.items()}
 
 
 def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) -> dict:
@@ -282,7 +315,8 @@ def plot(result: dict, path: Path) -> None:
 
     ann, teacher = result["ann"], result["teacher"]
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    colors = dict(zip(FAMILIES, plt.get_cmap("tab10").colors, strict=False))
+    tab20 = plt.get_cmap("tab20").colors  # its strong shades first, then the light ones
+    colors = dict(zip(FAMILIES, tab20[::2] + tab20[1::2], strict=False))
     shown = set()
     for p in result["points"]:
         fam = family(p["name"])

@@ -250,6 +250,46 @@ def test_recipe_distill_from(tmp_path, data_dir, clip_dir, cache_dir):
         finetune(distilled, tmp_path / "first" / "checkpoint", data=tmp_path, features=tmp_path)
 
 
+def test_recipe_init_from(tmp_path, data_dir, clip_dir, cache_dir):
+    """init_from: the SNN's image encoder starts from the checkpoint's (an ANN twin: every
+    tensor but the neurons' own parameters, which keep their initial values); a checkpoint
+    whose encoder does not fit is named with what does not fit."""
+    from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
+    from spikeclip.models.neurons import LIF
+    from spikeclip.train.recipe import init_image_encoder
+
+    spec = f"clip:{clip_dir}"
+    first = small_recipe(tmp_path / "first", data_dir, cache_dir, spec)
+    run_recipe(first)
+    twin = tmp_path / "first" / "ann_checkpoint"
+    started = replace(first, out=str(tmp_path / "second"), init_from=str(twin),
+                      image_epochs=0, finetune_epochs=0, ann=False)  # fmt: skip
+    run_recipe(started)
+    source = SpikeCLIP.load(twin).image_encoder.state_dict()
+    loaded = SpikeCLIP.load(tmp_path / "second" / "checkpoint")
+    student, student_config = loaded.image_encoder, loaded.config
+    fresh = SpikeCLIP(student_config)  # the neurons' initial parameters
+    own = student.state_dict()
+    neurons = {n for n, m in student.named_modules() if isinstance(m, LIF)}
+    kept = [k for k in own if k not in source]
+    assert kept and all(k.rsplit(".", 1)[0] in neurons for k in kept)
+    for k, v in source.items():
+        if k == "readout.weight":  # the ANN's one step spread over the SNN's T
+            assert v.shape == (1,) and own[k].shape[0] > 1
+            torch.testing.assert_close(own[k], v.expand_as(own[k]) / own[k].shape[0])
+            torch.testing.assert_close(own[k].sum(), v[0])
+        else:
+            assert torch.equal(own[k], v), k
+    for k in kept:
+        assert torch.equal(own[k], fresh.image_encoder.state_dict()[k]), k
+    other = SpikeCLIP(SpikeCLIPConfig.from_dict(
+        {**student_config.to_dict(), "embed_dim": student_config.embed_dim + 8}))  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not fit this one: .*in the checkpoint"):
+        init_image_encoder(other, twin)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        init_image_encoder(other, tmp_path / "nope")
+
+
 @pytest.mark.parametrize("in_alignment", [False, True])
 def test_recipe_firing_term(tmp_path, data_dir, clip_dir, cache_dir, in_alignment):
     """firing_weight: each SNN fine-tuning step's loss is CE + KL + the term it logs (with

@@ -74,6 +74,11 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--ce-weight", type=float, default=d.ce_weight)
     p.add_argument("--kl-weight", type=float, default=d.kl_weight)
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
+    p.add_argument(
+        "--init-from", default=d.init_from, metavar="CHECKPOINT",
+        help="start the SNN's image encoder from this SpikeCLIP checkpoint's (e.g. an earlier "
+        "run's ann_checkpoint: ANN-to-SNN hybrid training)",
+    )  # fmt: skip
     p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
     p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="adamw only")
@@ -135,6 +140,7 @@ def recipe_from_args(args, demo: bool):
         kl_weight=args.kl_weight,
         kd_temperature=args.kd_temperature,
         distill_from=args.distill_from,
+        init_from=args.init_from,
         memory=args.memory,
         amp=args.amp,
         ann=not args.no_ann,

@@ -60,6 +60,10 @@ class RecipeConfig:
     # cosine logits over the class prompts (its image features with the official loss); the
     # SNN alone distils from it, alignment and this run's ANN twin keep the teacher
     distill_from: str | None = None
+    # a SpikeCLIP checkpoint whose image encoder starts the SNN's (None: random): an ANN
+    # twin's weights map onto the same layers (ANN-to-SNN hybrid training), the neurons keep
+    # their own initial parameters; the run's own ANN twin starts from random weights
+    init_from: str | None = None
     # fine-tuning's firing-rate term (spikeclip.train.firing): its weight (0: off) and the
     # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted); with
     # firing_in_alignment image alignment adds the same term
@@ -138,6 +142,9 @@ class RecipeConfig:
         need(self.distill_from is None or (isinstance(self.distill_from, str)
              and self.distill_from != ""), "distill_from",
              "None (the teacher) or a SpikeCLIP checkpoint directory")  # fmt: skip
+        need(self.init_from is None or (isinstance(self.init_from, str)
+             and self.init_from != ""), "init_from",
+             "None (random) or a SpikeCLIP checkpoint directory")  # fmt: skip
         need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")

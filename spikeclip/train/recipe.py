@@ -27,6 +27,7 @@ from spikeclip.energy import estimate
 from spikeclip.kernels.common.backends import resolve_backend
 from spikeclip.memory import check_memory_mode
 from spikeclip.models import SpikeCLIP, SpikeCLIPConfig
+from spikeclip.models.layers import TemporalReadout
 from spikeclip.models.neurons import LIF
 from spikeclip.models.spikeclip_model import set_memory
 from spikeclip.teachers import LiTTeacher, load_teacher
@@ -127,6 +128,40 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     model.tokenizer = HFTokenizer(teacher.tokenizer, mc.context_length)  # saved with checkpoints
     set_memory(model, cfg.memory)
     return model
+
+
+def init_image_encoder(model, path) -> list[str]:
+    """Start `model`'s image encoder from the image encoder of the SpikeCLIP checkpoint at
+    `path` (cfg.init_from): every tensor the two share, which must be all of the checkpoint's.
+    The encoder's own neurons' parameters, which an ANN twin lacks, keep their values, and an
+    ANN's one-step temporal readout is spread evenly over the T steps (weight w / T each: the
+    same sum, of the mean over time of what reaches it). Returns the names of the tensors kept."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"init_from: {path}: no such checkpoint directory")
+    with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
+        source = SpikeCLIP.load(path).image_encoder.state_dict()
+    encoder = model.image_encoder
+    own = encoder.state_dict()
+    neurons = tuple(f"{n}." for n, m in encoder.named_modules() if isinstance(m, LIF))
+    for name, m in encoder.named_modules():
+        key, steps = f"{name}.weight", getattr(m, "weight", None)
+        if isinstance(m, TemporalReadout) and key in source and source[key].numel() == 1:
+            source[key] = (source[key] / steps.numel()).expand_as(steps).clone()
+    kept = sorted(set(own) - set(source))
+    problems = [f"{k}: not in this encoder" for k in sorted(set(source) - set(own))]
+    problems += [f"{k}: missing from the checkpoint" for k in kept if not k.startswith(neurons)]
+    problems += [
+        f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
+        for k, v in source.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    if problems:
+        raise ValueError(
+            f"init_from: {path}'s image encoder does not fit this one: " + "; ".join(problems[:5])
+        )
+    encoder.load_state_dict({**own, **source})
+    return kept
 
 
 def teacher_targets(teacher, train, cache_dir=None, progress: bool = False):
@@ -428,6 +463,8 @@ def run_recipe(cfg: RecipeConfig) -> dict:
 
     stages = {}
     snn = build_student(cfg, teacher).to(device)
+    if cfg.init_from:
+        init_image_encoder(snn, cfg.init_from)
     stages["text"] = train_text(cfg, snn, teacher, train, ctx)
     if cfg.teacher_finetune_epochs:  # needs the trained text encoder's class features
         stages["teacher"] = task_finetune_teacher(cfg, teacher, snn, train, out, ctx)
