@@ -62,7 +62,8 @@ def test_the_first_machines_file_holds_every_setting_but_distillation():
     run: its ANN twin differs) the settings run on it, in the same order."""
     (every,) = [p for p in RESULTS if p.name == "energy_frontier_epyc_cpu_2core.json"]
     names = [p["name"] for p in json.loads(every.read_text())["points"]]
-    assert names == [n for n in frontier.POINTS if "distil" not in n]
+    newer = ("distil", "start from the ANN twin")  # settings added after it was measured
+    assert names == [n for n in frontier.POINTS if not any(w in n for w in newer)]
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=lambda p: p.name)
