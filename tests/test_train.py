@@ -284,10 +284,39 @@ def test_recipe_init_from(tmp_path, data_dir, clip_dir, cache_dir):
         assert torch.equal(own[k], fresh.image_encoder.state_dict()[k]), k
     other = SpikeCLIP(SpikeCLIPConfig.from_dict(
         {**student_config.to_dict(), "embed_dim": student_config.embed_dim + 8}))  # fmt: skip
-    with pytest.raises(ValueError, match=r"does not fit this one: .*in the checkpoint"):
+    with pytest.raises(ValueError, match=r"does not fit this one: .*in the source"):
         init_image_encoder(other, twin)
     with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
         init_image_encoder(other, tmp_path / "nope")
+
+
+def test_recipe_init_from_the_twin(tmp_path, data_dir, clip_dir, cache_dir, monkeypatch):
+    """init_from="ann": the run trains its ANN twin first and the SNN's image stages start from
+    the twin's trained encoder; refused without a relu twin."""
+    import spikeclip.train.recipe as recipe
+
+    seen = []
+
+    def spy(model, source):
+        kept = real(model, source)
+        own, theirs = model.image_encoder.state_dict(), source.image_encoder.state_dict()
+        seen.append(all(torch.equal(own[k], v) for k, v in theirs.items() if k != "readout.weight"))
+        return kept
+
+    real = recipe.init_image_encoder
+    monkeypatch.setattr(recipe, "init_image_encoder", spy)
+    cfg = small_recipe(tmp_path / "run", data_dir, cache_dir, f"clip:{clip_dir}", init_from="ann")
+    results = run_recipe(cfg)
+    assert seen == [True]
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    stages = [r["stage"] for r in log if "loss" in r]
+    assert stages.index("image-alignment") > max(
+        i for i, s in enumerate(stages) if s.startswith("ann-")
+    )
+    assert results["ann_acc"] is not None and list(results["stages"]) == ["text", "snn", "ann"]
+    for bad in ({"ann": False}, {"ann_kind": "official"}):
+        with pytest.raises(ValueError, match="'ann' only with the run's relu-twin ANN"):
+            replace(cfg, **bad)
 
 
 @pytest.mark.parametrize("in_alignment", [False, True])

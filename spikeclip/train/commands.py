@@ -75,9 +75,9 @@ def add_recipe_args(p: argparse.ArgumentParser, demo: bool) -> None:
     p.add_argument("--kl-weight", type=float, default=d.kl_weight)
     p.add_argument("--kd-temperature", type=float, default=d.kd_temperature)
     p.add_argument(
-        "--init-from", default=d.init_from, metavar="CHECKPOINT",
-        help="start the SNN's image encoder from this SpikeCLIP checkpoint's (e.g. an earlier "
-        "run's ann_checkpoint: ANN-to-SNN hybrid training)",
+        "--init-from", default=d.init_from, metavar="ann|CHECKPOINT",
+        help="start the SNN's image encoder from the run's ANN twin ('ann': trained first) or "
+        "a SpikeCLIP checkpoint's, e.g. an earlier run's ann_checkpoint (hybrid training)",
     )  # fmt: skip
     p.add_argument("--memory", default=d.memory, help="plain, lossless or low")
     p.add_argument("--amp", choices=["bf16"], help="autocast the forward passes to bf16")

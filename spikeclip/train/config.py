@@ -60,9 +60,10 @@ class RecipeConfig:
     # cosine logits over the class prompts (its image features with the official loss); the
     # SNN alone distils from it, alignment and this run's ANN twin keep the teacher
     distill_from: str | None = None
-    # a SpikeCLIP checkpoint whose image encoder starts the SNN's (None: random): an ANN
-    # twin's weights map onto the same layers (ANN-to-SNN hybrid training), the neurons keep
-    # their own initial parameters; the run's own ANN twin starts from random weights
+    # where the SNN's image encoder starts (None: random weights): "ann", the run's own ANN
+    # twin, trained first, or a SpikeCLIP checkpoint directory (e.g. an earlier run's
+    # ann_checkpoint): an ANN twin's layers map onto the SNN's one to one (ANN-to-SNN hybrid
+    # training), the neurons keep their own initial parameters
     init_from: str | None = None
     # fine-tuning's firing-rate term (spikeclip.train.firing): its weight (0: off) and the
     # input firing rate above which a spike-fed layer's spikes cost (SOP-weighted); with
@@ -144,7 +145,10 @@ class RecipeConfig:
              "None (the teacher) or a SpikeCLIP checkpoint directory")  # fmt: skip
         need(self.init_from is None or (isinstance(self.init_from, str)
              and self.init_from != ""), "init_from",
-             "None (random) or a SpikeCLIP checkpoint directory")  # fmt: skip
+             "None (random), 'ann' (the run's ANN twin) or a checkpoint directory")  # fmt: skip
+        need(self.init_from != "ann" or (self.ann and self.ann_kind == "relu-twin"),
+             "init_from", "'ann' only with the run's relu-twin ANN (ann=True, ann_kind "
+             "'relu-twin'): its layers are the SNN's")  # fmt: skip
         need(self.amp in (None, "bf16"), "amp", "None or 'bf16'")
         need(self.memory in MEMORY_MODES, "memory", f"one of {MEMORY_MODES}")
         need(self.backend in BACKEND_NAMES, "backend", f"one of {BACKEND_NAMES}")

@@ -48,6 +48,7 @@ from spikeclip.train.plots import write_plots
 from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
 
 RECIPE_JSON = "recipe.json"
+TWIN = "ann"  # init_from: the run's own ANN twin, trained first
 # Fields that may differ between a run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"progress", "resume", "overwrite", "stop_after_steps", "cache_dir", "device"}
 
@@ -130,37 +131,42 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     return model
 
 
-def init_image_encoder(model, path) -> list[str]:
-    """Start `model`'s image encoder from the image encoder of the SpikeCLIP checkpoint at
-    `path` (cfg.init_from): every tensor the two share, which must be all of the checkpoint's.
-    The encoder's own neurons' parameters, which an ANN twin lacks, keep their values, and an
-    ANN's one-step temporal readout is spread evenly over the T steps (weight w / T each: the
-    same sum, of the mean over time of what reaches it). Returns the names of the tensors kept."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"init_from: {path}: no such checkpoint directory")
-    with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
-        source = SpikeCLIP.load(path).image_encoder.state_dict()
+def init_image_encoder(model, source) -> list[str]:
+    """Start `model`'s image encoder from another's (cfg.init_from): `source` is a SpikeCLIP
+    checkpoint directory or a SpikeCLIP (the run's own ANN twin). Every tensor the two share
+    is copied, which must be all of the source's; the encoder's own neurons' parameters, which
+    an ANN twin lacks, keep their values, and an ANN's one-step temporal readout is spread
+    evenly over the T steps (weight w / T each: the same sum, of the mean over time of what
+    reaches it). Returns the names of the tensors kept."""
+    if isinstance(source, SpikeCLIP):
+        where, state = "the ANN twin", source.image_encoder.state_dict()
+    else:
+        where = Path(source)
+        if not where.is_dir():
+            raise FileNotFoundError(f"init_from: {where}: no such checkpoint directory")
+        with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
+            state = SpikeCLIP.load(where).image_encoder.state_dict()
+    state = {k: v.detach() for k, v in state.items()}
     encoder = model.image_encoder
     own = encoder.state_dict()
     neurons = tuple(f"{n}." for n, m in encoder.named_modules() if isinstance(m, LIF))
     for name, m in encoder.named_modules():
         key, steps = f"{name}.weight", getattr(m, "weight", None)
-        if isinstance(m, TemporalReadout) and key in source and source[key].numel() == 1:
-            source[key] = (source[key] / steps.numel()).expand_as(steps).clone()
-    kept = sorted(set(own) - set(source))
-    problems = [f"{k}: not in this encoder" for k in sorted(set(source) - set(own))]
-    problems += [f"{k}: missing from the checkpoint" for k in kept if not k.startswith(neurons)]
+        if isinstance(m, TemporalReadout) and key in state and state[key].numel() == 1:
+            state[key] = (state[key] / steps.numel()).expand_as(steps).clone()
+    kept = sorted(set(own) - set(state))
+    problems = [f"{k}: not in this encoder" for k in sorted(set(state) - set(own))]
+    problems += [f"{k}: missing from the source" for k in kept if not k.startswith(neurons)]
     problems += [
-        f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here"
-        for k, v in source.items()
+        f"{k}: {tuple(v.shape)} in the source, {tuple(own[k].shape)} here"
+        for k, v in state.items()
         if k in own and v.shape != own[k].shape
     ]
     if problems:
         raise ValueError(
-            f"init_from: {path}'s image encoder does not fit this one: " + "; ".join(problems[:5])
+            f"init_from: {where}'s image encoder does not fit this one: " + "; ".join(problems[:5])
         )
-    encoder.load_state_dict({**own, **source})
+    encoder.load_state_dict({**own, **state})
     return kept
 
 
@@ -463,7 +469,7 @@ def run_recipe(cfg: RecipeConfig) -> dict:
 
     stages = {}
     snn = build_student(cfg, teacher).to(device)
-    if cfg.init_from:
+    if cfg.init_from and cfg.init_from != TWIN:
         init_image_encoder(snn, cfg.init_from)
     stages["text"] = train_text(cfg, snn, teacher, train, ctx)
     if cfg.teacher_finetune_epochs:  # needs the trained text encoder's class features
@@ -474,18 +480,27 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         if cfg.distill_from
         else None
     )
-    stages["snn"] = train_image(
-        cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx, finetune_targets=distilled
-    )
-    models = {"spikeclip": snn}
-    if cfg.ann:
+
+    def train_ann():
         neuron = "relu" if cfg.ann_kind == "relu-twin" else "clip-ann"
         ann = build_student(cfg, teacher, image_neuron=neuron).to(device)
         ann.text_encoder.load_state_dict(snn.text_encoder.state_dict())  # the same text side
         stages["ann"] = train_image(
             cfg, ann, "ann-", train, teacher_emb, teacher_logits, scale, ctx
         )
-        models["ann"] = ann
+        return ann
+
+    ann = None
+    if cfg.init_from == TWIN:  # the twin first, and the SNN's image encoder starts from it
+        ann = train_ann()
+        init_image_encoder(snn, ann)
+    stages["snn"] = train_image(
+        cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx, finetune_targets=distilled
+    )
+    if cfg.ann and ann is None:
+        ann = train_ann()
+    models = {"spikeclip": snn} if ann is None else {"spikeclip": snn, "ann": ann}
+    stages = {k: stages[k] for k in ("text", "teacher", "snn", "ann") if k in stages}
 
     results = {"config": cfg.to_dict(), "stages": stages}
     if dist.main:
