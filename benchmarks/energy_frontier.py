@@ -145,52 +145,15 @@ POINTS = {
         "firing_weight": 1.0,
     },
     # the SNN's fine-tuning distils from the ANN twin's logits instead of the teacher's
-    # (ANN-to-SNN knowledge distillation; the twin is 2.8 points above the teacher)
-    **{
-        f"distil from the ANN twin{', firing w=' + w if w else ''}": {
-            "distill_from": ANN_TWIN,
-            **({"firing_weight": float(w)} if w else {}),
-        }
-        for w in ("", "0.3", "1")
-    },
-    **{
-        f"v_th 1, learnable v_th, distil from the ANN twin{', firing w=' + w if w else ''}": {
-            "model_options": {"v_th": 1.0, "learnable_v_th": True},
-            "distill_from": ANN_TWIN,
-            **({"firing_weight": float(w)} if w else {}),
-        }
-        for w in ("", "0.3", "0.6", "1")
-    },
+    # (ANN-to-SNN knowledge distillation; the twin stands above the teacher)
+    "distil from the ANN twin": {"distill_from": ANN_TWIN},
     # the SNN's image encoder starts from the ANN twin's weights (hybrid training), then the
     # demo's alignment and fine-tuning
-    **{
-        f"start from the ANN twin{', ' + rest if rest else ''}": {"init_from": ANN_TWIN, **more}
-        for rest, more in (
-            ("", {}),
-            ("firing w=0.3", {"firing_weight": 0.3}),
-            ("firing w=1", {"firing_weight": 1.0}),
-            ("distil from the ANN twin", {"distill_from": ANN_TWIN}),
-            (
-                "distil from the ANN twin, firing w=1",
-                {"distill_from": ANN_TWIN, "firing_weight": 1.0},
-            ),
-        )
-    },
-    **{
-        f"start from the ANN twin, v_th 1, learnable v_th{', ' + rest if rest else ''}": {
-            "init_from": ANN_TWIN,
-            "model_options": {"v_th": 1.0, "learnable_v_th": True},
-            **more,
-        }
-        for rest, more in (
-            ("", {}),
-            ("firing w=0.6", {"firing_weight": 0.6}),
-            ("distil from the ANN twin", {"distill_from": ANN_TWIN}),
-            (
-                "distil from the ANN twin, firing w=0.6",
-                {"distill_from": ANN_TWIN, "firing_weight": 0.6},
-            ),
-        )
+    "start from the ANN twin": {"init_from": ANN_TWIN},
+    "start from the ANN twin, firing w=1": {"init_from": ANN_TWIN, "firing_weight": 1.0},
+    "start from the ANN twin, v_th 1, learnable v_th": {
+        "init_from": ANN_TWIN,
+        "model_options": {"v_th": 1.0, "learnable_v_th": True},
     },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
