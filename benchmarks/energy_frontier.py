@@ -151,6 +151,7 @@ POINTS = {
     # demo's alignment and fine-tuning
     "start from the ANN twin": {"init_from": ANN_TWIN},
     "start from the ANN twin, firing w=1": {"init_from": ANN_TWIN, "firing_weight": 1.0},
+    "start from the ANN twin, firing w=1.5": {"init_from": ANN_TWIN, "firing_weight": 1.5},
     "start from the ANN twin, v_th 1, learnable v_th": {
         "init_from": ANN_TWIN,
         "model_options": {"v_th": 1.0, "learnable_v_th": True},
