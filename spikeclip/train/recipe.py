@@ -131,6 +131,15 @@ def build_student(cfg: RecipeConfig, teacher, image_neuron: str = "lif"):
     return model
 
 
+def load_source(path: Path, setting: str, device="cpu") -> SpikeCLIP:
+    """The SpikeCLIP checkpoint a run learns from (`setting`: init_from, distill_from), in eval
+    mode; building it draws no numbers from the run's random state."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{setting}: {path}: no such checkpoint directory")
+    with torch.random.fork_rng(devices=[]):
+        return SpikeCLIP.load(path, map_location=device)
+
+
 def init_image_encoder(model, source) -> list[str]:
     """Start `model`'s image encoder from another's (cfg.init_from): `source` is a SpikeCLIP
     checkpoint directory or a SpikeCLIP (the run's own ANN twin). Every tensor the two share
@@ -142,11 +151,7 @@ def init_image_encoder(model, source) -> list[str]:
         where, state = "the ANN twin", source.image_encoder.state_dict()
     else:
         where = Path(source)
-        if not where.is_dir():
-            raise FileNotFoundError(f"init_from: {where}: no such checkpoint directory")
-        with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
-            state = SpikeCLIP.load(where).image_encoder.state_dict()
-    state = {k: v.detach() for k, v in state.items()}
+        state = load_source(where, "init_from").image_encoder.state_dict()
     encoder = model.image_encoder
     own = encoder.state_dict()
     neurons = tuple(f"{n}." for n, m in encoder.named_modules() if isinstance(m, LIF))
@@ -186,10 +191,7 @@ def distillation_targets(cfg: RecipeConfig, train, scale: float, embed_dim: int,
     KL, which needs the student's embed_dim) and its cosine logits over the class prompts at
     `scale` (ours), in eval mode."""
     path = Path(cfg.distill_from)
-    if not path.is_dir():
-        raise FileNotFoundError(f"distill_from: {path}: no such checkpoint directory")
-    with torch.random.fork_rng(devices=[]):  # building it draws no numbers from the run's
-        model = SpikeCLIP.load(path, map_location=ctx.device)
+    model = load_source(path, "distill_from", ctx.device)
     if cfg.fine_tuning_loss == "official" and model.config.embed_dim != embed_dim:
         raise ValueError(
             f"distill_from: {path} embeds in {model.config.embed_dim} dimensions, the student "
