@@ -255,21 +255,6 @@ def run_point(name: str, changes: dict, base: Path, out: Path, cache_dir: Path) 
     return json.loads(done.read_text()) if done.is_file() else results
 
 
-def earlier_points(path: Path, base_results: dict) -> dict:
-    """The points of an earlier results file, by name, that --merge keeps: those whose
-    settings are still POINTS' and whose ANN twin is the base run's (same top-1 and mJ)."""
-    if not path.is_file():
-        return {}
-    old = json.loads(path.read_text())
-    ann = old.get("ann", {})
-    if (ann.get("top1"), ann.get("energy_mJ")) != (
-        base_results["ann_acc"],
-        base_results["energy_ann_mJ"],
-    ):
-        raise SystemExit(f"--merge: {path} was measured against another ANN twin ({ann})")
-    return {p["name"]: p for p in old["points"] if POINTS.get(p["name"]) == p["changes"]}
-
-
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -314,9 +299,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", required=True, help="results file (the plot goes beside it, .png)")
     p.add_argument("--points", help="names of POINTS to run, separated by ';' (names hold "
                    "commas; default: all)")  # fmt: skip
-    p.add_argument("--merge", action="store_true", help="keep the points of the --json file "
-                   "that this run does not run (same settings, same ANN twin), so that it "
-                   "holds every setting tried")  # fmt: skip
     args = p.parse_args(argv)
     out = Path(args.out)
     cache_dir = out / "cache"
@@ -333,12 +315,9 @@ def main(argv=None) -> int:
             run_recipe(replace(base_config(base, cache_dir), ann=True, overwrite=True))
     base_results = check_base(base)
     ann_mJ = base_results["energy_ann_mJ"]
-    kept = earlier_points(Path(args.json), base_results) if args.merge else {}
     points = []
     for name in POINTS:
         if name not in names:
-            if name in kept:
-                points.append(kept[name])
             continue
         r = base_results if name == "demo" else run_point(name, POINTS[name], base, out, cache_dir)
         top1 = r["spikeclip_acc"]
