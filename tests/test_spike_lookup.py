@@ -241,3 +241,51 @@ def test_the_table_budget():
     assert not lookup_fits(192, 384, 9, torch.float32)
     size = 9 * 8 * 256 * 64 * 4  # C_in 64 -> 8 bytes per pixel, C_out 64 in float32
     assert lookup_fits(64, 64, 9, torch.float32) == (size <= lookup.TABLE_BUDGET)
+
+
+def _unpacked(codes: torch.Tensor, c_in: int) -> torch.Tensor:
+    """codes [..., G] -> float spikes [..., c_in]: bit j of byte g is channel 8 g + j; bits past
+    c_in are dropped (they are junk to the ops)."""
+    bits = (codes.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.flatten(-2)[..., :c_in].float()
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
+    """Fuzz: random sizes (zeros among them), widths that fit or not, every bit past C_in set at
+    random. An op either refuses (RuntimeError) or equals the dense product of the spikes the
+    codes hold, never reads elsewhere (the ASAN run covers this file)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    c_in, c_out, n, h, w = r(1, 20), r(1, 9), r(0, 3), r(1, 6), r(1, 6)
+    groups = (c_in + 7) // 8 + (r(0, 3) == 0) * r(-1, 1)  # now and then a wrong width
+    weight, bias = torch.randn(c_out, c_in, 3, 3, generator=g), torch.randn(c_out, generator=g)
+    codes = torch.randint(0, 256, (n, h + 2, w + 2, max(groups, 0)), generator=g,
+                          dtype=torch.uint8)  # fmt: skip
+    codes[:, 0], codes[:, -1], codes[:, :, 0], codes[:, :, -1] = 0, 0, 0, 0  # the zero border
+    valid = groups == (c_in + 7) // 8
+    if not valid:
+        with pytest.raises(RuntimeError):
+            spike_conv3x3_lookup(codes, weight, bias)
+    else:
+        x = _unpacked(codes[:, 1:-1, 1:-1], c_in).permute(0, 3, 1, 2)
+        want = F.conv2d(x, weight, bias, padding=1).permute(0, 2, 3, 1)
+        torch.testing.assert_close(
+            spike_conv3x3_lookup(codes, weight, bias), want, **TOL[torch.float32]
+        )
+    rows = (
+        codes.reshape(-1, codes.shape[-1])
+        if codes.numel()
+        else codes.new_zeros(r(0, 2), max(groups, 0))
+    )
+    linear_weight = weight[:, :, 1, 1].contiguous()
+    if not valid:
+        with pytest.raises(RuntimeError):
+            spike_linear_lookup(rows, linear_weight, bias)
+    else:
+        want = F.linear(_unpacked(rows, c_in), linear_weight, bias)
+        torch.testing.assert_close(spike_linear_lookup(rows, linear_weight, bias), want,
+                                   **TOL[torch.float32])  # fmt: skip
