@@ -319,6 +319,61 @@ def test_recipe_init_from_the_twin(tmp_path, data_dir, clip_dir, cache_dir, monk
             replace(cfg, **bad)
 
 
+def test_recipe_distill_from_the_twin(tmp_path, data_dir, clip_dir, cache_dir, monkeypatch, capsys):
+    """distill_from="ann": the run trains its ANN twin first (its steps those of a run without
+    it) and the SNN's fine-tuning learns from that twin's logits (the saved ann_checkpoint's,
+    by hand); refused without a twin, and by the finetune stage (no run twin there)."""
+    import spikeclip.train.recipe as recipe
+    from spikeclip.models import SpikeCLIP
+    from spikeclip.train.losses import cosine_logits
+
+    got = []
+
+    def spy(*args, **kwargs):
+        got.append(real(*args, **kwargs))
+        return got[-1]
+
+    real = recipe.distillation_targets
+    monkeypatch.setattr(recipe, "distillation_targets", spy)
+    spec = f"clip:{clip_dir}"
+    plain = small_recipe(tmp_path / "plain", data_dir, cache_dir, spec)
+    run_recipe(plain)
+    cfg = replace(plain, out=str(tmp_path / "run"), distill_from="ann")
+    run_recipe(cfg)
+
+    def steps(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").open()]
+
+    twin = [r for r in steps("run") if r.get("stage", "").startswith("ann-") and "loss" in r]
+    order = [r.get("stage") for r in steps("run") if "loss" in r]
+    assert twin and max(i for i, s in enumerate(order) if s.startswith("ann-")) < order.index(
+        "finetune"
+    )
+    assert twin == [r for r in steps("plain") if r.get("stage", "").startswith("ann-")
+                    and "loss" in r]  # fmt: skip
+    a = [r for r in steps("plain") if r.get("stage") == "finetune" and "loss" in r]
+    b = [r for r in steps("run") if r.get("stage") == "finetune" and "loss" in r]
+    assert a[0]["ce"] == pytest.approx(b[0]["ce"]) and a[0]["kl"] != b[0]["kl"]
+
+    ((emb, logits),) = got
+    train = load_dataset("fashion-mnist", "train", data_dir).subset(None, 0)
+    model = SpikeCLIP.load(tmp_path / "run" / "ann_checkpoint")
+    with torch.no_grad():
+        images, _ = train.batch(torch.arange(len(train)))
+        mine = model.encode_image(images)
+        classes = model.classifier(train.class_names, train.templates)
+    torch.testing.assert_close(emb, mine, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, cosine_logits(mine, classes, model.logit_scale),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="'ann' only with the run's ANN twin"):
+        replace(cfg, ann=False)
+    assert cli(["finetune", "--init", str(tmp_path / "run" / "checkpoint"), "--dataset",
+                "fashion-mnist", "--data-dir", str(data_dir), "--out", str(tmp_path / "ft"),
+                "--distill-from", "ann", "--no-progress", "--cache-dir", str(cache_dir),
+                "--device", "cpu"]) == 1  # fmt: skip
+    assert "--distill-from ann is the recipe's own ANN twin" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("in_alignment", [False, True])
 def test_recipe_firing_term(tmp_path, data_dir, clip_dir, cache_dir, in_alignment):
     """firing_weight: each SNN fine-tuning step's loss is CE + KL + the term it logs (with

@@ -55,10 +55,11 @@ class RecipeConfig:
     ce_weight: float = 1.0
     kl_weight: float = 1.0
     kd_temperature: float = 1.0
-    # what fine-tuning's KL term learns from: None, the teacher (SpikeCLIP's recipe), or a
-    # SpikeCLIP checkpoint directory (e.g. an earlier run's ANN twin, ann_checkpoint): its own
-    # cosine logits over the class prompts (its image features with the official loss); the
-    # SNN alone distils from it, alignment and this run's ANN twin keep the teacher
+    # what fine-tuning's KL term learns from: None, the teacher (SpikeCLIP's recipe), "ann",
+    # the run's own ANN twin, trained first, or a SpikeCLIP checkpoint directory (e.g. an
+    # earlier run's ANN twin, ann_checkpoint): its own cosine logits over the class prompts
+    # (its image features with the official loss); the SNN alone distils from it, alignment
+    # and this run's ANN twin keep the teacher
     distill_from: str | None = None
     # where the SNN's image encoder starts (None: random weights): "ann", the run's own ANN
     # twin, trained first, or a SpikeCLIP checkpoint directory (e.g. an earlier run's
@@ -142,7 +143,10 @@ class RecipeConfig:
         need(isinstance(self.firing_in_alignment, bool), "firing_in_alignment", "True or False")
         need(self.distill_from is None or (isinstance(self.distill_from, str)
              and self.distill_from != ""), "distill_from",
-             "None (the teacher) or a SpikeCLIP checkpoint directory")  # fmt: skip
+             "None (the teacher), 'ann' (the run's ANN twin) or a SpikeCLIP checkpoint "
+             "directory")  # fmt: skip
+        need(self.distill_from != "ann" or self.ann, "distill_from",
+             "'ann' only with the run's ANN twin (ann=True)")  # fmt: skip
         need(self.init_from is None or (isinstance(self.init_from, str)
              and self.init_from != ""), "init_from",
              "None (random), 'ann' (the run's ANN twin) or a checkpoint directory")  # fmt: skip

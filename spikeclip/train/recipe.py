@@ -48,7 +48,7 @@ from spikeclip.train.plots import write_plots
 from spikeclip.train.vocabulary import ALIGNMENT_TEMPLATES, alignment_vocabulary
 
 RECIPE_JSON = "recipe.json"
-TWIN = "ann"  # init_from: the run's own ANN twin, trained first
+TWIN = "ann"  # init_from, distill_from: the run's own ANN twin, trained first
 # Fields that may differ between a run and its --resume (they do not change the result).
 RESUMABLE_CHANGES = {"progress", "resume", "overwrite", "stop_after_steps", "cache_dir", "device"}
 
@@ -185,25 +185,38 @@ def teacher_targets(teacher, train, cache_dir=None, progress: bool = False):
         return emb, cosine_logits(emb, classes, teacher.logit_scale)
 
 
-def distillation_targets(cfg: RecipeConfig, train, scale: float, embed_dim: int, ctx: RunContext):
-    """What the SNN's fine-tuning learns from with cfg.distill_from, a SpikeCLIP checkpoint
-    (e.g. an ANN twin): its L2-normalised image embeddings of `train` (the official loss's
-    KL, which needs the student's embed_dim) and its cosine logits over the class prompts at
-    `scale` (ours), in eval mode."""
-    path = Path(cfg.distill_from)
-    model = load_source(path, "distill_from", ctx.device)
+def distillation_targets(
+    cfg: RecipeConfig, train, scale: float, embed_dim: int, ctx: RunContext, twin=None
+):
+    """What the SNN's fine-tuning learns from with cfg.distill_from: a SpikeCLIP checkpoint
+    (e.g. an earlier run's ANN twin) or, with "ann", `twin` (the run's own, trained first):
+    its L2-normalised image embeddings of `train` (the official loss's KL, which needs the
+    student's embed_dim) and its cosine logits over the class prompts at `scale` (ours), in
+    eval mode (a model given is put back in the mode it came in)."""
+    if cfg.distill_from == TWIN:
+        if twin is None:
+            raise ValueError("distill_from='ann' needs the run's trained ANN twin")
+        model, name = twin, "the ANN twin"
+    else:
+        path = Path(cfg.distill_from)
+        model, name = load_source(path, "distill_from", ctx.device), str(path)
     if cfg.fine_tuning_loss == "official" and model.config.embed_dim != embed_dim:
         raise ValueError(
-            f"distill_from: {path} embeds in {model.config.embed_dim} dimensions, the student "
+            f"distill_from: {name} embeds in {model.config.embed_dim} dimensions, the student "
             f"in {embed_dim}: the official loss compares their image features"
         )
-    with torch.inference_mode():
-        emb = embed_images(
-            model.encode_image, train, device=ctx.device, progress=ctx.progress,
-            desc=f"distillation targets: {path.name}",
-        ).to(ctx.device)  # fmt: skip
-        classes = model.classifier(train.class_names, train.templates)
-        return emb.clone(), cosine_logits(emb, classes.to(emb), scale)
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            emb = embed_images(
+                model.encode_image, train, device=ctx.device, progress=ctx.progress,
+                desc=f"distillation targets: {Path(name).name}",
+            ).to(ctx.device)  # fmt: skip
+            classes = model.classifier(train.class_names, train.templates)
+            return emb.clone(), cosine_logits(emb, classes.to(emb), scale)
+    finally:
+        model.train(training)
 
 
 def _maybe_sync_bn(module, cfg: RecipeConfig, ctx: RunContext):
@@ -477,11 +490,6 @@ def run_recipe(cfg: RecipeConfig) -> dict:
     if cfg.teacher_finetune_epochs:  # needs the trained text encoder's class features
         stages["teacher"] = task_finetune_teacher(cfg, teacher, snn, train, out, ctx)
         teacher_emb, teacher_logits = teacher_targets(teacher, train, cfg.cache_dir, ctx.progress)
-    distilled = (
-        distillation_targets(cfg, train, scale, snn.config.embed_dim, ctx)
-        if cfg.distill_from
-        else None
-    )
 
     def train_ann():
         neuron = "relu" if cfg.ann_kind == "relu-twin" else "clip-ann"
@@ -493,9 +501,15 @@ def run_recipe(cfg: RecipeConfig) -> dict:
         return ann
 
     ann = None
-    if cfg.init_from == TWIN:  # the twin first, and the SNN's image encoder starts from it
+    if TWIN in (cfg.init_from, cfg.distill_from):  # the twin first: the SNN learns from it
         ann = train_ann()
+    if cfg.init_from == TWIN:
         init_image_encoder(snn, ann)
+    distilled = (
+        distillation_targets(cfg, train, scale, snn.config.embed_dim, ctx, twin=ann)
+        if cfg.distill_from
+        else None
+    )
     stages["snn"] = train_image(
         cfg, snn, "", train, teacher_emb, teacher_logits, scale, ctx, finetune_targets=distilled
     )

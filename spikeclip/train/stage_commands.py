@@ -84,7 +84,8 @@ def add_dual_loss_args(p, d) -> None:
     p.add_argument(
         "--distill-from", default=d.distill_from, metavar="CHECKPOINT",
         help="fine-tuning's KL term learns from this SpikeCLIP checkpoint's logits (e.g. an "
-        "earlier run's ann_checkpoint: ANN-to-SNN distillation) instead of the teacher's",
+        "earlier run's ann_checkpoint: ANN-to-SNN distillation) instead of the teacher's; "
+        "train takes 'ann' too: the run's own ANN twin, trained first",
     )  # fmt: skip
 
 

@@ -180,6 +180,9 @@ def finetune(
     dataset of spikeclip.data (`dataset`, its train split) or shards with their features."""
     if (dataset is None) == (data is None):
         raise ValueError("fine-tuning needs exactly one of --dataset and --data")
+    if cfg.distill_from == "ann":
+        raise ValueError("fine-tuning: --distill-from ann is the recipe's own ANN twin (spikeclip "
+                         "train); here name a checkpoint, e.g. a run's ann_checkpoint")  # fmt: skip
     if data is not None and cfg.distill_from:
         raise ValueError("fine-tuning: --distill-from needs --dataset (shards carry the "
                          "teacher's features, not the checkpoint's)")  # fmt: skip
