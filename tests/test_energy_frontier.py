@@ -26,6 +26,21 @@ def test_every_point_is_a_valid_demo_run_with_its_own_directory(tmp_path):
     assert len(slugs) == len(frontier.POINTS)
 
 
+def test_the_twin_a_point_learns_from(tmp_path):
+    """ANN_TWIN is the base run's saved twin, or "ann" (the run's own, trained first) in a
+    point that trains its own twin; every point resolves to a valid run."""
+    base = tmp_path / "base"
+    changes = {"init_from": frontier.ANN_TWIN, "distill_from": frontier.ANN_TWIN}
+    twin = str(base / "ann_checkpoint")
+    assert frontier.resolved(changes, base) == {"init_from": twin, "distill_from": twin}
+    own = frontier.resolved({**changes, "ann": True}, base)
+    assert own == {"init_from": "ann", "distill_from": "ann", "ann": True}
+    for changes in frontier.POINTS.values():
+        replace(frontier.base_config(tmp_path / "x", tmp_path / "c"),
+                **frontier.resolved(changes, base))  # fmt: skip
+    assert any(c.get("ann") for c in frontier.POINTS.values())
+
+
 def test_alignment_is_shared_only_where_fine_tuning_alone_differs(tmp_path):
     base, out = tmp_path / "base", tmp_path / "out"
     assert frontier.alignment_source({"firing_weight": 1.0}, base, out) == base
