@@ -206,6 +206,12 @@ POINTS = {
         "firing_weight": 1.0,
         "seed": 1,
     },
+    "start from the ANN twin, distil from it, firing w=1.2, seed 1": {
+        "init_from": ANN_TWIN,
+        "distill_from": ANN_TWIN,
+        "firing_weight": 1.2,
+        "seed": 1,
+    },
 }
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
