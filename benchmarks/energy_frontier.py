@@ -378,8 +378,11 @@ def main(argv=None) -> int:
             continue
         r = base_results if name == "demo" else run_point(name, POINTS[name], base, out, cache_dir)
         twin = r if POINTS[name].get("ann") else base_results  # what the point is measured by
-        own_twin = {"own_ann": {"top1": r["ann_acc"], "energy_mJ": r["energy_ann_mJ"]}}
-        own_twin = own_twin if POINTS[name].get("ann") else {}
+        own_twin = (
+            {}
+            if twin is base_results
+            else {"own_ann": {"top1": r["ann_acc"], "energy_mJ": r["energy_ann_mJ"]}}
+        )
         top1 = r["spikeclip_acc"]
         ratio = r["energy_snn_mJ"] / twin["energy_ann_mJ"]
         gap = (twin["ann_acc"] - top1) * 100
