@@ -104,6 +104,26 @@ TORCH_LIBRARY(spikeclip, m) {
   m.def("max_pool3x3s2_backward(Tensor grad_y, Tensor where, int height, int width) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 
+  // BatchNorm + multi-step LIF fused (csrc/cpu/bn_lif_cpu.cpp; kernels/bn_lif). y: a unit's
+  // conv / linear output [T * B, C, ...], time-major, float32 / float64; mean, invstd: [C] in
+  // y's dtype. bn_stats: the batch mean and biased variance of each channel. bn_lif_fwd: the
+  // spikes of the LIF over T of (y - mean) * invstd * weight + bias (like y), and its final
+  // membrane [B, C, ...] (empty unless return_v). bn_lif_bwd:
+  // (grad_y, grad_weight, grad_bias) from grad_spikes (and the final membrane's gradient) and
+  // y (the membrane recomputed):
+  // BatchNorm's backward with batch statistics when training, else with fixed ones.
+  m.def("bn_stats(Tensor y) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def(
+      "bn_lif_fwd(Tensor y, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, int T, "
+      "float tau, " LIF_OPTIONS ", bool return_v) -> (Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "bn_lif_bwd(Tensor grad_spikes, Tensor? grad_v_last, Tensor y, Tensor mean, "
+      "Tensor invstd, Tensor? weight, "
+      "Tensor? bias, int T, float tau, " LIF_OPTIONS ", bool training) "
+      "-> (Tensor, Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v
   // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the

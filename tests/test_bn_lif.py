@@ -1,6 +1,7 @@
-"""BatchNorm + LIF fused (bn_lif, Triton) against the unfused pair (nn.BatchNorm, then the
-reference LIF): spikes, the gradients of the input and of BN's affine parameters, and the
-running statistics, in both layouts, both modes and every option."""
+"""BatchNorm + LIF fused (bn_lif: Triton, and the cpp kernels) against the unfused pair
+(nn.BatchNorm, then the reference LIF): spikes, the gradients of the input and of BN's affine
+parameters, and the running statistics, in both layouts, both modes and every option; the cpp
+kernels also in float64 to rounding, with the final membrane and its gradient."""
 
 import copy
 
@@ -19,6 +20,9 @@ TRITON = [
     if why_unavailable("triton", torch.device(d)) is None
     and (d == "cpu" or torch.cuda.is_available())
 ]
+CPP = why_unavailable("cpp", torch.device("cpu")) is None
+# (backend, device) of every fused path that runs here
+FUSED = [("triton", d) for d in TRITON] + ([("cpp", "cpu")] if CPP else [])
 T = 3
 
 
@@ -35,7 +39,7 @@ def case(layout, device):
     return y * 1.7 + 0.3, bn.to(device)
 
 
-@pytest.mark.parametrize("device", TRITON)
+@pytest.mark.parametrize("fused,device", FUSED)
 @pytest.mark.parametrize("layout", ["linear", "conv"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize(
@@ -48,11 +52,11 @@ def case(layout, device):
     ],
     ids=["default", "soft", "nodecay-detach-atan", "vreset-triangle"],
 )
-def test_fused_equals_bn_then_lif(device, layout, mode, opts):
+def test_fused_equals_bn_then_lif(fused, device, layout, mode, opts):
     y, bn = case(layout, device)
     options = lif_options(**opts)
     results = {}
-    for backend in ("torch", "triton"):
+    for backend in ("torch", fused):
         b = copy.deepcopy(bn).train(mode == "train")
         yl = y.clone().requires_grad_(True)
         s = bn_lif(yl, T, *batch_norm_args(b), tau=1.7, options=options, backend=backend)
@@ -60,7 +64,7 @@ def test_fused_equals_bn_then_lif(device, layout, mode, opts):
         s.backward(g) if backend == "torch" else s.backward(results["torch"][4])
         results[backend] = (s.detach(), yl.grad, b.weight.grad, b.bias.grad, g,
                             b.running_mean, b.running_var, b.num_batches_tracked)  # fmt: skip
-    ref, fused = results["torch"], results["triton"]
+    ref, fused = results["torch"], results[fused]
     flips = (ref[0] != fused[0]).float().mean()
     assert flips < 2e-3  # a spike on the threshold may round either way
     for i, name in ((1, "y"), (2, "weight"), (3, "bias")):
@@ -82,11 +86,11 @@ def test_bf16_and_bad_input(device):
     with pytest.raises(ValueError, match="multiple of T"):
         bn_lif(y[:-1], T, *args, tau=2.0, options=options, backend="triton")
     with pytest.raises(BackendUnavailableError, match="no bn_lif kernel"):
-        bn_lif(y, T, *args, tau=2.0, options=options, backend="cpp")
+        bn_lif(y, T, *args, tau=2.0, options=options, backend="cuda")
 
 
-@pytest.mark.parametrize("device", TRITON)
-def test_inconsistent_and_edge_input(device):
+@pytest.mark.parametrize("fused,device", FUSED)
+def test_inconsistent_and_edge_input(fused, device):
     """Shapes that disagree are refused before a kernel reads; empty input gives empty spikes;
     inf and NaN in y give the reference's spikes; too few values per channel to train on is
     the error F.batch_norm gives."""
@@ -97,22 +101,101 @@ def test_inconsistent_and_edge_input(device):
         bad = list(args)
         bad[i] = args[i][:-1]
         with pytest.raises(ValueError, match=name):
-            bn_lif(y, T, *bad, tau=2.0, options=options, backend="triton")
+            bn_lif(y, T, *bad, tau=2.0, options=options, backend=fused)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        bn_lif(y[:1], 1, *args, tau=2.0, options=options, backend="triton")
+        bn_lif(y[:1], 1, *args, tau=2.0, options=options, backend=fused)
     with pytest.raises(TypeError, match="floating"):
-        bn_lif(y.long(), T, *args, tau=2.0, options=options, backend="triton")
+        bn_lif(y.long(), T, *args, tau=2.0, options=options, backend=fused)
     with pytest.raises(ValueError, match="multiple of T"):
-        bn_lif(y, 0, *args, tau=2.0, options=options, backend="triton")
+        bn_lif(y, 0, *args, tau=2.0, options=options, backend=fused)
     ev = batch_norm_args(copy.deepcopy(bn).eval())
     empty = y[:0]
-    assert bn_lif(empty, T, *ev, tau=2.0, options=options, backend="triton").shape == (0, 12)
+    assert bn_lif(empty, T, *ev, tau=2.0, options=options, backend=fused).shape == (0, 12)
     y = y.clone()
     y[3, 2], y[7, 5], y[11, 0] = float("inf"), float("nan"), float("-inf")
     for mode_args in (ev, None):
         got, ref = [
             bn_lif(y, T, *(mode_args or batch_norm_args(copy.deepcopy(bn).train())), tau=2.0,
                    options=options, backend=b)
-            for b in ("triton", "torch")
+            for b in (fused, "torch")
         ]  # fmt: skip
         assert torch.equal(got, ref)
+
+
+CPP_OPTIONS = [
+    dict(),
+    dict(v_reset=None, v_th=0.7, detach_reset=True),
+    dict(decay_input=False, surrogate="atan", alpha=3.0),
+    dict(v_th=0.5, v_reset=-0.2, surrogate="triangle", alpha=0.5),
+    dict(surrogate="erf", detach_reset=True),
+]
+
+
+@pytest.mark.skipif(not CPP, reason="spikeclip._C is not built")
+@pytest.mark.parametrize(
+    "shape", [(T * 2, 6, 5, 7), (T * 2, 12, 9), (T * 4, 5, 600), (T * 8, 3, 1)]
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("opts", CPP_OPTIONS)
+def test_cpp_equals_the_reference_in_float64(shape, mode, opts):
+    """float64 (rel 1e-12): spikes bit for bit, the gradients of y, of BN's affine parameters
+    and of the final membrane, the final membrane itself and the running statistics; runs of
+    a channel longer than the kernel's (600 positions) and a single position (inner 1)."""
+    torch.manual_seed(len(shape) + shape[-1])
+    bn = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1]).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0), bn.bias.normal_(0, 0.5)
+        bn.running_mean.normal_(0, 0.3), bn.running_var.uniform_(0.5, 2.0)
+    y = torch.randn(shape, dtype=torch.float64) * 1.7 + 0.3
+    g = torch.randn(shape, dtype=torch.float64)
+    gv = torch.randn((shape[0] // T, *shape[1:]), dtype=torch.float64)
+    out = {}
+    for backend in ("torch", "cpp"):
+        b = copy.deepcopy(bn).train(mode == "train")
+        yl = y.clone().requires_grad_(True)
+        s, v = bn_lif(yl, T, *batch_norm_args(b), tau=1.7, options=lif_options(**opts),
+                      backend=backend, return_v=True)  # fmt: skip
+        ((s * g).sum() + (v * gv).sum()).backward()
+        out[backend] = (s, v, yl.grad, b.weight.grad, b.bias.grad, b.running_mean, b.running_var)
+    ref, got = out["torch"], out["cpp"]
+    assert torch.equal(got[0], ref[0]) and 0 < ref[0].mean() < 1
+    names = ("v", "y", "weight", "bias", "mean", "var")
+    for a, b, name in zip(got[1:], ref[1:], names, strict=True):
+        assert float((a - b).detach().norm()) <= 1e-12 * float(b.detach().norm()), name
+    assert ref[2].abs().sum() > 0
+
+
+@pytest.mark.skipif(not CPP, reason="spikeclip._C is not built")
+def test_cpp_picks_and_refuses():
+    """auto takes cpp where it pays (float32 / float64, >= CPP_MIN_INNER positions), else the
+    reference; by name a half-precision y is a TypeError, return_v on Triton a ValueError; the
+    op itself refuses tensors that disagree with y before reading them."""
+    from spikeclip.kernels.bn_lif.op import CPP_MIN_INNER, fused_backend
+
+    conv = torch.randn(T * 2, 4, CPP_MIN_INNER)
+    assert fused_backend(conv) == "cpp" and fused_backend(conv.double()) == "cpp"
+    assert fused_backend(conv[..., :1]) is None and fused_backend(conv[..., :1], "cpp") == "cpp"
+    assert fused_backend(conv.bfloat16()) is None and fused_backend(conv, "torch") is None
+    bn = nn.BatchNorm1d(4).train()
+    with pytest.raises(TypeError, match="float32 and float64"):
+        bn_lif(conv.bfloat16(), T, *batch_norm_args(bn), tau=2.0, options=lif_options(),
+               backend="cpp")  # fmt: skip
+    if TRITON:
+        with pytest.raises(ValueError, match="return_v"):
+            bn_lif(conv.to(TRITON[-1]), T, *batch_norm_args(bn.to(TRITON[-1])), tau=2.0,
+                   options=lif_options(), backend="triton", return_v=True)  # fmt: skip
+    mean, invstd = torch.zeros(4), torch.ones(4)
+    options = tuple(lif_options())
+    ops = torch.ops.spikeclip
+    with pytest.raises(RuntimeError, match="mean must be"):
+        ops.bn_lif_fwd(conv, mean[:3], invstd, None, None, T, 2.0, *options, False)
+    with pytest.raises(RuntimeError, match="multiple of T"):
+        ops.bn_lif_fwd(conv[:5], mean, invstd, None, None, T, 2.0, *options, False)
+    with pytest.raises(RuntimeError, match="tau must be > 1"):
+        ops.bn_lif_fwd(conv, mean, invstd, None, None, T, 0.5, *options, False)
+    with pytest.raises(RuntimeError, match="grad_v_last"):
+        ops.bn_lif_bwd(conv, conv[:1], conv, mean, invstd, None, None, T, 2.0, *options, True)
+    with pytest.raises(RuntimeError, match="grad_spikes"):
+        ops.bn_lif_bwd(conv[:, :2], None, conv, mean, invstd, None, None, T, 2.0, *options, True)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.bn_lif_fwd(conv.transpose(1, 2), mean, invstd, None, None, T, 2.0, *options, False)

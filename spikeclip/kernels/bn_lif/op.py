@@ -3,11 +3,18 @@
 y is a spiking unit's conv / linear output seen as `[outer, C, inner]` (linear: `[T*B*N, C]`,
 inner 1; conv: `[T*B, C, H, W]`, inner H*W), time-major (outer = T x ...). The reference
 (`backend="torch"`, bn_lif/reference.py) is `bn(y)` then `lif_reference` over T. The fused
-path (`triton`) reads y once for the statistics (torch.var_mean), then one kernel normalises,
-applies the affine and runs the LIF over T in registers: the normalised BN output never goes
-to memory. Its backward runs the LIF backward kernel and BatchNorm's backward formula (torch
-ops). Training mode updates the running statistics as nn.BatchNorm does (momentum; unbiased
-running variance). Saved for the backward: y and the membrane h, as the unfused pair keeps.
+paths read y once for the statistics, then one pass normalises, applies the affine and runs
+the LIF over T: the normalised BN output never goes to memory.
+- `triton` (CUDA): statistics by torch.var_mean; the backward runs the LIF backward kernel and
+  BatchNorm's backward formula as torch ops.
+- `cpp` (CPU, float32 / float64; csrc/cpu/bn_lif_cpu.cpp): statistics by `bn_stats` (in y's
+  dtype, summed in double); the backward is two passes, the LIF's backward sweep (its membrane
+  recomputed from y: only y is saved) with the per-channel sums, then BatchNorm's input
+  gradient. "auto" takes it for float32 / float64 y
+  with at least CPP_MIN_INNER positions per channel and sample (a conv's H*W, a Conv1d's
+  tokens); a linear layer's `[rows, C]` (inner 1) runs the unfused pair there.
+Training mode updates the running statistics as nn.BatchNorm does (momentum; unbiased running
+variance). Saved for the backward: y and the membrane h, as the unfused pair keeps.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spikeclip._ext import extension_loaded
 from spikeclip.kernels.bn_lif.reference import bn_lif_reference
 from spikeclip.kernels.common.backends import resolve_backend
 from spikeclip.kernels.common.options import LifOptions
@@ -68,14 +76,24 @@ def batch_norm_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
             bn.bias, training, factor, bn.eps)  # fmt: skip
 
 
-def _statistics(y, running_mean, running_var, training: bool, momentum: float, eps: float):
-    """(mean, invstd) float32 [C] normalising y, as F.batch_norm's (and its update of the
-    running statistics in training mode: unbiased variance)."""
+# The cpp kernels' work comes in runs of one channel's positions of one sample: fewer than this
+# many per run and the unfused pair is faster ("auto" takes it).
+CPP_MIN_INNER = 8
+
+
+def _statistics(y, running_mean, running_var, training: bool, momentum: float, eps: float,
+                backend: str):  # fmt: skip
+    """(mean, invstd) [C] normalising y, as F.batch_norm's (and its update of the running
+    statistics in training mode: unbiased variance): float32 for triton, y's dtype for cpp."""
     outer, C, inner = _channels_view(y)
+    dtype = y.dtype if backend == "cpp" else torch.float32
     if not training:
-        return running_mean.float(), torch.rsqrt(running_var.float() + eps)
-    var, mean = torch.var_mean(y.detach().reshape(outer, C, inner).float(), dim=(0, 2),
-                               correction=0)  # fmt: skip
+        return running_mean.to(dtype), torch.rsqrt(running_var.to(dtype) + eps)
+    if backend == "cpp":
+        mean, var = torch.ops.spikeclip.bn_stats(y.detach())
+    else:
+        var, mean = torch.var_mean(y.detach().reshape(outer, C, inner).float(), dim=(0, 2),
+                                   correction=0)  # fmt: skip
     if running_mean is not None:
         count = outer * inner
         with torch.no_grad():
@@ -131,6 +149,54 @@ class _BnLif(torch.autograd.Function):
         )
 
 
+class _BnLifCpp(torch.autograd.Function):
+    """The cpp kernels (csrc/cpu/bn_lif_cpu.cpp): forward and backward one op each; only y is
+    kept (the backward recomputes the membrane)."""
+
+    @staticmethod
+    def forward(ctx, y, weight, bias, mean, invstd, T, tau, options, training, return_v):
+        spikes, v_last = torch.ops.spikeclip.bn_lif_fwd(y, mean, invstd, weight, bias, T, tau,
+                                                        *options, return_v)  # fmt: skip
+        ctx.save_for_backward(y, weight, bias, mean, invstd)
+        ctx.T, ctx.tau, ctx.options, ctx.training = T, tau, options, training
+        ctx.set_materialize_grads(False)
+        return spikes, v_last
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v_last):
+        y, weight, bias, mean, invstd = ctx.saved_tensors
+        if grad_spikes is None:
+            grad_spikes = torch.zeros_like(y)
+        if grad_v_last is not None:
+            grad_v_last = grad_v_last.to(y.dtype).contiguous()
+        grad_y, grad_w, grad_b = torch.ops.spikeclip.bn_lif_bwd(
+            grad_spikes.contiguous(), grad_v_last, y, mean, invstd, weight, bias, ctx.T,
+            ctx.tau, *ctx.options, ctx.training,
+        )  # fmt: skip
+        needs = ctx.needs_input_grad
+        return (
+            grad_y if needs[0] else None,
+            grad_w.to(weight.dtype) if weight is not None and needs[1] else None,
+            grad_b.to(bias.dtype) if bias is not None and needs[2] else None,
+            *([None] * 7),
+        )
+
+
+def fused_backend(y: torch.Tensor, backend: str = "auto") -> str | None:
+    """The fused backend `bn_lif(y, ..., backend=backend)` runs ("cpp", "triton"), or None
+    where it runs the reference: a backend asked for by name that cannot run y is an error, as
+    in bn_lif."""
+    asked = backend
+    backend = resolve_backend(backend, y.device, op="bn_lif")
+    if backend == "cpp" and y.dtype not in (torch.float32, torch.float64):
+        if asked != "auto":
+            raise TypeError(f"bn_lif: the cpp backend takes float32 and float64 y, got {y.dtype}")
+        return None
+    if backend == "cpp" and asked == "auto" and _channels_view(y)[2] < CPP_MIN_INNER:
+        return None
+    return None if backend == "torch" or y.numel() == 0 else backend
+
+
 def bn_lif(
     y: torch.Tensor,
     T: int,
@@ -145,19 +211,51 @@ def bn_lif(
     tau: float,
     options: LifOptions,
     backend: str = "auto",
-) -> torch.Tensor:
+    return_v: bool = False,
+):
     """spikes = LIF over T of F.batch_norm(y, running_mean, running_var, weight, bias,
     training, momentum, eps) (its arguments, as nn.BatchNorm passes them: batch_norm_args;
     the running statistics are updated in training mode as F.batch_norm does). y `[T*B', C,
     ...]`, time-major outer dimension; the LIF's `tau` (a number) and checked `options`.
-    Returns spikes of y's shape and dtype. backend "torch": the reference (bn_lif_reference);
-    "triton": the fused kernels; "auto": triton on CUDA tensors where it is installed, else
-    torch."""
+    Returns spikes of y's shape and dtype; with return_v also the LIF's final membrane `[B',
+    C, ...]` in y's dtype, differentiable (cpp and torch backends): passed on as the next
+    call's v0, it continues the sequence as the unfused pair would. backend "torch":
+    the reference (bn_lif_reference); "triton" / "cpp": the fused kernels; "auto": triton on
+    CUDA tensors where it is installed, cpp on CPU tensors (float32 / float64, inner >=
+    CPP_MIN_INNER), else torch (fused_backend says which)."""
     _check(y, T, running_mean, running_var, weight, bias, training)
-    backend = resolve_backend(backend, y.device, op="bn_lif")
+    backend = fused_backend(y, backend) or "torch"
+    if return_v and backend == "triton":
+        raise ValueError("bn_lif: return_v runs on the cpp and torch backends")
     args = (running_mean, running_var, weight, bias, training, momentum, eps)
     if backend == "torch":
-        return bn_lif_reference(y, T, *args, tau=tau, options=options)
-    mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps)
-    return _BnLif.apply(y.contiguous(), weight, bias, mean, invstd, T, float(tau), options,
-                        training)  # fmt: skip
+        spikes, v_last = bn_lif_reference(y, T, *args, tau=tau, options=options)
+        return (spikes, v_last.to(y.dtype)) if return_v else spikes
+    mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps, backend)
+    y = y.contiguous()
+    if backend == "triton":
+        return _BnLif.apply(y, weight, bias, mean, invstd, T, float(tau), options, training)
+    spikes, v_last = _BnLifCpp.apply(y, weight, bias, mean, invstd, T, float(tau), options,
+                                     training, return_v)  # fmt: skip
+    return (spikes, v_last) if return_v else spikes
+
+
+def _stats_fake(y):
+    return y.new_empty(y.shape[1]), y.new_empty(y.shape[1])
+
+
+def _fwd_fake(y, mean, invstd, weight, bias, T, tau, *options_and_return_v):
+    v_shape = (y.shape[0] // T, *y.shape[1:]) if options_and_return_v[-1] else (0,)
+    return torch.empty_like(y), y.new_empty(v_shape)
+
+
+def _bwd_fake(
+    grad_spikes, grad_v_last, y, mean, invstd, weight, bias, T, tau, *options_and_training
+):
+    return torch.empty_like(y), y.new_empty(y.shape[1]), y.new_empty(y.shape[1])
+
+
+if extension_loaded():  # fakes of the cpp ops (torch.compile, opcheck)
+    torch.library.register_fake("spikeclip::bn_stats")(_stats_fake)
+    torch.library.register_fake("spikeclip::bn_lif_fwd")(_fwd_fake)
+    torch.library.register_fake("spikeclip::bn_lif_bwd")(_bwd_fake)

@@ -23,10 +23,11 @@ def bn_lif_reference(
     tau: float,
     options: LifOptions,
 ) -> torch.Tensor:
-    """LIF over T of F.batch_norm(y, ...) for y `[T*B', C, ...]`: spikes of y's shape."""
+    """LIF over T of F.batch_norm(y, ...) for y `[T*B', C, ...]`: (spikes of y's shape, the
+    final membrane `[B', C, ...]`)."""
     z = torch.nn.functional.batch_norm(
         y, running_mean, running_var, weight, bias, training, momentum, eps
     )
-    spikes, _ = lif_reference(z.unflatten(0, (T, y.shape[0] // T)), tau=tau,
-                              **options.reference_kwargs())  # fmt: skip
-    return spikes.flatten(0, 1)
+    spikes, v_last = lif_reference(z.unflatten(0, (T, y.shape[0] // T)), tau=tau,
+                                   **options.reference_kwargs())  # fmt: skip
+    return spikes.flatten(0, 1), v_last

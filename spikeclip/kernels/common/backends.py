@@ -36,7 +36,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "unpack_spikes": ("torch", "cpp", "cuda", "triton"),
     "spike_linear": ("torch", "cpp", "triton"),
     "spike_conv2d": ("torch", "cpp"),
-    "bn_lif": ("torch", "triton"),
+    "bn_lif": ("torch", "cpp", "triton"),
     "max_pool2x2": ("torch", "cpp"),
     "max_pool3x3s2": ("torch", "cpp"),
 }
