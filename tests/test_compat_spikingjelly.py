@@ -16,18 +16,18 @@ def rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
 
 
-def train_twice(net, image):
+def train_twice(net, image, loss=lambda out: out.square().sum(), lr=0.1):
     """Two batches with reset_net between them and an SGD step after the first: the outputs
     and the gradients of the second."""
     from spikingjelly.activation_based import functional
 
     net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
     outs = []
     for batch in (image, image.flip(-1) * 0.9):
         opt.zero_grad()
         out = net(batch)
-        out.square().sum().backward()
+        loss(out).backward()
         outs.append(out.detach())
         if not outs[1:]:
             opt.step()
@@ -366,9 +366,99 @@ def test_lossless_memory_asks_for_reset_between_sequences_and_moves_back():
     with torch.no_grad():
         net(image)  # no gradient: the modules themselves, nothing recomputed
     functional.reset_net(net)
-    report = spikeclip.accelerate(net)
-    assert report.restored["SpikformerMLP"] == 1 and report.replaced["SpikingSelfAttention"] == 1
+    report = spikeclip.accelerate(net)  # memory=None: the blocks move to their fused BN + LIF
+    assert report.replaced["SpikformerMLP"] == 1 and report.replaced["SpikingSelfAttention"] == 1
+    assert type(net.blocks[0].mlp).__name__ == "FusedSpikformerMLP"
     assert not spikeclip.accelerate(net).replaced
+
+
+# Each neuron SpikingJelly's SEW-ResNet block can hold, and whether BN + it run fused
+# (a PLIF's tau is a parameter: its pair runs unfused).
+FUSED_CASES = [
+    ("LIFNode", dict(tau=2.0, detach_reset=True), True),
+    ("LIFNode", dict(tau=3.5, decay_input=False, v_threshold=0.7, v_reset=-0.2), True),
+    ("LIFNode", dict(tau=1.5, v_reset=None), True),
+    ("IFNode", dict(v_reset=None, v_threshold=0.8, detach_reset=True), True),
+    ("ParametricLIFNode", dict(init_tau=2.0), False),
+]
+
+
+@pytest.mark.parametrize("surrogate_index", [0, 2, 3, 4])
+@pytest.mark.parametrize("kind,options,fused", FUSED_CASES)
+def test_fused_bn_neuron_units_equal_spikingjelly(monkeypatch, kind, options, fused,
+                                                   surrogate_index):  # fmt: skip
+    """A SEW-ResNet block (conv-BN-neuron twice, and a downsampling conv-BN-neuron) with every
+    neuron option: accelerate()'s fused BN + neuron gives SpikingJelly's outputs, gradients
+    (two batches, an SGD step), running statistics and final membranes; the fused kernels do
+    run (counted) where they apply, and not for a PLIF."""
+    zoo("sew_resnet")  # imports SpikingJelly's model zoo (sew_resnet with a torchvision stand-in)
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.model import sew_resnet
+
+    from spikeclip.compat import spikingjelly_units as units
+
+    torch.manual_seed(surrogate_index)
+    node = getattr(neuron, kind)
+    kwargs = dict(options, surrogate_function=_surrogates()[surrogate_index])
+    down = torch.nn.Sequential(layer.Conv2d(4, 6, 1, stride=2, bias=False, step_mode="m"),
+                               layer.BatchNorm2d(6, step_mode="m"))  # fmt: skip
+    block = sew_resnet.BasicBlock(4, 6, stride=2, downsample=down, cnf="ADD",
+                                  spiking_neuron=node, step_mode="m", **kwargs)  # fmt: skip
+    functional.set_step_mode(block, "m")
+    block = block.double()
+    with torch.no_grad():  # BN scales and shifts that make every neuron fire now and then
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(1.0, 2.0), m.bias.uniform_(0.2, 0.8)
+    ours = copy.deepcopy(block)
+    assert spikeclip.accelerate(ours).replaced["BasicBlock"] == 1
+    calls = []
+    real = units.bn_lif
+    monkeypatch.setattr(units, "bn_lif", lambda *a, **k: calls.append(1) or real(*a, **k))
+    image = torch.rand(3, 2, 4, 9, 9, dtype=torch.float64) * 2.5
+    weights = torch.randn(3, 2, 6, 5, 5, dtype=torch.float64)  # a loss that keeps them firing
+    outs_sj, grads_sj = train_twice(block, image, lambda out: (out * weights).sum(), lr=0.01)
+    outs, grads = train_twice(ours, image, lambda out: (out * weights).sum(), lr=0.01)
+    assert len(calls) == (6 if fused else 0)  # three pairs, two batches
+    for a, b in zip(outs, outs_sj, strict=True):
+        assert rel(a, b) < 1e-9 and b.abs().sum() > 0
+    assert grads.keys() == grads_sj.keys()
+    for key, g in grads_sj.items():
+        assert rel(grads[key], g) < 1e-9, key
+    for key, buf in block.state_dict().items():  # weights after the step, running statistics
+        mine = ours.state_dict()[key]
+        assert (rel(mine, buf) < 1e-12) if buf.is_floating_point() else torch.equal(mine, buf)
+    block(image), ours(image)
+    for sn in ("sn1", "sn2", "downsample_sn"):
+        assert rel(getattr(ours, sn).v, getattr(block, sn).v) < 1e-12, sn
+
+
+def test_fused_units_carry_the_membrane_with_its_gradient():
+    """Two calls without reset_net: the second starts from the membrane the fused first call
+    left (unfused, as it is not at rest), and the gradient reaches the first call through it."""
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.model import spikformer
+
+    zoo("spikformer")
+    torch.manual_seed(0)
+    unit = spikformer.SpikformerConv2dBNLIF(3, 5, 3, padding=1, spiking_neuron=neuron.LIFNode,
+                                            tau=2.0, step_mode="m").double()  # fmt: skip
+    ours = copy.deepcopy(unit)
+    assert spikeclip.accelerate(ours).replaced["SpikformerConv2dBNLIF"] == 1
+    x = torch.rand(4, 2, 3, 6, 6, dtype=torch.float64) * 3
+    results = []
+    for net in (unit, ours):
+        first = net(x[:2])
+        second = net(x[2:])
+        (first.sum() + (second * torch.linspace(-1, 1, second.numel(), dtype=x.dtype)
+                        .view_as(second)).sum()).backward()  # fmt: skip
+        results.append((first, second, [p.grad.clone() for p in net.parameters()], net.neuron.v))
+        functional.reset_net(net)
+    (f1, s1, g1, v1), (f2, s2, g2, v2) = results
+    assert torch.equal(f1, f2) and torch.equal(s1, s2) and 0 < s1.mean() < 1
+    assert rel(v2, v1) < 1e-12
+    for a, b in zip(g2, g1, strict=True):
+        assert rel(a, b) < 1e-9 and b.abs().sum() > 0
 
 
 def test_the_model_zoo_leaves_no_torchvision_stand_in_behind():

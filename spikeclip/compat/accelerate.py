@@ -61,12 +61,12 @@ def _peer_classes(attention: bool, memory: str | None):
             targets.update(sj.ATTENTION)
         else:
             off.update(dict.fromkeys(sj.ATTENTION, "attention=False"))
-        if memory == "lossless":
-            from spikeclip.compat import spikingjelly_units as units
+        from spikeclip.compat import spikingjelly_units as units
 
-            targets.update(units.BLOCKS)
-            if attention:
-                targets.update(units.ATTENTION)
+        lossless = memory == "lossless"
+        targets.update(units.BLOCKS if lossless else units.FUSED_BLOCKS)
+        if attention:
+            targets.update(units.ATTENTION if lossless else units.FUSED_ATTENTION)
     if importlib.util.find_spec("snntorch") is not None:
         from snntorch._neurons.neurons import SpikingNeuron  # optional peer
 
@@ -93,10 +93,11 @@ def accelerate(model: nn.Module, *, backend: str = "auto", memory: str | None = 
     self-attention) onto spikeclip's fused kernels, in place; returns an `AccelerateReport`.
 
     backend: our kernels' backend for every replaced module ("auto": cpp on CPU tensors, cuda/triton
-    on GPU ones). memory: None (what the model saves for its backward is left as it is) or
-    "lossless": Spikformer's and SEW-ResNet's conv/linear + BN (+ pool) + neuron units keep only
-    their input for the backward, 1 bit per element where it holds spikes, and recompute
-    themselves (spikeclip.compat.spikingjelly_units; the same gradients). Calling it again with
+    on GPU ones). memory: None (Spikformer's and SEW-ResNet's BN + neuron pairs run fused on
+    the CPU, keeping for the backward what BN alone keeps) or "lossless": their conv/linear +
+    BN (+ pool) + neuron units keep only their input for the backward, 1 bit per element where
+    it holds spikes, and recompute themselves (spikeclip.compat.spikingjelly_units; the same
+    gradients). Calling it again with
     the same options changes nothing; with other options, it moves each module to them.
     Replaced: SpikingJelly 2.0 LIFNode, ParametricLIFNode, IFNode of exactly those classes with
     settings we compute (spikeclip.compat.spikingjelly); SpikingSelfAttention (Spikformer,

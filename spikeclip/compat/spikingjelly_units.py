@@ -1,26 +1,49 @@
-"""memory="lossless" for SpikingJelly networks: a conv/linear + BatchNorm (+ pool) + neuron unit
-keeps only its input for the backward, packed 1 bit per element when it holds spikes (as our own
-units do, spikeclip.models.recompute), and recomputes itself there. Same outputs and gradients.
+"""SpikingJelly's conv/linear + BatchNorm (+ pool) + neuron units on our kernels, two ways:
+- memory=None (`fused_forward`): the BatchNorm and the neuron after it run as one fused pass
+  (spikeclip.kernels.bn_lif, cpp on CPU): the normalised BN output never goes to memory and
+  the backward keeps only the conv's output, as BatchNorm alone does. Units with a pool between
+  BN and neuron, a PLIF, hooks on either module, or tensors off the CPU run as they are.
+- memory="lossless" (`unit_forward`): the unit keeps only its input for the backward, packed 1
+  bit per element when it holds spikes (as our own units do, spikeclip.models.recompute), and
+  recomputes itself there.
+Same outputs and gradients either way.
 
 A unit spans two sibling modules (SpikingJelly's `SeqToANNContainer(conv, bn)` and the neuron
 after it), so it is formed only inside blocks whose forward is known to feed the container to
 that neuron alone: Spikformer's conv-BN-LIF stem stages and MLP, its SSA
 (`spikeclip.compat.spikingjelly`), and SEW-ResNet's BasicBlock. Their classes become the
-subclasses below.
+subclasses below (BLOCKS / ATTENTION with memory="lossless", FUSED_BLOCKS / FUSED_ATTENTION
+without).
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from spikingjelly.activation_based import layer as sj_layer
-from spikingjelly.activation_based.model import sew_resnet as sj_sew_resnet
 from spikingjelly.activation_based.model import spikformer as sj_spikformer
 from torch import nn
 
 from spikeclip.compat import pooling
 from spikeclip.compat import spikingjelly as compat
+from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif, fused_backend
+from spikeclip.kernels.common.options import lif_options
+from spikeclip.models.layers import hooked
 from spikeclip.models.recompute import packed_recompute, recompute
+
+
+def _zoo_module(name: str):
+    """SpikingJelly's model-zoo module `name`, or None where it does not import (sew_resnet
+    imports torchvision; a SEW-ResNet built here has imported it already)."""
+    try:
+        return importlib.import_module(f"spikingjelly.activation_based.model.{name}")
+    except ImportError:
+        return None
+
+
+sj_sew_resnet = _zoo_module("sew_resnet")
 
 # The layers a unit may hold: PyTorch's (inside a SeqToANNContainer, which folds T into the
 # batch) and SpikingJelly's multi-step wrappers of them (which fold it the same way).
@@ -142,19 +165,62 @@ def _unit_forward(stage, neuron, x):
     return out
 
 
+def fused_forward(stage, neuron, x):
+    """neuron(stage(x)) with the stage's BatchNorm and the neuron as one fused pass where that
+    computes exactly what the two modules do (see _fusable); else the modules as they are. The
+    neuron's `.v` is its final membrane either way, with its gradient path."""
+    parts = unit_parts(stage) if x.dim() >= 3 else None
+    if parts is None or parts[2] is not None or not _fusable(neuron, parts[1]):
+        return neuron(_run(stage, x))
+    op, bn, _ = parts
+    T, B = x.shape[:2]
+    stepped = not isinstance(stage, sj_layer.SeqToANNContainer)
+    y = op(x).flatten(0, 1) if stepped else op(x.flatten(0, 1))
+    if x.device.type != "cpu" or fused_backend(y) != "cpp":
+        z = bn(y.unflatten(0, (T, B))) if stepped else bn(y).unflatten(0, (T, B))
+        return neuron(z)
+    settings = compat.lif_settings(neuron)
+    tau = settings.pop("tau")
+    spikes, v = bn_lif(y, T, *batch_norm_args(bn), tau=tau, options=lif_options(**settings),
+                       return_v=True)  # fmt: skip
+    neuron.v = v
+    return spikes.unflatten(0, (T, B))
+
+
+def _fusable(neuron, bn) -> bool:
+    """Whether bn_lif computes neuron(bn(.)): our LIF or IF node (a fixed tau; a PLIF's is a
+    parameter) with settings we compute, in step mode "m" without v_seq, starting from rest,
+    on a backend that runs on the CPU, neither module watched by hooks, outside torch.compile
+    (which fuses the pair itself)."""
+    return (
+        type(neuron) in (compat.LIFNode, compat.IFNode)
+        and compat.unsupported_reason(neuron) is None
+        and neuron.step_mode == "m"
+        and not neuron.store_v_seq
+        and compat.at_rest(neuron)
+        and neuron.kernel_backend in ("auto", "cpp")
+        and not (hooked(neuron) or hooked(bn))
+        and not torch.compiler.is_compiling()
+    )
+
+
 class SpikformerConv2dBNLIF(sj_spikformer.SpikformerConv2dBNLIF):
     """Spikformer's conv-BN(-pool)-LIF stage as one recomputed unit (memory="lossless")."""
 
+    _unit = staticmethod(unit_forward)
+
     def forward(self, x_seq):
-        return unit_forward(self.conv_bn.block, self.neuron, x_seq)
+        return self._unit(self.conv_bn.block, self.neuron, x_seq)
 
 
 class SpikformerMLP(sj_spikformer.SpikformerMLP):
     """Spikformer's MLP: two recomputed units (memory="lossless")."""
 
+    _unit = staticmethod(unit_forward)
+
     def forward(self, x_seq):
-        x_seq = unit_forward(self.fc1, self.neuron1, x_seq)
-        return unit_forward(self.fc2, self.neuron2, x_seq)
+        x_seq = self._unit(self.fc1, self.neuron1, x_seq)
+        return self._unit(self.fc2, self.neuron2, x_seq)
 
 
 class SpikingSelfAttention(compat.SpikingSelfAttention):
@@ -163,32 +229,68 @@ class SpikingSelfAttention(compat.SpikingSelfAttention):
     _stage = staticmethod(unit_forward)
 
 
-class BasicBlock(sj_sew_resnet.BasicBlock):
-    """SEW-ResNet's basic block: conv-BN-neuron twice (and the downsample's) as recomputed
-    units (memory="lossless")."""
+class FusedSpikformerConv2dBNLIF(SpikformerConv2dBNLIF):
+    """Spikformer's conv-BN-LIF stage with BN + LIF fused (memory=None)."""
 
-    def forward(self, x):
-        out = unit_forward((self.conv1, self.bn1), self.sn1, x)
-        out = unit_forward((self.conv2, self.bn2), self.sn2, out)
-        identity = x
-        if self.downsample is not None:
-            identity = unit_forward(self.downsample, self.downsample_sn, x)
-        return sj_sew_resnet.sew_function(identity, out, self.cnf)
+    _unit = staticmethod(fused_forward)
+
+
+class FusedSpikformerMLP(SpikformerMLP):
+    """Spikformer's MLP with each BN + LIF fused (memory=None)."""
+
+    _unit = staticmethod(fused_forward)
+
+
+class FusedSpikingSelfAttention(compat.SpikingSelfAttention):
+    """compat.SpikingSelfAttention with its qkv and proj stages' BN + LIF fused."""
+
+    _stage = staticmethod(fused_forward)
 
 
 BLOCKS = {
-    sj_sew_resnet.BasicBlock: BasicBlock,
     sj_spikformer.SpikformerConv2dBNLIF: SpikformerConv2dBNLIF,
     sj_spikformer.SpikformerMLP: SpikformerMLP,
 }
+FUSED_BLOCKS = {
+    sj_spikformer.SpikformerConv2dBNLIF: FusedSpikformerConv2dBNLIF,
+    sj_spikformer.SpikformerMLP: FusedSpikformerMLP,
+}
+
+if sj_sew_resnet is not None:
+
+    class BasicBlock(sj_sew_resnet.BasicBlock):
+        """SEW-ResNet's basic block: conv-BN-neuron twice (and the downsample's) as recomputed
+        units (memory="lossless")."""
+
+        _unit = staticmethod(unit_forward)
+
+        def forward(self, x):
+            out = self._unit((self.conv1, self.bn1), self.sn1, x)
+            out = self._unit((self.conv2, self.bn2), self.sn2, out)
+            identity = x
+            if self.downsample is not None:
+                identity = self._unit(self.downsample, self.downsample_sn, x)
+            return sj_sew_resnet.sew_function(identity, out, self.cnf)
+
+    class FusedBasicBlock(BasicBlock):
+        """SEW-ResNet's basic block with each BN + neuron fused (memory=None)."""
+
+        _unit = staticmethod(fused_forward)
+
+    BLOCKS[sj_sew_resnet.BasicBlock] = BasicBlock
+    FUSED_BLOCKS[sj_sew_resnet.BasicBlock] = FusedBasicBlock
 
 ATTENTION = {compat.ATTENTION_CLASSES[0]: SpikingSelfAttention}
+FUSED_ATTENTION = {compat.ATTENTION_CLASSES[0]: FusedSpikingSelfAttention}
 
 __all__ = [
     "ATTENTION",
     "BLOCKS",
+    "FUSED_ATTENTION",
+    "FUSED_BLOCKS",
     "SpikformerConv2dBNLIF",
     "SpikformerMLP",
     "SpikingSelfAttention",
+    "fused_forward",
     "unit_forward",
 ]
