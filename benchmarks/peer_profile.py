@@ -2,6 +2,10 @@
 `spikeclip.accelerate` (torch.profiler, self CPU time by op, three steps): what our kernels took
 over, and what is left in PyTorch's own convolutions, BatchNorm and pooling.
 
+With `--fusion`: the training step as shipped, accelerated with each BatchNorm and neuron pair
+run unfused (BN, then our LIF), and accelerated as `accelerate()` leaves it (the pair fused,
+kernels.bn_lif), timed in the same run, interleaved.
+
 With `--floor`: the least time those convolutions (and linear layers) need. Each one's forward
 and backward is timed on its own, at its shape in the step and on the input it got there, in
 PyTorch's layout and channels last, beside the whole steps (as shipped and accelerated). A change
@@ -9,7 +13,8 @@ that leaves those layers to PyTorch cannot make the step faster than they are: S
 step over their time bounds the speed-up any such change can reach. (Channels last is timed for
 layers fed `[N, C, H, W]`; one fed `[T, B, C, H, W]` counts in that sum as laid out.)
 
-    python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--floor] [--out FILE]
+    python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--floor | --fusion]
+                                      [--rounds 7] [--out FILE]
 """
 
 from __future__ import annotations
@@ -121,6 +126,35 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
     return head + lines + tail
 
 
+def unfused(net):
+    """`net` (accelerated) with its fused BN + neuron blocks back on the unfused pair: each
+    Fused* block class of spikeclip.compat.spikingjelly_units becomes the class it runs as
+    without the fusion (SpikingJelly's own block; our SSA with its stages unfused)."""
+    from spikeclip.compat import spikingjelly as compat
+    from spikeclip.compat import spikingjelly_units as units
+
+    back = {cls: peer for peer, cls in units.FUSED_BLOCKS.items()}
+    back.update({cls: compat.ATTENTION[peer] for peer, cls in units.FUSED_ATTENTION.items()})
+    for m in net.modules():
+        if type(m) in back:
+            m.__class__ = back[type(m)]
+    return net
+
+
+def fusion(shipped, ours, x, rounds: int = 7) -> list[str]:
+    """Lines: the three steps (as shipped, accelerated unfused, accelerated) side by side."""
+    plain = unfused(copy.deepcopy(ours))
+    steps = {"spikingjelly (as shipped)": shipped, "accelerate(), BN + neuron unfused": plain,
+             "accelerate()": ours}  # fmt: skip
+    times = median_times({k: training_step(n, x) for k, n in steps.items()},
+                         torch.device("cpu"), rounds=rounds, budget_s=30.0 * rounds)  # fmt: skip
+    base = times["spikingjelly (as shipped)"]
+    lines = [f"# python benchmarks/peer_profile.py --fusion: training step (median of {rounds}, "
+             f"interleaved), {torch.get_num_threads()} threads"]  # fmt: skip
+    lines += [f"{k:>36}  {v * 1e3:8.1f} ms  {base / v:5.2f}x" for k, v in times.items()]
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="spikformer", choices=PEER_MODELS)
@@ -130,6 +164,12 @@ def main() -> None:
         action="store_true",
         help="time the convolutions and linear layers alone instead of profiling",
     )
+    p.add_argument(
+        "--fusion",
+        action="store_true",
+        help="time the step with BN + neuron fused and unfused, side by side",
+    )
+    p.add_argument("--rounds", type=int, default=7, help="timed rounds (--floor, --fusion)")
     p.add_argument("--out", help="also append the table to this file")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -137,7 +177,9 @@ def main() -> None:
     ours = copy.deepcopy(shipped)
     spikeclip.accelerate(ours)
     if args.floor:
-        return report(floor(shipped, ours, x), args.out)
+        return report(floor(shipped, ours, x, args.rounds), args.out)
+    if args.fusion:
+        return report(fusion(shipped, ours, x, args.rounds), args.out)
     rows = {"spikingjelly (as shipped)": breakdown(shipped, x), "accelerate()": breakdown(ours, x)}
     groups = sorted(
         {g for r in rows.values() for g in r}, key=lambda g: -rows["accelerate()"].get(g, 0)

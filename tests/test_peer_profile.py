@@ -49,3 +49,30 @@ def test_floor_reports_each_layer_and_the_bound_it_puts_on_the_speed_up():
         # what the ratio of the rounded figures may be off by, on any CPU's timings
         slack = bound * (0.05 / step + 0.005 / total) * 1.01 + 0.005
         assert abs(bound - step / total) <= slack
+
+
+def test_unfused_runs_the_same_network_without_the_fused_pairs(monkeypatch):
+    """--fusion's middle contender: the accelerated network with every fused block back on its
+    unfused class, the same outputs (float64), and bn_lif no longer called."""
+    from spikeclip.compat import spikingjelly_units as units
+
+    net, x = zoo("spikformer")
+    spikeclip.accelerate(net)
+    plain = peer_profile.unfused(copy.deepcopy(net))
+    fused_types = set(units.FUSED_BLOCKS.values()) | set(units.FUSED_ATTENTION.values())
+    assert any(type(m) in fused_types for m in net.modules())
+    assert not any(type(m) in fused_types for m in plain.modules())
+    calls = []
+    real = units.bn_lif
+    monkeypatch.setattr(units, "bn_lif", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = net(x)
+    assert calls
+    calls.clear()
+    out_plain = plain(x)
+    assert not calls
+    assert torch.allclose(out, out_plain, rtol=1e-12, atol=1e-12)
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net), functional.reset_net(plain)
+    lines = peer_profile.fusion(plain, net, x, rounds=3)
+    assert len(lines) == 4 and "unfused" in lines[2]
