@@ -190,6 +190,20 @@ POINTS = {
         "kd_temperature": 2.0,
         "firing_weight": 1.2,
     },
+    # the firing term already in image alignment (which starts from the twin's weights), so
+    # fine-tuning starts from a sparser network
+    "start from the ANN twin, distil from it, firing w=1.2 in alignment too": {
+        "init_from": ANN_TWIN,
+        "distill_from": ANN_TWIN,
+        "firing_weight": 1.2,
+        "firing_in_alignment": True,
+    },
+    "start from the ANN twin, distil from it, firing w=1 in alignment too": {
+        "init_from": ANN_TWIN,
+        "distill_from": ANN_TWIN,
+        "firing_weight": 1.0,
+        "firing_in_alignment": True,
+    },
     # a change the twin's own training reads (its fine-tuning epochs): the point trains its
     # own twin first ("ann": True, ANN_TWIN is that twin) and is measured against it
     "start from the ANN twin, distil from it, firing w=1.2, 8 fine-tuning epochs (its own)": {
