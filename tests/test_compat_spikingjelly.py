@@ -35,11 +35,22 @@ def train_twice(net, image, loss=lambda out: out.square().sum(), lr=0.1):
     return outs, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
+# the zoo models whose BN + neuron pairs accelerate() fuses at these sizes (spiking VGG's are
+# plain layers; the Spike-driven Transformer's SDSA and QKFormer's last-stage SSA see 2 x 2
+# tokens, fewer than the cpp kernels' CPP_MIN_INNER: test_fused_sdsa_stages_at_a_larger_image)
+FUSES = ("spikformer", "sew_resnet")
+
+
 @pytest.mark.parametrize("name", ZOO)
-def test_accelerated_zoo_model_equals_spikingjelly(name):
+def test_accelerated_zoo_model_equals_spikingjelly(monkeypatch, name):
+    from spikeclip.compat import spikingjelly_units as units
+
     net, image = zoo(name)
     ours = copy.deepcopy(net)
     report = spikeclip.accelerate(ours)
+    calls = []
+    real = units.bn_lif
+    monkeypatch.setattr(units, "bn_lif", lambda *a, **k: calls.append(1) or real(*a, **k))
     assert sum(report.replaced.values()) > 0 and not report.left, str(report)
     if name in ("spikformer", "qkformer"):
         assert report.replaced["SpikingSelfAttention"] >= 1
@@ -47,6 +58,7 @@ def test_accelerated_zoo_model_equals_spikingjelly(name):
         assert report.replaced["SpikeDrivenSelfAttention"] >= 1
     outs_sj, grads_sj = train_twice(net, image)
     outs, grads = train_twice(ours, image)
+    assert bool(calls) == (name in FUSES)  # the fused pairs ran where there are some
     for a, b in zip(outs, outs_sj, strict=True):
         assert rel(a, b) < 1e-9
         assert b.abs().sum() > 0  # the network fired: a comparison that can fail
@@ -431,6 +443,36 @@ def test_fused_bn_neuron_units_equal_spikingjelly(monkeypatch, kind, options, fu
     block(image), ours(image)
     for sn in ("sn1", "sn2", "downsample_sn"):
         assert rel(getattr(ours, sn).v, getattr(block, sn).v) < 1e-12, sn
+    functional.reset_net(ours)
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)  # the whole module: its class found again by name
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(ours) and torch.equal(loaded(image), ours(image))
+
+
+def test_fused_sdsa_stages_at_a_larger_image(monkeypatch):
+    """The Spike-driven Transformer at 64 px (4 x 4 tokens): its SDSA's q, k and v stages run
+    BN + LIF fused, and the network gives SpikingJelly's outputs and gradients."""
+    spikingjelly()
+    from spikeclip.bench.peer_models import zoo_model
+    from spikeclip.compat import spikingjelly_units as units
+
+    net, image = zoo_model("spike_driven_transformer", T=2, width=32, depth=1, image=64,
+                           batch=2, classes=5, dtype=torch.float64)  # fmt: skip
+    ours = copy.deepcopy(net)
+    assert spikeclip.accelerate(ours).replaced["SpikeDrivenSelfAttention"] == 1
+    calls = []
+    real = units.bn_lif
+    monkeypatch.setattr(units, "bn_lif", lambda *a, **k: calls.append(1) or real(*a, **k))
+    outs_sj, grads_sj = train_twice(net, image)
+    outs, grads = train_twice(ours, image)
+    assert len(calls) == 6  # q, k and v, two batches
+    for a, b in zip(outs, outs_sj, strict=True):
+        assert rel(a, b) < 1e-9 and b.abs().sum() > 0
+    largest = max(float(g.norm()) for g in grads_sj.values())
+    for key, g in grads_sj.items():  # a conv bias before BN: rounding noise on both sides
+        assert float((grads[key] - g).norm()) < 1e-9 * max(float(g.norm()), 1e-4 * largest), key
 
 
 def test_fused_units_carry_the_membrane_with_its_gradient():

@@ -63,6 +63,7 @@ def _peer_classes(attention: bool, memory: str | None):
             off.update(dict.fromkeys(sj.ATTENTION, "attention=False"))
         from spikeclip.compat import spikingjelly_units as units
 
+        units.add_model_zoo_blocks()
         lossless = memory == "lossless"
         targets.update(units.BLOCKS if lossless else units.FUSED_BLOCKS)
         if attention:

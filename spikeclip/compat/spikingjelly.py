@@ -282,9 +282,9 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
         T, N, C, H, W = x.shape
         identity = x
         x = self.shortcut_lif(x)
-        q = self.q_lif(self.q_bn(self.q_conv(x)))
-        k = self.k_lif(self.k_bn(self.k_conv(x)))
-        v = self.v_lif(self.v_bn(self.v_conv(x)))
+        q = self._stage((self.q_conv, self.q_bn), self.q_lif, x)
+        k = self._stage((self.k_conv, self.k_bn), self.k_lif, x)
+        v = self._stage((self.v_conv, self.v_bn), self.v_lif, x)
 
         def heads(t):  # [T, N, C, H, W] -> [T, N, heads, H*W, d]
             t = t.flatten(3).transpose(-1, -2)
@@ -293,6 +293,13 @@ class SpikeDrivenSelfAttention(_sj_attention.SpikeDrivenSelfAttention):
         y = _attend(self, sdsa, heads(q), heads(k), heads(v))
         y = y.transpose(3, 4).reshape(T, N, C, H, W)
         return self.proj_bn(self.proj_conv(y)) + identity
+
+    @staticmethod
+    def _stage(layers, neuron, x):
+        """neuron(bn(conv(x))); accelerate() fuses the BN and the neuron (spikingjelly_units)."""
+        for layer in layers:
+            x = layer(x)
+        return neuron(x)
 
 
 class MaxPool2d(_sj_layer.MaxPool2d):

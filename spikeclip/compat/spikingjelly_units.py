@@ -11,14 +11,14 @@ Same outputs and gradients either way.
 A unit spans two sibling modules (SpikingJelly's `SeqToANNContainer(conv, bn)` and the neuron
 after it), so it is formed only inside blocks whose forward is known to feed the container to
 that neuron alone: Spikformer's conv-BN-LIF stem stages and MLP, its SSA
-(`spikeclip.compat.spikingjelly`), and SEW-ResNet's BasicBlock. Their classes become the
-subclasses below (BLOCKS / ATTENTION with memory="lossless", FUSED_BLOCKS / FUSED_ATTENTION
-without).
+(`spikeclip.compat.spikingjelly`), SEW-ResNet's BasicBlock and (fused only) the Spike-driven
+Transformer's SDSA q, k and v stages. Their classes become the subclasses below (BLOCKS /
+ATTENTION with memory="lossless", FUSED_BLOCKS / FUSED_ATTENTION without).
 """
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -32,18 +32,6 @@ from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif, fused_backend
 from spikeclip.kernels.common.options import lif_options
 from spikeclip.models.layers import hooked
 from spikeclip.models.recompute import packed_recompute, recompute
-
-
-def _zoo_module(name: str):
-    """SpikingJelly's model-zoo module `name`, or None where it does not import (sew_resnet
-    imports torchvision; a SEW-ResNet built here has imported it already)."""
-    try:
-        return importlib.import_module(f"spikingjelly.activation_based.model.{name}")
-    except ImportError:
-        return None
-
-
-sj_sew_resnet = _zoo_module("sew_resnet")
 
 # The layers a unit may hold: PyTorch's (inside a SeqToANNContainer, which folds T into the
 # batch) and SpikingJelly's multi-step wrappers of them (which fold it the same way).
@@ -247,6 +235,12 @@ class FusedSpikingSelfAttention(compat.SpikingSelfAttention):
     _stage = staticmethod(fused_forward)
 
 
+class FusedSpikeDrivenSelfAttention(compat.SpikeDrivenSelfAttention):
+    """compat.SpikeDrivenSelfAttention with its q, k and v stages' BN + LIF fused."""
+
+    _stage = staticmethod(fused_forward)
+
+
 BLOCKS = {
     sj_spikformer.SpikformerConv2dBNLIF: SpikformerConv2dBNLIF,
     sj_spikformer.SpikformerMLP: SpikformerMLP,
@@ -256,9 +250,16 @@ FUSED_BLOCKS = {
     sj_spikformer.SpikformerMLP: FusedSpikformerMLP,
 }
 
-if sj_sew_resnet is not None:
 
-    class BasicBlock(sj_sew_resnet.BasicBlock):
+def add_model_zoo_blocks() -> None:
+    """SEW-ResNet's block classes, defined (once) when SpikingJelly's sew_resnet has been
+    imported: it imports torchvision, so it is never imported here; a SEW-ResNet built from it
+    has imported it already. accelerate() calls this each time."""
+    sew = sys.modules.get("spikingjelly.activation_based.model.sew_resnet")
+    if sew is None or sew.BasicBlock in BLOCKS:
+        return
+
+    class BasicBlock(sew.BasicBlock):
         """SEW-ResNet's basic block: conv-BN-neuron twice (and the downsample's) as recomputed
         units (memory="lossless")."""
 
@@ -270,18 +271,25 @@ if sj_sew_resnet is not None:
             identity = x
             if self.downsample is not None:
                 identity = self._unit(self.downsample, self.downsample_sn, x)
-            return sj_sew_resnet.sew_function(identity, out, self.cnf)
+            return sew.sew_function(identity, out, self.cnf)
 
     class FusedBasicBlock(BasicBlock):
         """SEW-ResNet's basic block with each BN + neuron fused (memory=None)."""
 
         _unit = staticmethod(fused_forward)
 
-    BLOCKS[sj_sew_resnet.BasicBlock] = BasicBlock
-    FUSED_BLOCKS[sj_sew_resnet.BasicBlock] = FusedBasicBlock
+    for cls in (BasicBlock, FusedBasicBlock):  # module attributes, as pickle looks them up
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+    BLOCKS[sew.BasicBlock] = BasicBlock
+    FUSED_BLOCKS[sew.BasicBlock] = FusedBasicBlock
+
 
 ATTENTION = {compat.ATTENTION_CLASSES[0]: SpikingSelfAttention}
-FUSED_ATTENTION = {compat.ATTENTION_CLASSES[0]: FusedSpikingSelfAttention}
+FUSED_ATTENTION = {
+    compat.ATTENTION_CLASSES[0]: FusedSpikingSelfAttention,
+    compat.ATTENTION_CLASSES[1]: FusedSpikeDrivenSelfAttention,
+}
 
 __all__ = [
     "ATTENTION",
@@ -291,6 +299,7 @@ __all__ = [
     "SpikformerConv2dBNLIF",
     "SpikformerMLP",
     "SpikingSelfAttention",
+    "add_model_zoo_blocks",
     "fused_forward",
     "unit_forward",
 ]
