@@ -339,15 +339,27 @@ def test_snntorch_neurons_are_left_with_the_reason():
      ("spikformer", False, {"SpikformerMLP": 1, "SpikformerConv2dBNLIF": 5}),
      ("sew_resnet", True, {"BasicBlock": 4})],
 )  # fmt: skip
-def test_lossless_memory_gives_the_same_gradients_and_saves_less(name, attention, units):
+def test_lossless_memory_gives_the_same_gradients_and_saves_less(monkeypatch, name, attention,
+                                                                 units):  # fmt: skip
+    from spikingjelly.activation_based import functional
+
+    from spikeclip.compat import spikingjelly_units as unit_module
     from spikeclip.memory import saved_tensor_bytes
 
     net, image = zoo(name)
     ours = copy.deepcopy(net)
     report = spikeclip.accelerate(ours, memory="lossless", attention=attention)
     assert {k: report.replaced[k] for k in units} == units
+    calls = []
+    real = unit_module.bn_lif
+    monkeypatch.setattr(unit_module, "bn_lif", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():  # a copy: its BN statistics move
+        copy.deepcopy(ours)(image)
+    forward_calls, calls[:] = len(calls), []
     outs_sj, grads_sj = train_twice(net, image)
     outs, grads = train_twice(ours, image)
+    # BN + LIF fused in each unit's forward and again in its recomputation, two batches
+    assert forward_calls > 0 and len(calls) == 4 * forward_calls
     for a, b in zip(outs, outs_sj, strict=True):
         assert rel(a, b) < 1e-9 and b.abs().sum() > 0
     largest = max(float(g.norm()) for g in grads_sj.values())
@@ -357,8 +369,6 @@ def test_lossless_memory_gives_the_same_gradients_and_saves_less(name, attention
     # BatchNorm's running statistics updated once per forward, as SpikingJelly's
     for (key, a), b in zip(ours.state_dict().items(), net.state_dict().values(), strict=True):
         assert torch.allclose(a.double(), b.double(), rtol=1e-9, atol=1e-12), key
-    from spikingjelly.activation_based import functional
-
     _, plain = saved_tensor_bytes(net, image)
     functional.reset_net(net)
     _, packed = saved_tensor_bytes(ours, image)

@@ -84,7 +84,7 @@ class _Unit:
 
     def unit(self, x, state=None, params=None, bits=None):
         if params is None:  # the first forward: the modules themselves (BN statistics once)
-            return self.neuron(_run(self.stage, x))
+            return fused_forward(self.stage, self.neuron, x)
         training, mean, var = state
         params = list(params)
         weight = params.pop(0)
@@ -96,7 +96,14 @@ class _Unit:
             z = F.linear(z, weight, bias)
         else:
             z = self.op._conv_forward(z, weight, bias)
-        z = F.batch_norm(z, mean, var, gamma, beta, training, 0.0, self.bn.eps)
+        bn_args = (mean, var, gamma, beta, training, 0.0, self.bn.eps)
+        fuse = self.pool is None and not params  # no pool between, no PLIF w
+        if fuse and _fusable(self.neuron, self.bn, at_rest=False) and fused_backend(z) == "cpp":
+            settings = compat.lif_settings(self.neuron)  # BN + neuron fused, as the forward ran
+            tau = settings.pop("tau")
+            spikes = bn_lif(z, x.shape[0], *bn_args, tau=tau, options=lif_options(**settings))
+            return spikes.unflatten(0, x.shape[:2])
+        z = F.batch_norm(z, *bn_args)
         if self.pool is not None:
             p = self.pool
             z = pooling.byte_pool(p, z, lambda t: F.max_pool2d(
@@ -145,7 +152,7 @@ def _unit_forward(stage, neuron, x):
         or unit_parts(stage) is None
         or x.dim() < 3
     ):
-        return neuron(_run(stage, x))
+        return fused_forward(stage, neuron, x)  # the pair as it is, fused where it can be
     unit = _Unit(stage, neuron)
     keep = packed_recompute if x.is_floating_point() and _is_spikes(x) else recompute
     out = keep(unit, x, unit.params())
@@ -175,17 +182,18 @@ def fused_forward(stage, neuron, x):
     return spikes.unflatten(0, (T, B))
 
 
-def _fusable(neuron, bn) -> bool:
+def _fusable(neuron, bn, at_rest: bool = True) -> bool:
     """Whether bn_lif computes neuron(bn(.)): our LIF or IF node (a fixed tau; a PLIF's is a
-    parameter) with settings we compute, in step mode "m" without v_seq, starting from rest,
-    on a backend that runs on the CPU, neither module watched by hooks, outside torch.compile
+    parameter) with settings we compute, in step mode "m" without v_seq, starting from rest
+    (at_rest=False: a recomputation, which starts there whatever the node holds now), on a
+    backend that runs on the CPU, neither module watched by hooks, outside torch.compile
     (which fuses the pair itself)."""
     return (
         type(neuron) in (compat.LIFNode, compat.IFNode)
         and compat.unsupported_reason(neuron) is None
         and neuron.step_mode == "m"
         and not neuron.store_v_seq
-        and compat.at_rest(neuron)
+        and (not at_rest or compat.at_rest(neuron))
         and neuron.kernel_backend in ("auto", "cpp")
         and not (hooked(neuron) or hooked(bn))
         and not torch.compiler.is_compiling()
