@@ -76,8 +76,9 @@ def batch_norm_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
             bn.bias, training, factor, bn.eps)  # fmt: skip
 
 
-# The cpp kernels' work comes in runs of one channel's positions of one sample: fewer than this
-# many per run and the unfused pair is faster ("auto" takes it).
+# The cpp kernels' work comes in runs of one channel's positions of one sample: with fewer than
+# this many per run "auto" takes the unfused pair (at 1 position, a linear layer's [rows, C], the
+# fused kernels are slower; the crossover lies below 8, not measured closely).
 CPP_MIN_INNER = 8
 
 
