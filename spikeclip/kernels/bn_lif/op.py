@@ -77,8 +77,9 @@ def batch_norm_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
 
 
 # The cpp kernels' work comes in runs of one channel's positions of one sample: with fewer than
-# this many per run "auto" takes the unfused pair (at 1 position, a linear layer's [rows, C], the
-# fused kernels are slower; the crossover lies below 8, not measured closely).
+# this many per run "auto" takes the unfused pair. Measured once (AVX2 EPYC, [64, 512, inner],
+# fwd + bwd against BatchNorm + the cpp LIF, ad hoc): 0.3x at inner 1 (a linear layer's
+# [rows, C]), 0.6-0.7x at 2, 1.2-1.4x at 4, 1.1-1.3x at 8: 4 would do; 8 is what was tested.
 CPP_MIN_INNER = 8
 
 
