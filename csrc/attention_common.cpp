@@ -55,16 +55,8 @@ Heads check_backward(const at::Tensor& go, const at::Tensor& h, const at::Tensor
 }
 
 LifOptionsView attn_options(SPIKECLIP_ATTN_LIF_PARAMS) {
-  LifOptionsView o;
-  o.tau = tau;
-  o.v_th = v_th;
-  o.v_reset = v_reset;
-  o.soft_reset = soft_reset;
-  o.decay_input = true;
-  o.detach_reset = detach_reset;
-  o.surrogate = surrogate_code(surrogate);
-  o.alpha = alpha;
-  return o;
+  return lif_options_view(tau, v_th, v_reset, soft_reset, /*decay_input=*/true, detach_reset,
+                          surrogate, alpha);
 }
 
 void raise_if_not_spikes(bool ok, const char* op) {

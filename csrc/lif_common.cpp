@@ -18,16 +18,7 @@ namespace {
 at::ScalarType state_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 LifOptionsView make_options(const at::Tensor& tau, SPIKECLIP_LIF_PARAMS, bool tau_on_host) {
-  LifOptionsView o;
-  o.tau = tau_on_host ? tau.item<double>() : 0.0;
-  o.v_th = v_th;
-  o.v_reset = v_reset;
-  o.soft_reset = soft_reset;
-  o.decay_input = decay_input;
-  o.detach_reset = detach_reset;
-  o.surrogate = surrogate_code(surrogate);
-  o.alpha = alpha;
-  return o;
+  return lif_options_view(tau_on_host ? tau.item<double>() : 0.0, SPIKECLIP_LIF_ARGS);
 }
 
 void check_state(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& like,
@@ -58,6 +49,19 @@ void check_sequence(const at::Tensor& t, const char* name) {
 }
 
 }  // namespace
+
+LifOptionsView lif_options_view(double tau, SPIKECLIP_LIF_PARAMS) {
+  LifOptionsView o;
+  o.tau = tau;
+  o.v_th = v_th;
+  o.v_reset = v_reset;
+  o.soft_reset = soft_reset;
+  o.decay_input = decay_input;
+  o.detach_reset = detach_reset;
+  o.surrogate = surrogate_code(surrogate);
+  o.alpha = alpha;
+  return o;
+}
 
 int surrogate_code(c10::string_view name) {
   if (name == "sigmoid") return kSigmoid;

@@ -21,6 +21,10 @@ DType to_dtype(at::ScalarType t);
 // The one name -> code map of the C++ side (Python's: kernels/common/options.py, for Triton).
 int surrogate_code(c10::string_view name);
 
+// The options of one LIF call as the kernels take them (tau: its value on the host, or 0 where
+// the kernel reads it from the device). The one place the flat op arguments become the view.
+LifOptionsView lif_options_view(double tau, SPIKECLIP_LIF_PARAMS);
+
 // The CUDA kernels store float32, float16 and bfloat16 (float64 runs on torch and cpp).
 inline void check_cuda_float(at::ScalarType t, const char* op) {
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,

@@ -231,16 +231,7 @@ LifOptionsView check_call(const at::Tensor& y, const Layout& l, const at::Tensor
   if (weight) check_channels(*weight, "weight", y, l.C, weight->scalar_type());
   if (bias) check_channels(*bias, "bias", y, l.C, bias->scalar_type());
   TORCH_CHECK(tau > 1.0, "spikeclip bn_lif: tau must be > 1, got ", tau);
-  LifOptionsView o;
-  o.tau = tau;
-  o.v_th = v_th;
-  o.v_reset = v_reset;
-  o.soft_reset = soft_reset;
-  o.decay_input = decay_input;
-  o.detach_reset = detach_reset;
-  o.surrogate = surrogate_code(surrogate);
-  o.alpha = alpha;
-  return o;
+  return lif_options_view(tau, SPIKECLIP_LIF_ARGS);
 }
 
 std::tuple<at::Tensor, at::Tensor> bn_stats_cpu(const at::Tensor& y) {
