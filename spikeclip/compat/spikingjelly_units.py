@@ -99,9 +99,7 @@ class _Unit:
         bn_args = (mean, var, gamma, beta, training, 0.0, self.bn.eps)
         fuse = self.pool is None and not params  # no pool between, no PLIF w
         if fuse and _fusable(self.neuron, self.bn, at_rest=False) and fused_backend(z) == "cpp":
-            settings = compat.lif_settings(self.neuron)  # BN + neuron fused, as the forward ran
-            tau = settings.pop("tau")
-            spikes = bn_lif(z, x.shape[0], *bn_args, tau=tau, options=lif_options(**settings))
+            spikes = _bn_neuron(z, x.shape[0], bn_args, self.neuron)  # fused, as the forward
             return spikes.unflatten(0, x.shape[:2])
         z = F.batch_norm(z, *bn_args)
         if self.pool is not None:
@@ -174,12 +172,16 @@ def fused_forward(stage, neuron, x):
     if x.device.type != "cpu" or fused_backend(y) != "cpp":
         z = bn(y.unflatten(0, (T, B))) if stepped else bn(y).unflatten(0, (T, B))
         return neuron(z)
-    settings = compat.lif_settings(neuron)
-    tau = settings.pop("tau")
-    spikes, v = bn_lif(y, T, *batch_norm_args(bn), tau=tau, options=lif_options(**settings),
-                       return_v=True)  # fmt: skip
+    spikes, v = _bn_neuron(y, T, batch_norm_args(bn), neuron, return_v=True)
     neuron.v = v
     return spikes.unflatten(0, (T, B))
+
+
+def _bn_neuron(y, T: int, bn_args: tuple, neuron, **kwargs):
+    """bn_lif of y `[T*B, C, ...]` with F.batch_norm's arguments and `neuron`'s settings."""
+    settings = compat.lif_settings(neuron)
+    tau = settings.pop("tau")
+    return bn_lif(y, T, *bn_args, tau=tau, options=lif_options(**settings), **kwargs)
 
 
 def _fusable(neuron, bn, at_rest: bool = True) -> bool:
