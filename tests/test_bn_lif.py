@@ -199,3 +199,74 @@ def test_cpp_picks_and_refuses():
         ops.bn_lif_bwd(conv[:, :2], None, conv, mean, invstd, None, None, T, 2.0, *options, True)
     with pytest.raises(RuntimeError, match="contiguous"):
         ops.bn_lif_fwd(conv.transpose(1, 2), mean, invstd, None, None, T, 2.0, *options, False)
+
+
+@pytest.mark.skipif(not CPP, reason="spikeclip._C is not built")
+def test_cpp_ops_on_random_bad_input():
+    """The cpp ops called directly, 300 seeded random cases: shapes with 0-sized dimensions, a
+    T that does not divide, per-channel tensors of the wrong length or dtype, inf and NaN in y.
+    Each either raises RuntimeError (and only when something disagrees) or gives the
+    reference's spikes (NaN fires nothing, as h >= v_th is false), its final membrane, and in
+    eval mode the reference's input gradient; the backward never returns a wrong shape."""
+    from spikeclip.kernels.lif.reference import lif_reference
+
+    ops = torch.ops.spikeclip
+    gen = torch.Generator().manual_seed(0)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    raised = matched = 0
+    for _ in range(300):
+        C = pick(0, 1, 3)
+        bad = pick(None, None, None, "outer", "mean", "dtype", "weight", "tau")
+        T_ = pick(2, 3) if bad == "outer" else pick(1, 2, 3)  # 2 T + 1: not a multiple of T
+        outer = 2 * T_ + 1 if bad == "outer" else pick(0, T_, 2 * T_)
+        shape = (outer, C, *pick((), (0,), (1,), (5,), (2, 3)))
+        y = torch.randn(shape, dtype=torch.float64, generator=gen) * 2
+        if y.numel() and pick(True, False):
+            flat = y.view(-1)
+            for value in (float("inf"), float("-inf"), float("nan")):
+                if pick(True, False):
+                    flat[int(torch.randint(flat.numel(), (1,), generator=gen))] = value
+        mean = torch.randn(C + 1 if bad == "mean" else C, dtype=torch.float64)
+        if bad == "dtype":
+            mean = mean.float()
+        invstd = torch.rand(C, dtype=torch.float64) + 0.5
+        weight = pick(None, torch.rand(C, dtype=torch.float64) + 0.5)
+        if bad == "weight":
+            weight = torch.rand(C + 1)
+        bias = pick(None, torch.randn(C, dtype=torch.float64))
+        tau = 0.5 if bad == "tau" else pick(2.0, 1.5)
+        options = tuple(lif_options(v_reset=pick(0.0, None), v_th=pick(1.0, 0.5)))
+        ok = bad is None
+        try:
+            spikes, v = ops.bn_lif_fwd(y, mean, invstd, weight, bias, T_, tau, *options, True)
+        except RuntimeError:
+            assert not ok, (shape, T_, bad)
+            raised += 1
+            continue
+        assert ok, (shape, T_, bad)
+        a = invstd * (1 if weight is None else weight.double())
+        b = (0 if bias is None else bias) - mean * a
+        view = (1, C) + (1,) * (len(shape) - 2)
+        yl = y.clone().requires_grad_(True)
+        z = yl * a.view(view) + b.view(view)
+        kwargs = dict(v_th=options[0], v_reset=None if options[2] else options[1])
+        ref, v_ref = lif_reference(z.unflatten(0, (T_, -1)), tau=tau, **kwargs)
+        assert spikes.shape == y.shape and torch.equal(spikes, ref.flatten(0, 1))
+        assert torch.equal(v.isnan(), v_ref.isnan())
+        finite = v_ref.isfinite()
+        assert torch.allclose(v[finite], v_ref[finite], rtol=1e-12, atol=1e-12)
+        grad = torch.randn(shape, dtype=torch.float64, generator=gen)
+        for training in (False, True):
+            gy, gw, gb = ops.bn_lif_bwd(grad, None, y, mean, invstd, weight, bias, T_, tau,
+                                        *options, training)  # fmt: skip
+            assert gy.shape == y.shape and gw.shape == gb.shape == (C,)
+        if y.isfinite().all() and y.numel():
+            (ref.flatten(0, 1) * grad).sum().backward()
+            gy, _, _ = ops.bn_lif_bwd(grad, None, y, mean, invstd, weight, bias, T_, tau,
+                                      *options, False)  # fmt: skip
+            assert torch.allclose(gy, yl.grad, rtol=1e-10, atol=1e-12)
+            matched += 1
+    assert raised > 30 and matched > 30  # both kinds of case came up
