@@ -6,6 +6,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/cpu_simd.h"
+
 extern "C" {
 // Importing spikeclip._C only has to load this library: the ops register statically.
 PyObject* PyInit__C(void) {
@@ -67,6 +69,9 @@ TORCH_LIBRARY(spikeclip, m) {
   // spike_linear_lookup: codes [rows, ceil(C_in/8)], weight [C_out, C_in] -> [rows, C_out].
   m.def("spike_conv3x3_lookup(Tensor codes, Tensor weight, Tensor bias) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  // The vector width (bytes) the lookups run at on this CPU: 64 (AVX-512), 32 (AVX2) or 16,
+  // lowered by SPIKECLIP_CPU_VECTOR_BYTES (csrc/cpu/cpu_simd.h).
+  m.def("cpu_vector_bytes() -> int", [] { return int64_t{spikeclip::cpu_vector_bytes()}; });
   m.def("spike_linear_lookup(Tensor codes, Tensor weight, Tensor bias) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // The multi-step LIF's spikes (forward only; v0 = rest) over x [T or 1, B, H, W, C] times

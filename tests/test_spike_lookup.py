@@ -4,6 +4,7 @@ table lookup equal F.conv2d / F.linear up to float rounding; the LIF writing pac
 the convolution fused with it) equal the reference LIF's spikes bit for bit, packed."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,3 +290,57 @@ def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
         want = F.linear(_unpacked(rows, c_in), linear_weight, bias)
         torch.testing.assert_close(spike_linear_lookup(rows, linear_weight, bias), want,
                                    **TOL[torch.float32])  # fmt: skip
+
+
+# Every op at odd sizes (a partial last tile: C_out 70), pooled and not, each layout of the
+# linear's LIF, float32 and float64: what each vector width must compute alike.
+_WIDTH_CASES = r"""
+import sys
+import torch
+from spikeclip.kernels.spike_products import lookup as L
+
+options = dict(tau=2.0, input_scale=1.3, v_th=0.4, v_reset=None, decay_input=True)
+torch.manual_seed(0)
+outs = []
+for dtype in (torch.float32, torch.float64):
+    codes = torch.randint(0, 256, (6, 7, 9, 3), dtype=torch.uint8)  # T 2 x B 3, C_in 19
+    codes[:, 0] = codes[:, -1] = codes[:, :, 0] = codes[:, :, -1] = 0
+    w, b = 0.3 * torch.randn(70, 19, 3, 3, dtype=dtype), torch.randn(70, dtype=dtype)
+    outs.append(L.spike_conv3x3_lookup(codes, w, b))
+    for pool in (False, True):
+        outs.append(L.spike_conv3x3_lookup_lif(codes, w, b, 2, pool=pool, **options))
+    rows = torch.randint(0, 256, (30, 3), dtype=torch.uint8)  # T 2 x 15 samples of 3 tokens
+    w, b = 0.3 * torch.randn(70, 24, dtype=dtype), torch.randn(70, dtype=dtype)
+    outs.append(L.spike_linear_lookup(rows, w, b))
+    outs.append(L.spike_linear_lookup_lif(rows, w, b, 2, packed=True, **options))
+    outs.append(L.spike_linear_lookup_lif(rows, w, b, 2, heads=5, tokens=3, **options))
+torch.save(dict(width=L.cpu_vector_bytes(), outs=outs), sys.argv[1])
+"""
+
+
+def test_every_vector_width_computes_the_same_bits(tmp_path):
+    """The kernels run at the CPU's widest vectors (cpu_simd.h's run_widest); each width is
+    forced in a process of its own (SPIKECLIP_CPU_VECTOR_BYTES) and must give the same bits.
+    On an x86 CPU with AVX2 at least two widths run."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "cases.py"
+    script.write_text(_WIDTH_CASES)
+    got = {}
+    for asked in (64, 32, 16):
+        out = tmp_path / f"{asked}.pt"
+        env = dict(os.environ, SPIKECLIP_CPU_VECTOR_BYTES=str(asked))
+        subprocess.run([sys.executable, str(script), str(out)], env=env, check=True)
+        got[asked] = torch.load(out)
+    widest = got[64]["width"]
+    assert widest in (16, 32, 64)
+    assert [got[a]["width"] for a in (32, 16)] == [min(32, widest), 16]
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists() and " avx2" in cpuinfo.read_text():
+        assert widest >= 32
+    for asked in (32, 16):
+        for a, b in zip(got[64]["outs"], got[asked]["outs"], strict=True):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+    assert all(int(o.count_nonzero()) > 0 for o in got[16]["outs"])

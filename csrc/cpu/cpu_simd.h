@@ -9,6 +9,15 @@
 #define SC_CPU_CLONES
 #endif
 
+// Kernels written on generic vectors of a chosen width run Body<bytes>::run(args...) compiled
+// once per x86 level (run_widest): a vector wider than the target's registers is not split into
+// registers but goes through the stack (GCC 12's AVX2 code for a 64-byte accumulator runs ~7x
+// slower than 32-byte ones), so each level takes vectors of its own register width.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SC_X86_LEVELS 1
+#endif
+
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -48,6 +57,45 @@ inline void stream_out(S* dst, const S* src, int64_t n, bool stream) {
   }
 #endif
   std::memcpy(dst, src, n * sizeof(S));
+}
+
+// The vector width (bytes) run_widest uses on this CPU: 64 with AVX-512F, 32 with AVX2, else
+// 16; SPIKECLIP_CPU_VECTOR_BYTES (16, 32 or 64, read once) lowers it, never past the CPU's.
+inline int cpu_vector_bytes() {
+  static const int bytes = [] {
+#ifdef SC_X86_LEVELS
+    int widest = __builtin_cpu_supports("avx512f") ? 64 : __builtin_cpu_supports("avx2") ? 32 : 16;
+#else
+    int widest = 16;
+#endif
+    const char* env = std::getenv("SPIKECLIP_CPU_VECTOR_BYTES");
+    const int asked = env ? std::atoi(env) : widest;
+    return asked == 16 || asked == 32 || asked == 64 ? std::min(asked, widest) : widest;
+  }();
+  return bytes;
+}
+
+#ifdef SC_X86_LEVELS
+template <template <int> class Body, typename... A>
+__attribute__((target("avx512f"))) void run_vec64(A... a) {
+  Body<64>::run(a...);
+}
+template <template <int> class Body, typename... A>
+__attribute__((target("avx2"))) void run_vec32(A... a) {
+  Body<32>::run(a...);
+}
+#endif
+
+// Body<cpu_vector_bytes()>::run(args...), compiled for that level's instructions.
+template <template <int> class Body, typename... A>
+void run_widest(A... a) {
+#ifdef SC_X86_LEVELS
+  switch (cpu_vector_bytes()) {
+    case 64: return run_vec64<Body>(a...);
+    case 32: return run_vec32<Body>(a...);
+  }
+#endif
+  Body<16>::run(a...);
 }
 
 inline void stream_fence() {

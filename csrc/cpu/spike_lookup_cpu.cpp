@@ -21,7 +21,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "../lif_math.h"
@@ -33,21 +32,20 @@ namespace {
 
 constexpr int64_t kCodes = 256;
 
-// Accumulators of 64 bytes: one AVX-512 register in the avx512f clones, two AVX2 registers in
-// the avx2 ones (GCC splits a vector wider than the target's).
-typedef float Vec64f __attribute__((vector_size(64)));
-typedef double Vec64d __attribute__((vector_size(64)));
-template <typename F>
-using Vec64 = std::conditional_t<std::is_same_v<F, float>, Vec64f, Vec64d>;
-template <typename F>
-constexpr int64_t kLanes64 = static_cast<int64_t>(64 / sizeof(F));
+// Accumulators are generic vectors of kVB bytes, the register width of the level the kernel was
+// compiled for (cpu_simd.h's run_widest: 64 with AVX-512, 32 with AVX2, 16 otherwise). Every
+// width sums each output in the same order (bias, then the lookups in turn): the same bits.
+template <int kVB, typename F>
+struct Vec {
+  typedef F V __attribute__((vector_size(kVB)));
+  static constexpr int64_t kLanes = kVB / static_cast<int64_t>(sizeof(F));
+};
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SC_LOOKUP_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SC_LOOKUP_CLONES
-#endif
-constexpr int kMaxTileVectors = 4;  // an output tile: up to 4 vectors of 64 bytes
+// An output tile: up to 4 vectors across, for kTileRows pixels of a convolution at once (AVX2:
+// 3, 12 of its 16 registers, measured 3-8% faster than 2 on the demo's stages; else 2).
+constexpr int kMaxTileVectors = 4;
+template <int kVB>
+constexpr int kTileRows = kVB == 32 ? 3 : 2;
 
 // tables[(tap * G + g) * 256 + code][0:Cp] = sum of weight rows at the code's bits, where row
 // c of tap k is weight(c, k)[0:Cout] (zero past Cout and for c >= Cin). Each code's sum is the
@@ -76,13 +74,13 @@ void build_tables(int64_t taps, int64_t cin, int64_t cout, int64_t cp, Row row, 
 
 // P output rows of one tile of kV vectors: out_p = bias + sum over k of
 // tables[k][base_p[offsets[k]]], base_p = base + p * step.
-template <int kV, int kP, typename F>
+template <int kVB, int kV, int kP, typename F>
 SC_INLINE void lookup_tile(const uint8_t* __restrict base, int64_t step,
                            const int64_t* __restrict offsets, int64_t lookups,
                            const F* __restrict tables, int64_t cp, const F* __restrict bias,
                            F* __restrict out, int64_t out_step, int64_t valid) {
-  using V = Vec64<F>;
-  constexpr int64_t L = kLanes64<F>;
+  using V = typename Vec<kVB, F>::V;
+  constexpr int64_t L = Vec<kVB, F>::kLanes;
   V acc[kP][kV];
 #pragma GCC unroll 8
   for (int p = 0; p < kP; ++p)
@@ -114,11 +112,11 @@ SC_INLINE void lookup_tile(const uint8_t* __restrict base, int64_t step,
 }
 
 // All tiles of P output rows (tiles of up to kMaxTileVectors vectors across cp).
-template <int kP, typename F>
+template <int kVB, int kP, typename F>
 SC_INLINE void lookup_rows(const uint8_t* base, int64_t step, const int64_t* offsets,
                            int64_t lookups, const F* tables, int64_t cp, const F* bias, F* out,
                            int64_t out_step, int64_t cout) {
-  constexpr int64_t L = kLanes64<F>;
+  constexpr int64_t L = Vec<kVB, F>::kLanes;
   for (int64_t o = 0; o < cp; o += kMaxTileVectors * L) {
     const int64_t vectors = std::min<int64_t>(kMaxTileVectors, (cp - o) / L);
     const int64_t valid = std::min<int64_t>(vectors * L, cout - o);
@@ -126,7 +124,8 @@ SC_INLINE void lookup_rows(const uint8_t* base, int64_t step, const int64_t* off
     switch (vectors) {
 #define SC_TILE(n)                                                                           \
   case n:                                                                                    \
-    lookup_tile<n, kP>(base, step, offsets, lookups, t, cp, bias + o, out + o, out_step, valid); \
+    lookup_tile<kVB, n, kP>(base, step, offsets, lookups, t, cp, bias + o, out + o, out_step, \
+                            valid);                                                          \
     break;
       SC_TILE(1) SC_TILE(2) SC_TILE(3) SC_TILE(4)
 #undef SC_TILE
@@ -136,40 +135,49 @@ SC_INLINE void lookup_rows(const uint8_t* base, int64_t step, const int64_t* off
 
 // Row h of image n of a convolution's output, [W, Cout] at dst: each pixel's codes read at the
 // tap offsets from its window's corner in the padded codes [N, H + 2, W + 2, G].
-template <typename F>
+template <int kVB, typename F>
 SC_INLINE void conv_row(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
                         const F* tables, int64_t cp, const F* bias, int64_t H, int64_t W,
                         int64_t G, int64_t cout, int64_t n, int64_t h, F* dst) {
   const uint8_t* corner = codes + (n * (H + 2) + h) * (W + 2) * G;
+  constexpr int kP = kTileRows<kVB>;
   int64_t w = 0;
-  for (; w + 2 <= W; w += 2)
-    lookup_rows<2>(corner + w * G, G, offsets, lookups, tables, cp, bias, dst + w * cout, cout,
-                   cout);
+  for (; w + kP <= W; w += kP)
+    lookup_rows<kVB, kP>(corner + w * G, G, offsets, lookups, tables, cp, bias, dst + w * cout,
+                         cout, cout);
   for (; w < W; ++w)
-    lookup_rows<1>(corner + w * G, G, offsets, lookups, tables, cp, bias, dst + w * cout, cout,
-                   cout);
+    lookup_rows<kVB, 1>(corner + w * G, G, offsets, lookups, tables, cp, bias, dst + w * cout,
+                        cout, cout);
 }
 
 // Rows r0..r1 of a convolution's output [N, H, W, Cout] (row r = n * H + h).
-template <typename F>
-SC_LOOKUP_CLONES void conv_rows(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
-                             const F* tables, int64_t cp, const F* bias, F* out, int64_t H,
-                             int64_t W, int64_t G, int64_t cout, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r)
-    conv_row(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, r / H, r % H,
-             out + r * W * cout);
-}
+template <int kVB>
+struct ConvRows {
+  template <typename F>
+  static SC_INLINE void run(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
+                            const F* tables, int64_t cp, const F* bias, F* out, int64_t H,
+                            int64_t W, int64_t G, int64_t cout, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      conv_row<kVB>(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, r / H, r % H,
+                    out + r * W * cout);
+  }
+};
 
-template <typename F>
-SC_LOOKUP_CLONES void linear_rows(const uint8_t* codes, const int64_t* offsets, int64_t G,
-                               const F* tables, int64_t cp, const F* bias, F* out, int64_t cout,
-                               int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + 2 <= r1; r += 2)
-    lookup_rows<2>(codes + r * G, G, offsets, G, tables, cp, bias, out + r * cout, cout, cout);
-  for (; r < r1; ++r)
-    lookup_rows<1>(codes + r * G, G, offsets, G, tables, cp, bias, out + r * cout, cout, cout);
-}
+template <int kVB>
+struct LinearRows {
+  template <typename F>
+  static SC_INLINE void run(const uint8_t* codes, const int64_t* offsets, int64_t G,
+                            const F* tables, int64_t cp, const F* bias, F* out, int64_t cout,
+                            int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + 2 <= r1; r += 2)
+      lookup_rows<kVB, 2>(codes + r * G, G, offsets, G, tables, cp, bias, out + r * cout, cout,
+                          cout);
+    for (; r < r1; ++r)
+      lookup_rows<kVB, 1>(codes + r * G, G, offsets, G, tables, cp, bias, out + r * cout, cout,
+                          cout);
+  }
+};
 
 int64_t padded_width(int64_t cout, at::ScalarType t) {
   const int64_t lanes = t == at::kDouble ? 8 : 16;
@@ -244,9 +252,9 @@ at::Tensor spike_conv3x3_lookup_cpu(const at::Tensor& codes, const at::Tensor& w
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_conv3x3_lookup", [&] {
     const scalar_t* tables = p.build<scalar_t>();
     at::parallel_for(0, p.N * p.H, 1, [&](int64_t r0, int64_t r1) {
-      conv_rows<scalar_t>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables, p.cp,
-                          p.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), p.H, p.W, p.G,
-                          p.cout, r0, r1);
+      run_widest<ConvRows>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables, p.cp,
+                           p.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), p.H, p.W, p.G,
+                           p.cout, r0, r1);
     });
   });
   return y;
@@ -297,8 +305,9 @@ at::Tensor spike_linear_lookup_cpu(const at::Tensor& codes, const at::Tensor& we
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_linear_lookup", [&] {
     const scalar_t* tables = p.build<scalar_t>();
     at::parallel_for(0, p.rows, 16, [&](int64_t r0, int64_t r1) {
-      linear_rows<scalar_t>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables, p.cp,
-                            p.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), p.cout, r0, r1);
+      run_widest<LinearRows>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables, p.cp,
+                             p.bias.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), p.cout, r0,
+                             r1);
     });
   });
   return y;
@@ -404,109 +413,117 @@ SC_CPU_CLONES void lif_code_rows(const F* x, uint8_t* codes, int64_t T, bool con
 // Rows r0..r1 (r = b * Ho + i) of a convolution fused with the LIF after it: at each step t
 // the convolution's row i goes through one LIF step, the spikes packed into out [T, B, H + 2,
 // W + 2, ceil(Cout / 8)]. Image t * B + b of the codes is step t of sample b.
-template <typename F>
-SC_LOOKUP_CLONES void conv_lif_rows(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
-                                 const F* tables, int64_t cp, const F* bias, int64_t T,
-                                 int64_t B, int64_t H, int64_t W, int64_t G, int64_t cout,
-                                 LifOptions<F> o, F scale, uint8_t* out, int64_t r0,
-                                 int64_t r1) {
-  const int64_t Gout = packed_row_bytes(cout), n = W * cout;
-  std::vector<F> row(n), v(n), s(n);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / H, i = r % H;
-    std::fill(v.begin(), v.end(), charge_rest(o));
-    for (int64_t t = 0; t < T; ++t) {
-      conv_row(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, t * B + b, i,
-               row.data());
-      for (int64_t e = 0; e < n; ++e) row[e] *= scale;
-      lif_step_codes(row.data(), v.data(), s.data(), n, cout, o,
-                     out + (((t * B + b) * (H + 2) + i + 1) * (W + 2) + 1) * Gout);
+template <int kVB>
+struct ConvLifRows {
+  template <typename F>
+  static SC_INLINE void run(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
+                            const F* tables, int64_t cp, const F* bias, int64_t T, int64_t B,
+                            int64_t H, int64_t W, int64_t G, int64_t cout, LifOptions<F> o,
+                            F scale, uint8_t* out, int64_t r0, int64_t r1) {
+    const int64_t Gout = packed_row_bytes(cout), n = W * cout;
+    std::vector<F> row(n), v(n), s(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / H, i = r % H;
+      std::fill(v.begin(), v.end(), charge_rest(o));
+      for (int64_t t = 0; t < T; ++t) {
+        conv_row<kVB>(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, t * B + b, i,
+                      row.data());
+        for (int64_t e = 0; e < n; ++e) row[e] *= scale;
+        lif_step_codes(row.data(), v.data(), s.data(), n, cout, o,
+                       out + (((t * B + b) * (H + 2) + i + 1) * (W + 2) + 1) * Gout);
+      }
     }
   }
-}
+};
 
 // The same with the 3x3 stride-2 max-pool (padding 1) between the convolution and the LIF.
 // Task r covers pooled rows i0..i1 (chunks of `chunk`) of sample r / chunks; within it the
 // convolution's row 2i + 1, shared by pooled rows i and i + 1, is computed once (its column
 // maxima kept per step in carry).
-template <typename F>
-SC_LOOKUP_CLONES void conv_pool_lif_rows(const uint8_t* codes, const int64_t* offsets,
-                                      int64_t lookups, const F* tables, int64_t cp,
-                                      const F* bias, int64_t T, int64_t B, int64_t H, int64_t W,
-                                      int64_t G, int64_t cout, LifOptions<F> o, F scale,
-                                      uint8_t* out, int64_t chunk, int64_t r0, int64_t r1) {
-  const int64_t Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1, chunks = (Ho + chunk - 1) / chunk;
-  const int64_t Gout = packed_row_bytes(cout), n = Wo * cout;
-  std::vector<F> row(W * cout), carry(T * n), mid(n), low(n), v(n), s(n);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / chunks, i0 = (r % chunks) * chunk, i1 = std::min(i0 + chunk, Ho);
-    for (int64_t i = i0; i < i1; ++i) {
-      std::fill(v.begin(), v.end(), charge_rest(o));
-      for (int64_t t = 0; t < T; ++t) {
-        const int64_t image = t * B + b;
-        F* top = carry.data() + t * n;  // column maxima of row 2i - 1, if there is one
-        if (i > 0 && i == i0) {
-          conv_row(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image, 2 * i - 1,
-                   row.data());
-          pool_columns(row.data(), W, cout, Wo, top);
+template <int kVB>
+struct ConvPoolLifRows {
+  template <typename F>
+  static SC_INLINE void run(const uint8_t* codes, const int64_t* offsets, int64_t lookups,
+                            const F* tables, int64_t cp, const F* bias, int64_t T, int64_t B,
+                            int64_t H, int64_t W, int64_t G, int64_t cout, LifOptions<F> o,
+                            F scale, uint8_t* out, int64_t chunk, int64_t r0, int64_t r1) {
+    const int64_t Ho = (H - 1) / 2 + 1, Wo = (W - 1) / 2 + 1, chunks = (Ho + chunk - 1) / chunk;
+    const int64_t Gout = packed_row_bytes(cout), n = Wo * cout;
+    std::vector<F> row(W * cout), carry(T * n), mid(n), low(n), v(n), s(n);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / chunks, i0 = (r % chunks) * chunk, i1 = std::min(i0 + chunk, Ho);
+      for (int64_t i = i0; i < i1; ++i) {
+        std::fill(v.begin(), v.end(), charge_rest(o));
+        for (int64_t t = 0; t < T; ++t) {
+          const int64_t image = t * B + b;
+          F* top = carry.data() + t * n;  // column maxima of row 2i - 1, if there is one
+          if (i > 0 && i == i0) {
+            conv_row<kVB>(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image,
+                          2 * i - 1, row.data());
+            pool_columns(row.data(), W, cout, Wo, top);
+          }
+          conv_row<kVB>(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image, 2 * i,
+                        row.data());
+          pool_columns(row.data(), W, cout, Wo, mid.data());
+          const bool below = 2 * i + 1 < H;
+          if (below) {
+            conv_row<kVB>(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image,
+                          2 * i + 1, row.data());
+            pool_columns(row.data(), W, cout, Wo, low.data());
+          }
+          F* m = i > 0 ? top : mid.data();  // the window's rows in order, first one as the start
+          if (i > 0) max_into(m, mid.data(), n);
+          if (below) max_into(m, low.data(), n);
+          for (int64_t e = 0; e < n; ++e) m[e] *= scale;
+          lif_step_codes(m, v.data(), s.data(), n, cout, o,
+                         out + (((t * B + b) * (Ho + 2) + i + 1) * (Wo + 2) + 1) * Gout);
+          if (below) std::memcpy(top, low.data(), n * sizeof(F));  // the next row's top
         }
-        conv_row(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image, 2 * i,
-                 row.data());
-        pool_columns(row.data(), W, cout, Wo, mid.data());
-        const bool below = 2 * i + 1 < H;
-        if (below) {
-          conv_row(codes, offsets, lookups, tables, cp, bias, H, W, G, cout, image, 2 * i + 1,
-                   row.data());
-          pool_columns(row.data(), W, cout, Wo, low.data());
-        }
-        F* m = i > 0 ? top : mid.data();  // the window's rows in order, first one as the start
-        if (i > 0) max_into(m, mid.data(), n);
-        if (below) max_into(m, low.data(), n);
-        for (int64_t e = 0; e < n; ++e) m[e] *= scale;
-        lif_step_codes(m, v.data(), s.data(), n, cout, o,
-                       out + (((t * B + b) * (Ho + 2) + i + 1) * (Wo + 2) + 1) * Gout);
-        if (below) std::memcpy(top, low.data(), n * sizeof(F));  // the next row's top
       }
     }
   }
-}
+};
 
 // Samples m0..m1 of a linear map of codes [T * M, G] (row t * M + m: step t of sample m)
 // fused with the LIF after it: T lookup rows per sample (two samples at a time) through the
 // LIF, the spikes packed [T * M, ceil(Cout / 8)] (packed), or written as floats in heads
 // layout: row r = tb * N + n of [T * M, Cout] (N tokens) to [T * M / N, H, N, Cout / H] (spikes).
-template <typename F>
-SC_LOOKUP_CLONES void linear_lif_rows(const uint8_t* codes, const int64_t* offsets, int64_t G,
-                                      const F* tables, int64_t cp, const F* bias, int64_t T,
-                                      int64_t M, int64_t cout, int64_t heads, int64_t tokens,
-                                      LifOptions<F> o, F scale, F* spikes, uint8_t* packed,
-                                      int64_t m0, int64_t m1) {
-  std::vector<F> row(2 * cout), v(2 * cout), s(2 * cout);
-  const int64_t Gout = packed_row_bytes(cout), d = cout / heads;
-  for (int64_t m = m0; m < m1; m += 2) {
-    const int64_t rows = m + 1 < m1 ? 2 : 1, n = rows * cout;
-    std::fill(v.begin(), v.begin() + n, charge_rest(o));
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t r = t * M + m;
-      if (rows == 2)
-        lookup_rows<2>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout, cout);
-      else
-        lookup_rows<1>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout, cout);
-      for (int64_t e = 0; e < n; ++e) row[e] *= scale;
-      lif_step(row.data(), v.data(), s.data(), n, o);
-      if (packed) {
-        pack_pixels(s.data(), n, cout, packed + r * Gout);
-        continue;
-      }
-      for (int64_t q = 0; q < rows; ++q) {
-        const int64_t tb = (r + q) / tokens, token = (r + q) % tokens;
-        for (int64_t h = 0; h < heads; ++h)
-          std::memcpy(spikes + ((tb * heads + h) * tokens + token) * d, s.data() + q * cout + h * d,
-                      d * sizeof(F));
+template <int kVB>
+struct LinearLifRows {
+  template <typename F>
+  static SC_INLINE void run(const uint8_t* codes, const int64_t* offsets, int64_t G,
+                            const F* tables, int64_t cp, const F* bias, int64_t T, int64_t M,
+                            int64_t cout, int64_t heads, int64_t tokens, LifOptions<F> o,
+                            F scale, F* spikes, uint8_t* packed, int64_t m0, int64_t m1) {
+    std::vector<F> row(2 * cout), v(2 * cout), s(2 * cout);
+    const int64_t Gout = packed_row_bytes(cout), d = cout / heads;
+    for (int64_t m = m0; m < m1; m += 2) {
+      const int64_t rows = m + 1 < m1 ? 2 : 1, n = rows * cout;
+      std::fill(v.begin(), v.begin() + n, charge_rest(o));
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t r = t * M + m;
+        if (rows == 2)
+          lookup_rows<kVB, 2>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout,
+                              cout);
+        else
+          lookup_rows<kVB, 1>(codes + r * G, G, offsets, G, tables, cp, bias, row.data(), cout,
+                              cout);
+        for (int64_t e = 0; e < n; ++e) row[e] *= scale;
+        lif_step(row.data(), v.data(), s.data(), n, o);
+        if (packed) {
+          pack_pixels(s.data(), n, cout, packed + r * Gout);
+          continue;
+        }
+        for (int64_t q = 0; q < rows; ++q) {
+          const int64_t tb = (r + q) / tokens, token = (r + q) % tokens;
+          for (int64_t h = 0; h < heads; ++h)
+            std::memcpy(spikes + ((tb * heads + h) * tokens + token) * d,
+                        s.data() + q * cout + h * d, d * sizeof(F));
+        }
       }
     }
   }
-}
+};
 
 template <typename F>
 LifOptions<F> forward_options(double tau, double v_th, double v_reset, bool soft_reset,
@@ -541,13 +558,13 @@ at::Tensor spike_conv3x3_lookup_lif_cpu(const at::Tensor& codes, const at::Tenso
     const int64_t chunk = B >= 8 * at::get_num_threads() ? Ho : 2, chunks = (Ho + chunk - 1) / chunk;
     at::parallel_for(0, B * (pool ? chunks : p.H), 1, [&](int64_t r0, int64_t r1) {
       if (pool)
-        conv_pool_lif_rows<F>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables,
-                              p.cp, p.bias.data_ptr<F>(), T, B, p.H, p.W, p.G, p.cout, o, scale,
-                              out.data_ptr<uint8_t>(), chunk, r0, r1);
+        run_widest<ConvPoolLifRows>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G,
+                                    tables, p.cp, p.bias.data_ptr<F>(), T, B, p.H, p.W, p.G,
+                                    p.cout, o, scale, out.data_ptr<uint8_t>(), chunk, r0, r1);
       else
-        conv_lif_rows<F>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables, p.cp,
-                         p.bias.data_ptr<F>(), T, B, p.H, p.W, p.G, p.cout, o, scale,
-                         out.data_ptr<uint8_t>(), r0, r1);
+        run_widest<ConvLifRows>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), 9 * p.G, tables,
+                                p.cp, p.bias.data_ptr<F>(), T, B, p.H, p.W, p.G, p.cout, o, scale,
+                                out.data_ptr<uint8_t>(), r0, r1);
     });
   });
   return out;
@@ -582,10 +599,10 @@ at::Tensor spike_linear_lookup_lif_cpu(const at::Tensor& codes, const at::Tensor
     const auto o = forward_options<F>(tau, v_th, v_reset, soft_reset, decay_input);
     const F scale = static_cast<F>(input_scale);
     at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
-      linear_lif_rows<F>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables, p.cp,
-                         p.bias.data_ptr<F>(), T, M, p.cout, heads, tokens, o, scale,
-                         packed ? nullptr : out.data_ptr<F>(),
-                         packed ? out.data_ptr<uint8_t>() : nullptr, m0, m1);
+      run_widest<LinearLifRows>(p.codes.data_ptr<uint8_t>(), p.offsets.data(), p.G, tables,
+                                p.cp, p.bias.data_ptr<F>(), T, M, p.cout, heads, tokens, o, scale,
+                                packed ? nullptr : out.data_ptr<F>(),
+                                packed ? out.data_ptr<uint8_t>() : nullptr, m0, m1);
     });
   });
   return out;

@@ -6,7 +6,8 @@ one of 256 precomputed sums of their eight rows, so the product costs one row ad
 input byte, whatever the firing rate (a dense product: one multiply-add per input). The
 tables are built from the weights at every call; they hold 256 rows per input byte (and per
 tap of a convolution), so `lookup_fits` keeps them to a size the caches serve. The kernels
-accumulate in 64-byte vectors (AVX-512 where the CPU has it, else two AVX2 registers).
+accumulate in vectors of the CPU's register width (`cpu_vector_bytes`: 64 bytes with AVX-512,
+32 with AVX2, else 16), each output summed in the same order at every width: the same bits.
 
     codes = lif_spike_codes(x, T, **neuron.forward_options(x.dtype))  # [T, B, H+2, W+2, C/8]
     y = spike_conv3x3_lookup(codes.flatten(0, 1), weight, bias)  # [T*B, H, W, C_out]
@@ -44,6 +45,13 @@ def lookup_available(x: torch.Tensor) -> bool:
     return (
         extension_loaded() and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
     )
+
+
+def cpu_vector_bytes() -> int:
+    """The vector width in bytes the lookup kernels run at in this process: 64 where the CPU
+    has AVX-512F, 32 with AVX2, else 16. SPIKECLIP_CPU_VECTOR_BYTES=16 or 32 in the environment
+    (read at the first call) lowers it, never past what the CPU has."""
+    return int(torch.ops.spikeclip.cpu_vector_bytes())
 
 
 def spike_conv3x3_lookup(codes: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
