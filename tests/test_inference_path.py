@@ -290,19 +290,26 @@ def test_the_blocks_run_their_spikes_packed_where_they_may(monkeypatch):
 
     model = trained_looking({}, dtype=torch.float32)
     calls = counted(monkeypatch, blocks, "input_codes")
+    proj_calls = counted(monkeypatch, blocks, "heads_codes")  # the attention's output packed
     images = torch.rand(2, 3, 28, 28)
     with torch.inference_mode():
         model.encode_image(images)
         assert len(calls) == 2  # attention and MLP each pack their input's spikes once
+        assert len(proj_calls) == 1
         block = model.image_encoder.blocks[0]
         for watched in (block.attn.k, block.mlp.fc2, block.mlp.fc1.neuron, block.attn.input_neuron):
             handle = watched.register_forward_hook(lambda *args: None)
             model.encode_image(images)
             handle.remove()
         assert len(calls) == 2 + 4  # each hook stops one of the two sub-blocks, not the other
+        assert len(proj_calls) == 1 + 2  # the MLP's two hooks leave the attention its path
+        handle = block.attn.proj.register_forward_hook(lambda *args: None)
+        model.encode_image(images)
+        handle.remove()
+        assert len(calls) == 6 + 2 and len(proj_calls) == 3  # a watched proj runs as a module
         set_backend(model, "torch")
         model.encode_image(images)
-        assert len(calls) == 6
+        assert len(calls) == 8 and len(proj_calls) == 3
 
 
 def test_the_blocks_units_take_it_in_encode_image(monkeypatch):

@@ -13,7 +13,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from spikeclip.kernels import sdsa, ssa
+from spikeclip.kernels import pack_spikes, sdsa, ssa
 from spikeclip.kernels.spike_products.lookup import (
     lif_spike_codes,
     spike_linear_lookup,
@@ -78,6 +78,14 @@ def input_codes(neuron: LIF, x: torch.Tensor) -> torch.Tensor:
     return codes.view(-1, codes.shape[-1])
 
 
+def heads_codes(y: torch.Tensor) -> torch.Tensor:
+    """Spikes y `[T, B, H, N, d]` (d a multiple of 8) packed in token order, `[T * B * N,
+    H * d / 8]`: the codes of `[T, B, N, H * d]`. Each byte holds 8 channels of one head, so only
+    the bytes change places (1/32 of what moving the floats would)."""
+    T, B, H, N, d = y.shape
+    return pack_spikes(y).transpose(2, 3).reshape(T * B * N, H * d // 8)
+
+
 def lookup_lif(unit: SeqLinearBN, codes: torch.Tensor, T: int, **layout) -> torch.Tensor:
     """unit (BN folded) and its LIF on the packed spikes codes `[T * M, ceil(C_in / 8)]`, the
     spikes laid out as spike_linear_lookup_lif's layout arguments (packed, heads, tokens) ask."""
@@ -115,7 +123,8 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, N, C = x.shape
-        if looks_up(x, self.input_neuron, (self.q, self.k, self.v)):
+        inference = looks_up(x, self.input_neuron, (self.q, self.k, self.v))
+        if inference:
             # inference: the input's spikes packed once, q, k, v by table lookup with their
             # LIFs fused, written in heads layout (kernels.spike_products.lookup); the same up
             # to float rounding
@@ -128,6 +137,13 @@ class SelfAttention(nn.Module):
             s = self.input_neuron(x)
             q, k, v = self._heads(self.q(s)), self._heads(self.k(s)), self._heads(self.v(s))
         y = self.attend(q, k, v)  # [T, B, H, N, d]
+        if (
+            inference
+            and (C // self.heads) % 8 == 0
+            and looks_up(x, self.input_neuron, (self.proj,), fused_neurons=False)
+        ):  # the attention's spikes packed as they lie, then moved into token order
+            out = spike_linear_lookup(heads_codes(y), *self.proj.folded_weights())
+            return out.view(T, B, N, C)
         return self.proj(y.transpose(2, 3).reshape(T, B, N, C))
 
 
