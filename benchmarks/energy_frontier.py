@@ -1,17 +1,19 @@
 """The energy frontier: top-1 against energy per image of the demo's SpikeCLIP under every
 setting tried, with its ANN twin and the teacher as reference lines.
 
-Each point is the demo's recipe (`spikeclip demo`: Fashion-MNIST, tiny, 6,000 training images)
-with a few settings changed. A point that changes fine-tuning alone (the firing-rate term) starts
-from the teacher and alignment stages of the run it differs from only there (the base run, or a
-finished point), copied into its directory (the recipe resumes past finished stages, so they are
-the same weights, not retrained); any other point trains every stage. The ANN twin is the base
+Each point is the demo's base recipe (DEMO_BASE in spikeclip/train/commands.py: Fashion-MNIST,
+tiny, 6,000 training images) with a few settings changed; `spikeclip demo` runs the base with
+DEMO_POINT's settings, the SNN learning from the run's own twin. A point that changes
+fine-tuning alone (the firing-rate term) starts from the teacher and alignment stages of the
+run it differs from only there (the base run, or a finished point), copied into its directory
+(the recipe resumes past finished stages, so they are the same weights, not retrained); any
+other point trains every stage. The ANN twin is the base
 run's, but for a point that changes the twin's own training ("ann": True): it trains its own
 twin first and is measured against it ("own_ann"). Points already finished in --out are read,
 not rerun.
 
     python benchmarks/energy_frontier.py --out spikeclip_out/frontier \\
-        --base spikeclip_out/demo --json benchmarks/results/energy_frontier_epyc_cpu_2core.json
+        --base <a DEMO_BASE run> --json benchmarks/results/energy_frontier_epyc_cpu_2core.json
 
 writes the JSON (every point: its settings, SpikeCLIP and replace top-1, mJ per image, its ratio
 to the ANN twin's, mean firing rate, and whether it meets the goal: within 1.5 points of the ANN
@@ -30,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from spikeclip.bench.machine import cpu_name
-from spikeclip.train.commands import DEMO
+from spikeclip.train.commands import DEMO_BASE
 from spikeclip.train.config import RecipeConfig
 from spikeclip.train.recipe import RECIPE_JSON, RESUMABLE_CHANGES, TWIN, run_recipe
 
@@ -226,7 +228,48 @@ POINTS = {
         "firing_weight": 1.2,
         "seed": 1,
     },
+    # two time steps from the twin, distilled: half the synaptic work before any firing term
+    **{
+        f"start from the ANN twin, distil from it, T=2{f', firing w={w}' if w else ''}": {
+            "init_from": ANN_TWIN,
+            "distill_from": ANN_TWIN,
+            "model_options": {"time_steps": 2},
+            **({"firing_weight": float(w)} if w else {}),
+        }
+        for w in (0, 0.3, 0.6)
+    },
+    **{
+        f"start from the ANN twin, distil from it, T=2, firing w=0.3, seed {seed}": {
+            "init_from": ANN_TWIN,
+            "distill_from": ANN_TWIN,
+            "model_options": {"time_steps": 2},
+            "firing_weight": 0.3,
+            "seed": seed,
+        }
+        for seed in (1, 2)
+    },
+    **{
+        f"start from the ANN twin, distil from it, T=3, firing w={w}": {
+            "init_from": ANN_TWIN,
+            "distill_from": ANN_TWIN,
+            "model_options": {"time_steps": 3},
+            "firing_weight": float(w),
+        }
+        for w in (0.6, 0.9)
+    },
+    **{
+        f"start from the ANN twin, distil from it, T=3, firing w=0.6, seed {seed}": {
+            "init_from": ANN_TWIN,
+            "distill_from": ANN_TWIN,
+            "model_options": {"time_steps": 3},
+            "firing_weight": 0.6,
+            "seed": seed,
+        }
+        for seed in (1, 2)
+    },
 }
+# the point `spikeclip demo` runs (spikeclip.train.commands.DEMO: its twin the run's own)
+DEMO_POINT = "start from the ANN twin, distil from it, T=3, firing w=0.6"
 SHARED = ("teacher", "stages/text-alignment", "stages/image-alignment")
 # the plot's colours: each point's family by its name (the table names every point)
 FAMILIES = ("demo", "firing term", "fixed thresholds", "learned threshold",
@@ -258,7 +301,8 @@ def slug(name: str) -> str:
 
 
 def base_config(out: Path, cache_dir: Path) -> RecipeConfig:
-    return RecipeConfig(**DEMO, out=str(out), cache_dir=str(cache_dir), progress=False, ann=False)
+    return RecipeConfig(**DEMO_BASE, out=str(out), cache_dir=str(cache_dir), progress=False,
+                        ann=False)  # fmt: skip
 
 
 def same_settings(a: dict, b: dict) -> bool:
@@ -269,10 +313,11 @@ def same_settings(a: dict, b: dict) -> bool:
 
 
 def check_base(base: Path) -> dict:
-    """The base run's results; it must be the demo's recipe, with its ANN twin."""
+    """The base run's results; it must be the demo's base recipe (DEMO_BASE: the demo before
+    it took the frontier's setting), with its ANN twin."""
     saved = {**RecipeConfig().to_dict(), **json.loads((base / RECIPE_JSON).read_text())}
-    if not same_settings(saved, RecipeConfig(**DEMO).to_dict()):
-        raise SystemExit(f"--base {base}: not the demo's recipe ({base / RECIPE_JSON})")
+    if not same_settings(saved, RecipeConfig(**DEMO_BASE).to_dict()):
+        raise SystemExit(f"--base {base}: not the demo's base recipe ({base / RECIPE_JSON})")
     results = json.loads((base / "results.json").read_text())
     if results.get("ann_acc") is None:
         raise SystemExit(f"--base {base}: has no ANN twin (run it with the ANN)")
@@ -366,7 +411,8 @@ def plot(result: dict, path: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="spikeclip_out/frontier", help="the points' run directories")
-    p.add_argument("--base", help="a finished `spikeclip demo` run (default: run it in OUT/demo)")
+    p.add_argument("--base", help="a finished run of the demo's base recipe (DEMO_BASE; "
+                   "default: run it in OUT/demo)")  # fmt: skip
     p.add_argument("--json", required=True, help="results file (the plot goes beside it, .png)")
     p.add_argument("--points", help="names of POINTS to run, separated by ';' (names hold "
                    "commas; default: all)")  # fmt: skip

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spikeclip.models import SpikeCLIPConfig
+from spikeclip.train.config import RecipeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -24,6 +25,19 @@ def test_every_point_is_a_valid_demo_run_with_its_own_directory(tmp_path):
         SpikeCLIPConfig.named(cfg.config, **cfg.model_options)  # the model options are fields
         slugs.add(frontier.slug(name))
     assert len(slugs) == len(frontier.POINTS)
+
+
+def test_the_demo_is_the_base_with_the_point_it_names():
+    """`spikeclip demo` runs DEMO_BASE (every point's base) with DEMO_POINT's changes, the twin
+    it learns from its own (trained first)."""
+    from spikeclip.train.commands import DEMO, DEMO_BASE
+
+    own = {
+        k: "ann" if v == frontier.ANN_TWIN else v
+        for k, v in frontier.POINTS[frontier.DEMO_POINT].items()
+    }
+    assert own and {**DEMO_BASE, **own} == DEMO
+    RecipeConfig(**DEMO)  # a valid run
 
 
 def test_the_twin_a_point_learns_from(tmp_path):
