@@ -43,6 +43,26 @@ FINETUNE_ONLY = {"firing_weight", "firing_target", "distill_from", "kd_temperatu
 # distill_from's and init_from's value for "the base run's ANN twin" (its ann_checkpoint,
 # resolved per run)
 ANN_TWIN = "the base run's ANN twin"
+
+
+def fewer_steps_name(time_steps: int, firing: float, seed: int) -> str:
+    firing_part = f", firing w={firing}" if firing else ""
+    seed_part = f", seed {seed}" if seed else ""
+    return f"start from the ANN twin, distil from it, T={time_steps}{firing_part}{seed_part}"
+
+
+def fewer_steps_changes(time_steps: int, firing: float, seed: int) -> dict:
+    """A point started from the base run's twin and distilled from it at `time_steps`, with a
+    firing term of weight `firing` (0: none), seed `seed` (0: the base's)."""
+    return {
+        "init_from": ANN_TWIN,
+        "distill_from": ANN_TWIN,
+        "model_options": {"time_steps": time_steps},
+        **({"firing_weight": float(firing)} if firing else {}),
+        **({"seed": seed} if seed else {}),
+    }
+
+
 # name -> RecipeConfig changes over the demo's (model_options: SpikeCLIPConfig fields)
 POINTS = {
     "demo": {},
@@ -228,44 +248,20 @@ POINTS = {
         "firing_weight": 1.2,
         "seed": 1,
     },
-    # two time steps from the twin, distilled: half the synaptic work before any firing term
+    # fewer time steps from the twin, distilled: less synaptic work before any firing term
     **{
-        f"start from the ANN twin, distil from it, T=2{f', firing w={w}' if w else ''}": {
-            "init_from": ANN_TWIN,
-            "distill_from": ANN_TWIN,
-            "model_options": {"time_steps": 2},
-            **({"firing_weight": float(w)} if w else {}),
-        }
-        for w in (0, 0.3, 0.6)
-    },
-    **{
-        f"start from the ANN twin, distil from it, T=2, firing w=0.3, seed {seed}": {
-            "init_from": ANN_TWIN,
-            "distill_from": ANN_TWIN,
-            "model_options": {"time_steps": 2},
-            "firing_weight": 0.3,
-            "seed": seed,
-        }
-        for seed in (1, 2)
-    },
-    **{
-        f"start from the ANN twin, distil from it, T=3, firing w={w}": {
-            "init_from": ANN_TWIN,
-            "distill_from": ANN_TWIN,
-            "model_options": {"time_steps": 3},
-            "firing_weight": float(w),
-        }
-        for w in (0.6, 0.9)
-    },
-    **{
-        f"start from the ANN twin, distil from it, T=3, firing w=0.6, seed {seed}": {
-            "init_from": ANN_TWIN,
-            "distill_from": ANN_TWIN,
-            "model_options": {"time_steps": 3},
-            "firing_weight": 0.6,
-            "seed": seed,
-        }
-        for seed in (1, 2)
+        fewer_steps_name(T, w, seed): fewer_steps_changes(T, w, seed)
+        for T, w, seed in (
+            (2, 0, 0),
+            (2, 0.3, 0),
+            (2, 0.6, 0),
+            (2, 0.3, 1),
+            (2, 0.3, 2),
+            (3, 0.6, 0),
+            (3, 0.9, 0),
+            (3, 0.6, 1),
+            (3, 0.6, 2),
+        )
     },
 }
 # the point `spikeclip demo` runs (spikeclip.train.commands.DEMO: its twin the run's own)
