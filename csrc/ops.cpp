@@ -53,12 +53,14 @@ TORCH_LIBRARY(spikeclip, m) {
   m.def("spike_linear_weight_grad(Tensor grad_y, Tensor bits, int n) -> Tensor",
         {at::Tag::pt2_compliant_tag});
   // A stride-1, 'same'-padded 2-d convolution of spikes x [B, C_in, H, W] (0/1 floats; anything
-  // else raises) by weight [C_out, C_in, k, k]: sums of weight rows at the spikes.
-  m.def("spike_conv2d(Tensor x, Tensor weight, int padding) -> Tensor",
+  // else raises) by weight [C_out, C_in, k, k]: sums of weight rows at the spikes. Returns y and
+  // x's spikes packed per pixel, codes [B, H, W, ceil(C_in/8)] (bit c % 8 of byte c / 8).
+  m.def("spike_conv2d(Tensor x, Tensor weight, int padding) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
   // Weight gradient [C_out, C_in, k, k] of a stride-1, 'same'-padded 2-d convolution whose
-  // input [B, C_in, H, width] is given by its bits [B, C_in, H, ceil(width/8)].
-  m.def("spike_conv2d_weight_grad(Tensor grad_y, Tensor bits, int width, int kernel_size, "
+  // input [B, C_in, H, W] is given by its codes [B, H, W, ceil(C_in/8)] (as spike_conv2d
+  // returns them).
+  m.def("spike_conv2d_weight_grad(Tensor grad_y, Tensor codes, int channels, int kernel_size, "
         "int padding) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 

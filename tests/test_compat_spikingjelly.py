@@ -16,15 +16,15 @@ def rel(a, b):
     return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
 
 
-def train_twice(net, image, loss=lambda out: out.square().sum(), lr=0.1):
-    """Two batches with reset_net between them and an SGD step after the first: the outputs
-    and the gradients of the second."""
+def train_twice(net, image, loss=lambda out: out.square().sum(), lr=0.1, second=None):
+    """Two batches (image, then `second`, default image.flip(-1) * 0.9) with reset_net between
+    them and an SGD step after the first: the outputs and the gradients of the second."""
     from spikingjelly.activation_based import functional
 
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr)
     outs = []
-    for batch in (image, image.flip(-1) * 0.9):
+    for batch in (image, image.flip(-1) * 0.9 if second is None else second):
         opt.zero_grad()
         out = net(batch)
         loss(out).backward()
@@ -645,3 +645,65 @@ def test_lossless_units_give_a_plifs_w_its_gradient():
     assert {"neuron1.w", "neuron2.w"} <= grads[0].keys()
     for name, g in grads[0].items():
         assert rel(grads[1][name], g) < 1e-9 and g.abs().sum() > 0, name
+
+
+class _SpikeFedStages(torch.nn.Module):
+    """SpikingJelly's conv-BN-pool-LIF stem stage, a conv-BN-LIF one after it and its MLP (1x1
+    Conv1d units), fed spikes at `rate`; and a stage fed the float image itself."""
+
+    def __init__(self):
+        super().__init__()
+        from spikingjelly.activation_based.model import spikformer
+
+        self.image_stage = spikformer.SpikformerConv2dBNLIF(3, 16, 3, 1, 1)
+        self.pooled = spikformer.SpikformerConv2dBNLIF(16, 24, 3, 1, 1, pool=True)
+        self.plain = spikformer.SpikformerConv2dBNLIF(24, 40, 3, 1, 1)
+        self.mlp = spikformer.SpikformerMLP(40, 72, 40)
+
+    def forward(self, inputs):
+        image, spikes = inputs
+        x = self.plain(self.pooled(spikes))  # [T, B, 40, 4, 4]
+        x = self.mlp(x.flatten(3)).sum(-1)  # [T, B, 40, 16] tokens
+        return torch.cat([x, self.image_stage(image).sum((-1, -2))], -1)
+
+
+@pytest.mark.parametrize("memory", [None, "lossless"])
+def test_spike_fed_convolutions_sum_at_the_spikes(monkeypatch, memory):
+    """accelerate() runs SpikingJelly's convolutions fed spikes (3x3 'same' Conv2d, 1x1 Conv1d)
+    through spike_conv2d (sums at the spikes: at 5% firing its cpp kernels take them), with or
+    without a pool after BN and in lossless units' recomputation; one fed a float image is
+    tried once and convolved densely from then on. Outputs and gradients are SpikingJelly's."""
+    spikingjelly()
+    from spikingjelly.activation_based import functional
+
+    from spikeclip.compat import spikingjelly_units as units
+
+    torch.manual_seed(3)
+    net = _SpikeFedStages().double()
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():  # BN scales and shifts that keep the stages firing
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d):
+                m.weight.uniform_(1.0, 2.0), m.bias.uniform_(0.5, 1.0)
+    ours = copy.deepcopy(net)
+    spikeclip.accelerate(ours, memory=memory)
+    fed = []
+    real = units.spike_conv2d
+    monkeypatch.setattr(units, "spike_conv2d", lambda x, *a, **k: fed.append(x) or real(x, *a, **k))
+    image = torch.rand(2, 3, 3, 8, 8, dtype=torch.float64) * 3
+    spikes = (torch.rand(2, 3, 16, 8, 8) < 0.05).double()
+    batches = dict(image=(image, spikes), second=(image.flip(-1) * 0.9, spikes.flip(-1)), lr=0.01)
+    outs_sj, grads_sj = train_twice(net, **batches)
+    outs, grads = train_twice(ours, **batches)
+    for a, b in zip(outs, outs_sj, strict=True):
+        assert rel(a, b) < 1e-9 and b[..., :40].abs().sum() > 0 and b[..., 40:].abs().sum() > 0
+    assert grads.keys() == grads_sj.keys()
+    for key, g in grads_sj.items():
+        assert rel(grads[key], g) < 1e-9 and g.abs().sum() > 0, key
+    spiking = [x for x in fed if bool(((x == 0) | (x == 1)).all())]
+    # the four spike-fed convolutions in each forward (and, lossless, each recomputation); the
+    # image stage's convolution tried once, then left to PyTorch
+    per_batch = 4 * (2 if memory == "lossless" else 1)
+    assert len(spiking) == 2 * per_batch and len(fed) == len(spiking) + 1
+    assert any(float(x.mean()) < 0.1 for x in spiking)  # the kernels' summing side ran too
+    assert ours.image_stage.conv_bn.block[0] in units._DENSE_FED

@@ -26,7 +26,8 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not b
         (2, 9, 64, 5, 13, 5, 0.1),
         (3, 150, 6, 4, 9, 1, 0.12),
         (2, 8, 24, 6, 6, 3, 0.6),  # dense hand-over
-        (2, 50, 20, 5, 7, 3, 0.1),  # the cpp weight gradient sums (C_in k k >= 432)
+        (2, 50, 20, 5, 7, 3, 0.1),
+        (2, 12, 96, 11, 40, 3, 0.08),  # bands of 4 (float64: 2) rows, the last one short
         (1, 3, 5, 3, 3, 3, 0.0),
     ],
 )
@@ -92,9 +93,9 @@ def test_opcheck():
     x = (torch.rand(2, 5, 6, 7) < 0.1).float()
     w = torch.randn(9, 5, 3, 3)
     torch.library.opcheck(torch.ops.spikeclip.spike_conv2d.default, (x, w, 1))
-    bits = pack_spikes(x.reshape(-1, 7)).view(2, 5, 6, -1)
+    codes = torch.ops.spikeclip.spike_conv2d(x, w, 1)[1]
     g = torch.randn(2, 9, 6, 7)
-    torch.library.opcheck(torch.ops.spikeclip.spike_conv2d_weight_grad.default, (g, bits, 7, 3, 1))
+    torch.library.opcheck(torch.ops.spikeclip.spike_conv2d_weight_grad.default, (g, codes, 5, 3, 1))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -110,7 +111,7 @@ def test_bad_input(backend):
 
 
 @needs_cpp
-@pytest.mark.parametrize("cin", [4, 20])  # checked only (dense), checked while packing (sums)
+@pytest.mark.parametrize("cin", [4, 20])  # dense (too few inputs), summed: checked while packing
 def test_kernel_rejects_non_spikes(cin):
     x = (torch.rand(2, cin, 5, 5) < 0.3).float()
     x[1, 2, 3, 4] = 2.0
@@ -138,6 +139,27 @@ def test_weight_grad_kernel_matches_dense(dtype, Cin, Cout, k, rate):
     y = F.conv2d(x, w, padding=k // 2)
     g = torch.randn_like(y)
     (gw_ref,) = torch.autograd.grad(y, w, g)
-    bits = pack_spikes(x.reshape(-1, W)).view(B, Cin, H, -1)
-    gw = torch.ops.spikeclip.spike_conv2d_weight_grad(g, bits, W, k, k // 2)
+    codes = pack_spikes(x.permute(0, 2, 3, 1).contiguous())  # [B, H, W, ceil(Cin / 8)]
+    gw = torch.ops.spikeclip.spike_conv2d_weight_grad(g, codes, Cin, k, k // 2)
     assert rel_err(gw, gw_ref) <= (1e-6 if dtype == torch.float32 else 1e-13)
+
+
+@needs_cpp
+def test_weight_grad_has_the_same_bits_on_any_number_of_threads():
+    # 37 images: more than the kernel's 16 chunks, split unevenly; each chunk's gradient is summed
+    # on its own and the chunks added in order, so the thread count changes nothing
+    B, cin, cout, H, W, k = 37, 24, 40, 5, 6, 3
+    x = (torch.rand(B, cin, H, W) < 0.1).double()
+    g = torch.randn(B, cout, H, W, dtype=torch.float64)
+    codes = torch.ops.spikeclip.spike_conv2d(x, torch.randn(cout, cin, k, k).double(), 1)[1]
+    threads = torch.get_num_threads()
+    try:
+        grads = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            grads.append(torch.ops.spikeclip.spike_conv2d_weight_grad(g, codes, cin, k, 1))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+    ref = torch.nn.grad.conv2d_weight(x, (cout, cin, k, k), g, padding=1)
+    assert rel_err(grads[0], ref) <= 1e-13

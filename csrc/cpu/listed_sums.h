@@ -22,14 +22,18 @@ using Vec32 = std::conditional_t<std::is_same_v<F, float>, Vec32f, Vec32d>;
 template <typename F>
 constexpr int64_t kLanes = static_cast<int64_t>(32 / sizeof(F));
 
-// A tile of kV vectors of 32 bytes (AVX2 registers in the AVX2 clones) of an output row.
-template <int kV, typename F>
+// A tile of kV vectors of 32 bytes (AVX2 registers in the AVX2 clones) of an output row; with
+// kAdd the sums start from what the tile holds (out += the listed rows) instead of zero.
+template <int kV, bool kAdd, typename F>
 SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
                                const int32_t* __restrict list, int64_t m, F* __restrict out) {
   using V = Vec32<F>;
   V acc[kV];
 #pragma GCC unroll 8
-  for (int64_t v = 0; v < kV; ++v) acc[v] = V{};
+  for (int64_t v = 0; v < kV; ++v) {
+    acc[v] = V{};
+    if constexpr (kAdd) std::memcpy(&acc[v], out + v * kLanes<F>, sizeof(V));
+  }
   for (int64_t s = 0; s < m; ++s) {
     const F* w = rows + list[s] * stride;
     for (int64_t v = 0; v < kV; ++v) {
@@ -46,11 +50,12 @@ SC_INLINE void sum_listed_tile(const F* __restrict rows, int64_t stride,
 }
 
 // The last len (< one vector) elements of an output row.
-template <typename F>
+template <bool kAdd, typename F>
 SC_INLINE void sum_listed_part(const F* __restrict rows, int64_t stride,
                                const int32_t* __restrict list, int64_t m, F* __restrict out,
                                int64_t len) {
   F acc[kLanes<F>] = {};
+  if constexpr (kAdd) std::memcpy(acc, out, len * sizeof(F));
   for (int64_t s = 0; s < m; ++s) {
     const F* w = rows + list[s] * stride;
     for (int64_t i = 0; i < len; ++i) acc[i] += w[i];
@@ -58,28 +63,74 @@ SC_INLINE void sum_listed_part(const F* __restrict rows, int64_t stride,
   std::memcpy(out, acc, len * sizeof(F));
 }
 
-// out[0:width] = sum over the m listed rows j of rows[j * width + 0:width]: tiles of 8 vectors,
-// then one tile of the 1 to 7 vectors left (48 floats: one pass of 6), then the rest. Each tile
-// walks the list once, so the fewer tiles the better.
-template <typename F>
+// out[0:width] = sum over the m listed rows j of rows[j * width + 0:width] (kAdd: out += that
+// sum): tiles of 8 vectors, then one tile of the 1 to 7 vectors left (48 floats: one pass of
+// 6), then the rest. Each tile walks the list once, so the fewer tiles the better.
+template <typename F, bool kAdd = false>
 SC_INLINE void sum_listed_rows(const F* rows, const int32_t* list, int64_t m, int64_t width,
                                F* out) {
   constexpr int64_t L = kLanes<F>;
   int64_t c = 0;
-  for (; c + 8 * L <= width; c += 8 * L) sum_listed_tile<8, F>(rows + c, width, list, m, out + c);
+  for (; c + 8 * L <= width; c += 8 * L)
+    sum_listed_tile<8, kAdd, F>(rows + c, width, list, m, out + c);
   const int64_t vectors = (width - c) / L;
   switch (vectors) {
-    case 7: sum_listed_tile<7, F>(rows + c, width, list, m, out + c); break;
-    case 6: sum_listed_tile<6, F>(rows + c, width, list, m, out + c); break;
-    case 5: sum_listed_tile<5, F>(rows + c, width, list, m, out + c); break;
-    case 4: sum_listed_tile<4, F>(rows + c, width, list, m, out + c); break;
-    case 3: sum_listed_tile<3, F>(rows + c, width, list, m, out + c); break;
-    case 2: sum_listed_tile<2, F>(rows + c, width, list, m, out + c); break;
-    case 1: sum_listed_tile<1, F>(rows + c, width, list, m, out + c); break;
+    case 7: sum_listed_tile<7, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 6: sum_listed_tile<6, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 5: sum_listed_tile<5, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 4: sum_listed_tile<4, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 3: sum_listed_tile<3, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 2: sum_listed_tile<2, kAdd, F>(rows + c, width, list, m, out + c); break;
+    case 1: sum_listed_tile<1, kAdd, F>(rows + c, width, list, m, out + c); break;
     default: break;
   }
   c += vectors * L;
-  if (c < width) sum_listed_part<F>(rows + c, width, list, m, out + c, width - c);
+  if (c < width) sum_listed_part<kAdd, F>(rows + c, width, list, m, out + c, width - c);
+}
+
+// rows[j * stride + 0:width] += g[0:width] for each of the m listed rows j: the transpose of
+// sum_listed_rows (a weight gradient's scatter), g held in registers a tile of up to 8 vectors at
+// a time while the listed rows take it.
+template <int kV, typename F>
+SC_INLINE void add_to_listed_tile(F* __restrict rows, int64_t stride,
+                                  const int32_t* __restrict list, int64_t m,
+                                  const F* __restrict g) {
+  using V = Vec32<F>;
+  V tile[kV];
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kV; ++v) std::memcpy(&tile[v], g + v * kLanes<F>, sizeof(V));
+  for (int64_t s = 0; s < m; ++s) {
+    F* r = rows + list[s] * stride;
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < kV; ++v) {
+      V x;
+      std::memcpy(&x, r + v * kLanes<F>, sizeof(V));
+      x += tile[v];
+      std::memcpy(r + v * kLanes<F>, &x, sizeof(V));
+    }
+  }
+}
+
+template <typename F>
+SC_INLINE void add_to_listed_rows(F* rows, int64_t stride, const int32_t* list, int64_t m,
+                                  const F* g, int64_t width) {
+  constexpr int64_t L = kLanes<F>;
+  int64_t c = 0;
+  for (; c + 8 * L <= width; c += 8 * L) add_to_listed_tile<8, F>(rows + c, stride, list, m, g + c);
+  const int64_t vectors = (width - c) / L;
+  switch (vectors) {
+    case 7: add_to_listed_tile<7, F>(rows + c, stride, list, m, g + c); break;
+    case 6: add_to_listed_tile<6, F>(rows + c, stride, list, m, g + c); break;
+    case 5: add_to_listed_tile<5, F>(rows + c, stride, list, m, g + c); break;
+    case 4: add_to_listed_tile<4, F>(rows + c, stride, list, m, g + c); break;
+    case 3: add_to_listed_tile<3, F>(rows + c, stride, list, m, g + c); break;
+    case 2: add_to_listed_tile<2, F>(rows + c, stride, list, m, g + c); break;
+    case 1: add_to_listed_tile<1, F>(rows + c, stride, list, m, g + c); break;
+    default: break;
+  }
+  c += vectors * L;
+  for (int64_t s = 0; s < m; ++s)
+    for (int64_t i = c; i < width; ++i) rows[list[s] * stride + i] += g[i];
 }
 
 // The set bits of a packed [rows, cols] block (rows of packed_row_bytes(cols) bytes), listed by

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <type_traits>
@@ -65,20 +66,17 @@ SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* 
 }
 
 constexpr double kDenseRate = 0.2;
-// The convolution's product (k x k x C_in rows per output pixel): measured here (B 64, the
-// paper encoder's 3x3 layers), summing wins up to about 25% firing (1.3-2.3x at 15%, 2-4x at 5%).
-// With few inputs per output pixel the pixel's own costs (listing 9 neighbours' spikes, a short
-// sum) outweigh the product: at B 512, 28 px, 5-20% firing, C_in 8 sums at 0.2-1.1x the dense
-// speed, C_in 16 at 1.0-1.1x, C_in 32 at 2.1-2.6x.
-constexpr double kConvProductDenseRate = 0.25;
-constexpr int64_t kConvProductMinInputs = 144;
-// The convolution's weight gradient sums a row of the zero-padded, channels-last copy of gy per
-// spike and tap: that copy costs about as much memory traffic as a dense gradient with k x k x
-// C_in = 432 inputs per output. Measured here at 5-30% firing (3x3): with C_in 48..384 (B 64,
-// the paper encoder) summing wins 1.6-3.8x up to 20% and breaks even near 30%; with C_in 8..32
-// (B 512, 28 px, the tiny encoder) it loses 0.5-0.9x at any rate.
+// The convolution's product and weight gradient (k x k row additions per spike, plus one pass
+// over the codes and the output or gy) against oneDNN's dense ones, measured on a 2-core AMD
+// EPYC (AVX2), 2026-12-05 (x [B, C_in, H, W] at 2-30% firing): with k x k x C_in from 72 (C_in
+// 8, B 512, 28 px) to 864 (96 -> 192 @ 32 px, B 64) and 1x1 ones with 128-512 inputs (B 64,
+// 64 tokens), both win up to about 20% firing (product 1.3-4x at 5%, weight gradient 1.5-4x),
+// break even near 15-30% by shape, and lose above; with fewer inputs per output the pixel's own
+// costs outweigh the sums.
 constexpr double kConvDenseRate = 0.2;
-constexpr int64_t kConvMinInputs = 432;
+constexpr int64_t kConvMinInputs = 72;
+constexpr int64_t kBandBytes = 64 << 10;
+constexpr int64_t kWeightGradChunks = 16;
 
 double firing_rate(const at::Tensor& bits, int64_t n) {
   const int64_t total = bits.numel();
@@ -156,9 +154,15 @@ at::Tensor spike_linear_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
 
 // ---- 2-d convolution fed by spikes: the product ---------------------------------------------
 // Stride 1, 'same' zero padding. The input's spikes are packed per pixel over the channels
-// ([B, H, W, ceil(Cin/8)]); each output pixel lists the spikes of its k x k receptive field as
-// rows (kh k + kw) Cin + ci of the weight laid out as [kh, kw, Cin, Cout], sums those rows in
-// registers (sum_listed_rows), and a row of output pixels is stored channel by channel.
+// ([B, H, W, ceil(Cin/8)]). The output is made band by band (a few rows of one image, kept in
+// a channels-last scratch near the core): each input pixel that reaches the band lists its
+// spikes once, and for each tap that lands in the band their rows of the weight (laid out as
+// [kh, kw, Cin, Cout]) are summed in registers and added at the output pixel the tap reaches
+// (sum_listed_rows<kAdd>). The scratch has a border of p columns on each side, where the taps
+// past the image's edge land and are dropped. Work: one pass over the input's codes (each
+// pixel listed once per band it reaches) and k x k row sums per pixel that spikes, none for a
+// pixel that does not: it scales with the firing rate. The band is then stored channel by
+// channel into y [B, Cout, H, W].
 
 // Packs image b of x [B, Cin, HW] per pixel: bit c % 8 of byte c / 8 of pixel p = x[b, c, p].
 // False if x holds anything but 0 and 1.
@@ -183,47 +187,74 @@ bool pack_pixels(const F* x, uint8_t* out, int64_t Cin, int64_t HW, int64_t b) {
   return ok;
 }
 
-// Output rows r0..r1 of the B * H rows (b, oh); row: [W, Cout] scratch.
+struct ConvShape {
+  int64_t H, W, Cin, cout, k, pad;
+  int64_t padded_width() const { return W + 2 * pad; }
+};
+
+// Output rows r0..r1 of image b; band: [r1 - r0, W + 2 pad, Cout] scratch, list: Cin entries.
 template <typename F>
-SC_CPU_CLONES void spike_conv_rows(const uint8_t* pix, const F* wr, F* y, int64_t H, int64_t W,
-                                   int64_t Cin, int64_t cout, int64_t k, int64_t pad, int64_t r0,
-                                   int64_t r1) {
-  const int64_t nbc = packed_row_bytes(Cin);
-  std::vector<int32_t> list(static_cast<size_t>(k * k * Cin));
-  std::vector<F> row(static_cast<size_t>(W * cout));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / H, oh = r % H;
-    for (int64_t ow = 0; ow < W; ++ow) {
+SC_CPU_CLONES void spike_conv_band(const uint8_t* pix, const F* wr, F* y, F* band, int32_t* list,
+                                   const ConvShape& s, int64_t b, int64_t r0, int64_t r1) {
+  const int64_t nbc = packed_row_bytes(s.Cin), Wp = s.padded_width(), cout = s.cout;
+  std::fill(band, band + (r1 - r0) * Wp * cout, F(0));
+  const int64_t ih0 = std::max<int64_t>(0, r0 - s.pad), ih1 = std::min(s.H, r1 + s.pad);
+  for (int64_t ih = ih0; ih < ih1; ++ih) {
+    // the taps kh with oh = ih + pad - kh in [r0, r1)
+    const int64_t kh0 = std::max<int64_t>(0, ih + s.pad - r1 + 1);
+    const int64_t kh1 = std::min(s.k, ih + s.pad - r0 + 1);
+    for (int64_t iw = 0; iw < s.W; ++iw) {
       int64_t m = 0;
-      for (int64_t kh = 0; kh < k; ++kh) {
-        const int64_t ih = oh - pad + kh;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t kw = 0; kw < k; ++kw) {
-          const int64_t iw = ow - pad + kw;
-          if (iw < 0 || iw >= W) continue;
-          const int64_t base = (kh * k + kw) * Cin;
-          for_each_spike(pix + ((b * H + ih) * W + iw) * nbc, Cin,
-                         [&](int64_t c) { list[m++] = static_cast<int32_t>(base + c); });
-        }
+      for_each_spike(pix + ((b * s.H + ih) * s.W + iw) * nbc, s.Cin,
+                     [&](int64_t c) { list[m++] = static_cast<int32_t>(c); });
+      if (m == 0) continue;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        F* row = band + (ih + s.pad - kh - r0) * Wp * cout;
+        for (int64_t kw = 0; kw < s.k; ++kw)  // ow + pad = iw + 2 pad - kw, in [0, Wp)
+          sum_listed_rows<F, true>(wr + (kh * s.k + kw) * s.Cin * cout, list, m, cout,
+                                   row + (iw + 2 * s.pad - kw) * cout);
       }
-      sum_listed_rows<F>(wr, list.data(), m, cout, row.data() + ow * cout);
     }
-    for (int64_t co = 0; co < cout; ++co) {  // [W, Cout] -> y[b, co, oh, :]
-      F* dst = y + ((b * cout + co) * H + oh) * W;
-      for (int64_t ow = 0; ow < W; ++ow) dst[ow] = row[ow * cout + co];
+  }
+  for (int64_t co = 0; co < cout; ++co) {  // [rows, W, Cout] -> y[b, co, r0:r1, :], contiguous
+    F* dst = y + ((b * cout + co) * s.H + r0) * s.W;
+    for (int64_t oh = r0; oh < r1; ++oh, dst += s.W) {
+      const F* src = band + ((oh - r0) * Wp + s.pad) * cout + co;
+      for (int64_t ow = 0; ow < s.W; ++ow) dst[ow] = src[ow * cout];
     }
   }
 }
 
-// Whether x[0:n] holds only 0 and 1.
-template <typename F>
-SC_CPU_CLONES bool only_spikes(const F* x, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= (x[i] == F(0)) | (x[i] == F(1));
-  return ok;
+// x [B, Cin, H, W] packed per pixel: codes [B, H, W, ceil(Cin / 8)]; a ValueError if x holds
+// anything but 0 and 1.
+at::Tensor pack_pixel_codes(const at::Tensor& xc, const char* op) {
+  const int64_t B = xc.size(0), Cin = xc.size(1), H = xc.size(2), W = xc.size(3);
+  at::Tensor codes = at::empty({B, H, W, packed_row_bytes(Cin)}, xc.options().dtype(at::kByte));
+  std::atomic<bool> all_ok{true};
+  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "spike_conv2d_pack", [&] {
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      bool ok = true;
+      for (int64_t b = b0; b < b1; ++b)
+        ok &= pack_pixels<scalar_t>(xc.data_ptr<scalar_t>(), codes.data_ptr<uint8_t>(), Cin,
+                                    H * W, b);
+      if (!ok) all_ok = false;
+    });
+  });
+  TORCH_CHECK_VALUE(all_ok, op, ": x must hold spikes (only 0 and 1)");
+  return codes;
 }
 
-at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64_t padding) {
+// codes [B, H, W, ceil(Cin / 8)] back to 0/1 floats [B, Cin, H, W] (for the dense paths).
+at::Tensor unpack_pixel_codes(const at::Tensor& codes, int64_t Cin, at::ScalarType dtype) {
+  const int64_t B = codes.size(0), HW = codes.size(1) * codes.size(2);
+  return unpack_to(codes.reshape({B * HW, codes.size(3)}), Cin, dtype)
+      .view({B, codes.size(1), codes.size(2), Cin})
+      .permute({0, 3, 1, 2})
+      .contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                    int64_t padding) {
   TORCH_CHECK(x.dim() == 4 && weight.dim() == 4 && weight.size(1) == x.size(1) &&
                   weight.size(2) == weight.size(3) && 2 * padding == weight.size(2) - 1,
               "spike_conv2d: x [B, C_in, H, W] and weight [C_out, C_in, k, k] with padding "
@@ -234,131 +265,132 @@ at::Tensor spike_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, int64
               "spike_conv2d: x and weight must both be float32 or float64");
   const at::Tensor xc = x.contiguous();
   const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t cout = weight.size(0), k = weight.size(2), nbc = packed_row_bytes(Cin);
-  std::atomic<bool> all_ok{true};
-  if (Cin * k * k < kConvProductMinInputs) {  // dense: x is only checked, not packed
-    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d_check", [&] {
-      at::parallel_for(0, xc.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
-        if (!only_spikes<scalar_t>(xc.data_ptr<scalar_t>() + i0, i1 - i0)) all_ok = false;
-      });
-    });
-    TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
-    return at::conv2d(xc, weight, {}, 1, padding);
-  }
-  at::Tensor pix = at::empty({B * H * W, nbc}, x.options().dtype(at::kByte));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d_pack", [&] {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      bool ok = true;
-      for (int64_t b = b0; b < b1; ++b)
-        ok &= pack_pixels<scalar_t>(xc.data_ptr<scalar_t>(), pix.data_ptr<uint8_t>(), Cin,
-                                    H * W, b);
-      if (!ok) all_ok = false;
-    });
-  });
-  TORCH_CHECK_VALUE(all_ok, "spike_conv2d: x must hold spikes (only 0 and 1)");
-  if (firing_rate(pix, Cin) > kConvProductDenseRate) return at::conv2d(xc, weight, {}, 1, padding);
+  const int64_t cout = weight.size(0), k = weight.size(2);
+  const at::Tensor codes = pack_pixel_codes(xc, "spike_conv2d");
+  if (Cin * k * k < kConvMinInputs ||
+      firing_rate(codes.view({-1, codes.size(3)}), Cin) > kConvDenseRate)
+    return {at::conv2d(xc, weight, {}, 1, padding), codes};
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
+  const ConvShape shape{H, W, Cin, cout, k, padding};
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spike_conv2d", [&] {
-    at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
-      spike_conv_rows<scalar_t>(pix.data_ptr<uint8_t>(), wr.data_ptr<scalar_t>(),
-                                y.data_ptr<scalar_t>(), H, W, Cin, cout, k, padding, r0, r1);
+    // bands of about kBandBytes of scratch: the rows they add into stay in L1 / L2
+    const int64_t row_bytes = shape.padded_width() * cout * int64_t{sizeof(scalar_t)};
+    const int64_t rows = std::clamp<int64_t>(kBandBytes / std::max<int64_t>(row_bytes, 1), 1, H);
+    const int64_t bands = (H + rows - 1) / rows;
+    at::parallel_for(0, B * bands, 1, [&](int64_t u0, int64_t u1) {
+      std::vector<scalar_t> band(static_cast<size_t>(rows * shape.padded_width() * cout));
+      std::vector<int32_t> list(static_cast<size_t>(Cin));
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t b = u / bands, r0 = (u % bands) * rows;
+        spike_conv_band<scalar_t>(codes.data_ptr<uint8_t>(), wr.data_ptr<scalar_t>(),
+                                  y.data_ptr<scalar_t>(), band.data(), list.data(), shape, b, r0,
+                                  std::min(H, r0 + rows));
+      }
     });
   });
-  return y;
+  return {y, codes};
 }
 
 // ---- 2-d convolution fed by spikes: the weight gradient -----------------------------------
 // gw[co, ci, kh, kw] = sum over b, oh, ow of gy[b, co, oh, ow] x[b, ci, oh - p + kh, ow - p + kw]
-// (stride 1, zero padding p). With gy channels last and zero-padded by p on every side
-// ([B, H + 2p, W + 2p, Cout]), the spike (b, ci, h, w) meets at tap (kh, kw) the gy row
-// (b, h + 2p - kh, w + 2p - kw): the row (b, h, w) shifted by (2p - kh, 2p - kw). So each
-// image's spikes of channel ci are listed once, every tap sums its shifted rows in registers
-// (sum_listed_rows; the zero border stands for taps that fall outside), and the image's sums
-// are added into gw. Threads own disjoint input channels; an image's gy rows stay in cache
-// while the thread's channels read them.
+// (stride 1, zero padding p): the spike (b, ci, ih, iw) meets at tap (kh, kw) the gradient of
+// output pixel (ih + p - kh, iw + p - kw). Image by image, gy is copied channels last with a
+// zero border of p ([H + 2p, W + 2p, Cout], near the core; taps past the edge read the
+// border), and each pixel that spikes lists its channels once; per tap, the gy row it meets is
+// held in registers and added into the rows [ci, kh, kw, :] of its listed channels
+// (add_to_listed_rows): k x k row additions per spike, none for a pixel that does not spike.
+// The images are split into a fixed number of chunks, each summed into its own gradient, and the
+// chunks' gradients are added in order: the same bits on any number of threads.
 
-// Image b of gy [B, Cout, H, W] into out [B, H + 2p, W + 2p, Cout] (channels last, zero border).
+// Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border).
 template <typename F>
-void pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p,
-                       int64_t b) {
+void pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p) {
   const int64_t Wp = W + 2 * p, row_len = Wp * cout;
-  F* image = out + b * (H + 2 * p) * row_len;
-  std::fill(image, image + p * row_len, F(0));
+  std::fill(out, out + p * row_len, F(0));
   for (int64_t h = 0; h < H; ++h) {
-    F* row = image + (h + p) * row_len;
+    F* row = out + (h + p) * row_len;
     std::fill(row, row + p * cout, F(0));
     std::fill(row + (p + W) * cout, row + row_len, F(0));
     for (int64_t co = 0; co < cout; ++co) {
-      const F* src = gy + ((b * cout + co) * H + h) * W;
+      const F* src = gy + (co * H + h) * W;
       for (int64_t w = 0; w < W; ++w) row[(p + w) * cout + co] = src[w];
     }
   }
-  std::fill(image + (H + p) * row_len, image + (H + 2 * p) * row_len, F(0));
+  std::fill(out + (H + p) * row_len, out + (H + 2 * p) * row_len, F(0));
 }
 
+// Images b0..b1 into gwt [Cin, k, k, Cout] (zeroed here); gyp: [H + 2p, W + 2p, Cout] scratch,
+// list: Cin entries.
 template <typename F>
-SC_CPU_CLONES void spike_conv_weight_grad_channels(const F* gyp, const uint8_t* bits, F* gwt,
-                                                   int64_t B, int64_t Cin, int64_t H,
-                                                   int64_t W, int64_t cout, int64_t k,
-                                                   int64_t pad, int64_t c0, int64_t c1) {
-  const int64_t nb = packed_row_bytes(W), Hp = H + 2 * pad, Wp = W + 2 * pad, taps = k * k;
-  std::fill(gwt + c0 * taps * cout, gwt + c1 * taps * cout, F(0));
-  std::vector<int32_t> list(static_cast<size_t>(H * W));
-  std::vector<F> sums(static_cast<size_t>(taps * cout));
-  for (int64_t b = 0; b < B; ++b) {
-    const F* image = gyp + b * Hp * Wp * cout;
-    for (int64_t ci = c0; ci < c1; ++ci) {
-      const uint8_t* channel = bits + (b * Cin + ci) * H * nb;
-      int64_t m = 0;
-      for (int64_t h = 0; h < H; ++h)
-        for_each_spike(channel + h * nb, W,
-                       [&](int64_t w) { list[m++] = static_cast<int32_t>(h * Wp + w); });
-      if (m == 0) continue;
-      for (int64_t kh = 0; kh < k; ++kh)
-        for (int64_t kw = 0; kw < k; ++kw)
-          sum_listed_rows<F>(image + ((2 * pad - kh) * Wp + 2 * pad - kw) * cout, list.data(), m,
-                             cout, sums.data() + (kh * k + kw) * cout);
-      add_row(gwt + ci * taps * cout, sums.data(), taps * cout);
+SC_CPU_CLONES void spike_conv_weight_grad_images(const F* gy, const uint8_t* pix, F* gwt, F* gyp,
+                                                 int32_t* list, const ConvShape& s, int64_t b0,
+                                                 int64_t b1) {
+  const int64_t nbc = packed_row_bytes(s.Cin), Wp = s.padded_width(), taps = s.k * s.k;
+  const int64_t cout = s.cout, stride = taps * cout;
+  std::fill(gwt, gwt + s.Cin * stride, F(0));
+  for (int64_t b = b0; b < b1; ++b) {
+    pad_channels_last(gy + b * cout * s.H * s.W, gyp, cout, s.H, s.W, s.pad);
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      for (int64_t iw = 0; iw < s.W; ++iw) {
+        int64_t m = 0;
+        for_each_spike(pix + ((b * s.H + ih) * s.W + iw) * nbc, s.Cin,
+                       [&](int64_t c) { list[m++] = static_cast<int32_t>(c); });
+        if (m == 0) continue;
+        for (int64_t kh = 0; kh < s.k; ++kh)
+          for (int64_t kw = 0; kw < s.k; ++kw)
+            add_to_listed_rows<F>(gwt + (kh * s.k + kw) * cout, stride, list, m,
+                                  gyp + ((ih + 2 * s.pad - kh) * Wp + iw + 2 * s.pad - kw) * cout,
+                                  cout);
+      }
     }
   }
 }
 
-at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tensor& bits,
-                                        int64_t width, int64_t kernel_size, int64_t padding) {
-  TORCH_CHECK(grad_y.dim() == 4 && bits.dim() == 4 && bits.scalar_type() == at::kByte,
-              "spike_conv2d_weight_grad: grad_y [B, C_out, H, W] and bits [B, C_in, H, "
-              "ceil(W/8)] (uint8)");
-  const int64_t B = grad_y.size(0), cout = grad_y.size(1), H = grad_y.size(2);
-  const int64_t Cin = bits.size(1), k = kernel_size, p = padding;
-  TORCH_CHECK(grad_y.size(3) == width && bits.size(0) == B && bits.size(2) == H &&
-                  bits.size(3) == packed_row_bytes(width) && 2 * padding == k - 1,
-              "spike_conv2d_weight_grad: shapes disagree (stride 1, 'same' padding only)");
-  const at::Tensor b = bits.contiguous();
+at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tensor& codes,
+                                        int64_t channels, int64_t kernel_size, int64_t padding) {
+  TORCH_CHECK(grad_y.dim() == 4 && codes.dim() == 4 && codes.scalar_type() == at::kByte,
+              "spike_conv2d_weight_grad: grad_y [B, C_out, H, W] and codes [B, H, W, "
+              "ceil(C_in/8)] (uint8)");
+  TORCH_CHECK(grad_y.scalar_type() == at::kFloat || grad_y.scalar_type() == at::kDouble,
+              "spike_conv2d_weight_grad: grad_y must be float32 or float64");
+  const int64_t B = grad_y.size(0), cout = grad_y.size(1), H = grad_y.size(2), W = grad_y.size(3);
+  const int64_t Cin = channels, k = kernel_size, p = padding;
+  TORCH_CHECK(channels >= 0 && k >= 1 && codes.size(0) == B && codes.size(1) == H &&
+                  codes.size(2) == W && codes.size(3) == packed_row_bytes(Cin) && 2 * p == k - 1,
+              "spike_conv2d_weight_grad: shapes disagree (stride 1, 'same' padding only): "
+              "grad_y ", grad_y.sizes(), ", codes ", codes.sizes(), ", C_in ", channels,
+              ", kernel ", kernel_size, ", padding ", padding);
+  const at::Tensor pix = codes.contiguous();
   if (Cin * k * k < kConvMinInputs ||
-      firing_rate(b.view({-1, b.size(3)}), width) > kConvDenseRate) {
-    const at::Tensor x = unpack_to(b.view({-1, b.size(3)}), width, grad_y.scalar_type())
-                             .view({B, Cin, H, width});
+      firing_rate(pix.view({-1, pix.size(3)}), Cin) > kConvDenseRate) {
+    const at::Tensor x = unpack_pixel_codes(pix, Cin, grad_y.scalar_type());
     return std::get<1>(at::convolution_backward(
         grad_y, x, at::empty({cout, Cin, k, k}, grad_y.options()), std::nullopt, {1, 1},
         {padding, padding}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
   }
   const at::Tensor gy = grad_y.contiguous();
-  at::Tensor gyp = at::empty({B, H + 2 * p, width + 2 * p, cout}, grad_y.options());
-  at::Tensor gwt = at::empty({Cin, k, k, cout}, grad_y.options());
+  const ConvShape shape{H, W, Cin, cout, k, p};
+  const int64_t chunks = std::min<int64_t>(B, kWeightGradChunks), size = Cin * k * k * cout;
+  at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), size}, grad_y.options());
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad", [&] {
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t i = b0; i < b1; ++i)
-        pad_channels_last<scalar_t>(gy.data_ptr<scalar_t>(), gyp.data_ptr<scalar_t>(), cout, H,
-                                    width, p, i);
-    });
-    at::parallel_for(0, Cin, 1, [&](int64_t c0, int64_t c1) {
-      spike_conv_weight_grad_channels<scalar_t>(gyp.data_ptr<scalar_t>(), b.data_ptr<uint8_t>(),
-                                                gwt.data_ptr<scalar_t>(), B, Cin, H, width,
-                                                cout, k, p, c0, c1);
+    at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<scalar_t> gyp(static_cast<size_t>((H + 2 * p) * shape.padded_width() * cout));
+      std::vector<int32_t> list(static_cast<size_t>(Cin));
+      for (int64_t c = c0; c < c1; ++c)
+        spike_conv_weight_grad_images<scalar_t>(gy.data_ptr<scalar_t>(), pix.data_ptr<uint8_t>(),
+                                                partial.data_ptr<scalar_t>() + c * size,
+                                                gyp.data(), list.data(), shape, B * c / chunks,
+                                                B * (c + 1) / chunks);
     });
   });
-  return gwt.permute({3, 0, 1, 2}).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad_sum", [&] {
+    scalar_t* acc = partial.data_ptr<scalar_t>();  // chunk 0 += chunk 1, 2, ... in order
+    at::parallel_for(0, size, 1 << 12, [&](int64_t i0, int64_t i1) {
+      for (int64_t c = 1; c < chunks; ++c) add_row(acc + i0, acc + c * size + i0, i1 - i0);
+    });
+  });
+  return partial[0].view({Cin, k, k, cout}).permute({3, 0, 1, 2}).contiguous();
 }
 
 }  // namespace

@@ -19,6 +19,7 @@ ATTENTION with memory="lossless", FUSED_BLOCKS / FUSED_ATTENTION without).
 from __future__ import annotations
 
 import sys
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,9 @@ from torch import nn
 from spikeclip.compat import pooling
 from spikeclip.compat import spikingjelly as compat
 from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif, fused_backend
+from spikeclip.kernels.common.backends import spike_product_backend
 from spikeclip.kernels.common.options import lif_options
+from spikeclip.kernels.spike_products.conv import conv_takes_spikes, spike_conv2d
 from spikeclip.models.layers import hooked
 from spikeclip.models.recompute import packed_recompute, recompute
 
@@ -95,7 +98,8 @@ class _Unit:
         if isinstance(self.op, nn.Linear):
             z = F.linear(z, weight, bias)
         else:
-            z = self.op._conv_forward(z, weight, bias)
+            summed = spike_fed(self.op, z, weight) if bias is None else None
+            z = self.op._conv_forward(z, weight, bias) if summed is None else summed
         bn_args = (mean, var, gamma, beta, training, 0.0, self.bn.eps)
         fuse = self.pool is None and not params  # no pool between, no PLIF w
         if fuse and _fusable(self.neuron, self.bn, at_rest=False) and fused_backend(z) == "cpp":
@@ -119,6 +123,66 @@ def _run(stage, x):
     for module in stage:
         x = module(x)
     return x
+
+
+# Convolutions seen fed something other than spikes: convolved densely from then on.
+_DENSE_FED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _summed_conv(op) -> bool:
+    """Whether spike_conv2d computes `op`: a Conv2d it takes (conv_takes_spikes), or a Conv1d of
+    kernel 1 in the same terms (a 1x1 convolution of a [N, C, L, 1] image)."""
+    if type(op) in (nn.Conv2d, sj_layer.Conv2d):
+        return conv_takes_spikes(op)
+    return (
+        type(op) in (nn.Conv1d, sj_layer.Conv1d)
+        and op.bias is None
+        and tuple(op.kernel_size) == (1,)
+        and tuple(op.stride) == (1,)
+        and tuple(op.padding) == (0,)
+        and tuple(op.dilation) == (1,)
+        and op.groups == 1
+    )
+
+
+def spike_fed(op, x: torch.Tensor, weight: torch.Tensor | None = None):
+    """op's convolution of x `[N, C, ...]` (with `weight`, default op.weight) by
+    spikeclip.kernels.spike_conv2d where op is one it computes and x holds spikes: sums of weight
+    rows at the spikes, and at the spikes the weight gradient, in work that scales with the
+    firing rate (dense above 20%, csrc/cpu/spike_layers_cpu.cpp); the backward keeps x's bits.
+    None where it does not apply (the caller runs op): another layer or geometry, hooks on op, a
+    device or dtype the cpp kernels do not take, autocast, torch.compile, or x not spikes (then
+    op is remembered and convolved densely from then on)."""
+    if (
+        op in _DENSE_FED
+        or not _summed_conv(op)
+        or hooked(op)
+        or torch.compiler.is_compiling()
+        or torch.is_autocast_enabled(x.device.type)
+        or spike_product_backend("spike_conv2d", "auto", x.device, x.dtype) != "cpp"
+    ):
+        return None
+    weight = op.weight if weight is None else weight
+    if weight.dtype != x.dtype:
+        return None
+    one_d = x.dim() == 3
+    try:
+        y = spike_conv2d(x.unsqueeze(-1) if one_d else x,
+                         weight.unsqueeze(-1) if one_d else weight,
+                         padding=weight.shape[-1] // 2, backend="cpp")  # fmt: skip
+    except ValueError:  # not spikes
+        _DENSE_FED.add(op)
+        return None
+    return y.squeeze(-1) if one_d else y
+
+
+def _op_forward(op, x: torch.Tensor, stepped: bool) -> torch.Tensor:
+    """op(x) `[T, B, ...]` as `[T * B, ...]`, by spike_fed where it applies."""
+    flat = x.flatten(0, 1)
+    y = spike_fed(op, flat)
+    if y is not None:
+        return y
+    return op(x).flatten(0, 1) if stepped else op(flat)
 
 
 def _is_spikes(x: torch.Tensor) -> bool:
@@ -163,12 +227,16 @@ def fused_forward(stage, neuron, x):
     computes exactly what the two modules do (see _fusable); else the modules as they are. The
     neuron's `.v` is its final membrane either way, with its gradient path."""
     parts = unit_parts(stage) if x.dim() >= 3 else None
-    if parts is None or parts[2] is not None or not _fusable(neuron, parts[1]):
+    if parts is None:
         return neuron(_run(stage, x))
-    op, bn, _ = parts
+    op, bn, pool = parts
     T, B = x.shape[:2]
     stepped = not isinstance(stage, sj_layer.SeqToANNContainer)
-    y = op(x).flatten(0, 1) if stepped else op(x.flatten(0, 1))
+    y = _op_forward(op, x, stepped)
+    if pool is not None or not _fusable(neuron, bn):  # the rest as the modules run it
+        for module in (bn, pool) if pool is not None else (bn,):
+            y = module(y.unflatten(0, (T, B))).flatten(0, 1) if stepped else module(y)
+        return neuron(y.unflatten(0, (T, B)))
     if x.device.type != "cpu" or fused_backend(y) != "cpp":
         z = bn(y.unflatten(0, (T, B))) if stepped else bn(y).unflatten(0, (T, B))
         return neuron(z)

@@ -57,23 +57,26 @@ class ConvGeometry(NamedTuple):
 
 
 def _weight_grad(grad_y, bits, shape, weight, geometry, backend):
-    B, C, H, W = shape
+    """bits: the cpp op's codes [B, H, W, ceil(C_in / 8)], else pack_spikes's rows of x."""
     if backend == "cpp":
-        view = bits.view(B, C, H, -1)
         k = weight.shape[-1]
-        return torch.ops.spikeclip.spike_conv2d_weight_grad(grad_y, view, W, k, geometry.padding[0])
-    x = unpack_spikes(bits, W, grad_y.dtype, backend="torch").view(shape)
+        return torch.ops.spikeclip.spike_conv2d_weight_grad(
+            grad_y, bits, shape[1], k, geometry.padding[0]
+        )
+    x = unpack_spikes(bits, shape[-1], grad_y.dtype, backend="torch").view(shape)
     return geometry.backward(grad_y, x, weight, [False, True, False])[1]
 
 
 class _SpikeConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, geometry, backend):
+        ctx.shape, ctx.geometry, ctx.backend = x.shape, geometry, backend
+        if backend == "cpp":  # the kernel packs x per pixel (a ValueError if not spikes)
+            y, codes = torch.ops.spikeclip.spike_conv2d(x, weight, geometry.padding[0])
+            ctx.save_for_backward(codes, weight)
+            return y
         bits = pack_spikes(x.reshape(-1, x.shape[-1]))  # raises ValueError if not spikes
         ctx.save_for_backward(bits, weight)
-        ctx.shape, ctx.geometry, ctx.backend = x.shape, geometry, backend
-        if backend == "cpp":
-            return torch.ops.spikeclip.spike_conv2d(x, weight, geometry.padding[0])
         return F.conv2d(x, weight, None, geometry.stride, geometry.padding, geometry.dilation,
                         geometry.groups)  # fmt: skip
 
@@ -139,7 +142,7 @@ def spike_conv2d(
         torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     ):
         # No backward: nothing to keep (the kernel checks for spikes itself).
-        return torch.ops.spikeclip.spike_conv2d(x, weight, geometry.padding[0])
+        return torch.ops.spikeclip.spike_conv2d(x, weight, geometry.padding[0])[0]
     return _SpikeConv2d.apply(x, weight, geometry, backend)
 
 
@@ -163,8 +166,10 @@ if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
 
     @torch.library.register_fake("spikeclip::spike_conv2d")
     def _conv_fake(x, weight, padding):
-        return x.new_empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]))
+        B, C, H, W = x.shape
+        codes = x.new_empty((B, H, W, (C + 7) // 8), dtype=torch.uint8)
+        return x.new_empty((B, weight.shape[0], H, W)), codes
 
     @torch.library.register_fake("spikeclip::spike_conv2d_weight_grad")
-    def _conv_wgrad_fake(grad_y, bits, width, kernel_size, padding):
-        return grad_y.new_empty((grad_y.shape[1], bits.shape[1], kernel_size, kernel_size))
+    def _conv_wgrad_fake(grad_y, codes, channels, kernel_size, padding):
+        return grad_y.new_empty((grad_y.shape[1], channels, kernel_size, kernel_size))
