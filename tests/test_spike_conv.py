@@ -163,3 +163,34 @@ def test_weight_grad_has_the_same_bits_on_any_number_of_threads():
     assert all(torch.equal(grads[0], other) for other in grads[1:])
     ref = torch.nn.grad.conv2d_weight(x, (cout, cin, k, k), g, padding=1)
     assert rel_err(grads[0], ref) <= 1e-13
+
+
+@needs_cpp
+@pytest.mark.parametrize("seed", range(30))
+def test_random_shapes_give_the_dense_convolution(seed):
+    """Random sizes (zero included), kernels 1 / 3 / 5 and firing rates on both sides of the
+    kernels' summing limit: values and both gradients equal the dense convolution's (float64)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(lo, hi):
+        return int(torch.randint(lo, hi + 1, (), generator=gen))
+
+    B, cin, cout, H, W = pick(0, 4), pick(1, 70), pick(1, 140), pick(0, 12), pick(1, 12)
+    k, rate = (1, 3, 5)[pick(0, 2)], float(torch.rand((), generator=gen)) * 0.3
+    x = (torch.rand(B, cin, H, W, generator=gen) < rate).double()
+    w = torch.randn(cout, cin, k, k, generator=gen, dtype=torch.float64)
+    g = torch.randn(B, cout, H, W, generator=gen, dtype=torch.float64)
+    xs, ws = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    xr, wr = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    try:
+        y_ref = F.conv2d(xr, wr, padding=k // 2)
+    except RuntimeError as error:  # an empty image smaller than the kernel: refused alike
+        with pytest.raises(RuntimeError, match=str(error).split(":")[0]):
+            spike_conv2d(xs, ws, padding=k // 2, backend="cpp")
+        return
+    y_ref.backward(g)
+    y = spike_conv2d(xs, ws, padding=k // 2, backend="cpp")
+    y.backward(g)
+    assert y.shape == y_ref.shape
+    for a, b in ((y.detach(), y_ref.detach()), (ws.grad, wr.grad), (xs.grad, xr.grad)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -72,8 +72,11 @@ constexpr double kDenseRate = 0.2;
 // 8, B 512, 28 px) to 864 (96 -> 192 @ 32 px, B 64) and 1x1 ones with 128-512 inputs (B 64,
 // 64 tokens), both win up to about 20% firing (product 1.3-4x at 5%, weight gradient 1.5-4x),
 // break even near 15-30% by shape, and lose above; with fewer inputs per output the pixel's own
-// costs outweigh the sums.
+// costs outweigh the sums. The product with 432 or more inputs per output (the paper encoder's)
+// still wins at 20-25% (1.2-1.5x).
 constexpr double kConvDenseRate = 0.2;
+constexpr double kWideConvProductDenseRate = 0.25;
+constexpr int64_t kWideConvInputs = 432;
 constexpr int64_t kConvMinInputs = 72;
 constexpr int64_t kBandBytes = 64 << 10;
 constexpr int64_t kWeightGradChunks = 16;
@@ -267,8 +270,10 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
   const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t cout = weight.size(0), k = weight.size(2);
   const at::Tensor codes = pack_pixel_codes(xc, "spike_conv2d");
-  if (Cin * k * k < kConvMinInputs ||
-      firing_rate(codes.view({-1, codes.size(3)}), Cin) > kConvDenseRate)
+  const double dense_rate = Cin * k * k >= kWideConvInputs ? kWideConvProductDenseRate
+                                                            : kConvDenseRate;
+  if (xc.numel() == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
+      firing_rate(codes.view({-1, codes.size(3)}), Cin) > dense_rate)
     return {at::conv2d(xc, weight, {}, 1, padding), codes};
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
@@ -362,7 +367,7 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
               "grad_y ", grad_y.sizes(), ", codes ", codes.sizes(), ", C_in ", channels,
               ", kernel ", kernel_size, ", padding ", padding);
   const at::Tensor pix = codes.contiguous();
-  if (Cin * k * k < kConvMinInputs ||
+  if (B * H * W == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
       firing_rate(pix.view({-1, pix.size(3)}), Cin) > kConvDenseRate) {
     const at::Tensor x = unpack_pixel_codes(pix, Cin, grad_y.scalar_type());
     return std::get<1>(at::convolution_backward(

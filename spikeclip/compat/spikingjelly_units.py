@@ -227,7 +227,7 @@ def fused_forward(stage, neuron, x):
     computes exactly what the two modules do (see _fusable); else the modules as they are. The
     neuron's `.v` is its final membrane either way, with its gradient path."""
     parts = unit_parts(stage) if x.dim() >= 3 else None
-    if parts is None:
+    if parts is None or (isinstance(stage, nn.Module) and hooked(stage)):
         return neuron(_run(stage, x))
     op, bn, pool = parts
     T, B = x.shape[:2]
