@@ -196,6 +196,9 @@ def _energy_frontier(name: str = "energy_frontier_epyc_cpu_2core.json") -> str:
 RENDERERS = {
     "peer_models": _peer_models,  # the AVX-512 EPYC's, before BN + neuron were fused
     "peer_models_avx2": lambda: _peer_models("peer_models_epyc_avx2_cpu_2core.json"),
+    "peer_models_spike_convs_avx2": lambda: _peer_models(
+        "peer_models_spike_convs_epyc_avx2_cpu_2core.json"
+    ),
     "energy_frontier": _energy_frontier,  # the AVX-512 EPYC's: every setting
     "energy_frontier_avx2": lambda: _energy_frontier("energy_frontier_epyc_avx2_cpu_2core.json"),
 }

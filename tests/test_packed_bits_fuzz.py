@@ -98,9 +98,11 @@ def test_unpack_ignores_padding_bits(n, device):
 
 @needs_cpp
 @pytest.mark.parametrize("width", [5, 9, 13, 17])
-@pytest.mark.parametrize("cin", [3, 61])  # dense below 72 inputs per field, summed above
-def test_conv_weight_grad_ignores_padding_bits(width, cin):
-    B, cout, H, k = 2, 5, 6, 3
+@pytest.mark.parametrize(
+    ("cin", "cout"), [(3, 5), (61, 5), (61, 600)]
+)  # dense below 72 inputs per field; summed above, by images, and by channels past 1 MiB
+def test_conv_weight_grad_ignores_padding_bits(width, cin, cout):
+    B, H, k = 2, 6, 3
     x = (torch.rand(B, cin, H, width) < 0.1).float()
     codes = pack_spikes(x.permute(0, 2, 3, 1).contiguous(), backend="torch")
     codes[..., -1] |= (0xFF << (cin % 8)) & 0xFF if cin % 8 else 0

@@ -128,6 +128,7 @@ def test_kernel_rejects_non_spikes(cin):
         (20, 7, 5, 0.05),  # summed, a rest only
         (440, 24, 1, 0.15),  # summed, no padding
         (48, 16, 3, 0.0),  # summed, no spikes
+        (70, 520, 3, 0.08),  # summed by channel (a gradient over 1 MiB), the last byte short
         (48, 33, 3, 0.5),  # dense: above the summing rate
         (5, 7, 3, 0.02),  # dense: too few inputs per output to pay for the padded copy
     ],
@@ -145,10 +146,12 @@ def test_weight_grad_kernel_matches_dense(dtype, Cin, Cout, k, rate):
 
 
 @needs_cpp
-def test_weight_grad_has_the_same_bits_on_any_number_of_threads():
+@pytest.mark.parametrize("cin", [24, 40])  # a gradient of 69 KB: by images; 1.5 MB: by channels
+def test_weight_grad_has_the_same_bits_on_any_number_of_threads(cin):
     # 37 images: more than the kernel's 16 chunks, split unevenly; each chunk's gradient is summed
-    # on its own and the chunks added in order, so the thread count changes nothing
-    B, cin, cout, H, W, k = 37, 24, 40, 5, 6, 3
+    # on its own and the chunks added in order (or, by channels, each thread sums whole channels),
+    # so the thread count changes nothing
+    B, cout, H, W, k = 37, 40 if cin == 24 else 520, 5, 6, 3
     x = (torch.rand(B, cin, H, W) < 0.1).double()
     g = torch.randn(B, cout, H, W, dtype=torch.float64)
     codes = torch.ops.spikeclip.spike_conv2d(x, torch.randn(cout, cin, k, k).double(), 1)[1]

@@ -80,6 +80,9 @@ constexpr int64_t kWideConvInputs = 432;
 constexpr int64_t kConvMinInputs = 72;
 constexpr int64_t kBandBytes = 64 << 10;
 constexpr int64_t kWeightGradChunks = 16;
+// The scatter weight gradient while gw fits here (a 2-core EPYC's L2 is 512 KiB, and the scatter
+// beat the gather up to 96 -> 192 3x3, 663 KB; above, at 192 -> 384 and 384 -> 384, it lost).
+constexpr int64_t kScatterGradBytes = 1 << 20;
 
 double firing_rate(const at::Tensor& bits, int64_t n) {
   const int64_t total = bits.numel();
@@ -300,13 +303,19 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
 // ---- 2-d convolution fed by spikes: the weight gradient -----------------------------------
 // gw[co, ci, kh, kw] = sum over b, oh, ow of gy[b, co, oh, ow] x[b, ci, oh - p + kh, ow - p + kw]
 // (stride 1, zero padding p): the spike (b, ci, ih, iw) meets at tap (kh, kw) the gradient of
-// output pixel (ih + p - kh, iw + p - kw). Image by image, gy is copied channels last with a
-// zero border of p ([H + 2p, W + 2p, Cout], near the core; taps past the edge read the
-// border), and each pixel that spikes lists its channels once; per tap, the gy row it meets is
-// held in registers and added into the rows [ci, kh, kw, :] of its listed channels
-// (add_to_listed_rows): k x k row additions per spike, none for a pixel that does not spike.
-// The images are split into a fixed number of chunks, each summed into its own gradient, and the
-// chunks' gradients are added in order: the same bits on any number of threads.
+// output pixel (ih + p - kh, iw + p - kw). gy is copied image by image channels last with a zero
+// border of p ([H + 2p, W + 2p, Cout]; taps past the edge read the border). Two ways, by the
+// size of the gradient:
+// - scatter (gw up to kScatterGradBytes, near the core): each pixel that spikes lists its
+//   channels once; per tap, the gy row it meets is held in registers and added into the rows
+//   [ci, kh, kw, :] of its listed channels (add_to_listed_rows): k x k row additions per spike.
+//   The images are split into a fixed number of chunks, each summed into its own gradient, and
+//   the chunks' gradients are added in order.
+// - gather (larger gw): threads own disjoint channels; each image's spikes of a channel are
+//   listed, and each tap sums the gy rows at them in registers (sum_listed_rows), then the sums
+//   are added into the channel's rows: gw is written once per channel and image.
+// Either way each element's sum runs in an order fixed by the shapes: the same bits on any
+// number of threads.
 
 // Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border).
 template <typename F>
@@ -352,6 +361,42 @@ SC_CPU_CLONES void spike_conv_weight_grad_images(const F* gy, const uint8_t* pix
   }
 }
 
+// Channels c0..c1 over all images into gwt [Cin, k, k, Cout] (their rows zeroed here); gyp: gy
+// of every image channels last with the border, [B, H + 2p, W + 2p, Cout].
+template <typename F>
+SC_CPU_CLONES void spike_conv_weight_grad_channels(const F* gyp, const uint8_t* pix, F* gwt,
+                                                   const ConvShape& s, int64_t B, int64_t c0,
+                                                   int64_t c1) {
+  const int64_t nbc = packed_row_bytes(s.Cin), HW = s.H * s.W, Wp = s.padded_width();
+  const int64_t taps = s.k * s.k, cout = s.cout;
+  std::fill(gwt + c0 * taps * cout, gwt + c1 * taps * cout, F(0));
+  std::vector<int32_t> lists(static_cast<size_t>(8 * HW));  // a group's 8 channels' pixels
+  std::vector<F> sums(static_cast<size_t>(taps * cout));
+  for (int64_t b = 0; b < B; ++b) {
+    const F* image = gyp + b * (s.H + 2 * s.pad) * Wp * cout;
+    for (int64_t g = c0 / 8; g * 8 < c1; ++g) {  // c0 is a multiple of 8
+      int64_t count[8] = {};
+      const unsigned mask = (1u << std::min<int64_t>(8, c1 - g * 8)) - 1u;  // channels < c1
+      for (int64_t q = 0; q < HW; ++q) {
+        const int32_t at = static_cast<int32_t>((q / s.W) * Wp + q % s.W);
+        for (unsigned byte = pix[(b * HW + q) * nbc + g] & mask; byte; byte &= byte - 1) {
+          const int j = __builtin_ctz(byte);
+          lists[j * HW + count[j]++] = at;
+        }
+      }
+      for (int64_t j = 0; j < 8; ++j) {
+        if (count[j] == 0) continue;
+        for (int64_t kh = 0; kh < s.k; ++kh)
+          for (int64_t kw = 0; kw < s.k; ++kw)
+            sum_listed_rows<F>(image + ((2 * s.pad - kh) * Wp + 2 * s.pad - kw) * cout,
+                               lists.data() + j * HW, count[j], cout,
+                               sums.data() + (kh * s.k + kw) * cout);
+        add_row(gwt + (g * 8 + j) * taps * cout, sums.data(), taps * cout);
+      }
+    }
+  }
+}
+
 at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tensor& codes,
                                         int64_t channels, int64_t kernel_size, int64_t padding) {
   TORCH_CHECK(grad_y.dim() == 4 && codes.dim() == 4 && codes.scalar_type() == at::kByte,
@@ -376,7 +421,27 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
   }
   const at::Tensor gy = grad_y.contiguous();
   const ConvShape shape{H, W, Cin, cout, k, p};
-  const int64_t chunks = std::min<int64_t>(B, kWeightGradChunks), size = Cin * k * k * cout;
+  const int64_t size = Cin * k * k * cout;
+  if (size * grad_y.element_size() > kScatterGradBytes) {
+    at::Tensor gyp = at::empty({B, H + 2 * p, shape.padded_width(), cout}, grad_y.options());
+    at::Tensor gwt = at::empty({Cin, k, k, cout}, grad_y.options());
+    AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad", [&] {
+      const int64_t image = (H + 2 * p) * shape.padded_width() * cout;
+      at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b)
+          pad_channels_last<scalar_t>(gy.data_ptr<scalar_t>() + b * cout * H * W,
+                                      gyp.data_ptr<scalar_t>() + b * image, cout, H, W, p);
+      });
+      at::parallel_for(0, packed_row_bytes(Cin), 1, [&](int64_t g0, int64_t g1) {
+        spike_conv_weight_grad_channels<scalar_t>(gyp.data_ptr<scalar_t>(),
+                                                  pix.data_ptr<uint8_t>(),
+                                                  gwt.data_ptr<scalar_t>(), shape, B, g0 * 8,
+                                                  std::min(Cin, g1 * 8));
+      });
+    });
+    return gwt.permute({3, 0, 1, 2}).contiguous();
+  }
+  const int64_t chunks = std::min<int64_t>(B, kWeightGradChunks);
   at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), size}, grad_y.options());
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad", [&] {
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
