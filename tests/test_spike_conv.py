@@ -197,3 +197,26 @@ def test_random_shapes_give_the_dense_convolution(seed):
     assert y.shape == y_ref.shape
     for a, b in ((y.detach(), y_ref.detach()), (ws.grad, wr.grad), (xs.grad, xr.grad)):
         assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cout", [40, 600])  # the weight gradient by images, and by channels
+def test_inf_and_nan_give_the_dense_convolutions_answer(dtype, cout):
+    """A weight or grad_y holding inf / NaN: the kernels hand over to the dense convolution,
+    whose products meet them at the zeros too (0 x inf = NaN), so the answer is the
+    reference's, NaN for NaN."""
+    B, cin, H, W, k = 3, 24, 5, 6, 3
+    x = (torch.rand(B, cin, H, W) < 0.1).to(dtype)
+    for bad in (float("inf"), float("nan")):
+        w = torch.randn(cout, cin, k, k, dtype=dtype)
+        w[1, 2, 0, 1] = bad
+        y = torch.ops.spikeclip.spike_conv2d(x, w, 1)[0]
+        torch.testing.assert_close(y, F.conv2d(x, w, padding=1), equal_nan=True)
+        g = torch.randn(B, cout, H, W, dtype=dtype)
+        g[2, 3, 4, 5] = bad
+        codes = torch.ops.spikeclip.spike_conv2d(x, w.nan_to_num(), 1)[1]
+        gw = torch.ops.spikeclip.spike_conv2d_weight_grad(g, codes, cin, k, 1)
+        ref = torch.nn.grad.conv2d_weight(x, w.shape, g, padding=1)
+        assert torch.isnan(ref).any()  # the zeros met the inf: a case the sums would miss
+        torch.testing.assert_close(gw, ref, equal_nan=True)

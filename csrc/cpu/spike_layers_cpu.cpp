@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstring>
 #include <type_traits>
@@ -275,8 +276,11 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
   const at::Tensor codes = pack_pixel_codes(xc, "spike_conv2d");
   const double dense_rate = Cin * k * k >= kWideConvInputs ? kWideConvProductDenseRate
                                                             : kConvDenseRate;
+  // oneDNN's product past the rates the sums pay, and for weights with inf or NaN (a dense
+  // product meets them at the zeros too: 0 x inf is NaN there, and the sums skip the zeros)
   if (xc.numel() == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
-      firing_rate(codes.view({-1, codes.size(3)}), Cin) > dense_rate)
+      firing_rate(codes.view({-1, codes.size(3)}), Cin) > dense_rate ||
+      !at::isfinite(weight).all().item<bool>())
     return {at::conv2d(xc, weight, {}, 1, padding), codes};
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
@@ -317,9 +321,11 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
 // Either way each element's sum runs in an order fixed by the shapes: the same bits on any
 // number of threads.
 
-// Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border).
+// Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border); whether
+// every value copied is finite.
 template <typename F>
-void pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p) {
+bool pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p) {
+  bool finite = true;
   const int64_t Wp = W + 2 * p, row_len = Wp * cout;
   std::fill(out, out + p * row_len, F(0));
   for (int64_t h = 0; h < H; ++h) {
@@ -328,23 +334,27 @@ void pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, 
     std::fill(row + (p + W) * cout, row + row_len, F(0));
     for (int64_t co = 0; co < cout; ++co) {
       const F* src = gy + (co * H + h) * W;
-      for (int64_t w = 0; w < W; ++w) row[(p + w) * cout + co] = src[w];
+      for (int64_t w = 0; w < W; ++w) {
+        row[(p + w) * cout + co] = src[w];
+        finite &= std::isfinite(src[w]);
+      }
     }
   }
   std::fill(out + (H + p) * row_len, out + (H + 2 * p) * row_len, F(0));
+  return finite;
 }
 
 // Images b0..b1 into gwt [Cin, k, k, Cout] (zeroed here); gyp: [H + 2p, W + 2p, Cout] scratch,
-// list: Cin entries.
+// list: Cin entries. False (and gwt unfinished) at an image whose gy is not all finite.
 template <typename F>
-SC_CPU_CLONES void spike_conv_weight_grad_images(const F* gy, const uint8_t* pix, F* gwt, F* gyp,
+SC_CPU_CLONES bool spike_conv_weight_grad_images(const F* gy, const uint8_t* pix, F* gwt, F* gyp,
                                                  int32_t* list, const ConvShape& s, int64_t b0,
                                                  int64_t b1) {
   const int64_t nbc = packed_row_bytes(s.Cin), Wp = s.padded_width(), taps = s.k * s.k;
   const int64_t cout = s.cout, stride = taps * cout;
   std::fill(gwt, gwt + s.Cin * stride, F(0));
   for (int64_t b = b0; b < b1; ++b) {
-    pad_channels_last(gy + b * cout * s.H * s.W, gyp, cout, s.H, s.W, s.pad);
+    if (!pad_channels_last(gy + b * cout * s.H * s.W, gyp, cout, s.H, s.W, s.pad)) return false;
     for (int64_t ih = 0; ih < s.H; ++ih) {
       for (int64_t iw = 0; iw < s.W; ++iw) {
         int64_t m = 0;
@@ -359,6 +369,7 @@ SC_CPU_CLONES void spike_conv_weight_grad_images(const F* gy, const uint8_t* pix
       }
     }
   }
+  return true;
 }
 
 // Channels c0..c1 over all images into gwt [Cin, k, k, Cout] (their rows zeroed here); gyp: gy
@@ -412,14 +423,19 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
               "grad_y ", grad_y.sizes(), ", codes ", codes.sizes(), ", C_in ", channels,
               ", kernel ", kernel_size, ", padding ", padding);
   const at::Tensor pix = codes.contiguous();
-  if (B * H * W == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
-      firing_rate(pix.view({-1, pix.size(3)}), Cin) > kConvDenseRate) {
+  // oneDNN's gradient: past the rates the sums pay, and where grad_y holds inf or NaN (a dense
+  // product meets them at the zeros too: 0 x inf is NaN there, and the sums skip the zeros)
+  const auto dense = [&] {
     const at::Tensor x = unpack_pixel_codes(pix, Cin, grad_y.scalar_type());
     return std::get<1>(at::convolution_backward(
         grad_y, x, at::empty({cout, Cin, k, k}, grad_y.options()), std::nullopt, {1, 1},
         {padding, padding}, {1, 1}, false, {0, 0}, 1, {false, true, false}));
-  }
+  };
+  if (B * H * W == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
+      firing_rate(pix.view({-1, pix.size(3)}), Cin) > kConvDenseRate)
+    return dense();
   const at::Tensor gy = grad_y.contiguous();
+  std::atomic<bool> finite{true};
   const ConvShape shape{H, W, Cin, cout, k, p};
   const int64_t size = Cin * k * k * cout;
   if (size * grad_y.element_size() > kScatterGradBytes) {
@@ -429,9 +445,11 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
       const int64_t image = (H + 2 * p) * shape.padded_width() * cout;
       at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b)
-          pad_channels_last<scalar_t>(gy.data_ptr<scalar_t>() + b * cout * H * W,
-                                      gyp.data_ptr<scalar_t>() + b * image, cout, H, W, p);
+          if (!pad_channels_last<scalar_t>(gy.data_ptr<scalar_t>() + b * cout * H * W,
+                                           gyp.data_ptr<scalar_t>() + b * image, cout, H, W, p))
+            finite = false;
       });
+      if (!finite) return;
       at::parallel_for(0, packed_row_bytes(Cin), 1, [&](int64_t g0, int64_t g1) {
         spike_conv_weight_grad_channels<scalar_t>(gyp.data_ptr<scalar_t>(),
                                                   pix.data_ptr<uint8_t>(),
@@ -439,7 +457,7 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
                                                   std::min(Cin, g1 * 8));
       });
     });
-    return gwt.permute({3, 0, 1, 2}).contiguous();
+    return finite ? gwt.permute({3, 0, 1, 2}).contiguous() : dense();
   }
   const int64_t chunks = std::min<int64_t>(B, kWeightGradChunks);
   at::Tensor partial = at::empty({std::max<int64_t>(chunks, 1), size}, grad_y.options());
@@ -447,13 +465,15 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       std::vector<scalar_t> gyp(static_cast<size_t>((H + 2 * p) * shape.padded_width() * cout));
       std::vector<int32_t> list(static_cast<size_t>(Cin));
-      for (int64_t c = c0; c < c1; ++c)
-        spike_conv_weight_grad_images<scalar_t>(gy.data_ptr<scalar_t>(), pix.data_ptr<uint8_t>(),
-                                                partial.data_ptr<scalar_t>() + c * size,
-                                                gyp.data(), list.data(), shape, B * c / chunks,
-                                                B * (c + 1) / chunks);
+      for (int64_t c = c0; c < c1 && finite; ++c)
+        if (!spike_conv_weight_grad_images<scalar_t>(
+                gy.data_ptr<scalar_t>(), pix.data_ptr<uint8_t>(),
+                partial.data_ptr<scalar_t>() + c * size, gyp.data(), list.data(), shape,
+                B * c / chunks, B * (c + 1) / chunks))
+          finite = false;
     });
   });
+  if (!finite) return dense();
   AT_DISPATCH_FLOATING_TYPES(grad_y.scalar_type(), "spike_conv2d_weight_grad_sum", [&] {
     scalar_t* acc = partial.data_ptr<scalar_t>();  // chunk 0 += chunk 1, 2, ... in order
     at::parallel_for(0, size, 1 << 12, [&](int64_t i0, int64_t i1) {
