@@ -131,6 +131,18 @@ TORCH_LIBRARY(spikeclip, m) {
       "-> (Tensor, Tensor, Tensor)",
       {at::Tag::pt2_compliant_tag});
 
+  // BatchNorm + max-pool fused (csrc/cpu/bn_pool_cpu.cpp; kernels/bn_pool). y [N, C, H, W]
+  // float32 / float64; mean, invstd [C] in y's dtype; window 2 (2x2, stride 2) or 3 (3x3,
+  // stride 2, padding 1). bn_max_pool: (the pooled BatchNorm output, a byte per window: its
+  // winner). bn_max_pool_backward: (grad_y, grad_weight, grad_bias) from the pooled output's
+  // gradient: BatchNorm's backward with batch statistics when training, else with fixed ones.
+  m.def("bn_max_pool(Tensor y, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+        "int window) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+  m.def("bn_max_pool_backward(Tensor grad_z, Tensor where, Tensor y, Tensor mean, "
+        "Tensor invstd, Tensor? weight, int window, bool training) -> (Tensor, Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
+
   // Spiking attention fused with its LIF (decay_input, v0 = rest). q, k, v: [T, B, H, N, D].
   // Returns (out [T, B, H, N, D], h, q_bits, k_bits, v_bits); h and the packed copies of q, k, v
   // (uint8 [T, B, H, N, ceil(D/8)]) are empty unless save. SDSA's h is [T, B, H, D] in the

@@ -10,6 +10,7 @@ import torch
 
 import spikeclip.kernels as K
 from spikeclip.kernels.bn_lif.op import bn_lif
+from spikeclip.kernels.bn_pool.op import bn_max_pool
 from spikeclip.kernels.common.backends import (
     BACKENDS,
     OP_BACKENDS,
@@ -44,6 +45,12 @@ _img = _spikes(2, 3, 9, 9)
 _cw = torch.randn(4, 3, 3, 3, generator=g)
 _pool_in = torch.randn(2, 3, 9, 9, generator=g)
 
+
+def _bn_max_pool(backend):
+    return bn_max_pool(_pool_in, None, None, _gamma[:3], _beta[:3], True, 0.1, 1e-5,
+                       backend=backend)  # fmt: skip
+
+
 # One call of each op of the table, by backend.
 CALLS = {
     "lif": lambda b: K.lif(_x, backend=b),
@@ -54,6 +61,7 @@ CALLS = {
     "spike_linear": lambda b: K.spike_linear(_s, _bits, _w, backend=b),
     "spike_conv2d": lambda b: K.spike_conv2d(_img, _cw, padding=1, backend=b),
     "bn_lif": _bn_lif,
+    "bn_max_pool": _bn_max_pool,
     "max_pool2x2": lambda b: K.max_pool2x2(_pool_in, backend=b),
     "max_pool3x3s2": lambda b: K.max_pool3x3s2(_pool_in, backend=b),
 }
@@ -67,7 +75,7 @@ def test_the_table_covers_every_public_op():
         and not name.endswith("_reference")
         and name not in ("available_backends", "resolve_backend", "BackendUnavailableError")
     }
-    assert set(OP_BACKENDS) == public_ops | {"bn_lif"}
+    assert set(OP_BACKENDS) == public_ops | {"bn_lif", "bn_max_pool"}  # used by the units
     assert set(CALLS) == set(OP_BACKENDS)
     for row in OP_BACKENDS.values():
         assert "torch" in row and set(row) <= set(BACKENDS[1:])
@@ -100,7 +108,8 @@ def test_kernels_holds_op_folders_and_common_only():
     loose = sorted(p.name for p in root.glob("*.py") if p.name != "__init__.py")
     assert loose == []
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "__pycache__")
-    assert folders == ["attention", "bn_lif", "common", "lif", "max_pool", "spike_products"]
+    assert folders == ["attention", "bn_lif", "bn_pool", "common", "lif", "max_pool",
+                       "spike_products"]  # fmt: skip
     for folder in folders:
         assert (root / folder / "__init__.py").exists()
         if folder != "common":  # each op's spec beside it

@@ -10,8 +10,9 @@ import torch
 from lif_cases import rel_err
 from torch import nn
 
-from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif
+from spikeclip.kernels.bn_lif.op import bn_lif
 from spikeclip.kernels.common.backends import BackendUnavailableError, why_unavailable
+from spikeclip.kernels.common.batch_norm import batch_norm_args
 from spikeclip.kernels.common.options import lif_options
 
 TRITON = [

@@ -671,8 +671,9 @@ class _SpikeFedStages(torch.nn.Module):
 def test_spike_fed_convolutions_sum_at_the_spikes(monkeypatch, memory):
     """accelerate() runs SpikingJelly's convolutions fed spikes (3x3 'same' Conv2d, 1x1 Conv1d)
     through spike_conv2d (sums at the spikes: at 5% firing its cpp kernels take them), with or
-    without a pool after BN and in lossless units' recomputation; one fed a float image is
-    tried once and convolved densely from then on. Outputs and gradients are SpikingJelly's."""
+    without a pool after BN (BN and pool then fused, kernels.bn_pool) and in lossless units'
+    recomputation; one fed a float image is tried once and convolved densely from then on.
+    Outputs and gradients are SpikingJelly's."""
     spikingjelly()
     from spikingjelly.activation_based import functional
 
@@ -690,6 +691,10 @@ def test_spike_fed_convolutions_sum_at_the_spikes(monkeypatch, memory):
     fed = []
     real = units.spike_conv2d
     monkeypatch.setattr(units, "spike_conv2d", lambda x, *a, **k: fed.append(x) or real(x, *a, **k))
+    pooled, real_pool = [], units.bn_max_pool
+    monkeypatch.setattr(
+        units, "bn_max_pool", lambda y, *a, **k: pooled.append(y) or real_pool(y, *a, **k)
+    )
     image = torch.rand(2, 3, 3, 8, 8, dtype=torch.float64) * 3
     spikes = (torch.rand(2, 3, 16, 8, 8) < 0.05).double()
     batches = dict(image=(image, spikes), second=(image.flip(-1) * 0.9, spikes.flip(-1)), lr=0.01)
@@ -707,3 +712,5 @@ def test_spike_fed_convolutions_sum_at_the_spikes(monkeypatch, memory):
     assert len(spiking) == 2 * per_batch and len(fed) == len(spiking) + 1
     assert any(float(x.mean()) < 0.1 for x in spiking)  # the kernels' summing side ran too
     assert ours.image_stage.conv_bn.block[0] in units._DENSE_FED
+    # the pooled stage's BN + pool fused (kernels.bn_pool), in each forward and recomputation
+    assert len(pooled) == per_batch // 2

@@ -27,6 +27,8 @@ def _inputs(kind, shape, dtype):
         return torch.randn(shape).to(dtype)
     if kind == "ties":  # few distinct values: most windows hold equal maxima
         return torch.randint(0, 3, shape).to(dtype)
+    if kind == "close":  # in float64, maxima apart by less than float32 can tell
+        return (1 + torch.randint(0, 3, shape).double() * 1e-12).to(dtype)
     if kind == "all_-inf":  # whole windows of -inf, and NaN among them
         x = torch.full(shape, float("-inf"))
         x[torch.rand(shape) < 0.05] = float("nan")
@@ -48,10 +50,12 @@ def _pool_and_grad(fn, x, g):
 @needs_cpp
 @pytest.mark.parametrize("name", POOLS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["random", "ties", "nan_inf", "all_-inf"])
+@pytest.mark.parametrize("kind", ["random", "ties", "close", "nan_inf", "all_-inf"])
 @pytest.mark.parametrize(
-    "shape", [(3, 5, 8, 6), (2, 3, 7, 9), (1, 2, 2, 3), (4, 1, 5, 2), (2, 3, 6, 22), (1, 2, 9, 17)]
-)
+    "shape",
+    [(3, 5, 8, 6), (2, 3, 7, 9), (1, 2, 2, 3), (4, 1, 5, 2), (2, 3, 6, 22), (1, 2, 9, 17),
+     (2, 2, 5, 41)],
+)  # fmt: skip
 def test_matches_max_pool2d_exactly(name, dtype, kind, shape):
     ours, spec, out = POOLS[name]
     x = _inputs(kind, shape, dtype)

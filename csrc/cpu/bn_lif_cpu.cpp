@@ -29,13 +29,15 @@
 
 #include "../lif_common.h"
 #include "../lif_math.h"
+#include "batch_norm_cpu.h"
 #include "cpu_simd.h"
 
 namespace spikeclip {
 namespace {
 
+using namespace batch_norm;
+
 constexpr int64_t kRun = 512;
-constexpr int kLanes = 8;  // independent partial sums: vectorised, and no serial add chain
 
 // y as [T, B, C, inner]; runs r = (b * C + c) * segs + s cover positions s * kRun.. of channel c
 // of sample b, at every step.
@@ -75,12 +77,6 @@ SC_CPU_CLONES void add_shifted(const S* __restrict x, int64_t n, double shift,
     sum[0] += d;
     sq[0] += d * d;
   }
-}
-
-double lanes_total(const double* lanes) {
-  double total = 0.0;
-  for (int k = 0; k < kLanes; ++k) total += lanes[k];
-  return total;
 }
 
 template <typename S>
@@ -176,66 +172,23 @@ SC_CPU_CLONES void backward_run(const S* __restrict grad_s, const S* __restrict 
   sums[1] = lanes_total(lanes_gx);
 }
 
-// dL/dy from dL/dz (in place): BatchNorm's backward. Training: (gz - k1 - xhat * k2) * scale,
-// k1 = mean of gz, k2 = mean of gz * xhat over the channel; eval: gz * scale.
-template <typename S, typename F, bool kTraining>
-SC_CPU_CLONES void input_grad_run(S* __restrict g, const S* __restrict y, int64_t T, int64_t step,
-                                  int64_t len, F mean, F invstd, F scale, F k1, F k2) {
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t off = t * step;
-    for (int64_t i = 0; i < len; ++i) {
-      const F gz = static_cast<F>(g[off + i]);
-      if constexpr (kTraining) {
-        const F xhat = (static_cast<F>(y[off + i]) - mean) * invstd;
-        g[off + i] = static_cast<S>((gz - k1 - xhat * k2) * scale);
-      } else {
-        g[off + i] = static_cast<S>(gz * scale);
-      }
-    }
-  }
-}
-
-void check_channels(const at::Tensor& t, const char* name, const at::Tensor& y, int64_t C,
-                    at::ScalarType dtype) {
-  TORCH_CHECK(t.device() == y.device(), "spikeclip bn_lif: ", name, " is on ", t.device(),
-              ", y on ", y.device());
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == C, "spikeclip bn_lif: ", name, " must be [", C,
-              "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == dtype, "spikeclip bn_lif: ", name, " must be ", dtype, ", got ",
-              t.scalar_type());
-}
-
-void check_y(const at::Tensor& y) {
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "spikeclip bn_lif (cpp): y must be float32 or float64, got ", y.scalar_type());
-}
-
-// Per-channel (a, b) of z = y * a + b, in y's dtype.
-std::pair<at::Tensor, at::Tensor> linear_terms(const at::Tensor& mean, const at::Tensor& invstd,
-                                               const std::optional<at::Tensor>& weight,
-                                               const std::optional<at::Tensor>& bias) {
-  at::Tensor a = weight ? invstd * weight->to(invstd.scalar_type()) : invstd.clone();
-  at::Tensor shift = bias ? bias->to(invstd.scalar_type()) : at::zeros_like(mean);
-  return {a.contiguous(), (shift - mean * a).contiguous()};
-}
-
 // The checks of a forward or backward call (sizes, devices, dtypes: everything the kernels
 // index by), and the LIF's options.
 LifOptionsView check_call(const at::Tensor& y, const Layout& l, const at::Tensor& mean,
                           const at::Tensor& invstd, const std::optional<at::Tensor>& weight,
                           const std::optional<at::Tensor>& bias, double tau,
                           SPIKECLIP_LIF_PARAMS) {
-  check_y(y);
-  check_channels(mean, "mean", y, l.C, y.scalar_type());
-  check_channels(invstd, "invstd", y, l.C, y.scalar_type());
-  if (weight) check_channels(*weight, "weight", y, l.C, weight->scalar_type());
-  if (bias) check_channels(*bias, "bias", y, l.C, bias->scalar_type());
+  check_float("bn_lif", y);
+  check_channels("bn_lif", mean, "mean", y, l.C, y.scalar_type());
+  check_channels("bn_lif", invstd, "invstd", y, l.C, y.scalar_type());
+  if (weight) check_channels("bn_lif", *weight, "weight", y, l.C, weight->scalar_type());
+  if (bias) check_channels("bn_lif", *bias, "bias", y, l.C, bias->scalar_type());
   TORCH_CHECK(tau > 1.0, "spikeclip bn_lif: tau must be > 1, got ", tau);
   return lif_options_view(tau, SPIKECLIP_LIF_ARGS);
 }
 
 std::tuple<at::Tensor, at::Tensor> bn_stats_cpu(const at::Tensor& y) {
-  check_y(y);
+  check_float("bn_stats", y);
   const Layout l(y, 1);
   TORCH_CHECK(l.B * l.inner > 1 || l.C == 0,
               "spikeclip bn_stats: more than 1 value per channel is needed, got y of shape ",

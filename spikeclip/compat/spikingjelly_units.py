@@ -29,10 +29,13 @@ from torch import nn
 
 from spikeclip.compat import pooling
 from spikeclip.compat import spikingjelly as compat
-from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif, fused_backend
+from spikeclip.kernels.bn_lif.op import bn_lif, fused_backend
+from spikeclip.kernels.bn_pool.op import bn_max_pool, bn_pool_backend
 from spikeclip.kernels.common.backends import spike_product_backend
+from spikeclip.kernels.common.batch_norm import batch_norm_args
 from spikeclip.kernels.common.options import lif_options
 from spikeclip.kernels.spike_products.conv import conv_takes_spikes, spike_conv2d
+from spikeclip.models.kernel_policy import runs_cpp_kernels
 from spikeclip.models.layers import hooked
 from spikeclip.models.recompute import packed_recompute, recompute
 
@@ -105,11 +108,15 @@ class _Unit:
         if fuse and _fusable(self.neuron, self.bn, at_rest=False) and fused_backend(z) == "cpp":
             spikes = _bn_neuron(z, x.shape[0], bn_args, self.neuron)  # fused, as the forward
             return spikes.unflatten(0, x.shape[:2])
-        z = F.batch_norm(z, *bn_args)
-        if self.pool is not None:
-            p = self.pool
-            z = pooling.byte_pool(p, z, lambda t: F.max_pool2d(
-                t, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode))  # fmt: skip
+        pooled = _bn_pool(self.bn, self.pool, z, bn_args)
+        if pooled is not None:
+            z = pooled
+        else:
+            z = F.batch_norm(z, *bn_args)
+            if self.pool is not None:
+                p = self.pool
+                z = pooling.byte_pool(p, z, lambda t: F.max_pool2d(
+                    t, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode))  # fmt: skip
         z = z.unflatten(0, x.shape[:2])
         w = params[0] if params else None  # a PLIF's w (the only neuron parameter we run)
         spikes, _ = self.neuron._step_through_lif(z, None, w)  # from rest, as the forward
@@ -233,6 +240,9 @@ def fused_forward(stage, neuron, x):
     T, B = x.shape[:2]
     stepped = not isinstance(stage, sj_layer.SeqToANNContainer)
     y = _op_forward(op, x, stepped)
+    pooled = _bn_pool(bn, pool, y)
+    if pooled is not None:
+        return neuron(pooled.unflatten(0, (T, B)))
     if pool is not None or not _fusable(neuron, bn):  # the rest as the modules run it
         for module in (bn, pool) if pool is not None else (bn,):
             y = module(y.unflatten(0, (T, B))).flatten(0, 1) if stepped else module(y)
@@ -243,6 +253,28 @@ def fused_forward(stage, neuron, x):
     spikes, v = _bn_neuron(y, T, batch_norm_args(bn), neuron, return_v=True)
     neuron.v = v
     return spikes.unflatten(0, (T, B))
+
+
+def _bn_pool(bn, pool, y: torch.Tensor, bn_args: tuple | None = None) -> torch.Tensor | None:
+    """pool(bn(y)) for y `[T*B, C, H, W]` by the fused kernels (spikeclip.kernels.bn_pool:
+    BatchNorm's output never in memory, a byte per window kept) where they compute it: a pool
+    our kernels take (pooling.pool_kind), the cpp backend for y, neither module watched by
+    hooks; bn_args: F.batch_norm's arguments (default: bn's own, counting the batch as bn
+    does). None where it does not apply (the caller runs the modules)."""
+    if pool is None or y.dim() != 4 or not isinstance(bn, nn.BatchNorm2d):
+        return None
+    kind = pooling.pool_kind(pool)
+    if (
+        kind is None
+        or hooked(bn)
+        or hooked(pool)
+        or torch.compiler.is_compiling()
+        or not runs_cpp_kernels(getattr(pool, "kernel_backend", "auto"), y)
+        or bn_pool_backend(y) != "cpp"
+    ):
+        return None
+    args = batch_norm_args(bn) if bn_args is None else bn_args
+    return bn_max_pool(y, *args, window=kind, backend="cpp")
 
 
 def _bn_neuron(y, T: int, bn_args: tuple, neuron, **kwargs):

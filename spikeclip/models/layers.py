@@ -12,7 +12,8 @@ from torch import nn
 from torch.nn.modules import module as nn_module
 
 from spikeclip.kernels import pack_spikes
-from spikeclip.kernels.bn_lif.op import batch_norm_args, bn_lif
+from spikeclip.kernels.bn_lif.op import bn_lif
+from spikeclip.kernels.common.batch_norm import batch_norm_args
 from spikeclip.kernels.common.options import lif_options
 from spikeclip.kernels.max_pool.op import max_pool2x2, max_pool3x3s2
 from spikeclip.kernels.max_pool.reference import max_pool2x2_reference, max_pool3x3s2_reference

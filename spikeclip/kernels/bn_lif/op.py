@@ -20,89 +20,22 @@ variance). Saved for the backward: y and the membrane h, as the unfused pair kee
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from spikeclip._ext import extension_loaded
 from spikeclip.kernels.bn_lif.reference import bn_lif_reference
 from spikeclip.kernels.common.backends import resolve_backend
+from spikeclip.kernels.common.batch_norm import (
+    channels_view,
+    check_batch_norm,
+    normalising_statistics,
+)
 from spikeclip.kernels.common.options import LifOptions
-
-
-def _channels_view(y: torch.Tensor) -> tuple[int, int, int]:
-    """(outer, C, inner) of y `[outer, C]` or `[outer, C, *spatial]`."""
-    if y.dim() < 2:
-        raise ValueError(f"bn_lif: y must be [outer, C, ...], got shape {tuple(y.shape)}")
-    inner = 1
-    for d in y.shape[2:]:
-        inner *= d
-    return y.shape[0], y.shape[1], inner
-
-
-def _check(y, T, running_mean, running_var, weight, bias, training) -> None:
-    """What the fused kernels rely on, refused with a clear error before they read anything:
-    y floating `[T*B', C, ...]`, every per-channel tensor C long on y's device, more than one
-    value per channel to normalise over in training mode (as F.batch_norm asks)."""
-    if not isinstance(y, torch.Tensor) or not y.is_floating_point():
-        raise TypeError(f"bn_lif: y must be a floating tensor, got {getattr(y, 'dtype', y)}")
-    outer, C, inner = _channels_view(y)
-    if isinstance(T, bool) or not isinstance(T, int) or T <= 0 or outer % T:
-        raise ValueError(f"bn_lif: y's first dimension ({outer}) must be a multiple of T={T}")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):  # fmt: skip
-        if t is not None and (t.dim() != 1 or t.numel() != C or t.device != y.device):
-            raise ValueError(
-                f"bn_lif: {name} must be [{C}] on {y.device}, got {tuple(t.shape)} on {t.device}"
-            )
-    if not training and (running_mean is None or running_var is None):
-        raise ValueError("bn_lif: eval mode normalises with running_mean and running_var")
-    if training and outer * inner <= 1:
-        raise ValueError(
-            f"bn_lif: more than 1 value per channel is needed in training mode, got y of shape "
-            f"{tuple(y.shape)}"
-        )
-
-
-def batch_norm_args(bn: nn.modules.batchnorm._BatchNorm) -> tuple:
-    """The arguments nn.BatchNorm's forward gives F.batch_norm (after counting the batch):
-    (running_mean, running_var, weight, bias, training, momentum, eps)."""
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        if bn.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(bn.num_batches_tracked)
-    training = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep = not bn.training or bn.track_running_stats
-    return (bn.running_mean if keep else None, bn.running_var if keep else None, bn.weight,
-            bn.bias, training, factor, bn.eps)  # fmt: skip
-
 
 # The cpp kernels' work comes in runs of one channel's positions of one sample: with fewer than
 # this many per run "auto" takes the unfused pair. Measured once (AVX2 EPYC, [64, 512, inner],
 # fwd + bwd against BatchNorm + the cpp LIF, ad hoc): 0.3x at inner 1 (a linear layer's
 # [rows, C]), 0.6-0.7x at 2, 1.2-1.4x at 4, 1.1-1.3x at 8: 4 would do; 8 is what was tested.
 CPP_MIN_INNER = 8
-
-
-def _statistics(y, running_mean, running_var, training: bool, momentum: float, eps: float,
-                backend: str):  # fmt: skip
-    """(mean, invstd) [C] normalising y, as F.batch_norm's (and its update of the running
-    statistics in training mode: unbiased variance): float32 for triton, y's dtype for cpp."""
-    outer, C, inner = _channels_view(y)
-    dtype = y.dtype if backend == "cpp" else torch.float32
-    if not training:
-        return running_mean.to(dtype), torch.rsqrt(running_var.to(dtype) + eps)
-    if backend == "cpp":
-        mean, var = torch.ops.spikeclip.bn_stats(y.detach())
-    else:
-        var, mean = torch.var_mean(y.detach().reshape(outer, C, inner).float(), dim=(0, 2),
-                                   correction=0)  # fmt: skip
-    if running_mean is not None:
-        count = outer * inner
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = (var * (count / max(count - 1, 1))).to(running_var.dtype)
-            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
-    return mean, torch.rsqrt(var + eps)
 
 
 class _BnLif(torch.autograd.Function):
@@ -127,7 +60,7 @@ class _BnLif(torch.autograd.Function):
             grad_spikes.contiguous().view(T, -1), None, h.view(T, -1), None, tau,
             *ctx.options, False,
         )[0].view(y.shape).float()  # fmt: skip
-        outer, C, inner = _channels_view(y)
+        outer, C, inner = channels_view(y)
         gz3 = gz.reshape(outer, C, inner)
         xhat = (y.reshape(outer, C, inner).float() - mean[:, None]) * invstd[:, None]
         sum_gz = gz3.sum(dim=(0, 2))
@@ -194,7 +127,7 @@ def fused_backend(y: torch.Tensor, backend: str = "auto") -> str | None:
         if asked != "auto":
             raise TypeError(f"bn_lif: the cpp backend takes float32 and float64 y, got {y.dtype}")
         return None
-    if backend == "cpp" and asked == "auto" and _channels_view(y)[2] < CPP_MIN_INNER:
+    if backend == "cpp" and asked == "auto" and channels_view(y)[2] < CPP_MIN_INNER:
         return None
     return None if backend == "torch" or y.numel() == 0 else backend
 
@@ -225,7 +158,9 @@ def bn_lif(
     the reference (bn_lif_reference); "triton" / "cpp": the fused kernels; "auto": triton on
     CUDA tensors where it is installed, cpp on CPU tensors (float32 / float64, inner >=
     CPP_MIN_INNER), else torch (fused_backend says which)."""
-    _check(y, T, running_mean, running_var, weight, bias, training)
+    check_batch_norm("bn_lif", y, running_mean, running_var, weight, bias, training)
+    if isinstance(T, bool) or not isinstance(T, int) or T <= 0 or y.shape[0] % T:
+        raise ValueError(f"bn_lif: y's first dimension ({y.shape[0]}) must be a multiple of T={T}")
     backend = fused_backend(y, backend) or "torch"
     if return_v and backend == "triton":
         raise ValueError("bn_lif: return_v runs on the cpp and torch backends")
@@ -233,7 +168,8 @@ def bn_lif(
     if backend == "torch":
         spikes, v_last = bn_lif_reference(y, T, *args, tau=tau, options=options)
         return (spikes, v_last.to(y.dtype)) if return_v else spikes
-    mean, invstd = _statistics(y, running_mean, running_var, training, momentum, eps, backend)
+    mean, invstd = normalising_statistics(y, running_mean, running_var, training, momentum, eps,
+                                          backend)  # fmt: skip
     y = y.contiguous()
     if backend == "triton":
         return _BnLif.apply(y, weight, bias, mean, invstd, T, float(tau), options, training)

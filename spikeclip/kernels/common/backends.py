@@ -37,6 +37,7 @@ OP_BACKENDS: dict[str, tuple[str, ...]] = {
     "spike_linear": ("torch", "cpp", "triton"),
     "spike_conv2d": ("torch", "cpp"),
     "bn_lif": ("torch", "cpp", "triton"),
+    "bn_max_pool": ("torch", "cpp"),
     "max_pool2x2": ("torch", "cpp"),
     "max_pool3x3s2": ("torch", "cpp"),
 }
