@@ -223,27 +223,31 @@ SC_INLINE void transpose8x8(Vec32f r[8]) {
   }
 }
 
-// dst[c * plane + i] = src[i * n + c] for i < len pixels, c < n channels: a row of the band
-// (channels last) into the channel planes of y. Floats in 8 x 8 blocks transposed in registers
+// dst[j * dst_stride + i] = src[i * src_stride + j] for i < rows, j < cols: between a channels-
+// last band and y's channel planes, both ways. Floats in 8 x 8 blocks transposed in registers
 // (a scalar copy with the channels' stride ran ~2 cycles an element and took a third of the
-// product at 5% firing); the edges and double one element at a time.
+// product at 5% firing, half of the weight gradient); the edges and double one at a time.
 template <typename F>
-SC_INLINE void store_transposed(const F* __restrict src, int64_t n, int64_t len,
-                                F* __restrict dst, int64_t plane) {
-  int64_t c0 = 0, i0 = 0;
+SC_INLINE void transpose_into(const F* __restrict src, int64_t src_stride, int64_t rows,
+                              int64_t cols, F* __restrict dst, int64_t dst_stride) {
+  int64_t i0 = 0;
   if constexpr (std::is_same_v<F, float>) {
-    for (; c0 + 8 <= n; c0 += 8)
-      for (i0 = 0; i0 + 8 <= len; i0 += 8) {
+    for (; i0 + 8 <= rows; i0 += 8) {
+      int64_t j0 = 0;
+      for (; j0 + 8 <= cols; j0 += 8) {
         Vec32f r[8];
-        for (int i = 0; i < 8; ++i) std::memcpy(&r[i], src + (i0 + i) * n + c0, sizeof(Vec32f));
+        for (int i = 0; i < 8; ++i)
+          std::memcpy(&r[i], src + (i0 + i) * src_stride + j0, sizeof(Vec32f));
         transpose8x8(r);
-        for (int c = 0; c < 8; ++c) std::memcpy(dst + (c0 + c) * plane + i0, &r[c], sizeof(Vec32f));
+        for (int j = 0; j < 8; ++j)
+          std::memcpy(dst + (j0 + j) * dst_stride + i0, &r[j], sizeof(Vec32f));
       }
-    for (int64_t c = 0; c < c0; ++c)  // the pixels past the last whole block
-      for (int64_t i = (len / 8) * 8; i < len; ++i) dst[c * plane + i] = src[i * n + c];
+      for (int64_t i = i0; i < i0 + 8; ++i)  // the columns past the last whole block
+        for (int64_t j = j0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
   }
-  for (int64_t c = c0; c < n; ++c)  // the channels past the last whole block (all, for double)
-    for (int64_t i = 0; i < len; ++i) dst[c * plane + i] = src[i * n + c];
+  for (int64_t i = i0; i < rows; ++i)  // the rows past the last whole block (all, for double)
+    for (int64_t j = 0; j < cols; ++j) dst[j * dst_stride + i] = src[i * src_stride + j];
 }
 
 // Output rows r0..r1 of image b; band: [r1 - r0, W + 2 pad, Cout] scratch, list: Cin entries.
@@ -271,8 +275,8 @@ SC_CPU_CLONES void spike_conv_band(const uint8_t* pix, const F* wr, F* y, F* ban
     }
   }
   for (int64_t oh = r0; oh < r1; ++oh)  // [rows, W, Cout] -> y[b, :, r0:r1, :]
-    store_transposed(band + ((oh - r0) * Wp + s.pad) * cout, cout, s.W,
-                     y + (b * cout * s.H + oh) * s.W, s.H * s.W);
+    transpose_into(band + ((oh - r0) * Wp + s.pad) * cout, cout, s.W, cout,
+                   y + (b * cout * s.H + oh) * s.W, s.H * s.W);
 }
 
 // x [B, Cin, H, W] packed per pixel: codes [B, H, W, ceil(Cin / 8)]; a ValueError if x holds
@@ -364,24 +368,34 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
 // Either way each element's sum runs in an order fixed by the shapes: the same bits on any
 // number of threads.
 
+// Whether x[0..n) holds no inf and no NaN (their exponent bits all set): an integer OR over the
+// bits, which vectorises (a bool &= per element did not: a store per element).
+template <typename F>
+SC_INLINE bool all_finite(const F* __restrict x, int64_t n) {
+  using U = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
+  constexpr U kExp = sizeof(F) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    std::memcpy(&bits, x + i, sizeof(F));
+    bad |= U((bits & kExp) == kExp);
+  }
+  return bad == 0;
+}
+
 // Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border); whether
 // every value copied is finite.
 template <typename F>
-bool pad_channels_last(const F* gy, F* out, int64_t cout, int64_t H, int64_t W, int64_t p) {
-  bool finite = true;
+SC_CPU_CLONES bool pad_channels_last(const F* __restrict gy, F* __restrict out, int64_t cout,
+                                     int64_t H, int64_t W, int64_t p) {
+  const bool finite = all_finite(gy, cout * H * W);
   const int64_t Wp = W + 2 * p, row_len = Wp * cout;
   std::fill(out, out + p * row_len, F(0));
   for (int64_t h = 0; h < H; ++h) {
     F* row = out + (h + p) * row_len;
     std::fill(row, row + p * cout, F(0));
     std::fill(row + (p + W) * cout, row + row_len, F(0));
-    for (int64_t co = 0; co < cout; ++co) {
-      const F* src = gy + (co * H + h) * W;
-      for (int64_t w = 0; w < W; ++w) {
-        row[(p + w) * cout + co] = src[w];
-        finite &= std::isfinite(src[w]);
-      }
-    }
+    transpose_into(gy + h * W, H * W, cout, W, row + p * cout, cout);
   }
   std::fill(out + (H + p) * row_len, out + (H + 2 * p) * row_len, F(0));
   return finite;
