@@ -69,15 +69,15 @@ SC_CPU_CLONES void spike_weight_grad_range(const F* gy, const uint8_t* bits, F* 
 constexpr double kDenseRate = 0.2;
 // The convolution's product and weight gradient (k x k row additions per spike, plus one pass
 // over the codes and the output or gy) against oneDNN's dense ones, measured on a 2-core AMD
-// EPYC (AVX2), 2026-12-05 (x [B, C_in, H, W] at 2-30% firing): with k x k x C_in from 72 (C_in
-// 8, B 512, 28 px) to 864 (96 -> 192 @ 32 px, B 64) and 1x1 ones with 128-512 inputs (B 64,
-// 64 tokens), both win up to about 20% firing (product 1.3-4x at 5%, weight gradient 1.5-4x),
-// break even near 15-30% by shape, and lose above; with fewer inputs per output the pixel's own
-// costs outweigh the sums. The product with 432 or more inputs per output (the paper encoder's)
-// still wins at 20-25% (1.2-1.5x).
-constexpr double kConvDenseRate = 0.2;
-constexpr double kWideConvProductDenseRate = 0.25;
-constexpr int64_t kWideConvInputs = 432;
+// EPYC (AVX2), 2026-12-05 (x [B, C_in, H, W] at 2-40% iid firing): with k x k x C_in from 72
+// (C_in 8, B 512, 28 px) to 3456 (384 -> 384 @ 8 px, B 64) and 1x1 ones with 128-512 inputs
+// (B 64, 64 tokens). The weight gradient wins up to about 20% firing (1.5-4x at 5%), breaks
+// even near 20-30% by shape, and loses above. The k x k product (band to y by register
+// transposes) wins up to 30% at every shape tried (1.07-1.41x at 30%, 16 -> 32 @ 32 px to
+// 384 -> 384 @ 8 px; 0.88-1.29x at 35%); the 1x1 product up to about 20% (0.91-1.12x at 30%).
+// With fewer inputs per output the pixel's own costs outweigh the sums.
+constexpr double kConvDenseRate = 0.2;         // the weight gradient, and the 1x1 product
+constexpr double kConvProductDenseRate = 0.3;  // the k x k product, k > 1
 constexpr int64_t kConvMinInputs = 72;
 constexpr int64_t kBandBytes = 64 << 10;
 constexpr int64_t kWeightGradChunks = 16;
@@ -321,8 +321,7 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
   const int64_t B = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t cout = weight.size(0), k = weight.size(2);
   const at::Tensor codes = pack_pixel_codes(xc, "spike_conv2d");
-  const double dense_rate = Cin * k * k >= kWideConvInputs ? kWideConvProductDenseRate
-                                                            : kConvDenseRate;
+  const double dense_rate = k > 1 ? kConvProductDenseRate : kConvDenseRate;
   // oneDNN's product past the rates the sums pay, and for weights with inf or NaN (a dense
   // product meets them at the zeros too: 0 x inf is NaN there, and the sums skip the zeros)
   if (xc.numel() == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||

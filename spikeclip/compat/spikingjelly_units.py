@@ -156,10 +156,10 @@ def spike_fed(op, x: torch.Tensor, weight: torch.Tensor | None = None):
     """op's convolution of x `[N, C, ...]` (with `weight`, default op.weight) by
     spikeclip.kernels.spike_conv2d where op is one it computes and x holds spikes: sums of weight
     rows at the spikes, and at the spikes the weight gradient, in work that scales with the
-    firing rate (dense above 20%, csrc/cpu/spike_layers_cpu.cpp); the backward keeps x's bits.
-    None where it does not apply (the caller runs op): another layer or geometry, hooks on op, a
-    device or dtype the cpp kernels do not take, autocast, torch.compile, or x not spikes (then
-    op is remembered and convolved densely from then on)."""
+    firing rate (dense above 20-30% by kind: csrc/cpu/spike_layers_cpu.cpp); the backward keeps
+    x's bits. None where it does not apply (the caller runs op): another layer or geometry,
+    hooks on op, a device or dtype the cpp kernels do not take, autocast, torch.compile, or x
+    not spikes (then op is remembered and convolved densely from then on)."""
     if (
         op in _DENSE_FED
         or not _summed_conv(op)
