@@ -28,5 +28,6 @@ PYTHONPATH="$work" python -c "import torch, spikeclip._C as c; assert c.__file__
 # --capture=sys: ASan writes its report to file descriptor 2, which pytest must not swallow
 PYTHONPATH="$work" TRITON_INTERPRET=1 python -m pytest -q -p no:cacheprovider --capture=sys \
   tests/test_packed_bits_fuzz.py tests/test_spike_linear.py tests/test_spike_conv.py \
-  tests/test_max_pool.py tests/test_attention.py tests/test_lif_backends.py \
+  tests/test_max_pool.py tests/test_bn_pool.py tests/test_bn_lif.py tests/test_attention.py \
+  tests/test_lif_backends.py \
   tests/test_spike_lookup.py tests/test_inference_path.py -k "not triton" "$@"
