@@ -11,10 +11,11 @@
     spike_products.lookup                   inference (CPU): products of packed spikes by
                                             table lookup, fused with the LIF firing them
 
-One folder per op (lif/, attention/, spike_products/, bn_lif/, max_pool/), each with its op,
-its autograd, its Triton kernels and its reference (the spec); common/ holds what they share:
-the one {op: backends} table (common/backends.py), argument checks, the surrogates, the eager
-autograd helper, the Triton LIF math and the Triton bit tiles. spikeclip._C's kernels live in
+One folder per op (lif/, attention/, spike_products/, bn_lif/, bn_pool/, max_pool/), each
+with its op, its autograd, its Triton kernels and its reference (the spec); common/ holds what
+they share: the one {op: backends} table (common/backends.py), argument checks, BatchNorm's
+arguments and statistics, the surrogates, the eager autograd helper, the Triton LIF math and
+the Triton bit tiles. spikeclip._C's kernels live in
 csrc/ and register beside the op that calls them.
 """
 
