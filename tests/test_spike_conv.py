@@ -22,6 +22,7 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not b
     [
         (3, 5, 7, 6, 11, 3, 0.15),  # cpp: dense, too few inputs per output pixel to sum
         (2, 17, 100, 9, 5, 3, 0.05),  # the cpp sums: an 8-vector tile, a 4-vector one, a rest
+        (2, 10, 24, 6, 9, 3, 0.1),  # one 3-vector tile (float64: 6)
         (1, 16, 130, 7, 7, 3, 0.02),  # two full tiles and a rest
         (2, 9, 64, 5, 13, 5, 0.1),
         (3, 150, 6, 4, 9, 1, 0.12),
