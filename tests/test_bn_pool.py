@@ -181,3 +181,20 @@ def test_empty_batches_give_empty_outputs():
     bn = _bn(3, torch.float32).eval()
     z = bn_max_pool(torch.randn(0, 3, 5, 5, requires_grad=True), *batch_norm_args(bn))
     assert z.shape == (0, 3, 3, 3)
+
+
+@pytest.mark.parametrize("window", [2, 3])
+def test_opcheck(window):
+    """The ops' schemas and fake kernels (torch.compile traces through them) agree with the
+    kernels."""
+    y = torch.randn(4, 3, 7, 6, dtype=torch.float64)
+    mean, invstd = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    weight, bias = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    ops = torch.ops.spikeclip
+    torch.library.opcheck(ops.bn_max_pool, (y, mean, invstd, weight, bias, window))
+    torch.library.opcheck(ops.bn_max_pool, (y, mean, invstd, None, None, window))
+    z, where = ops.bn_max_pool(y, mean, invstd, weight, bias, window)
+    grad = torch.randn_like(z)
+    for training in (True, False):
+        torch.library.opcheck(ops.bn_max_pool_backward,
+                              (grad, where, y, mean, invstd, weight, window, training))  # fmt: skip
