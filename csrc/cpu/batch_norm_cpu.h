@@ -7,6 +7,7 @@
 
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "cpu_simd.h"
 
@@ -50,6 +51,12 @@ SC_CPU_CLONES void input_grad_run(S* __restrict g, const S* __restrict y, int64_
       }
     }
   }
+}
+
+// Per-channel sums kept in double (a backward's weight and bias gradients) as a [C] tensor of
+// y's dtype.
+inline at::Tensor channel_sums(const std::vector<double>& sums, at::ScalarType dtype) {
+  return at::tensor(sums, at::TensorOptions().dtype(at::kDouble)).to(dtype);
 }
 
 // A per-channel tensor `name` of op `op`: [C], on y's device, of dtype `dtype`.

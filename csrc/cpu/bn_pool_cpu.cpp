@@ -206,10 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_max_pool_backward_cpu(
       }
     });
   });
-  auto as_tensor = [&](const std::vector<double>& v) {
-    return at::tensor(v, at::TensorOptions().dtype(at::kDouble)).to(y.scalar_type());
-  };
-  return {grad_y, as_tensor(sum_gx), as_tensor(sum_g)};
+  return {grad_y, channel_sums(sum_gx, y.scalar_type()), channel_sums(sum_g, y.scalar_type())};
 }
 
 }  // namespace

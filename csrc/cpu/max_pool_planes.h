@@ -99,8 +99,8 @@ inline void unpool4(const float* g, const uint8_t* idx, float* top, float* botto
 
 // Output rows [r0, r1) of all planes, rows numbered plane * Ho + i.
 template <typename F>
-inline void pool_rows(const F* x, F* y, uint8_t* where, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
-               int64_t r0, int64_t r1) {
+inline void pool_rows(const F* x, F* y, uint8_t* where, int64_t H, int64_t W, int64_t Ho,
+                      int64_t Wo, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t plane = r / Ho, i = r % Ho;
     const F* top = x + (plane * H + 2 * i) * W;
@@ -117,8 +117,8 @@ inline void pool_rows(const F* x, F* y, uint8_t* where, int64_t H, int64_t W, in
 }
 
 template <typename F>
-inline void unpool_rows(const F* gy, const uint8_t* where, F* gx, int64_t H, int64_t W, int64_t Ho,
-                 int64_t Wo, int64_t r0, int64_t r1) {
+inline void unpool_rows(const F* gy, const uint8_t* where, F* gx, int64_t H, int64_t W,
+                        int64_t Ho, int64_t Wo, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t plane = r / Ho, i = r % Ho;
     F* top = gx + (plane * H + 2 * i) * W;
@@ -229,14 +229,15 @@ inline void pool3_plane(const F* x, F* y, uint8_t* where, int64_t H, int64_t W, 
   if constexpr (std::is_same_v<F, float>) return pool3_plane_sse(x, y, where, H, W, Ho, Wo);
 #endif
   for (int64_t i = 0; i < Ho; ++i)
-    for (int64_t j = 0; j < Wo; ++j) pool3_window(x, y + i * Wo + j, where + i * Wo + j, H, W, i, j);
+    for (int64_t j = 0; j < Wo; ++j)
+      pool3_window(x, y + i * Wo + j, where + i * Wo + j, H, W, i, j);
 }
 
 // Returns false (and writes nothing more) at a byte that names a place outside the input:
 // `where` is the caller's tensor, and the backward must never write outside gx.
 template <typename F>
-inline bool unpool3_plane(const F* gy, const uint8_t* where, F* gx, int64_t H, int64_t W, int64_t Ho,
-                   int64_t Wo) {
+inline bool unpool3_plane(const F* gy, const uint8_t* where, F* gx, int64_t H, int64_t W,
+                          int64_t Ho, int64_t Wo) {
   using Acc = std::conditional_t<std::is_same_v<F, double>, double, float>;
   std::fill(gx, gx + H * W, F(0));
   for (int64_t i = 0; i < Ho; ++i)
