@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from spikeclip.kernels.bn_pool.op import bn_max_pool
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.skipif(
 )
 WINDOWS = ["3x3s2", "2x2"]
 ERRORS = (RuntimeError, ValueError)  # TORCH_CHECK, TORCH_CHECK_VALUE
+POOLS = {2: dict(kernel_size=2, stride=2), 3: dict(kernel_size=3, stride=2, padding=1)}
 SHAPES = [(6, 5, 9, 7), (4, 3, 8, 8), (2, 4, 2, 3), (3, 2, 1, 5), (2, 3, 33, 20)]
 
 
@@ -198,3 +200,75 @@ def test_opcheck(window):
     for training in (True, False):
         torch.library.opcheck(ops.bn_max_pool_backward,
                               (grad, where, y, mean, invstd, weight, window, training))  # fmt: skip
+
+
+def test_ops_on_random_bad_input():
+    """The cpp ops called directly, 300 seeded random cases: sizes with zeros, planes smaller
+    than the window, per-channel tensors of the wrong length or dtype, grad_z or `where` of the
+    wrong shape, `where` bytes naming places outside y, inf and NaN in y. Each either raises
+    (and only when something disagrees) or gives the reference's pooled values and, in eval
+    mode, its input gradient; nothing is read or written outside a buffer (asan_check.sh runs
+    this file under AddressSanitizer)."""
+    ops = torch.ops.spikeclip
+    gen = torch.Generator().manual_seed(0)
+
+    def pick(*options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    raised = matched = 0
+    for _ in range(300):
+        window = pick(2, 3)
+        bad = pick(None, None, None, "mean", "dtype", "weight", "grad", "where", "byte")
+        N, C, H, W = pick(0, 1, 3), pick(0, 1, 4), pick(0, 1, 2, 5), pick(1, 2, 7)
+        y = torch.randn(N, C, H, W, dtype=torch.float64, generator=gen) * 2
+        if y.numel() and pick(True, False):
+            flat = y.view(-1)
+            for value in (float("inf"), float("-inf"), float("nan")):
+                flat[int(torch.randint(flat.numel(), (1,), generator=gen))] = value
+        mean = torch.randn(C + 1 if bad == "mean" else C, dtype=torch.float64)
+        if bad == "dtype":
+            mean = mean.float()
+        invstd = torch.rand(C, dtype=torch.float64) + 0.5
+        weight = pick(None, torch.randn(C, dtype=torch.float64))
+        if bad == "weight":
+            weight = torch.rand(C + 1, dtype=torch.float64)
+        bias = pick(None, torch.randn(C, dtype=torch.float64))
+        small = min(H, W) < (2 if window == 2 else 1)
+        try:
+            z, where = ops.bn_max_pool(y, mean, invstd, weight, bias, window)
+        except ERRORS:
+            assert small or bad in ("mean", "dtype", "weight"), (y.shape, window, bad)
+            raised += 1
+            continue
+        assert not small and bad in (None, "grad", "where", "byte"), (y.shape, window, bad)
+        view = (1, C, 1, 1)
+        a = invstd * (1 if weight is None else weight)
+        b = (0 if bias is None else bias) - mean * a
+        yl = y.clone().requires_grad_(True)
+        if C == 0:  # F.max_pool2d refuses zero channels; ours gives an empty output
+            assert z.shape == (N, 0, *z.shape[2:]) and where.shape == z.shape
+            matched += 1
+            continue
+        ref = F.max_pool2d(yl * a.view(view) + b.view(view), **POOLS[window])
+        assert z.shape == ref.shape and torch.equal(z.isnan(), ref.isnan())
+        assert torch.allclose(z, ref, rtol=1e-12, atol=1e-12, equal_nan=True)
+        grad = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
+        if bad == "grad":
+            grad = grad[:, :, :-1] if grad.shape[2] else torch.zeros(1, dtype=torch.float64)
+        if bad == "where":
+            where = where.int()
+        if bad == "byte" and where.numel():
+            where = where.clone()
+            where.view(-1)[int(torch.randint(where.numel(), (1,), generator=gen))] = 200
+        try:
+            gy, _, _ = ops.bn_max_pool_backward(grad, where, y, mean, invstd, weight, window, False)
+        except ERRORS:
+            assert bad in ("grad", "where", "byte"), (y.shape, window, bad)
+            raised += 1
+            continue
+        assert bad in (None, "byte") and (bad is None or where.numel() == 0), (y.shape, bad)
+        ref.backward(grad)
+        assert gy.shape == y.shape
+        assert torch.allclose(gy, yl.grad, rtol=1e-12, atol=1e-12, equal_nan=True)
+        matched += 1
+    assert raised > 50 and matched > 50, (raised, matched)
