@@ -59,6 +59,39 @@ def test_matches_dense(backend, dtype, rows, n, cout, rate):
     assert rel_err(xg.grad, x_ref.grad) <= tol
 
 
+@pytest.mark.parametrize(
+    ("backend", "dtype"),
+    [
+        (b, d)
+        for b in BACKENDS
+        for d in (torch.float32, torch.float64)
+        if d in SPIKE_PRODUCT_DTYPES.get(b, (d,))
+    ],
+)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_inf_and_nan_give_the_dense_answer(backend, dtype, bad):
+    """A weight (forward) or grad_y (weight gradient) holding inf / NaN where x is 0: the dense
+    product meets it there (0 x inf = NaN), sums at the spikes would not. Every backend gives
+    the reference's answer, NaN for NaN, at a firing rate where the cpp kernels sum."""
+    torch.manual_seed(3)
+    rows, n, cout = 40, 70, 33
+    x = (torch.rand(rows, n) < 0.05).to(dtype)
+    x[:, 9] = 0  # the bad weight's input never spikes: only a dense product meets it
+    w = torch.randn(cout, n, dtype=dtype)
+    w[4, 9] = bad
+    w.requires_grad_(True)
+    g = torch.randn(rows, cout, dtype=dtype)
+    g[7, 2] = bad  # a row whose spikes are few: the sums would meet it only there
+    y = spike_linear(x.clone().requires_grad_(True), pack_spikes(x), w, backend=backend)
+    y.backward(g)
+    w_ref = w.detach().clone().requires_grad_(True)
+    y_ref = x @ w_ref.t()
+    y_ref.backward(g)
+    assert torch.isnan(y_ref).any() and torch.isnan(w_ref.grad).any()  # cases the sums miss
+    torch.testing.assert_close(y.detach(), y_ref.detach(), equal_nan=True)
+    torch.testing.assert_close(w.grad, w_ref.grad, equal_nan=True)
+
+
 def test_values_of_x_are_not_read():
     x = (torch.rand(6, 20) < 0.4).float()
     w = torch.randn(4, 20)

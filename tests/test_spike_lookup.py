@@ -184,6 +184,42 @@ def test_linear_fused_with_its_lif_equals_the_two_ops(M, heads, tokens, dtype):
     assert 0 < float(expected.mean()) < 1
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_weights_with_inf_or_nan_give_the_dense_answer(bad, dtype):
+    """A weight holding inf / NaN at an input that never spikes: the dense product meets it at
+    the zeros (0 x inf = NaN), a table of sums at the ones would not. Each op gives its spec's
+    answer: the dense product, NaN for NaN, and the LIFs the spikes of that product."""
+    torch.manual_seed(5)
+    T, B, cin, cout, H, W = 2, 3, 10, 21, 5, 4
+    s = spikes(T * B, H, W, cin, dtype=dtype)
+    s[..., 3] = 0
+    weight, bias = 0.5 * torch.randn(cout, cin, 3, 3, dtype=dtype), torch.randn(cout, dtype=dtype)
+    weight[6, 3, 0, 1] = bad
+    codes = packed(s, True)
+    dense = F.conv2d(s.permute(0, 3, 1, 2), weight, bias, padding=1).permute(0, 2, 3, 1)
+    assert torch.isnan(dense).any()  # a case the sums would miss
+    torch.testing.assert_close(spike_conv3x3_lookup(codes, weight, bias), dense, equal_nan=True)
+    options = NEURONS["soft reset, learned threshold"]
+    for pool in (False, True):
+        fused = spike_conv3x3_lookup_lif(codes, weight, bias, T, pool=pool, **options)
+        expected = lif_spike_codes(dense.unflatten(0, (T, B)), T, pool=pool, **options)
+        assert torch.equal(fused, expected)
+    rows = packed(s.reshape(-1, cin), False)  # T * 60 samples of one token
+    w2 = weight[:, :, 0, 1].contiguous()
+    dense = F.linear(s.reshape(-1, cin), w2, bias)
+    assert torch.isnan(dense).any()
+    torch.testing.assert_close(spike_linear_lookup(rows, w2, bias), dense, equal_nan=True)
+    scale = options["input_scale"]
+    lif = {k: v for k, v in options.items() if k != "input_scale"}
+    expected, _ = lif_reference(dense.view(T, -1, cout) * torch.tensor(scale, dtype=dtype), **lif)
+    fused = spike_linear_lookup_lif(rows, w2, bias, T, packed=True, **options)
+    assert torch.equal(fused, packed(expected.reshape(-1, cout), False))
+    fused = spike_linear_lookup_lif(rows, w2, bias, T, heads=3, tokens=5, **options)
+    by_heads = expected.reshape(-1, 5, 3, cout // 3).transpose(1, 2)
+    assert torch.equal(fused, by_heads)
+
+
 def test_empty_batches():
     weight, bias = torch.randn(4, 8, 3, 3), torch.randn(4)
     no_images = torch.zeros(0, 5, 5, 1, dtype=torch.uint8)

@@ -11,7 +11,8 @@
 // order of j (forward) or r (weight gradient), in the tensor's dtype (float32 or float64).
 // Above kDenseRate spikes per input the rows are unpacked and BLAS takes over: measured here
 // (4096 x 384 -> 1536, 2 cores), summing rows wins below about 20% (4.5x at 1%, 1.7x at 10%)
-// and loses above it.
+// and loses above it. BLAS also takes a weight (product) or grad_y (weight gradient) holding inf
+// or NaN: the dense product meets them at the zeros too (dense_handover.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -26,6 +27,7 @@
 
 #include "../spike_pack.h"
 #include "cpu_simd.h"
+#include "dense_handover.h"
 #include "listed_sums.h"
 
 namespace spikeclip {
@@ -103,19 +105,6 @@ double firing_rate(const at::Tensor& bits, int64_t n) {
   return elements ? static_cast<double>(ones) / static_cast<double>(elements) : 0.0;
 }
 
-at::Tensor unpack_to(const at::Tensor& bits, int64_t n, at::ScalarType dtype) {
-  at::Tensor x = at::empty({bits.size(0), n}, bits.options().dtype(dtype));
-  const int64_t nb = packed_row_bytes(n);
-  AT_DISPATCH_FLOATING_TYPES(dtype, "spike_linear_unpack", [&] {
-    const uint8_t* src = bits.data_ptr<uint8_t>();
-    scalar_t* dst = x.data_ptr<scalar_t>();
-    at::parallel_for(0, bits.size(0), 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) unpack_row(src + r * nb, dst + r * n, n);
-    });
-  });
-  return x;
-}
-
 void check_bits(const at::Tensor& bits, int64_t n, const char* op) {
   TORCH_CHECK(bits.scalar_type() == at::kByte && bits.dim() == 2 &&
                   bits.size(1) == packed_row_bytes(n),
@@ -129,7 +118,9 @@ at::Tensor spike_linear_cpu(const at::Tensor& bits, const at::Tensor& weight_t, 
               "spike_linear: weight_t must be [n, C_out] with n = ", n, ", got ", weight_t.sizes());
   const at::Tensor b = bits.contiguous(), w = weight_t.contiguous();
   const int64_t rows = b.size(0), cout = w.size(1);
-  if (firing_rate(b, n) > kDenseRate) return at::mm(unpack_to(b, n, w.scalar_type()), w);
+  // BLAS past the rate the sums pay, and for weights with inf or NaN (dense_handover.h)
+  if (firing_rate(b, n) > kDenseRate || !all_finite(w))
+    return at::mm(unpack_to(b, n, w.scalar_type()), w);
   at::Tensor y = at::empty({rows, cout}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "spike_linear", [&] {
     at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
@@ -147,7 +138,9 @@ at::Tensor spike_linear_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
               "spike_linear_weight_grad: grad_y must be [rows, C_out] with the rows of bits");
   const at::Tensor b = bits.contiguous(), g = grad_y.contiguous();
   const int64_t rows = b.size(0), cout = g.size(1), nb = packed_row_bytes(n);
-  if (firing_rate(b, n) > kDenseRate) return at::mm(unpack_to(b, n, g.scalar_type()).t(), g);
+  // BLAS past the rate the sums pay, and for a grad_y with inf or NaN (dense_handover.h)
+  if (firing_rate(b, n) > kDenseRate || !all_finite(g))
+    return at::mm(unpack_to(b, n, g.scalar_type()).t(), g);
   at::Tensor gwt = at::empty({n, cout}, g.options());
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "spike_linear_weight_grad", [&] {
     // Threads own disjoint ranges of input features (bytes of the packed rows).
@@ -327,7 +320,7 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
   // product meets them at the zeros too: 0 x inf is NaN there, and the sums skip the zeros)
   if (xc.numel() == 0 || cout == 0 || Cin * k * k < kConvMinInputs ||
       firing_rate(codes.view({-1, codes.size(3)}), Cin) > dense_rate ||
-      !at::isfinite(weight).all().item<bool>())
+      !all_finite(weight))
     return {at::conv2d(xc, weight, {}, 1, padding), codes};
   const at::Tensor wr = weight.permute({2, 3, 1, 0}).contiguous();  // [k, k, Cin, Cout]
   at::Tensor y = at::empty({B, cout, H, W}, x.options());
@@ -367,21 +360,6 @@ std::tuple<at::Tensor, at::Tensor> spike_conv2d_cpu(const at::Tensor& x, const a
 //   are added into the channel's rows: gw is written once per channel and image.
 // Either way each element's sum runs in an order fixed by the shapes: the same bits on any
 // number of threads.
-
-// Whether x[0..n) holds no inf and no NaN (their exponent bits all set): an integer OR over the
-// bits, which vectorises (a bool &= per element did not: a store per element).
-template <typename F>
-SC_INLINE bool all_finite(const F* __restrict x, int64_t n) {
-  using U = std::conditional_t<sizeof(F) == 4, uint32_t, uint64_t>;
-  constexpr U kExp = sizeof(F) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
-  U bad = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    U bits;
-    std::memcpy(&bits, x + i, sizeof(F));
-    bad |= U((bits & kExp) == kExp);
-  }
-  return bad == 0;
-}
 
 // Image gy [Cout, H, W] into out [H + 2p, W + 2p, Cout] (channels last, zero border); whether
 // every value copied is finite.

@@ -26,6 +26,7 @@
 #include "../lif_math.h"
 #include "../spike_pack.h"
 #include "cpu_simd.h"
+#include "dense_handover.h"
 
 namespace spikeclip {
 namespace {
@@ -242,6 +243,25 @@ struct ConvLookup {
   }
 };
 
+at::Tensor lif_spike_codes_cpu(const at::Tensor& x, int64_t T, bool pool, int64_t pad,
+                               double tau, double input_scale, double v_th, double v_reset,
+                               bool soft_reset, bool decay_input);
+
+// The dense products the lookups replace (their spec), for weights holding inf or NaN
+// (dense_handover.h: a table sums rows at the ones only, where the dense product's 0 x inf at
+// the zeros is NaN). Bits past C_in are ignored, as the lookups ignore them; the convolution's
+// border is the zero padding it must be (F.conv2d's padding=1: no product there).
+at::Tensor dense_conv3x3(const ConvLookup& p) {  // [N, H, W, Cout]
+  const at::Tensor x = unpack_to(p.codes.view({-1, p.G}), p.cin, p.weight.scalar_type())
+                           .view({p.N, p.H + 2, p.W + 2, p.cin})
+                           .slice(1, 1, p.H + 1)
+                           .slice(2, 1, p.W + 1)
+                           .permute({0, 3, 1, 2});
+  return at::conv2d(x, p.weight, p.bias.narrow(0, 0, p.cout), 1, 1)
+      .permute({0, 2, 3, 1})
+      .contiguous();
+}
+
 // y [N, H, W, Cout] = 3x3 'same' convolution of the spikes in codes [N, H + 2, W + 2, G]
 // (G = ceil(Cin / 8), a zero border) by weight [Cout, Cin, 3, 3], plus bias.
 at::Tensor spike_conv3x3_lookup_cpu(const at::Tensor& codes, const at::Tensor& weight,
@@ -249,6 +269,7 @@ at::Tensor spike_conv3x3_lookup_cpu(const at::Tensor& codes, const at::Tensor& w
   ConvLookup p(codes, weight, bias, "spike_conv3x3_lookup");
   at::Tensor y = at::empty({p.N, p.H, p.W, p.cout}, p.weight.options());
   if (y.numel() == 0) return y;
+  if (!all_finite(p.weight)) return dense_conv3x3(p);
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_conv3x3_lookup", [&] {
     const scalar_t* tables = p.build<scalar_t>();
     at::parallel_for(0, p.N * p.H, 1, [&](int64_t r0, int64_t r1) {
@@ -296,12 +317,18 @@ struct LinearLookup {
   }
 };
 
+at::Tensor dense_linear(const LinearLookup& p) {  // [rows, Cout]
+  return at::addmm(p.bias.narrow(0, 0, p.cout), unpack_to(p.codes, p.cin, p.weight.scalar_type()),
+                   p.weight.t());
+}
+
 // y [rows, Cout] = spikes (codes [rows, ceil(Cin / 8)]) times weight [Cout, Cin]^T, plus bias.
 at::Tensor spike_linear_lookup_cpu(const at::Tensor& codes, const at::Tensor& weight,
                                    const at::Tensor& bias) {
   LinearLookup p(codes, weight, bias, "spike_linear_lookup");
   at::Tensor y = at::empty({p.rows, p.cout}, p.weight.options());
   if (y.numel() == 0) return y;
+  if (!all_finite(p.weight)) return dense_linear(p);
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_linear_lookup", [&] {
     const scalar_t* tables = p.build<scalar_t>();
     at::parallel_for(0, p.rows, 16, [&](int64_t r0, int64_t r1) {
@@ -549,6 +576,9 @@ at::Tensor spike_conv3x3_lookup_lif_cpu(const at::Tensor& codes, const at::Tenso
   at::Tensor out = at::zeros({T, B, Ho + 2, Wo + 2, packed_row_bytes(p.cout)},
                              p.codes.options());
   if (B == 0) return out;
+  if (!all_finite(p.weight))
+    return lif_spike_codes_cpu(dense_conv3x3(p).view({T, B, p.H, p.W, p.cout}), T, pool, 1, tau,
+                               input_scale, v_th, v_reset, soft_reset, decay_input);
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_conv3x3_lookup_lif", [&] {
     using F = scalar_t;
     const F* tables = p.build<F>();
@@ -593,6 +623,17 @@ at::Tensor spike_linear_lookup_lif_cpu(const at::Tensor& codes, const at::Tensor
       packed ? at::empty({p.rows, packed_row_bytes(p.cout)}, p.codes.options())
              : at::empty({p.rows / tokens, heads, tokens, p.cout / heads}, p.weight.options());
   if (p.rows == 0) return out;
+  if (!all_finite(p.weight)) {
+    const at::Tensor spikes =
+        lif_spike_codes_cpu(dense_linear(p).view({T, M, 1, 1, p.cout}), T, false, 0, tau,
+                            input_scale, v_th, v_reset, soft_reset, decay_input)
+            .view({p.rows, packed_row_bytes(p.cout)});
+    if (packed) return spikes;
+    return unpack_to(spikes, p.cout, p.weight.scalar_type())
+        .view({p.rows / tokens, tokens, heads, p.cout / heads})
+        .permute({0, 2, 1, 3})
+        .contiguous();
+  }
   AT_DISPATCH_FLOATING_TYPES(p.weight.scalar_type(), "spike_linear_lookup_lif", [&] {
     using F = scalar_t;
     const F* tables = p.build<F>();

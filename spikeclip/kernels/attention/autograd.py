@@ -12,10 +12,13 @@ register_attention_ops. The twin of lif/autograd.py.
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from spikeclip._ext import extension_loaded
+from spikeclip.kernels.attention.reference import sdsa_reference, ssa_reference
 from spikeclip.kernels.common import autograd as op_autograd
-from spikeclip.kernels.common.options import compute_dtype
+from spikeclip.kernels.common.options import LifOptions, compute_dtype
+from spikeclip.kernels.spike_products.pack import unpack_spikes
 
 
 def raise_not_spikes(name: str):
@@ -54,14 +57,35 @@ def _setup_context(ctx, inputs, output):
     ctx.options, ctx.D, ctx.saved = tuple(options), q.shape[-1], save
 
 
-def _backward_with(bwd_op, n_options):
+def _reference_grads(name, grad_out, bits, D, options):
+    """The reference's gradients of q, k, v (unpacked from their bits) for grad_out."""
+    extra = {"scale": options[0]} if name == "ssa" else {}
+    tau, *lif_args = options[len(extra) :]
+    kwargs = LifOptions.from_attention_args(lif_args).reference_kwargs(with_decay_input=False)
+    with torch.enable_grad():
+        qkv = [unpack_spikes(b, D, grad_out.dtype).requires_grad_(True) for b in bits]
+        out = (ssa_reference if name == "ssa" else sdsa_reference)(*qkv, **extra, tau=tau, **kwargs)
+        return torch.autograd.grad(out, qkv, grad_out)
+
+
+def _backward_with(name, bwd_op, n_options):
     def backward(ctx, grad_out, *internal_grads):
         if not ctx.saved:
             raise RuntimeError("spiking attention: this forward saved nothing for a backward")
         if grad_out is None:
             return (None,) * (3 + n_options + 1)
         h, qb, kb, vb = ctx.saved_tensors
-        gq, gk, gv = bwd_op(grad_out.contiguous(), h, qb, kb, vb, ctx.D, *ctx.options)
+        if (
+            grad_out.device.type == "cpu"
+            # traced (compile, opcheck): no value to check; the graph runs the kernels
+            and not (torch.compiler.is_compiling() or is_fake(grad_out))
+            and not bool(grad_out.isfinite().all())
+        ):
+            # The CPU kernels sum rows at the spikes and skip the zeros, where the reference's
+            # products meet an inf / NaN of grad_out too (0 x inf = NaN): its answer instead.
+            gq, gk, gv = _reference_grads(name, grad_out, (qb, kb, vb), ctx.D, ctx.options)
+        else:
+            gq, gk, gv = bwd_op(grad_out.contiguous(), h, qb, kb, vb, ctx.D, *ctx.options)
         needs = ctx.needs_input_grad
         return (
             gq if needs[0] else None,
@@ -81,7 +105,7 @@ def register_attention_ops(suffix: str = "") -> None:
         torch.library.register_fake(fwd)(fake)
         torch.library.register_fake(f"spikeclip::{bwd}")(_bwd_fake)
         op_autograd.register(
-            fwd, _backward_with(getattr(torch.ops.spikeclip, bwd), n_options), _setup_context
+            fwd, _backward_with(name, getattr(torch.ops.spikeclip, bwd), n_options), _setup_context
         )
 
 

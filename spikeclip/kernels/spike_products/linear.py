@@ -4,7 +4,8 @@ writes them), with autograd.
 With 0/1 inputs the products are sums of rows of W^T at the spikes, and the weight gradient
 W^T's rows are sums of grad_y rows at the spikes: the `cpp` kernels do that work, which scales
 with the firing rate (SpikeCLIP's hidden layers fire at a few percent) rather than the width;
-above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_layers_cpu.cpp).
+above 20% firing they unpack and hand over to BLAS (csrc/cpu/spike_layers_cpu.cpp), as they do
+for a weight (or grad_y) holding inf or NaN, which the dense product meets at the zeros too.
 The `triton` backend (CUDA; auto there) reads the bits inside tensor-core products
 (linear_triton.py): no float copy of x, in any dtype. The `torch` backend unpacks and uses
 dense matrix products (the spec). The sums run in another order than a dense product's: equal

@@ -17,7 +17,8 @@ accumulate in vectors of the CPU's register width (`cpu_vector_bytes`: 64 bytes 
 Codes are pack_spikes's layout (bit j of byte g = channel 8 g + j), per pixel, channels last.
 The spec of each op is the dense computation it replaces (tests/test_spike_lookup.py): equal up
 to float rounding (the sums run in another order), spikes equal bit for bit given the same
-input.
+input. Weights holding inf or NaN are computed densely (the dense product meets them at the
+zeros too, 0 x inf = NaN, where a table of sums at the ones would not).
 """
 
 from __future__ import annotations
