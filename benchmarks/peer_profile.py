@@ -11,7 +11,10 @@ and backward is timed on its own, at its shape in the step and on the input it g
 PyTorch's layout and channels last, beside the whole steps (as shipped and accelerated). A change
 that leaves those layers to PyTorch cannot make the step faster than they are: SpikingJelly's
 step over their time bounds the speed-up any such change can reach. (Channels last is timed for
-layers fed `[N, C, H, W]`; one fed `[T, B, C, H, W]` counts in that sum as laid out.)
+layers fed `[N, C, H, W]`; one fed `[T, B, C, H, W]` counts in that sum as laid out.) Beside
+each layer, its floating-point work (forward, weight gradient and, where the step needs it, input
+gradient: 2 flops a multiply-add) and the rate it ran at; after the sum, a float32 matrix
+product's rate measured in the same run, and the bound if every layer ran at that rate.
 
     python benchmarks/peer_profile.py [--model spikformer] [--batch 16] [--floor | --fusion]
                                       [--rounds 7] [--out FILE]
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 from collections import defaultdict
 
@@ -84,16 +88,37 @@ def dense_layers(net, x) -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
     return seen
 
 
+def layer_flops(layer, inp, out, needs_grad: bool) -> float:
+    """The floating-point work of one forward + backward of a convolution or linear layer:
+    2 flops per multiply-add, for the forward, the weight gradient and (needs_grad) the input
+    gradient, each the same number of multiply-adds."""
+    if isinstance(layer, torch.nn.Linear):
+        per_output = layer.in_features
+    else:
+        per_output = layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+    return 2.0 * out.numel() * per_output * (3 if needs_grad else 2)
+
+
+def matmul_rate(n: int = 2048, rounds: int = 5) -> float:
+    """flop/s of a float32 n x n matrix product here (what dense layers could run at)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = median_times({"mm": lambda: a @ b}, torch.device("cpu"), rounds=rounds)["mm"]
+    return 2.0 * n**3 / seconds
+
+
 def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
     """Lines: both steps, each dense layer's forward + backward alone (as laid out in the step,
     and channels last), their sum, and the bound it puts on the speed-up."""
     cpu = torch.device("cpu")
     steps = median_times({"shipped": training_step(shipped, x), "ours": training_step(ours, x)},
                          cpu, rounds=rounds, budget_s=60.0)  # fmt: skip
-    lines, total = [], {"as in the step": 0.0, "channels last": 0.0}
+    lines, total, work = [], {"as in the step": 0.0, "channels last": 0.0}, 0.0
     for name, layer, inp, needs_grad in dense_layers(shipped, x):
         layer = copy.deepcopy(layer)
-        grad = torch.randn_like(layer(inp))
+        out = layer(inp)
+        grad = torch.randn_like(out)
+        flops = layer_flops(layer, inp, out, needs_grad)
+        work += flops
         cases = {"as in the step": (layer, inp, grad)}
         if inp.dim() == 4:
             cl = torch.channels_last
@@ -111,15 +136,22 @@ def floor(shipped, ours, x, rounds: int = 7) -> list[str]:
         times.setdefault("channels last", times["as in the step"])
         for k in total:
             total[k] += times[k]
-        lines.append(f"{name:>40}  {tuple(inp.shape)!s:>20}  " + "  ".join(cells))
+        achieved = flops / times["as in the step"]
+        lines.append(f"{name:>40}  {tuple(inp.shape)!s:>20}  " + "  ".join(cells)
+                     + f"  {flops / 1e9:7.3f}  {achieved / 1e9:7.1f}")  # fmt: skip
     head = [f"# python benchmarks/peer_profile.py --floor: training step (median of {rounds}) "
             f"and each convolution / linear layer's forward + backward alone (median of "
             f"{rounds}), {torch.get_num_threads()} threads",
             f"step: spikingjelly (as shipped) {steps['shipped'] * 1e3:.1f} ms, accelerate() "
             f"{steps['ours'] * 1e3:.1f} ms ({steps['shipped'] / steps['ours']:.2f}x)",
             f"{'layer':>40}  {'input':>20}  {'as in the step':>11}  "
-            f"{'channels last':>11}"]  # fmt: skip
-    tail = [f"{'sum':>40}  {'':>20}  " + "  ".join(f"{v * 1e3:8.2f} ms" for v in total.values()),
+            f"{'channels last':>11}  {'GFLOP':>7}  {'GFLOP/s':>7} (as in the step)"]  # fmt: skip
+    rate = matmul_rate()
+    tail = [f"{'sum':>40}  {'':>20}  " + "  ".join(f"{v * 1e3:8.2f} ms" for v in total.values())
+            + f"  {work / 1e9:7.3f}  {work / total['as in the step'] / 1e9:7.1f}",
+            f"a float32 2048 x 2048 matrix product here: {rate / 1e9:.1f} GFLOP/s; these layers "
+            f"at that rate would take {work / rate * 1e3:.1f} ms, a bound of "
+            f"{steps['shipped'] * rate / work:.2f}x over SpikingJelly's step",
             "the most a step that leaves these layers to PyTorch can gain over SpikingJelly's: "
             + ", ".join(f"{steps['shipped'] / v:.2f}x ({k})"
                         for k, v in total.items())]  # fmt: skip

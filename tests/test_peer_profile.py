@@ -3,6 +3,7 @@ each with the gradients the step computes (its input's too, where the step needs
 bound is SpikingJelly's step over their sum."""
 
 import copy
+import math
 import re
 import sys
 from pathlib import Path
@@ -44,6 +45,15 @@ def test_floor_reports_each_layer_and_the_bound_it_puts_on_the_speed_up():
     sums = [float(v) for v in re.findall(r"([\d.]+) ms", lines[3 + len(layers)])]
     bounds = [float(v) for v in re.findall(r"([\d.]+)x", lines[-1])]
     assert len(sums) == len(bounds) == 2
+    # the work column: 2 flops per multiply-add, forward + weight gradient (+ input gradient)
+    _, layer, inp, needs_grad = peer_profile.dense_layers(net, x)[1]
+    out = layer(inp)
+    per_pass = out.numel() * layer.in_channels * math.prod(layer.kernel_size)
+    assert needs_grad and peer_profile.layer_flops(layer, inp, out, True) == 6 * per_pass
+    assert peer_profile.layer_flops(layer, inp, out, False) == 4 * per_pass
+    work = sum(float(line.split()[-2]) for line in lines[3 : 3 + len(layers)])
+    assert abs(float(lines[3 + len(layers)].split()[-2]) - work) <= 0.001 * len(layers)
+    assert "matrix product here" in lines[-2] and "GFLOP/s" in lines[-2]
     for total, bound in zip(sums, bounds, strict=True):
         # the printed figures are rounded (step to 0.1 ms, sums to 0.01 ms, bounds to 0.01):
         # what the ratio of the rounded figures may be off by, on any CPU's timings
