@@ -122,6 +122,23 @@ def test_inf_and_nan_in_grad_out_give_the_reference_answer(backend, device, name
         torch.testing.assert_close(a, b, equal_nan=True)
 
 
+def test_the_finiteness_check_of_grad_out():
+    """The backward's check (a finite sum, half precision summed in float32): false for any inf
+    or NaN, true for a half-precision grad whose float16 sum would overflow."""
+    from spikeclip.kernels.attention.autograd import _sums_to_finite
+
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        big = torch.full((4, 64), 60000.0, dtype=dtype)  # sums past float16's 65504
+        assert _sums_to_finite(big)
+        for bad in (float("inf"), float("-inf"), float("nan")):
+            t = big.clone()
+            t[3, 7] = bad
+            assert not _sums_to_finite(t)
+        t = big.clone()
+        t[0, 0], t[0, 1] = float("inf"), float("-inf")  # inf - inf: NaN, still caught
+        assert not _sums_to_finite(t)
+
+
 @pytest.mark.parametrize("tiles", [(16, 16), (32, 16), (16, 32)], ids=str)
 @pytest.mark.parametrize("shape", [(2, 1, 2, 70, 48), (3, 2, 1, 37, 20)], ids=str)
 def test_ssa_triton_tiles(monkeypatch, tiles, shape):

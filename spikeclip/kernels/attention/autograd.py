@@ -11,6 +11,8 @@ register_attention_ops. The twin of lif/autograd.py.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
@@ -68,6 +70,15 @@ def _reference_grads(name, grad_out, bits, D, options):
         return torch.autograd.grad(out, qkv, grad_out)
 
 
+def _sums_to_finite(t: torch.Tensor) -> bool:
+    """Whether t's sum is finite, so t holds no inf and no NaN (either makes the sum inf or
+    NaN; half precision is summed in float32, so only a float32 / float64 sum near its type's
+    largest value can overflow and send a finite t to the slow path). 13x cheaper than
+    isfinite().all() here (0.05 vs 0.72 ms at the Spikformer's [4, 16, 8, 64, 16], 2-core
+    EPYC)."""
+    return math.isfinite(t.sum(dtype=torch.float32 if t.element_size() < 4 else None).item())
+
+
 def _backward_with(name, bwd_op, n_options):
     def backward(ctx, grad_out, *internal_grads):
         if not ctx.saved:
@@ -79,7 +90,7 @@ def _backward_with(name, bwd_op, n_options):
             grad_out.device.type == "cpu"
             # traced (compile, opcheck): no value to check; the graph runs the kernels
             and not (torch.compiler.is_compiling() or is_fake(grad_out))
-            and not bool(grad_out.isfinite().all())
+            and not _sums_to_finite(grad_out)
         ):
             # The CPU kernels sum rows at the spikes and skip the zeros, where the reference's
             # products meet an inf / NaN of grad_out too (0 x inf = NaN): its answer instead.
