@@ -250,13 +250,16 @@ at::Tensor lif_spike_codes_cpu(const at::Tensor& x, int64_t T, bool pool, int64_
 // The dense products the lookups replace (their spec), for weights holding inf or NaN
 // (dense_handover.h: a table sums rows at the ones only, where the dense product's 0 x inf at
 // the zeros is NaN). Bits past C_in are ignored, as the lookups ignore them; the convolution's
-// border is the zero padding it must be (F.conv2d's padding=1: no product there).
+// border is the zero padding it must be (F.conv2d's padding=1: no product there). The spikes go
+// in channels last, as the codes hold them, so the dense path's layout does not depend on the
+// codes' border.
 at::Tensor dense_conv3x3(const ConvLookup& p) {  // [N, H, W, Cout]
   const at::Tensor x = unpack_to(p.codes.view({-1, p.G}), p.cin, p.weight.scalar_type())
                            .view({p.N, p.H + 2, p.W + 2, p.cin})
                            .slice(1, 1, p.H + 1)
                            .slice(2, 1, p.W + 1)
-                           .permute({0, 3, 1, 2});
+                           .permute({0, 3, 1, 2})
+                           .contiguous(at::MemoryFormat::ChannelsLast);
   return at::conv2d(x, p.weight, p.bias.narrow(0, 0, p.cout), 1, 1)
       .permute({0, 2, 3, 1})
       .contiguous();
