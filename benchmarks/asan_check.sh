@@ -30,4 +30,4 @@ PYTHONPATH="$work" TRITON_INTERPRET=1 python -m pytest -q -p no:cacheprovider --
   tests/test_packed_bits_fuzz.py tests/test_spike_linear.py tests/test_spike_conv.py \
   tests/test_max_pool.py tests/test_bn_pool.py tests/test_bn_lif.py tests/test_attention.py \
   tests/test_lif_backends.py \
-  tests/test_spike_lookup.py tests/test_inference_path.py -k "not triton" "$@"
+  tests/test_spike_lookup.py tests/test_inference_path.py tests/test_winograd.py -k "not triton" "$@"

@@ -64,6 +64,14 @@ TORCH_LIBRARY(spikeclip, m) {
         "int padding) -> Tensor",
         {at::Tag::pt2_compliant_tag});
 
+  // Input gradient [B, C_in, H, W] of the same convolution (weight [C_out, C_in, k, k]), from
+  // grad_y [B, C_out, H, W].
+  m.def("spike_conv2d_input_grad(Tensor grad_y, Tensor weight, int padding) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  // F.conv2d(x, w, padding=1) for x [N, C_in, H, W], w [C_out, C_in, 3, 3] by Winograd's
+  // F(4x4, 3x3) (csrc/cpu/winograd_cpu.cpp): spike_conv2d's dense 3x3 work where it pays.
+  m.def("conv3x3_winograd(Tensor x, Tensor w) -> Tensor", {at::Tag::pt2_compliant_tag});
+
   // Inference products of packed spikes by table lookup (csrc/cpu/spike_lookup_cpu.cpp; no
   // autograd). codes: spikes packed 8 per byte over channels, as pack_spikes packs them.
   // spike_conv3x3_lookup: codes [N, H + 2, W + 2, ceil(C_in/8)] (a zero border), weight

@@ -12,6 +12,13 @@ from spikeclip.kernels.common.backends import why_unavailable
 from spikeclip.kernels.spike_products.conv import spike_conv2d
 
 BACKENDS = [b for b in ("torch", "cpp") if why_unavailable(b, torch.device("cpu")) is None]
+
+
+def winograd_pays(k, cin, cout, H, W):
+    """Where the cpp kernels' dense 3x3 work goes by Winograd (csrc/cpu/winograd_cpu.h)."""
+    return k == 3 and min(cin, cout) >= 32 and min(H, W) >= 8
+
+
 needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not built")
 
 
@@ -30,6 +37,8 @@ needs_cpp = pytest.mark.skipif("cpp" not in BACKENDS, reason="spikeclip._C not b
         (2, 50, 20, 5, 7, 3, 0.1),
         (2, 12, 96, 11, 40, 3, 0.08),  # bands of 4 (float64: 2) rows, the last one short
         (1, 3, 5, 3, 3, 3, 0.0),
+        (2, 40, 48, 9, 10, 3, 0.1),  # cpp: the input gradient by Winograd F(4x4, 3x3)
+        (2, 40, 48, 9, 10, 3, 0.5),  # and the dense product too
     ],
 )
 def test_matches_dense(backend, dtype, B, cin, cout, H, W, k, rate):
@@ -43,13 +52,16 @@ def test_matches_dense(backend, dtype, B, cin, cout, H, W, k, rate):
     y_ref = F.conv2d(xr, wr, padding=k // 2)
     y_ref.backward(g)
     tol = 1e-6 if dtype == torch.float32 else 1e-13
+    # Winograd's transforms (cpp, dense 3x3 work): about 1e-5 of the scale in float32
+    tol_w = 3e-5 if backend == "cpp" and winograd_pays(k, cin, cout, H, W) else tol
+    tol_w = tol_w if dtype == torch.float32 else tol
     assert y.dtype == dtype and y.shape == y_ref.shape and y.is_contiguous()
-    assert rel_err(y.detach(), y_ref.detach()) <= tol
+    assert rel_err(y.detach(), y_ref.detach()) <= tol_w
     assert rel_err(ws.grad, wr.grad) <= tol
-    assert rel_err(xs.grad, xr.grad) <= tol
+    assert rel_err(xs.grad, xr.grad) <= tol_w
     with torch.no_grad():  # (no bits kept: the kernel alone)
         y_inference = spike_conv2d(x, w, padding=k // 2, backend=backend)
-    assert rel_err(y_inference, y_ref.detach()) <= tol
+    assert rel_err(y_inference, y_ref.detach()) <= tol_w
 
 
 @pytest.mark.parametrize(
@@ -83,6 +95,27 @@ def test_any_geometry_matches_dense(cin, cout, k, stride, padding, dilation, gro
 
 
 @needs_cpp
+@needs_cpp
+@pytest.mark.parametrize(("cin", "cout", "H"), [(40, 48, 9), (16, 48, 9), (40, 48, 7)])
+def test_dense_3x3_work_goes_by_winograd_where_it_pays(cin, cout, H):
+    """The cpp kernels' input gradient, and their product past the rate the sums pay, are
+    conv3x3_winograd's bit for bit where Winograd pays (32+ channels each way, planes 8+ wide),
+    else oneDNN's."""
+    torch.manual_seed(cin + H)
+    x = (torch.rand(2, cin, H, 10) < 0.5).float()
+    w, g = torch.randn(cout, cin, 3, 3), torch.randn(2, cout, H, 10)
+    xs = x.clone().requires_grad_(True)
+    y = spike_conv2d(xs, w, padding=1, backend="cpp")
+    y.backward(g)
+    pays = winograd_pays(3, cin, cout, H, 10)
+    winograd = torch.ops.spikeclip.conv3x3_winograd
+    want_y = winograd(x, w) if pays else F.conv2d(x, w, padding=1)
+    flipped = w.flip(2, 3).transpose(0, 1)
+    want_x = winograd(g, flipped) if pays else torch.nn.grad.conv2d_input(x.shape, w, g, padding=1)
+    assert torch.equal(y.detach(), want_y)
+    assert torch.equal(xs.grad, want_x)
+
+
 def test_gradcheck_weight_float64():
     x = (torch.rand(2, 4, 5, 6) < 0.3).double()
     w = torch.randn(3, 4, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -97,6 +130,10 @@ def test_opcheck():
     codes = torch.ops.spikeclip.spike_conv2d(x, w, 1)[1]
     g = torch.randn(2, 9, 6, 7)
     torch.library.opcheck(torch.ops.spikeclip.spike_conv2d_weight_grad.default, (g, codes, 5, 3, 1))
+    torch.library.opcheck(torch.ops.spikeclip.spike_conv2d_input_grad.default, (g, w, 1))
+    for bad in ((g, w, 2), (g[:, :4], w, 1), (g.double(), w, 1), (g[0], w, 1)):
+        with pytest.raises(RuntimeError, match="spike_conv2d_input_grad"):
+            torch.ops.spikeclip.spike_conv2d_input_grad(*bad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

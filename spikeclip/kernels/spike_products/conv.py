@@ -8,7 +8,10 @@ tokenizer), work that scales with the firing rate (5-20% there), and hand over t
 convolution where that is faster (csrc/cpu/spike_layers_cpu.cpp). Other geometries, CUDA
 tensors and half precision convolve densely (the `torch` backend, the spec) and still keep
 only the bits. The input gradient is the transposed convolution of grad_y (it does not depend
-on x). Sums run in another order than a dense convolution's: equal up to float rounding.
+on x). The cpp backend's dense 3x3 work (the input gradient, the product past the rate the sums
+pay) goes by Winograd's F(4x4, 3x3) between many channels (csrc/cpu/winograd_cpu.h): about 1e-5
+of the output's scale in float32. Sums run in another order than a dense convolution's: equal
+up to float rounding.
 """
 
 from __future__ import annotations
@@ -56,6 +59,17 @@ class ConvGeometry(NamedTuple):
         )  # fmt: skip
 
 
+def _input_grad(grad_y, weight, shape, geometry, backend):
+    """dL/dx: the transposed convolution of grad_y (x's values do not enter)."""
+    if backend == "cpp":  # 3x3: Winograd's F(4x4, 3x3) where it pays (csrc/cpu/winograd_cpu.h)
+        return torch.ops.spikeclip.spike_conv2d_input_grad(grad_y, weight, geometry.padding[0])
+    g = geometry
+    return torch.ops.aten.convolution_backward(
+        grad_y, grad_y.new_empty(shape), weight, None, list(g.stride), list(g.padding),
+        list(g.dilation), False, [0, 0], g.groups, [True, False, False],
+    )[0]  # fmt: skip
+
+
 def _weight_grad(grad_y, bits, shape, weight, geometry, backend):
     """bits: the cpp op's codes [B, H, W, ceil(C_in / 8)], else pack_spikes's rows of x."""
     if backend == "cpp":
@@ -87,14 +101,7 @@ class _SpikeConv2d(torch.autograd.Function):
         grad_x = grad_w = None
         g = ctx.geometry
         if ctx.needs_input_grad[0]:
-            # x's shape as an allocated, never written tensor: given conv2d_input's expanded
-            # stand-in, oneDNN took 1.2-1.4x longer here (AVX2 EPYC, the Spikformer stem's
-            # 32->64 at 32 px: 21.6 vs 15.6 ms)
-            stand_in = grad_y.new_empty(ctx.shape)
-            grad_x = torch.ops.aten.convolution_backward(
-                grad_y, stand_in, weight, None, list(g.stride), list(g.padding),
-                list(g.dilation), False, [0, 0], g.groups, [True, False, False],
-            )[0]  # fmt: skip
+            grad_x = _input_grad(grad_y, weight, ctx.shape, g, ctx.backend)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(grad_y, bits, ctx.shape, weight, g, ctx.backend)
         return grad_x, grad_w, None, None
@@ -174,6 +181,14 @@ if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
         B, C, H, W = x.shape
         codes = x.new_empty((B, H, W, (C + 7) // 8), dtype=torch.uint8)
         return x.new_empty((B, weight.shape[0], H, W)), codes
+
+    @torch.library.register_fake("spikeclip::spike_conv2d_input_grad")
+    def _conv_input_grad_fake(grad_y, weight, padding):
+        return grad_y.new_empty((grad_y.shape[0], weight.shape[1], *grad_y.shape[2:]))
+
+    @torch.library.register_fake("spikeclip::conv3x3_winograd")
+    def _winograd_fake(x, w):
+        return x.new_empty((x.shape[0], w.shape[0], *x.shape[2:]))
 
     @torch.library.register_fake("spikeclip::spike_conv2d_weight_grad")
     def _conv_wgrad_fake(grad_y, codes, channels, kernel_size, padding):

@@ -1,0 +1,237 @@
+// 3x3 convolutions (stride 1, padding 1: F.conv2d(x, w, padding=1)) by Winograd's minimal
+// filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+// 2016): each 4x4 block of outputs is A^T [(G g G^T) . (B^T d B)] A from its 6x6 block of
+// inputs d, so the multiply-adds become 36 matrix products (one per point of the 6x6 transform
+// domain) over channels: V[xi] [tiles, C_in] @ U[xi] [C_in, C_out], 4x fewer multiply-adds than
+// the direct convolution's 9 per output and input channel. The products go to at::bmm (BLAS
+// speed); the transforms are adds and small multiples, vectorised over 8 channels (4 in double).
+//
+// Spike-fed convolutions use it for their dense 3x3 work (winograd_cpu.h): the input gradient
+// (a 3x3 convolution of grad_y by the flipped, transposed kernels), which no firing rate makes
+// sparse, and the product past the rate where summing stops paying. Tiles go a chunk of tile
+// rows at a time (V about 4 MiB) so that V and M stay in the last-level cache and are
+// allocated once per call. The transforms' constants (1/4, 1/6, 1/24, 2, 4, 8) cost float32
+// about 1e-5 of the output's scale where a direct sum costs 1e-6; float64 stays near 1e-15.
+//
+//   conv3x3_winograd(x [N, C_in, H, W], w [C_out, C_in, 3, 3]) -> y [N, C_out, H, W]
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "cpu_simd.h"
+#include "dense_handover.h"
+#include "listed_sums.h"
+#include "transpose8.h"
+#include "winograd_cpu.h"
+
+namespace spikeclip {
+namespace {
+
+// The 6-point transforms of a row (or column) of vectors: B^T d (input) and A^T m (output).
+template <typename F, typename V = Vec32<F>>
+SC_INLINE void input_points(const V d[6], V t[6]) {
+  const F two = 2, four = 4, five = 5;
+  t[0] = four * d[0] - five * d[2] + d[4];
+  t[1] = d[3] + d[4] - four * (d[1] + d[2]);
+  t[2] = four * (d[1] - d[2]) - d[3] + d[4];
+  t[3] = two * (d[3] - d[1]) - d[2] + d[4];
+  t[4] = two * (d[1] - d[3]) - d[2] + d[4];
+  t[5] = four * d[1] - five * d[3] + d[5];
+}
+
+template <typename F, typename V = Vec32<F>>
+SC_INLINE void output_points(const V m[6], V o[4]) {
+  const F two = 2, four = 4, eight = 8;
+  const V s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+  o[0] = m[0] + s12 + s34;
+  o[1] = d12 + two * d34;
+  o[2] = s12 + four * s34;
+  o[3] = d12 + eight * d34 + m[5];
+}
+
+struct Tiles {
+  int64_t N, C, K, H, W, th, tw, Cp, Kp;
+  int64_t padded_width() const { return 4 * tw + 2; }
+};
+
+// The tiles of tile rows r0..r1 (r = n * th + ty; tile p = (r - first) * tw + tx of the chunk
+// that starts at tile row `first`, P tiles long) to V [36, P, Cp]: the row's 6 input rows
+// (4 ty - 1 .. 4 ty + 4, zero outside the image) go channels last into `rows` [6, 4 tw + 2, Cp]
+// (8 x 8 register transposes), then each tile's 6x6 block d to B^T d B, point (i, j) to
+// V[6 i + j].
+template <typename F>
+SC_CPU_CLONES void transform_inputs(const F* __restrict x, F* __restrict v, F* __restrict rows,
+                                    const Tiles& s, int64_t first, int64_t P, int64_t r0,
+                                    int64_t r1) {
+  using V = Vec32<F>;
+  constexpr int64_t L = kLanes<F>;
+  const int64_t Wp = s.padded_width(), row_len = Wp * s.Cp;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / s.th, ty = r % s.th;
+    std::fill(rows, rows + 6 * row_len, F(0));
+    for (int64_t k = 0; k < 6; ++k) {
+      const int64_t h = 4 * ty - 1 + k;
+      if (h >= 0 && h < s.H)
+        transpose_into(x + n * s.C * s.H * s.W + h * s.W, s.H * s.W, s.C, s.W,
+                       rows + k * row_len + s.Cp, s.Cp);
+    }
+    for (int64_t tx = 0; tx < s.tw; ++tx) {
+      const int64_t p = (r - first) * s.tw + tx;
+      const F* corner = rows + 4 * tx * s.Cp;
+      for (int64_t c = 0; c < s.Cp; c += L) {
+        V dB[6][6];
+        for (int a = 0; a < 6; ++a) {
+          V d[6];
+          for (int b = 0; b < 6; ++b)
+            std::memcpy(&d[b], corner + a * row_len + b * s.Cp + c, sizeof(V));
+          input_points<F>(d, dB[a]);  // along the row: dB[a][j] = (d B)[a][j]
+        }
+        for (int j = 0; j < 6; ++j) {
+          V col[6], out[6];
+          for (int a = 0; a < 6; ++a) col[a] = dB[a][j];
+          input_points<F>(col, out);
+          for (int i = 0; i < 6; ++i)
+            std::memcpy(v + ((6 * i + j) * P + p) * s.Cp + c, &out[i], sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// The outputs of tile rows r0..r1 from M [36, P, Kp] (the chunk from tile row `first`): each
+// tile's A^T m A into `rows` [4, 4 tw, Kp] (channels last), then the rows inside the image to
+// y [N, K, H, W] by register transposes.
+template <typename F>
+SC_CPU_CLONES void transform_outputs(const F* __restrict m, F* __restrict y, F* __restrict rows,
+                                     const Tiles& s, int64_t first, int64_t P, int64_t r0,
+                                     int64_t r1) {
+  using V = Vec32<F>;
+  constexpr int64_t L = kLanes<F>;
+  const int64_t row_len = 4 * s.tw * s.Kp;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / s.th, ty = r % s.th;
+    for (int64_t tx = 0; tx < s.tw; ++tx) {
+      const int64_t p = (r - first) * s.tw + tx;
+      for (int64_t k = 0; k < s.Kp; k += L) {
+        V half[6][4];  // (A^T m)[i][q] along each row i of the 6x6 block
+        for (int i = 0; i < 6; ++i) {
+          V row[6];
+          for (int j = 0; j < 6; ++j)
+            std::memcpy(&row[j], m + ((6 * i + j) * P + p) * s.Kp + k, sizeof(V));
+          output_points<F>(row, half[i]);
+        }
+        for (int q = 0; q < 4; ++q) {
+          V col[6], out[4];
+          for (int i = 0; i < 6; ++i) col[i] = half[i][q];
+          output_points<F>(col, out);
+          for (int a = 0; a < 4; ++a)
+            std::memcpy(rows + a * row_len + (4 * tx + q) * s.Kp + k, &out[a], sizeof(V));
+        }
+      }
+    }
+    for (int64_t a = 0; a < 4 && 4 * ty + a < s.H; ++a)
+      transpose_into(rows + a * row_len, s.Kp, s.W, s.K,
+                     y + n * s.K * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W);
+  }
+}
+
+// U [36, Cp, Kp] = G g G^T of each 3x3 kernel g = w[k, c] (zero rows and columns past C, K).
+template <typename F>
+at::Tensor transform_weights(const at::Tensor& w, const Tiles& s) {
+  static constexpr double G[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
+                                     {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
+                                     {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+  at::Tensor u = at::zeros({36, s.Cp, s.Kp}, w.options());
+  const F* pw = w.const_data_ptr<F>();
+  F* pu = u.mutable_data_ptr<F>();
+  at::parallel_for(0, s.K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k)
+      for (int64_t c = 0; c < s.C; ++c) {
+        const F* g = pw + (k * s.C + c) * 9;
+        double gg[6][3];  // G g
+        for (int i = 0; i < 6; ++i)
+          for (int b = 0; b < 3; ++b)
+            gg[i][b] = G[i][0] * g[b] + G[i][1] * g[3 + b] + G[i][2] * g[6 + b];
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j)
+            pu[((6 * i + j) * s.Cp + c) * s.Kp + k] =
+                static_cast<F>(gg[i][0] * G[j][0] + gg[i][1] * G[j][1] + gg[i][2] * G[j][2]);
+      }
+  });
+  return u;
+}
+
+}  // namespace
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK_VALUE(x.dim() == 4 && w.dim() == 4 && w.size(1) == x.size(1) && w.size(2) == 3 &&
+                        w.size(3) == 3,
+                    "conv3x3_winograd: x [N, C_in, H, W] and w [C_out, C_in, 3, 3], got ",
+                    x.sizes(), " and ", w.sizes());
+  TORCH_CHECK_VALUE(x.scalar_type() == w.scalar_type() &&
+                        (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+                        x.device() == w.device(),
+                    "conv3x3_winograd: x and w must be float32 or float64 alike, got ",
+                    x.scalar_type(), " and ", w.scalar_type());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
+  // oneDNN's direct convolution for empty operands, and where an inf or NaN would spread: the
+  // transforms add each input into all 36 points of its tiles and each point into all 16
+  // outputs (inf - inf is NaN), where the direct sums keep it to the outputs it reaches
+  if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0 || !all_finite(w) || !all_finite(x))
+    return at::conv2d(x, w, {}, 1, 1);
+  const int64_t L = 32 / x.element_size();
+  const auto up = [L](int64_t v) { return (v + L - 1) / L * L; };
+  const Tiles s{N, C, K, H, W, (H + 3) / 4, (W + 3) / 4, up(C), up(K)};
+  // Chunks of whole tile rows, their V about kChunkBytes: V and M stay in the last-level cache
+  // and are allocated once (fresh memory page-faults; a whole call's V was 38 MB at 64 x 64 x
+  // 32 x 32).
+  constexpr int64_t kChunkBytes = 4 << 20;
+  const int64_t tile_rows = N * s.th, row_bytes = 36 * s.tw * s.Cp * x.element_size();
+  const int64_t chunk_rows = std::clamp<int64_t>(kChunkBytes / row_bytes, 1, tile_rows);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty({N, K, H, W}, x.options());
+  at::Tensor v = at::empty({36, chunk_rows * s.tw, s.Cp}, x.options());
+  at::Tensor m = at::empty({36, chunk_rows * s.tw, s.Kp}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd", [&] {
+    using F = scalar_t;
+    const at::Tensor u = transform_weights<F>(w.contiguous(), s);
+    for (int64_t first = 0; first < tile_rows; first += chunk_rows) {
+      const int64_t last = std::min(tile_rows, first + chunk_rows), P = (last - first) * s.tw;
+      // [36, P, Cp] and [36, P, Kp], contiguous, at the start of the chunk buffers
+      at::Tensor vc = v.view(-1).narrow(0, 0, 36 * P * s.Cp).view({36, P, s.Cp});
+      at::Tensor mc = m.view(-1).narrow(0, 0, 36 * P * s.Kp).view({36, P, s.Kp});
+      at::parallel_for(first, last, 1, [&](int64_t r0, int64_t r1) {
+        std::vector<F> rows(static_cast<size_t>(6 * s.padded_width() * s.Cp));
+        transform_inputs<F>(xc.const_data_ptr<F>(), vc.data_ptr<F>(), rows.data(), s, first, P,
+                            r0, r1);
+      });
+      at::bmm_out(mc, vc, u);
+      at::parallel_for(first, last, 1, [&](int64_t r0, int64_t r1) {
+        std::vector<F> rows(static_cast<size_t>(4 * 4 * s.tw * s.Kp));
+        transform_outputs<F>(mc.const_data_ptr<F>(), out.mutable_data_ptr<F>(), rows.data(), s,
+                             first, P, r0, r1);
+      });
+    }
+  });
+  return out;
+}
+
+bool winograd_pays(int64_t c_in, int64_t c_out, int64_t height, int64_t width) {
+  return std::min(c_in, c_out) >= kWinogradMinChannels &&
+         std::min(height, width) >= kWinogradMinSide;
+}
+
+at::Tensor conv3x3_dense(const at::Tensor& x, const at::Tensor& w) {
+  if (winograd_pays(w.size(1), w.size(0), x.size(2), x.size(3)))
+    return conv3x3_winograd_cpu(x, w);
+  return at::conv2d(x, w, {}, 1, 1);
+}
+
+TORCH_LIBRARY_IMPL(spikeclip, CPU, m) { m.impl("conv3x3_winograd", &conv3x3_winograd_cpu); }
+
+}  // namespace spikeclip

@@ -1,0 +1,103 @@
+"""conv3x3_winograd (csrc/cpu/winograd_cpu.cpp): F.conv2d(x, w, padding=1) by Winograd's
+F(4x4, 3x3), against F.conv2d itself: float64 to rounding, float32 to the transforms' ~1e-5 of
+the output's scale; odd sizes (partial tiles, channels off the vector width, several chunks);
+any layout of x; inf / NaN as the direct convolution spreads them; bad input refused."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from spikeclip._ext import extension_loaded
+
+pytestmark = pytest.mark.skipif(not extension_loaded(), reason="needs spikeclip._C")
+
+
+def winograd(x, w):
+    return torch.ops.spikeclip.conv3x3_winograd(x, w)
+
+
+def scaled_err(y, ref):
+    return ((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+TOL = {torch.float32: 5e-5, torch.float64: 1e-12}
+
+SHAPES = [  # N, C_in, H, W, C_out
+    (2, 3, 5, 7, 5),  # partial tiles both ways, channels below one vector
+    (1, 9, 4, 4, 17),  # one whole tile, channels just past a vector
+    (3, 16, 9, 13, 8),
+    (1, 1, 1, 1, 1),  # a 1x1 image: one tile, mostly border
+    (2, 8, 3, 2, 8),  # planes smaller than a tile
+    (2, 64, 64, 64, 8),  # several chunks of tile rows, the last one short
+    (4, 40, 8, 8, 48),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_equals_f_conv2d(shape, dtype):
+    torch.manual_seed(sum(shape))
+    N, C, H, W, K = shape
+    x, w = torch.randn(N, C, H, W, dtype=dtype), torch.randn(K, C, 3, 3, dtype=dtype)
+    y = winograd(x, w)
+    ref = F.conv2d(x, w, padding=1)
+    assert y.shape == ref.shape and y.dtype == dtype and y.is_contiguous()
+    assert scaled_err(y, ref) <= TOL[dtype]
+
+
+def test_any_layout_of_x():
+    torch.manual_seed(1)
+    x, w = torch.randn(2, 12, 10, 9), torch.randn(7, 12, 3, 3)
+    ref = F.conv2d(x, w, padding=1)
+    for view in (x.contiguous(memory_format=torch.channels_last), x.mT.contiguous().mT):
+        assert scaled_err(winograd(view, w), ref) <= TOL[torch.float32]
+    wide = torch.randn(2, 12, 10, 20)[..., ::2]  # a strided view
+    assert scaled_err(winograd(wide, w), F.conv2d(wide, w, padding=1)) <= TOL[torch.float32]
+
+
+def test_empty_operands():
+    w = torch.randn(4, 3, 3, 3)
+    assert winograd(torch.randn(0, 3, 5, 5), w).shape == (0, 4, 5, 5)
+    assert winograd(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3)).abs().sum() == 0
+
+
+@pytest.mark.parametrize("where", ["x", "w"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["inf", "nan"])
+def test_inf_and_nan_spread_as_in_the_direct_convolution(where, bad):
+    """The transforms would mix an inf into every output of its tiles (inf - inf = NaN): such
+    operands go to the direct convolution, whose pattern of inf and NaN is the answer."""
+    torch.manual_seed(2)
+    x, w = torch.randn(2, 40, 9, 10), torch.randn(48, 40, 3, 3)
+    if where == "x":
+        x[1, 3, 4, 5] = bad
+    else:
+        w[3, 4, 1, 2] = bad
+    y, ref = winograd(x, w), F.conv2d(x, w, padding=1)
+    assert not ref.isfinite().all()
+    torch.testing.assert_close(y, ref, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("x", "w", "error"),
+    [
+        (torch.randn(2, 3, 5, 5), torch.randn(4, 3, 5, 5), ValueError),  # not 3x3
+        (torch.randn(2, 3, 5, 5), torch.randn(4, 2, 3, 3), ValueError),  # channels differ
+        (torch.randn(3, 5, 5), torch.randn(4, 3, 3, 3), ValueError),  # x not 4-d
+        (torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3, dtype=torch.float64), ValueError),
+        (
+            torch.ones(2, 3, 5, 5, dtype=torch.int),
+            torch.ones(4, 3, 3, 3, dtype=torch.int),
+            ValueError,
+        ),
+        (torch.randn(2, 3, 5, 5).half(), torch.randn(4, 3, 3, 3).half(), ValueError),
+    ],
+    ids=["5x5", "channels", "3-d x", "dtypes differ", "int32", "float16"],
+)
+def test_bad_input_is_refused(x, w, error):
+    with pytest.raises(error, match="conv3x3_winograd"):
+        winograd(x, w)
+
+
+def test_opcheck():
+    x, w = torch.randn(2, 9, 6, 7), torch.randn(5, 9, 3, 3)
+    torch.library.opcheck(torch.ops.spikeclip.conv3x3_winograd.default, (x, w))
