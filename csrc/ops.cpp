@@ -71,6 +71,9 @@ TORCH_LIBRARY(spikeclip, m) {
   // F.conv2d(x, w, padding=1) for x [N, C_in, H, W], w [C_out, C_in, 3, 3] by Winograd's
   // F(4x4, 3x3) (csrc/cpu/winograd_cpu.cpp): spike_conv2d's dense 3x3 work where it pays.
   m.def("conv3x3_winograd(Tensor x, Tensor w) -> Tensor", {at::Tag::pt2_compliant_tag});
+  // Its weight gradient [C_out, C_in, 3, 3] for grad_y [N, C_out, H, W].
+  m.def("conv3x3_winograd_weight_grad(Tensor x, Tensor grad_y) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 
   // Inference products of packed spikes by table lookup (csrc/cpu/spike_lookup_cpu.cpp; no
   // autograd). codes: spikes packed 8 per byte over channels, as pack_spikes packs them.

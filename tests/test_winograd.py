@@ -1,7 +1,8 @@
-"""conv3x3_winograd (csrc/cpu/winograd_cpu.cpp): F.conv2d(x, w, padding=1) by Winograd's
-F(4x4, 3x3), against F.conv2d itself: float64 to rounding, float32 to the transforms' ~1e-5 of
-the output's scale; odd sizes (partial tiles, channels off the vector width, several chunks);
-any layout of x; inf / NaN as the direct convolution spreads them; bad input refused."""
+"""conv3x3_winograd and conv3x3_winograd_weight_grad (csrc/cpu/winograd_cpu.cpp): F.conv2d(x,
+w, padding=1) and its weight gradient by Winograd's F(4x4, 3x3), against PyTorch's: float64 to
+rounding, float32 to the transforms' ~1e-5 of the output's scale; odd sizes (partial tiles,
+channels off the vector width, several chunks); any layout; inf / NaN as the direct
+convolution spreads them; bad input refused."""
 
 import pytest
 import torch
@@ -14,6 +15,14 @@ pytestmark = pytest.mark.skipif(not extension_loaded(), reason="needs spikeclip.
 
 def winograd(x, w):
     return torch.ops.spikeclip.conv3x3_winograd(x, w)
+
+
+def winograd_weight_grad(x, g):
+    return torch.ops.spikeclip.conv3x3_winograd_weight_grad(x, g)
+
+
+def weight_grad(x, g):
+    return torch.nn.grad.conv2d_weight(x, (g.shape[1], x.shape[1], 3, 3), g, padding=1)
 
 
 def scaled_err(y, ref):
@@ -45,6 +54,19 @@ def test_equals_f_conv2d(shape, dtype):
     assert scaled_err(y, ref) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_weight_grad_equals_pytorch_s(shape, dtype):
+    """Over every tile and chunk (the sum over tiles runs chunk by chunk into one gradient)."""
+    torch.manual_seed(sum(shape) + 1)
+    N, C, H, W, K = shape
+    x, g = torch.randn(N, C, H, W, dtype=dtype), torch.randn(N, K, H, W, dtype=dtype)
+    gw = winograd_weight_grad(x, g)
+    ref = weight_grad(x, g)
+    assert gw.shape == ref.shape and gw.dtype == dtype and gw.is_contiguous()
+    assert scaled_err(gw, ref) <= TOL[dtype]
+
+
 def test_any_layout_of_x():
     torch.manual_seed(1)
     x, w = torch.randn(2, 12, 10, 9), torch.randn(7, 12, 3, 3)
@@ -53,12 +75,24 @@ def test_any_layout_of_x():
         assert scaled_err(winograd(view, w), ref) <= TOL[torch.float32]
     wide = torch.randn(2, 12, 10, 20)[..., ::2]  # a strided view
     assert scaled_err(winograd(wide, w), F.conv2d(wide, w, padding=1)) <= TOL[torch.float32]
+    g = torch.randn(2, 7, 10, 10)
+    for gv in (g, g.contiguous(memory_format=torch.channels_last)):
+        assert (
+            scaled_err(winograd_weight_grad(wide, gv), weight_grad(wide, g)) <= TOL[torch.float32]
+        )
 
 
 def test_empty_operands():
     w = torch.randn(4, 3, 3, 3)
     assert winograd(torch.randn(0, 3, 5, 5), w).shape == (0, 4, 5, 5)
     assert winograd(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3)).abs().sum() == 0
+    assert winograd_weight_grad(torch.randn(0, 3, 5, 5), torch.randn(0, 4, 5, 5)).abs().sum() == 0
+    assert winograd_weight_grad(torch.randn(2, 3, 5, 5), torch.randn(2, 0, 5, 5)).shape == (
+        0,
+        3,
+        3,
+        3,
+    )
 
 
 @pytest.mark.parametrize("where", ["x", "w"])
@@ -75,6 +109,21 @@ def test_inf_and_nan_spread_as_in_the_direct_convolution(where, bad):
     y, ref = winograd(x, w), F.conv2d(x, w, padding=1)
     assert not ref.isfinite().all()
     torch.testing.assert_close(y, ref, equal_nan=True)
+    g = torch.randn(2, 48, 9, 10)  # the weight gradient, x or grad_y holding the bad value
+    x2, g2 = (
+        (x, g)
+        if where == "x"
+        else (
+            torch.randn(2, 40, 9, 10),
+            g.index_put_(
+                (torch.tensor(1), torch.tensor(5), torch.tensor(2), torch.tensor(3)),
+                torch.tensor(bad),
+            ),
+        )
+    )
+    ref = weight_grad(x2, g2)
+    assert not ref.isfinite().all()
+    torch.testing.assert_close(winograd_weight_grad(x2, g2), ref, equal_nan=True)
 
 
 @pytest.mark.parametrize(
@@ -98,6 +147,24 @@ def test_bad_input_is_refused(x, w, error):
         winograd(x, w)
 
 
+@pytest.mark.parametrize(
+    ("x", "g"),
+    [
+        (torch.randn(2, 3, 5, 5), torch.randn(3, 4, 5, 5)),  # batches differ
+        (torch.randn(2, 3, 5, 5), torch.randn(2, 4, 5, 6)),  # planes differ
+        (torch.randn(2, 3, 5), torch.randn(2, 4, 5)),  # not 4-d
+        (torch.randn(2, 3, 5, 5), torch.randn(2, 4, 5, 5, dtype=torch.float64)),
+        (torch.randn(2, 3, 5, 5).bfloat16(), torch.randn(2, 4, 5, 5).bfloat16()),
+    ],
+    ids=["batch", "planes", "3-d", "dtypes differ", "bfloat16"],
+)
+def test_bad_input_to_the_weight_gradient_is_refused(x, g):
+    with pytest.raises(ValueError, match="conv3x3_winograd_weight_grad"):
+        winograd_weight_grad(x, g)
+
+
 def test_opcheck():
     x, w = torch.randn(2, 9, 6, 7), torch.randn(5, 9, 3, 3)
     torch.library.opcheck(torch.ops.spikeclip.conv3x3_winograd.default, (x, w))
+    g = torch.randn(2, 5, 6, 7)
+    torch.library.opcheck(torch.ops.spikeclip.conv3x3_winograd_weight_grad.default, (x, g))

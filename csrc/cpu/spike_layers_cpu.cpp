@@ -440,10 +440,13 @@ at::Tensor spike_conv2d_weight_grad_cpu(const at::Tensor& grad_y, const at::Tens
               "grad_y ", grad_y.sizes(), ", codes ", codes.sizes(), ", C_in ", channels,
               ", kernel ", kernel_size, ", padding ", padding);
   const at::Tensor pix = codes.contiguous();
-  // oneDNN's gradient: past the rates the sums pay, and where grad_y holds inf or NaN (a dense
-  // product meets them at the zeros too: 0 x inf is NaN there, and the sums skip the zeros)
+  // The dense gradient (Winograd's for 3x3 kernels where it pays, else oneDNN's): past the rates
+  // the sums pay, and where grad_y holds inf or NaN (a dense product meets them at the zeros
+  // too: 0 x inf is NaN there, and the sums skip the zeros)
   const auto dense = [&] {
     const at::Tensor x = unpack_pixel_codes(pix, Cin, grad_y.scalar_type());
+    if (k == 3 && winograd_pays(Cin, cout, H, W))
+      return conv3x3_winograd_weight_grad_cpu(x, grad_y);
     return std::get<1>(at::convolution_backward(
         grad_y, x, at::empty({cout, Cin, k, k}, grad_y.options()), std::nullopt, {1, 1},
         {padding, padding}, {1, 1}, false, {0, 0}, 1, {false, true, false}));

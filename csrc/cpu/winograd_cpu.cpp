@@ -8,7 +8,8 @@
 //
 // Spike-fed convolutions use it for their dense 3x3 work (winograd_cpu.h): the input gradient
 // (a 3x3 convolution of grad_y by the flipped, transposed kernels), which no firing rate makes
-// sparse, and the product past the rate where summing stops paying. Tiles go a chunk of tile
+// sparse, and the product and the weight gradient (the forward's adjoint, below) past the rates
+// where summing stops paying. Tiles go a chunk of tile
 // rows at a time (V about 4 MiB) so that V and M stay in the last-level cache and are
 // allocated once per call. The transforms' constants (1/4, 1/6, 1/24, 2, 4, 8) cost float32
 // about 1e-5 of the output's scale where a direct sum costs 1e-6; float64 stays near 1e-15.
@@ -52,6 +53,21 @@ SC_INLINE void output_points(const V m[6], V o[4]) {
   o[1] = d12 + two * d34;
   o[2] = s12 + four * s34;
   o[3] = d12 + eight * d34 + m[5];
+}
+
+// A g of a row (or column) of 4 vectors (A = (A^T)^T, 6 x 4): the weight gradient's transform
+// of grad_y, the adjoint of output_points.
+template <typename F, typename V = Vec32<F>>
+SC_INLINE void grad_points(const V g[4], V t[6]) {
+  const F two = 2, four = 4, eight = 8;
+  const V s02 = g[0] + g[2], s13 = g[1] + g[3];
+  const V f02 = g[0] + four * g[2], f13 = two * g[1] + eight * g[3];
+  t[0] = g[0];
+  t[1] = s02 + s13;
+  t[2] = s02 - s13;
+  t[3] = f02 + f13;
+  t[4] = f02 - f13;
+  t[5] = g[3];
 }
 
 struct Tiles {
@@ -140,12 +156,53 @@ SC_CPU_CLONES void transform_outputs(const F* __restrict m, F* __restrict y, F* 
   }
 }
 
+// The grad_y tiles of tile rows r0..r1 to Gh [36, P, Kp] (the chunk from tile row `first`):
+// each tile row's 4 rows of grad_y [N, K, H, W] go channels last into `rows` [4, 4 tw, Kp]
+// (zero past the image and past K), then each tile's 4x4 block g to A g A^T, point (i, j) to
+// Gh[6 i + j].
+template <typename F>
+SC_CPU_CLONES void transform_grads(const F* __restrict gy, F* __restrict gh, F* __restrict rows,
+                                   const Tiles& s, int64_t first, int64_t P, int64_t r0,
+                                   int64_t r1) {
+  using V = Vec32<F>;
+  constexpr int64_t L = kLanes<F>;
+  const int64_t row_len = 4 * s.tw * s.Kp;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / s.th, ty = r % s.th;
+    std::fill(rows, rows + 4 * row_len, F(0));
+    for (int64_t a = 0; a < 4 && 4 * ty + a < s.H; ++a)
+      transpose_into(gy + n * s.K * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W, s.K, s.W,
+                     rows + a * row_len, s.Kp);
+    for (int64_t tx = 0; tx < s.tw; ++tx) {
+      const int64_t p = (r - first) * s.tw + tx;
+      for (int64_t k = 0; k < s.Kp; k += L) {
+        V gA[4][6];  // (g A^T)[a][j] along each row a of the 4x4 block
+        for (int a = 0; a < 4; ++a) {
+          V g[4];
+          for (int q = 0; q < 4; ++q)
+            std::memcpy(&g[q], rows + a * row_len + (4 * tx + q) * s.Kp + k, sizeof(V));
+          grad_points<F>(g, gA[a]);
+        }
+        for (int j = 0; j < 6; ++j) {
+          V col[4], out[6];
+          for (int a = 0; a < 4; ++a) col[a] = gA[a][j];
+          grad_points<F>(col, out);
+          for (int i = 0; i < 6; ++i)
+            std::memcpy(gh + ((6 * i + j) * P + p) * s.Kp + k, &out[i], sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// G (6 x 3) of F(4x4, 3x3): a kernel's transform G g G^T, and the weight gradient's G^T dU G.
+constexpr double kG[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
+                             {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
+                             {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
+
 // U [36, Cp, Kp] = G g G^T of each 3x3 kernel g = w[k, c] (zero rows and columns past C, K).
 template <typename F>
 at::Tensor transform_weights(const at::Tensor& w, const Tiles& s) {
-  static constexpr double G[6][3] = {{1. / 4, 0, 0},           {-1. / 6, -1. / 6, -1. / 6},
-                                     {-1. / 6, 1. / 6, -1. / 6}, {1. / 24, 1. / 12, 1. / 6},
-                                     {1. / 24, -1. / 12, 1. / 6}, {0, 0, 1}};
   at::Tensor u = at::zeros({36, s.Cp, s.Kp}, w.options());
   const F* pw = w.const_data_ptr<F>();
   F* pu = u.mutable_data_ptr<F>();
@@ -156,14 +213,57 @@ at::Tensor transform_weights(const at::Tensor& w, const Tiles& s) {
         double gg[6][3];  // G g
         for (int i = 0; i < 6; ++i)
           for (int b = 0; b < 3; ++b)
-            gg[i][b] = G[i][0] * g[b] + G[i][1] * g[3 + b] + G[i][2] * g[6 + b];
+            gg[i][b] = kG[i][0] * g[b] + kG[i][1] * g[3 + b] + kG[i][2] * g[6 + b];
         for (int i = 0; i < 6; ++i)
           for (int j = 0; j < 6; ++j)
             pu[((6 * i + j) * s.Cp + c) * s.Kp + k] =
-                static_cast<F>(gg[i][0] * G[j][0] + gg[i][1] * G[j][1] + gg[i][2] * G[j][2]);
+                static_cast<F>(gg[i][0] * kG[j][0] + gg[i][1] * kG[j][1] + gg[i][2] * kG[j][2]);
       }
   });
   return u;
+}
+
+// The tiles of a call and their chunks: whole tile rows (r = n * th + ty), each chunk's V about
+// kChunkBytes, so that its buffers stay in the last-level cache and are allocated once (fresh
+// memory page-faults; a whole call's V was 38 MB at 64 x 64 x 32 x 32).
+struct Plan {
+  static constexpr int64_t kChunkBytes = 4 << 20;
+  Tiles s;
+  int64_t tile_rows, chunk_rows;
+
+  Plan(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t element_size) {
+    const int64_t L = 32 / element_size;
+    const auto up = [L](int64_t v) { return (v + L - 1) / L * L; };
+    s = Tiles{N, C, K, H, W, (H + 3) / 4, (W + 3) / 4, up(C), up(K)};
+    tile_rows = N * s.th;
+    chunk_rows = std::clamp<int64_t>(kChunkBytes / (36 * s.tw * s.Cp * element_size), 1, tile_rows);
+  }
+
+  // A buffer for a chunk's points: [36, chunk_rows * tw, width].
+  at::Tensor buffer(int64_t width, const at::TensorOptions& options) const {
+    return at::empty({36, chunk_rows * s.tw, width}, options);
+  }
+
+  // fn(first, last, P, view): each chunk of tile rows first..last (P tiles), view(buffer) its
+  // [36, P, width] at the buffer's start, contiguous.
+  template <typename Fn>
+  void for_each_chunk(Fn&& fn) const {
+    for (int64_t first = 0; first < tile_rows; first += chunk_rows) {
+      const int64_t last = std::min(tile_rows, first + chunk_rows), P = (last - first) * s.tw;
+      fn(first, last, P, [P](const at::Tensor& buffer) {
+        return buffer.view(-1).narrow(0, 0, 36 * P * buffer.size(2)).view({36, P, buffer.size(2)});
+      });
+    }
+  }
+};
+
+void check_operands(const at::Tensor& x, const at::Tensor& other, const char* op,
+                    const char* what) {
+  TORCH_CHECK_VALUE(x.scalar_type() == other.scalar_type() &&
+                        (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+                        x.device() == other.device(),
+                    op, ": x and ", what, " must be float32 or float64 alike, got ",
+                    x.scalar_type(), " and ", other.scalar_type());
 }
 
 }  // namespace
@@ -173,38 +273,23 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& w) {
                         w.size(3) == 3,
                     "conv3x3_winograd: x [N, C_in, H, W] and w [C_out, C_in, 3, 3], got ",
                     x.sizes(), " and ", w.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == w.scalar_type() &&
-                        (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
-                        x.device() == w.device(),
-                    "conv3x3_winograd: x and w must be float32 or float64 alike, got ",
-                    x.scalar_type(), " and ", w.scalar_type());
+  check_operands(x, w, "conv3x3_winograd", "w");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
   // oneDNN's direct convolution for empty operands, and where an inf or NaN would spread: the
   // transforms add each input into all 36 points of its tiles and each point into all 16
   // outputs (inf - inf is NaN), where the direct sums keep it to the outputs it reaches
   if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0 || !all_finite(w) || !all_finite(x))
     return at::conv2d(x, w, {}, 1, 1);
-  const int64_t L = 32 / x.element_size();
-  const auto up = [L](int64_t v) { return (v + L - 1) / L * L; };
-  const Tiles s{N, C, K, H, W, (H + 3) / 4, (W + 3) / 4, up(C), up(K)};
-  // Chunks of whole tile rows, their V about kChunkBytes: V and M stay in the last-level cache
-  // and are allocated once (fresh memory page-faults; a whole call's V was 38 MB at 64 x 64 x
-  // 32 x 32).
-  constexpr int64_t kChunkBytes = 4 << 20;
-  const int64_t tile_rows = N * s.th, row_bytes = 36 * s.tw * s.Cp * x.element_size();
-  const int64_t chunk_rows = std::clamp<int64_t>(kChunkBytes / row_bytes, 1, tile_rows);
+  const Plan plan(N, C, K, H, W, x.element_size());
+  const Tiles& s = plan.s;
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty({N, K, H, W}, x.options());
-  at::Tensor v = at::empty({36, chunk_rows * s.tw, s.Cp}, x.options());
-  at::Tensor m = at::empty({36, chunk_rows * s.tw, s.Kp}, x.options());
+  const at::Tensor v = plan.buffer(s.Cp, x.options()), m = plan.buffer(s.Kp, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd", [&] {
     using F = scalar_t;
     const at::Tensor u = transform_weights<F>(w.contiguous(), s);
-    for (int64_t first = 0; first < tile_rows; first += chunk_rows) {
-      const int64_t last = std::min(tile_rows, first + chunk_rows), P = (last - first) * s.tw;
-      // [36, P, Cp] and [36, P, Kp], contiguous, at the start of the chunk buffers
-      at::Tensor vc = v.view(-1).narrow(0, 0, 36 * P * s.Cp).view({36, P, s.Cp});
-      at::Tensor mc = m.view(-1).narrow(0, 0, 36 * P * s.Kp).view({36, P, s.Kp});
+    plan.for_each_chunk([&](int64_t first, int64_t last, int64_t P, auto view) {
+      at::Tensor vc = view(v), mc = view(m);
       at::parallel_for(first, last, 1, [&](int64_t r0, int64_t r1) {
         std::vector<F> rows(static_cast<size_t>(6 * s.padded_width() * s.Cp));
         transform_inputs<F>(xc.const_data_ptr<F>(), vc.data_ptr<F>(), rows.data(), s, first, P,
@@ -216,9 +301,68 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& w) {
         transform_outputs<F>(mc.const_data_ptr<F>(), out.mutable_data_ptr<F>(), rows.data(), s,
                              first, P, r0, r1);
       });
-    }
+    });
   });
   return out;
+}
+
+// The weight gradient [C_out, C_in, 3, 3] of F.conv2d(x, w, padding=1) for grad_y [N, C_out, H,
+// W]: the adjoint of the forward's algebra, dw = G^T [sum over tiles of (A g A^T) . (B^T d B)] G,
+// the sum over tiles a matrix product per point: dU[xi] [C_in, C_out] += V[xi]^T @ Gh[xi].
+at::Tensor conv3x3_winograd_weight_grad_cpu(const at::Tensor& x, const at::Tensor& grad_y) {
+  TORCH_CHECK_VALUE(x.dim() == 4 && grad_y.dim() == 4 && x.size(0) == grad_y.size(0) &&
+                        x.size(2) == grad_y.size(2) && x.size(3) == grad_y.size(3),
+                    "conv3x3_winograd_weight_grad: x [N, C_in, H, W] and grad_y [N, C_out, H, "
+                    "W], got ",
+                    x.sizes(), " and ", grad_y.sizes());
+  check_operands(x, grad_y, "conv3x3_winograd_weight_grad", "grad_y");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = grad_y.size(1);
+  if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0) return at::zeros({K, C, 3, 3}, x.options());
+  if (!all_finite(x) || !all_finite(grad_y))  // oneDNN's, as the forward does
+    return std::get<1>(at::convolution_backward(grad_y, x, at::empty({K, C, 3, 3}, x.options()),
+                                                std::nullopt, {1, 1}, {1, 1}, {1, 1}, false,
+                                                {0, 0}, 1, {false, true, false}));
+  const Plan plan(N, C, K, H, W, x.element_size());
+  const Tiles& s = plan.s;
+  const at::Tensor xc = x.contiguous(), gc = grad_y.contiguous();
+  const at::Tensor v = plan.buffer(s.Cp, x.options()), gh = plan.buffer(s.Kp, x.options());
+  at::Tensor du = at::zeros({36, s.Cp, s.Kp}, x.options());
+  at::Tensor gw = at::empty({K, C, 3, 3}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv3x3_winograd_weight_grad", [&] {
+    using F = scalar_t;
+    plan.for_each_chunk([&](int64_t first, int64_t last, int64_t P, auto view) {
+      at::Tensor vc = view(v), gc_chunk = view(gh);
+      at::parallel_for(first, last, 1, [&](int64_t r0, int64_t r1) {
+        std::vector<F> rows(static_cast<size_t>(6 * s.padded_width() * s.Cp));
+        transform_inputs<F>(xc.const_data_ptr<F>(), vc.data_ptr<F>(), rows.data(), s, first, P,
+                            r0, r1);
+        rows.resize(static_cast<size_t>(4 * 4 * s.tw * s.Kp));
+        transform_grads<F>(gc.const_data_ptr<F>(), gc_chunk.data_ptr<F>(), rows.data(), s,
+                           first, P, r0, r1);
+      });
+      du.baddbmm_(vc.transpose(1, 2), gc_chunk);
+    });
+    const F* pu = du.const_data_ptr<F>();
+    F* pw = gw.mutable_data_ptr<F>();
+    at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t c = 0; c < C; ++c) {
+          double ug[6][3] = {};  // dU G
+          for (int i = 0; i < 6; ++i)
+            for (int j = 0; j < 6; ++j) {
+              const double d = static_cast<double>(pu[((6 * i + j) * s.Cp + c) * s.Kp + k]);
+              for (int b = 0; b < 3; ++b) ug[i][b] += d * kG[j][b];
+            }
+          for (int a = 0; a < 3; ++a)
+            for (int b = 0; b < 3; ++b) {
+              double sum = 0.0;
+              for (int i = 0; i < 6; ++i) sum += kG[i][a] * ug[i][b];
+              pw[((k * C + c) * 3 + a) * 3 + b] = static_cast<F>(sum);
+            }
+        }
+    });
+  });
+  return gw;
 }
 
 bool winograd_pays(int64_t c_in, int64_t c_out, int64_t height, int64_t width) {
@@ -232,6 +376,9 @@ at::Tensor conv3x3_dense(const at::Tensor& x, const at::Tensor& w) {
   return at::conv2d(x, w, {}, 1, 1);
 }
 
-TORCH_LIBRARY_IMPL(spikeclip, CPU, m) { m.impl("conv3x3_winograd", &conv3x3_winograd_cpu); }
+TORCH_LIBRARY_IMPL(spikeclip, CPU, m) {
+  m.impl("conv3x3_winograd", &conv3x3_winograd_cpu);
+  m.impl("conv3x3_winograd_weight_grad", &conv3x3_winograd_weight_grad_cpu);
+}
 
 }  // namespace spikeclip

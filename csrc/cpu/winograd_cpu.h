@@ -1,6 +1,6 @@
 // 3x3 'same' convolutions by Winograd's F(4x4, 3x3) (winograd_cpu.cpp), for the CPU kernels
-// whose dense work they take: spike_conv2d's product past the firing rate its sums pay, and its
-// input gradient.
+// whose dense work they take: spike_conv2d's product and weight gradient past the firing rates
+// its sums pay, and its input gradient.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -19,6 +19,9 @@ bool winograd_pays(int64_t c_in, int64_t c_out, int64_t height, int64_t width);
 
 // F.conv2d(x, w, padding=1) for x [N, C_in, H, W], w [C_out, C_in, 3, 3], float32 or float64.
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& w);
+
+// Its weight gradient [C_out, C_in, 3, 3] for grad_y [N, C_out, H, W].
+at::Tensor conv3x3_winograd_weight_grad_cpu(const at::Tensor& x, const at::Tensor& grad_y);
 
 // The same by Winograd where it pays (winograd_pays), else oneDNN's direct convolution.
 at::Tensor conv3x3_dense(const at::Tensor& x, const at::Tensor& w);

@@ -8,10 +8,10 @@ tokenizer), work that scales with the firing rate (5-20% there), and hand over t
 convolution where that is faster (csrc/cpu/spike_layers_cpu.cpp). Other geometries, CUDA
 tensors and half precision convolve densely (the `torch` backend, the spec) and still keep
 only the bits. The input gradient is the transposed convolution of grad_y (it does not depend
-on x). The cpp backend's dense 3x3 work (the input gradient, the product past the rate the sums
-pay) goes by Winograd's F(4x4, 3x3) between many channels (csrc/cpu/winograd_cpu.h): about 1e-5
-of the output's scale in float32. Sums run in another order than a dense convolution's: equal
-up to float rounding.
+on x). The cpp backend's dense 3x3 work (the input gradient; the product and the weight
+gradient past the rates the sums pay) goes by Winograd's F(4x4, 3x3) between many channels
+(csrc/cpu/winograd_cpu.h): about 1e-5 of the output's scale in float32. Sums run in another
+order than a dense convolution's: equal up to float rounding.
 """
 
 from __future__ import annotations
@@ -189,6 +189,10 @@ if extension_loaded():  # fakes of spikeclip._C's ops (torch.compile, opcheck)
     @torch.library.register_fake("spikeclip::conv3x3_winograd")
     def _winograd_fake(x, w):
         return x.new_empty((x.shape[0], w.shape[0], *x.shape[2:]))
+
+    @torch.library.register_fake("spikeclip::conv3x3_winograd_weight_grad")
+    def _winograd_weight_grad_fake(x, grad_y):
+        return x.new_empty((grad_y.shape[1], x.shape[1], 3, 3))
 
     @torch.library.register_fake("spikeclip::spike_conv2d_weight_grad")
     def _conv_wgrad_fake(grad_y, codes, channels, kernel_size, padding):
