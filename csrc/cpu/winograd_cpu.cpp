@@ -152,9 +152,11 @@ SC_CPU_CLONES void transform_outputs(const F* __restrict m, F* __restrict y, F* 
         }
       }
     }
-    for (int64_t a = 0; a < 4 && 4 * ty + a < s.H; ++a)
-      transpose_into(rows + a * row_len, s.Kp, s.W, s.K,
-                     y + n * s.K * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W);
+    const int64_t h1 = std::min<int64_t>(4, s.H - 4 * ty);  // 8 channels' planes at a time
+    for (int64_t k = 0; k < s.K; k += 8)
+      for (int64_t a = 0; a < h1; ++a)
+        transpose_into(rows + a * row_len + k, s.Kp, s.W, std::min<int64_t>(8, s.K - k),
+                       y + (n * s.K + k) * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W);
   }
 }
 
@@ -172,9 +174,11 @@ SC_CPU_CLONES void transform_grads(const F* __restrict gy, F* __restrict gh, F* 
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / s.th, ty = r % s.th;
     std::fill(rows, rows + 4 * row_len, F(0));
-    for (int64_t a = 0; a < 4 && 4 * ty + a < s.H; ++a)
-      transpose_into(gy + n * s.K * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W, s.K, s.W,
-                     rows + a * row_len, s.Kp);
+    const int64_t h1 = std::min<int64_t>(4, s.H - 4 * ty);  // 8 channels' planes at a time
+    for (int64_t k = 0; k < s.K; k += 8)
+      for (int64_t a = 0; a < h1; ++a)
+        transpose_into(gy + (n * s.K + k) * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W,
+                       std::min<int64_t>(8, s.K - k), s.W, rows + a * row_len + k, s.Kp);
     for (int64_t tx = 0; tx < s.tw; ++tx) {
       const int64_t p = (r - first) * s.tw + tx;
       for (int64_t k = 0; k < s.Kp; k += L) {
