@@ -202,6 +202,9 @@ RENDERERS = {
     "peer_models_bn_pool_avx2": lambda: _peer_models(
         "peer_models_bn_pool_epyc_avx2_cpu_2core_run3.json"  # the Spikformer's median of five
     ),
+    "peer_models_winograd_avx2": lambda: _peer_models(
+        "peer_models_winograd_epyc_avx2_cpu_2core_run3.json"  # the Spikformer's median of five
+    ),
     "energy_frontier": _energy_frontier,  # the AVX-512 EPYC's: every setting
     "energy_frontier_avx2": lambda: _energy_frontier("energy_frontier_epyc_avx2_cpu_2core.json"),
 }
