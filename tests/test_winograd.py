@@ -82,17 +82,29 @@ def test_any_layout_of_x():
         )
 
 
-def test_empty_operands():
-    w = torch.randn(4, 3, 3, 3)
-    assert winograd(torch.randn(0, 3, 5, 5), w).shape == (0, 4, 5, 5)
-    assert winograd(torch.randn(2, 0, 5, 5), torch.randn(4, 0, 3, 3)).abs().sum() == 0
-    assert winograd_weight_grad(torch.randn(0, 3, 5, 5), torch.randn(0, 4, 5, 5)).abs().sum() == 0
-    assert winograd_weight_grad(torch.randn(2, 3, 5, 5), torch.randn(2, 0, 5, 5)).shape == (
-        0,
-        3,
-        3,
-        3,
-    )
+def pytorch_s(fn, *args):
+    """fn(*args), or the RuntimeError's type if PyTorch refuses."""
+    try:
+        return fn(*args)
+    except RuntimeError:
+        return RuntimeError
+
+
+def assert_like(ours, ref, *args, **tol):
+    if ref is RuntimeError:  # what PyTorch refuses (planes of size 0, no kernels), refused
+        with pytest.raises(RuntimeError):
+            ours(*args)
+    else:
+        torch.testing.assert_close(ours(*args), ref, **tol)
+
+
+@pytest.mark.parametrize(
+    "N,C,H,W,K", [(0, 3, 5, 5, 4), (2, 0, 5, 5, 4), (2, 3, 5, 5, 0), (2, 3, 0, 5, 4)], ids=str
+)
+def test_empty_operands_as_pytorch(N, C, H, W, K):
+    x, w, g = torch.randn(N, C, H, W), torch.randn(K, C, 3, 3), torch.randn(N, K, H, W)
+    assert_like(winograd, pytorch_s(lambda: F.conv2d(x, w, padding=1)), x, w)
+    assert_like(winograd_weight_grad, pytorch_s(weight_grad, x, g), x, g)
 
 
 @pytest.mark.parametrize("where", ["x", "w"])
@@ -161,6 +173,39 @@ def test_bad_input_is_refused(x, w, error):
 def test_bad_input_to_the_weight_gradient_is_refused(x, g):
     with pytest.raises(ValueError, match="conv3x3_winograd_weight_grad"):
         winograd_weight_grad(x, g)
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_random_operands_give_pytorch_s_answer_or_an_error(seed):
+    """Fuzz: random sizes (zeros among them), now and then a mismatched channel count, batch or
+    plane, a 5x5 kernel or another dtype: both ops refuse exactly what disagrees (ValueError),
+    else give PyTorch's values, never reading elsewhere (the ASAN run covers this file)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+
+    N, C, H, W, K = r(0, 3), r(0, 20), r(0, 13), r(0, 13), r(0, 20)
+    k = 5 if r(0, 9) == 0 else 3
+    dtype = torch.float64 if r(0, 1) else torch.float32
+    x = torch.randn(N, C, H, W, generator=g, dtype=dtype)
+    w = torch.randn(K, C + (r(0, 9) == 0), k, k, generator=g, dtype=dtype)
+    gy = torch.randn(N + (r(0, 9) == 0), K, H, W + (r(0, 9) == 0), generator=g, dtype=dtype)
+    if r(0, 9) == 0:
+        w = w.float() if dtype == torch.float64 else w.double()
+    if w.shape[1] != C or k != 3 or w.dtype != dtype:
+        with pytest.raises(ValueError):
+            winograd(x, w)
+    else:
+        ref = pytorch_s(lambda: F.conv2d(x, w, padding=1))
+        assert_like(winograd, ref, x, w, atol=TOL[dtype] * 10, rtol=TOL[dtype])
+    if gy.shape[0] != N or gy.shape[3] != W:
+        with pytest.raises(ValueError):
+            winograd_weight_grad(x, gy)
+    else:
+        ref = pytorch_s(weight_grad, x, gy)
+        assert_like(winograd_weight_grad, ref, x, gy, atol=TOL[dtype] * 100,
+                    rtol=TOL[dtype] * 10)  # fmt: skip
 
 
 def test_opcheck():

@@ -281,7 +281,8 @@ at::Tensor conv3x3_winograd_cpu(const at::Tensor& x, const at::Tensor& w) {
                     x.sizes(), " and ", w.sizes());
   check_operands(x, w, "conv3x3_winograd", "w");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = w.size(0);
-  // oneDNN's direct convolution for empty operands, and where an inf or NaN would spread: the
+  // PyTorch's direct convolution for empty operands (its answer or its error), and where an inf
+  // or NaN would spread: the
   // transforms add each input into all 36 points of its tiles and each point into all 16
   // outputs (inf - inf is NaN), where the direct sums keep it to the outputs it reaches
   if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0 || !all_finite(w) || !all_finite(x))
@@ -323,8 +324,9 @@ at::Tensor conv3x3_winograd_weight_grad_cpu(const at::Tensor& x, const at::Tenso
                     x.sizes(), " and ", grad_y.sizes());
   check_operands(x, grad_y, "conv3x3_winograd_weight_grad", "grad_y");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), K = grad_y.size(1);
-  if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0) return at::zeros({K, C, 3, 3}, x.options());
-  if (!all_finite(x) || !all_finite(grad_y))  // oneDNN's, as the forward does
+  // PyTorch's own for empty operands (its answer or its error) and, as the forward, where an inf
+  // or NaN would spread
+  if (N == 0 || C == 0 || K == 0 || H == 0 || W == 0 || !all_finite(x) || !all_finite(grad_y))
     return std::get<1>(at::convolution_backward(grad_y, x, at::empty({K, C, 3, 3}, x.options()),
                                                 std::nullopt, {1, 1}, {1, 1}, {1, 1}, false,
                                                 {0, 0}, 1, {false, true, false}));
