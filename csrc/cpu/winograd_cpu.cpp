@@ -34,40 +34,86 @@ namespace spikeclip {
 namespace {
 
 // The 6-point transforms of a row (or column) of vectors: B^T d (input) and A^T m (output).
-template <typename F, typename V = Vec32<F>>
-SC_INLINE void input_points(const V d[6], V t[6]) {
-  const F two = 2, four = 4, five = 5;
-  t[0] = four * d[0] - five * d[2] + d[4];
-  t[1] = d[3] + d[4] - four * (d[1] + d[2]);
-  t[2] = four * (d[1] - d[2]) - d[3] + d[4];
-  t[3] = two * (d[3] - d[1]) - d[2] + d[4];
-  t[4] = two * (d[1] - d[3]) - d[2] + d[4];
-  t[5] = four * d[1] - five * d[3] + d[5];
-}
+template <typename F>
+struct InputPoints {
+  using V = Vec32<F>;
+  SC_INLINE void operator()(const V d[6], V t[6]) const {
+    const F two = 2, four = 4, five = 5;
+    t[0] = four * d[0] - five * d[2] + d[4];
+    t[1] = d[3] + d[4] - four * (d[1] + d[2]);
+    t[2] = four * (d[1] - d[2]) - d[3] + d[4];
+    t[3] = two * (d[3] - d[1]) - d[2] + d[4];
+    t[4] = two * (d[1] - d[3]) - d[2] + d[4];
+    t[5] = four * d[1] - five * d[3] + d[5];
+  }
+};
 
-template <typename F, typename V = Vec32<F>>
-SC_INLINE void output_points(const V m[6], V o[4]) {
-  const F two = 2, four = 4, eight = 8;
-  const V s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
-  o[0] = m[0] + s12 + s34;
-  o[1] = d12 + two * d34;
-  o[2] = s12 + four * s34;
-  o[3] = d12 + eight * d34 + m[5];
-}
+template <typename F>
+struct OutputPoints {
+  using V = Vec32<F>;
+  SC_INLINE void operator()(const V m[6], V o[4]) const {
+    const F two = 2, four = 4, eight = 8;
+    const V s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    o[0] = m[0] + s12 + s34;
+    o[1] = d12 + two * d34;
+    o[2] = s12 + four * s34;
+    o[3] = d12 + eight * d34 + m[5];
+  }
+};
 
 // A g of a row (or column) of 4 vectors (A = (A^T)^T, 6 x 4): the weight gradient's transform
-// of grad_y, the adjoint of output_points.
-template <typename F, typename V = Vec32<F>>
-SC_INLINE void grad_points(const V g[4], V t[6]) {
-  const F two = 2, four = 4, eight = 8;
-  const V s02 = g[0] + g[2], s13 = g[1] + g[3];
-  const V f02 = g[0] + four * g[2], f13 = two * g[1] + eight * g[3];
-  t[0] = g[0];
-  t[1] = s02 + s13;
-  t[2] = s02 - s13;
-  t[3] = f02 + f13;
-  t[4] = f02 - f13;
-  t[5] = g[3];
+// of grad_y, the adjoint of OutputPoints.
+template <typename F>
+struct GradPoints {
+  using V = Vec32<F>;
+  SC_INLINE void operator()(const V g[4], V t[6]) const {
+    const F two = 2, four = 4, eight = 8;
+    const V s02 = g[0] + g[2], s13 = g[1] + g[3];
+    const V f02 = g[0] + four * g[2], f13 = two * g[1] + eight * g[3];
+    t[0] = g[0];
+    t[1] = s02 + s13;
+    t[2] = s02 - s13;
+    t[3] = f02 + f13;
+    t[4] = f02 - f13;
+    t[5] = g[3];
+  }
+};
+
+// out = T block T^T for the point transform T (In points to Out, `points`): along each row of
+// the block, then along each column; out[i][j] is point (i, j).
+template <int In, int Out, typename V, typename Points>
+SC_INLINE void transform_block(const V block[In][In], V out[Out][Out], Points points) {
+  V half[In][Out];
+  for (int a = 0; a < In; ++a) points(block[a], half[a]);
+  for (int j = 0; j < Out; ++j) {
+    V col[In], res[Out];
+    for (int a = 0; a < In; ++a) col[a] = half[a][j];
+    points(col, res);
+    for (int i = 0; i < Out; ++i) out[i][j] = res[i];
+  }
+}
+
+// Rows h0..h1 of the planes [C, H, W] of one image into channels-last rows: row h to
+// rows + (h - h0) * row_len, pixel w at w * stride, channel c at c. 8 channels' planes through
+// all the rows at a time, so each plane is read front to back (a row of every plane at a time
+// ran at a third of this speed, the loads waiting on memory).
+template <typename F>
+SC_INLINE void planes_to_rows(const F* planes, int64_t C, int64_t H, int64_t W, int64_t h0,
+                              int64_t h1, F* rows, int64_t row_len, int64_t stride) {
+  for (int64_t c = 0; c < C; c += 8)
+    for (int64_t h = h0; h < h1; ++h)
+      transpose_into(planes + c * H * W + h * W, H * W, std::min<int64_t>(8, C - c), W,
+                     rows + (h - h0) * row_len + c, stride);
+}
+
+// The inverse: channels-last rows (as planes_to_rows lays them) into rows h0..h1 of the planes.
+template <typename F>
+SC_INLINE void rows_to_planes(const F* rows, int64_t row_len, int64_t stride, int64_t C,
+                              int64_t H, int64_t W, int64_t h0, int64_t h1, F* planes) {
+  for (int64_t c = 0; c < C; c += 8)
+    for (int64_t h = h0; h < h1; ++h)
+      transpose_into(rows + (h - h0) * row_len + c, stride, W, std::min<int64_t>(8, C - c),
+                     planes + c * H * W + h * W, H * W);
 }
 
 struct Tiles {
@@ -90,32 +136,21 @@ SC_CPU_CLONES void transform_inputs(const F* __restrict x, F* __restrict v, F* _
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / s.th, ty = r % s.th;
     std::fill(rows, rows + 6 * row_len, F(0));
-    // 8 channels at a time through all 6 rows: each plane's rows are read front to back (a row
-    // of every plane at a time ran at a third of this speed, the loads waiting on memory)
     const int64_t h0 = std::max<int64_t>(0, 4 * ty - 1), h1 = std::min(s.H, 4 * ty + 5);
-    for (int64_t c = 0; c < s.C; c += 8)
-      for (int64_t h = h0; h < h1; ++h)
-        transpose_into(x + (n * s.C + c) * s.H * s.W + h * s.W, s.H * s.W,
-                       std::min<int64_t>(8, s.C - c), s.W,
-                       rows + (h - 4 * ty + 1) * row_len + s.Cp + c, s.Cp);
+    planes_to_rows(x + n * s.C * s.H * s.W, s.C, s.H, s.W, h0, h1,
+                   rows + (h0 - 4 * ty + 1) * row_len + s.Cp, row_len, s.Cp);
     for (int64_t tx = 0; tx < s.tw; ++tx) {
       const int64_t p = (r - first) * s.tw + tx;
       const F* corner = rows + 4 * tx * s.Cp;
       for (int64_t c = 0; c < s.Cp; c += L) {
-        V dB[6][6];
-        for (int a = 0; a < 6; ++a) {
-          V d[6];
+        V d[6][6], out[6][6];
+        for (int a = 0; a < 6; ++a)
           for (int b = 0; b < 6; ++b)
-            std::memcpy(&d[b], corner + a * row_len + b * s.Cp + c, sizeof(V));
-          input_points<F>(d, dB[a]);  // along the row: dB[a][j] = (d B)[a][j]
-        }
-        for (int j = 0; j < 6; ++j) {
-          V col[6], out[6];
-          for (int a = 0; a < 6; ++a) col[a] = dB[a][j];
-          input_points<F>(col, out);
-          for (int i = 0; i < 6; ++i)
-            std::memcpy(v + ((6 * i + j) * P + p) * s.Cp + c, &out[i], sizeof(V));
-        }
+            std::memcpy(&d[a][b], corner + a * row_len + b * s.Cp + c, sizeof(V));
+        transform_block<6, 6>(d, out, InputPoints<F>{});
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j)
+            std::memcpy(v + ((6 * i + j) * P + p) * s.Cp + c, &out[i][j], sizeof(V));
       }
     }
   }
@@ -136,27 +171,18 @@ SC_CPU_CLONES void transform_outputs(const F* __restrict m, F* __restrict y, F* 
     for (int64_t tx = 0; tx < s.tw; ++tx) {
       const int64_t p = (r - first) * s.tw + tx;
       for (int64_t k = 0; k < s.Kp; k += L) {
-        V half[6][4];  // (A^T m)[i][q] along each row i of the 6x6 block
-        for (int i = 0; i < 6; ++i) {
-          V row[6];
+        V mb[6][6], out[4][4];
+        for (int i = 0; i < 6; ++i)
           for (int j = 0; j < 6; ++j)
-            std::memcpy(&row[j], m + ((6 * i + j) * P + p) * s.Kp + k, sizeof(V));
-          output_points<F>(row, half[i]);
-        }
-        for (int q = 0; q < 4; ++q) {
-          V col[6], out[4];
-          for (int i = 0; i < 6; ++i) col[i] = half[i][q];
-          output_points<F>(col, out);
-          for (int a = 0; a < 4; ++a)
-            std::memcpy(rows + a * row_len + (4 * tx + q) * s.Kp + k, &out[a], sizeof(V));
-        }
+            std::memcpy(&mb[i][j], m + ((6 * i + j) * P + p) * s.Kp + k, sizeof(V));
+        transform_block<6, 4>(mb, out, OutputPoints<F>{});
+        for (int a = 0; a < 4; ++a)
+          for (int q = 0; q < 4; ++q)
+            std::memcpy(rows + a * row_len + (4 * tx + q) * s.Kp + k, &out[a][q], sizeof(V));
       }
     }
-    const int64_t h1 = std::min<int64_t>(4, s.H - 4 * ty);  // 8 channels' planes at a time
-    for (int64_t k = 0; k < s.K; k += 8)
-      for (int64_t a = 0; a < h1; ++a)
-        transpose_into(rows + a * row_len + k, s.Kp, s.W, std::min<int64_t>(8, s.K - k),
-                       y + (n * s.K + k) * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W);
+    rows_to_planes(rows, row_len, s.Kp, s.K, s.H, s.W, 4 * ty,
+                   std::min<int64_t>(s.H, 4 * ty + 4), y + n * s.K * s.H * s.W);
   }
 }
 
@@ -174,28 +200,19 @@ SC_CPU_CLONES void transform_grads(const F* __restrict gy, F* __restrict gh, F* 
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / s.th, ty = r % s.th;
     std::fill(rows, rows + 4 * row_len, F(0));
-    const int64_t h1 = std::min<int64_t>(4, s.H - 4 * ty);  // 8 channels' planes at a time
-    for (int64_t k = 0; k < s.K; k += 8)
-      for (int64_t a = 0; a < h1; ++a)
-        transpose_into(gy + (n * s.K + k) * s.H * s.W + (4 * ty + a) * s.W, s.H * s.W,
-                       std::min<int64_t>(8, s.K - k), s.W, rows + a * row_len + k, s.Kp);
+    planes_to_rows(gy + n * s.K * s.H * s.W, s.K, s.H, s.W, 4 * ty,
+                   std::min<int64_t>(s.H, 4 * ty + 4), rows, row_len, s.Kp);
     for (int64_t tx = 0; tx < s.tw; ++tx) {
       const int64_t p = (r - first) * s.tw + tx;
       for (int64_t k = 0; k < s.Kp; k += L) {
-        V gA[4][6];  // (g A^T)[a][j] along each row a of the 4x4 block
-        for (int a = 0; a < 4; ++a) {
-          V g[4];
+        V g[4][4], out[6][6];
+        for (int a = 0; a < 4; ++a)
           for (int q = 0; q < 4; ++q)
-            std::memcpy(&g[q], rows + a * row_len + (4 * tx + q) * s.Kp + k, sizeof(V));
-          grad_points<F>(g, gA[a]);
-        }
-        for (int j = 0; j < 6; ++j) {
-          V col[4], out[6];
-          for (int a = 0; a < 4; ++a) col[a] = gA[a][j];
-          grad_points<F>(col, out);
-          for (int i = 0; i < 6; ++i)
-            std::memcpy(gh + ((6 * i + j) * P + p) * s.Kp + k, &out[i], sizeof(V));
-        }
+            std::memcpy(&g[a][q], rows + a * row_len + (4 * tx + q) * s.Kp + k, sizeof(V));
+        transform_block<4, 6>(g, out, GradPoints<F>{});
+        for (int i = 0; i < 6; ++i)
+          for (int j = 0; j < 6; ++j)
+            std::memcpy(gh + ((6 * i + j) * P + p) * s.Kp + k, &out[i][j], sizeof(V));
       }
     }
   }
