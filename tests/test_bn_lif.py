@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from lif_cases import rel_err
+from seeded_draws import choice
 from torch import nn
 
 from spikeclip.kernels.bn_lif.op import bn_lif
@@ -215,7 +216,7 @@ def test_cpp_ops_on_random_bad_input():
     gen = torch.Generator().manual_seed(0)
 
     def pick(*options):
-        return options[int(torch.randint(len(options), (1,), generator=gen))]
+        return choice(gen, *options)
 
     raised = matched = 0
     for _ in range(300):

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from seeded_draws import choice
 from torch import nn
 
 from spikeclip.kernels.bn_pool.op import bn_max_pool
@@ -213,7 +214,7 @@ def test_ops_on_random_bad_input():
     gen = torch.Generator().manual_seed(0)
 
     def pick(*options):
-        return options[int(torch.randint(len(options), (1,), generator=gen))]
+        return choice(gen, *options)
 
     raised = matched = 0
     for _ in range(300):

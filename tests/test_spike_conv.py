@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lif_cases import rel_err
+from seeded_draws import integer
 
 from spikeclip.kernels import pack_spikes
 from spikeclip.kernels.common.backends import why_unavailable
@@ -222,7 +223,7 @@ def test_random_shapes_give_the_dense_convolution(seed):
     gen = torch.Generator().manual_seed(seed)
 
     def pick(lo, hi):
-        return int(torch.randint(lo, hi + 1, (), generator=gen))
+        return integer(gen, lo, hi)
 
     B, cin, cout, H, W = pick(0, 4), pick(1, 70), pick(1, 140), pick(0, 12), pick(1, 12)
     k, rate = (1, 3, 5)[pick(0, 2)], float(torch.rand((), generator=gen)) * 0.3

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from seeded_draws import integer
 
 from spikeclip._ext import extension_loaded
 from spikeclip.kernels import lif_reference, pack_spikes
@@ -295,7 +296,7 @@ def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
     g = torch.Generator().manual_seed(seed)
 
     def r(lo, hi):
-        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return integer(g, lo, hi)
 
     c_in, c_out, n, h, w = r(1, 20), r(1, 9), r(0, 3), r(1, 6), r(1, 6)
     groups = (c_in + 7) // 8 + (r(0, 3) == 0) * r(-1, 1)  # now and then a wrong width

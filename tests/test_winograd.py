@@ -7,6 +7,7 @@ convolution spreads them; bad input refused."""
 import pytest
 import torch
 import torch.nn.functional as F
+from seeded_draws import integer
 
 from spikeclip._ext import extension_loaded
 
@@ -183,7 +184,7 @@ def test_random_operands_give_pytorch_s_answer_or_an_error(seed):
     g = torch.Generator().manual_seed(seed)
 
     def r(lo, hi):
-        return int(torch.randint(lo, hi + 1, (1,), generator=g))
+        return integer(g, lo, hi)
 
     N, C, H, W, K = r(0, 3), r(0, 20), r(0, 13), r(0, 13), r(0, 20)
     k = 5 if r(0, 9) == 0 else 3
