@@ -63,11 +63,8 @@ def _input_grad(grad_y, weight, shape, geometry, backend):
     """dL/dx: the transposed convolution of grad_y (x's values do not enter)."""
     if backend == "cpp":  # 3x3: Winograd's F(4x4, 3x3) where it pays (csrc/cpu/winograd_cpu.h)
         return torch.ops.spikeclip.spike_conv2d_input_grad(grad_y, weight, geometry.padding[0])
-    g = geometry
-    return torch.ops.aten.convolution_backward(
-        grad_y, grad_y.new_empty(shape), weight, None, list(g.stride), list(g.padding),
-        list(g.dilation), False, [0, 0], g.groups, [True, False, False],
-    )[0]  # fmt: skip
+    # x's shape as an allocated, never written tensor (oneDNN was slower given an expanded one)
+    return geometry.backward(grad_y, grad_y.new_empty(shape), weight, [True, False, False])[0]
 
 
 def _weight_grad(grad_y, bits, shape, weight, geometry, backend):
