@@ -291,8 +291,9 @@ def _unpacked(codes: torch.Tensor, c_in: int) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(60))
 def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
     """Fuzz: random sizes (zeros among them), widths that fit or not, every bit past C_in set at
-    random. An op either refuses (RuntimeError) or equals the dense product of the spikes the
-    codes hold, never reads elsewhere (the ASAN run covers this file)."""
+    random, now and then an inf or a NaN among the weights. An op either refuses (RuntimeError) or
+    equals the dense product of the spikes the codes hold (NaN where it has NaN), never reads
+    elsewhere (the ASAN run covers this file)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(lo, hi):
@@ -304,6 +305,8 @@ def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
     codes = torch.randint(0, 256, (n, h + 2, w + 2, max(groups, 0)), generator=g,
                           dtype=torch.uint8)  # fmt: skip
     codes[:, 0], codes[:, -1], codes[:, :, 0], codes[:, :, -1] = 0, 0, 0, 0  # the zero border
+    if r(0, 3) == 0:  # now and then an inf or a NaN among the weights: the dense product's answer
+        weight[r(0, c_out - 1), r(0, c_in - 1), r(0, 2), 1] = (float("inf"), float("nan"))[r(0, 1)]
     valid = groups == (c_in + 7) // 8
     if not valid:
         with pytest.raises(RuntimeError):
@@ -312,7 +315,7 @@ def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
         x = _unpacked(codes[:, 1:-1, 1:-1], c_in).permute(0, 3, 1, 2)
         want = F.conv2d(x, weight, bias, padding=1).permute(0, 2, 3, 1)
         torch.testing.assert_close(
-            spike_conv3x3_lookup(codes, weight, bias), want, **TOL[torch.float32]
+            spike_conv3x3_lookup(codes, weight, bias), want, equal_nan=True, **TOL[torch.float32]
         )
     rows = (
         codes.reshape(-1, codes.shape[-1])
@@ -326,7 +329,7 @@ def test_random_shapes_and_junk_bits_give_the_reference_or_an_error(seed):
     else:
         want = F.linear(_unpacked(rows, c_in), linear_weight, bias)
         torch.testing.assert_close(spike_linear_lookup(rows, linear_weight, bias), want,
-                                   **TOL[torch.float32])  # fmt: skip
+                                   equal_nan=True, **TOL[torch.float32])  # fmt: skip
 
 
 # Every op at odd sizes (a partial last tile: C_out 70), pooled and not, each layout of the

@@ -96,7 +96,7 @@ def assert_like(ours, ref, *args, **tol):
         with pytest.raises(RuntimeError):
             ours(*args)
     else:
-        torch.testing.assert_close(ours(*args), ref, **tol)
+        torch.testing.assert_close(ours(*args), ref, equal_nan=True, **tol)
 
 
 @pytest.mark.parametrize(
@@ -179,8 +179,9 @@ def test_bad_input_to_the_weight_gradient_is_refused(x, g):
 @pytest.mark.parametrize("seed", range(200))
 def test_random_operands_give_pytorch_s_answer_or_an_error(seed):
     """Fuzz: random sizes (zeros among them), now and then a mismatched channel count, batch or
-    plane, a 5x5 kernel or another dtype: both ops refuse exactly what disagrees (ValueError),
-    else give PyTorch's values, never reading elsewhere (the ASAN run covers this file)."""
+    plane, a 5x5 kernel, another dtype, an inf or a NaN in x: both ops refuse exactly what
+    disagrees (ValueError), else give PyTorch's values (inf and NaN where it has them), never
+    reading elsewhere (the ASAN run covers this file)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(lo, hi):
@@ -194,6 +195,8 @@ def test_random_operands_give_pytorch_s_answer_or_an_error(seed):
     gy = torch.randn(N + (r(0, 9) == 0), K, H, W + (r(0, 9) == 0), generator=g, dtype=dtype)
     if r(0, 9) == 0:
         w = w.float() if dtype == torch.float64 else w.double()
+    if r(0, 5) == 0 and x.numel():  # an inf or a NaN: spread as the direct convolution spreads it
+        x.view(-1)[r(0, x.numel() - 1)] = (float("inf"), float("nan"))[r(0, 1)]
     if w.shape[1] != C or k != 3 or w.dtype != dtype:
         with pytest.raises(ValueError):
             winograd(x, w)
